@@ -1,0 +1,355 @@
+package sdk
+
+import (
+	"context"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os/exec"
+	"syscall"
+	"time"
+
+	"crypto/sha256"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"google.golang.org/grpc"
+
+	"github.com/mixmta/mixmta/sdk/internal/pb"
+)
+
+// This file is the host side of the protocol: how the core (and
+// sdk/plugintest) launches a plugin binary and calls it. Plugin authors do
+// not need it.
+
+// Info is what a plugin reports about itself at start.
+type Info struct {
+	Name, Version, Doc string
+	Kinds              []Kind
+	Needs              Needs
+	Schema             *Schema
+}
+
+// Has reports whether the plugin implements kind k.
+func (i Info) Has(k Kind) bool {
+	for _, x := range i.Kinds {
+		if x == k {
+			return true
+		}
+	}
+	return false
+}
+
+// LaunchOptions configure Launch.
+type LaunchOptions struct {
+	// Path of the plugin binary.
+	Path string
+	// SHA256, if set, is the expected hex SHA-256 of the binary; a mismatch
+	// refuses to start it (go-plugin SecureConfig).
+	SHA256 string
+	// Logger receives the plugin's log lines (nil: discarded).
+	Logger hclog.Logger
+	// StartTimeout bounds launch and handshake (default 10 s).
+	StartTimeout time.Duration
+}
+
+// TransportError wraps a failure of the RPC itself (plugin crashed, killed
+// or unreachable), as opposed to an outcome the stage returned. The core
+// restarts the plugin and retries the call.
+type TransportError struct{ Err error }
+
+func (e *TransportError) Error() string { return "plugin unreachable: " + e.Err.Error() }
+func (e *TransportError) Unwrap() error { return e.Err }
+
+// IsTransport reports whether err is a *TransportError.
+func IsTransport(err error) bool {
+	var t *TransportError
+	return errors.As(err, &t)
+}
+
+// Client is a launched plugin process. Its methods are safe for concurrent
+// use. Calls send only the message parts the plugin declared in Needs.
+type Client struct {
+	pc   *plugin.Client
+	rpc  pb.StageClient
+	info Info
+}
+
+// Launch starts the plugin binary, performs the versioned handshake, and
+// reads its Info. The plugin gets no environment from the host but its log
+// level, dies with the host (Pdeathsig SIGTERM plus the SDK's watchdog), and
+// logs through o.Logger. Errors: binary missing or not executable, checksum
+// mismatch, handshake or protocol-version failure, timeout.
+func Launch(o LaunchOptions) (*Client, error) {
+	logger := o.Logger
+	if logger == nil {
+		logger = hclog.NewNullLogger()
+	}
+	cmd := exec.Command(o.Path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	level := "info"
+	switch {
+	case logger.IsTrace():
+		level = "trace"
+	case logger.IsDebug():
+		level = "debug"
+	case logger.IsWarn() && !logger.IsInfo():
+		level = "warn"
+	}
+	cmd.Env = []string{LogLevelEnv + "=" + level}
+	cfg := &plugin.ClientConfig{
+		HandshakeConfig:  Handshake,
+		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {"stage": &grpcPlugin{}}},
+		Cmd:              cmd,
+		SkipHostEnv:      true,
+		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
+		Logger:           logger,
+		StartTimeout:     o.StartTimeout,
+		SyncStdout:       io.Discard,
+		SyncStderr:       io.Discard,
+		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
+			grpc.MaxCallRecvMsgSize(MaxCallBytes), grpc.MaxCallSendMsgSize(MaxCallBytes))},
+	}
+	if cfg.StartTimeout == 0 {
+		cfg.StartTimeout = 10 * time.Second
+	}
+	if o.SHA256 != "" {
+		sum, err := hex.DecodeString(o.SHA256)
+		if err != nil || len(sum) != sha256.Size {
+			return nil, fmt.Errorf("plugin %s: sha256 must be 64 hex digits", o.Path)
+		}
+		cfg.SecureConfig = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
+	}
+	pc := plugin.NewClient(cfg)
+	cp, err := pc.Client()
+	if err != nil {
+		pc.Kill()
+		return nil, fmt.Errorf("plugin %s: %w", o.Path, err)
+	}
+	raw, err := cp.Dispense("stage")
+	if err != nil {
+		pc.Kill()
+		return nil, fmt.Errorf("plugin %s: %w", o.Path, err)
+	}
+	c := &Client{pc: pc, rpc: raw.(pb.StageClient)}
+	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
+	defer cancel()
+	ir, err := c.rpc.Info(ctx, &pb.InfoRequest{})
+	if err != nil {
+		pc.Kill()
+		return nil, fmt.Errorf("plugin %s: info: %w", o.Path, err)
+	}
+	c.info = Info{Name: ir.GetName(), Version: ir.GetVersion(), Doc: ir.GetDoc(), Needs: Needs(ir.GetNeeds())}
+	for _, k := range ir.GetKinds() {
+		c.info.Kinds = append(c.info.Kinds, Kind(k))
+	}
+	c.info.Schema = new(Schema)
+	if err := json.Unmarshal([]byte(ir.GetConfigSchema()), c.info.Schema); err != nil {
+		pc.Kill()
+		return nil, fmt.Errorf("plugin %s: bad config schema: %w", o.Path, err)
+	}
+	return c, nil
+}
+
+// Info returns what the plugin reported at launch.
+func (c *Client) Info() Info { return c.info }
+
+// Kill stops the plugin process (graceful, then SIGKILL after 2 s).
+func (c *Client) Kill() { c.pc.Kill() }
+
+// Exited reports whether the plugin process has exited.
+func (c *Client) Exited() bool { return c.pc.Exited() }
+
+// Pid returns the plugin's process id (0 if unknown).
+func (c *Client) Pid() int {
+	if rc := c.pc.ReattachConfig(); rc != nil {
+		return rc.Pid
+	}
+	return 0
+}
+
+func transport(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &TransportError{Err: err}
+}
+
+// Configure sends the stage's config block as JSON. A config error comes
+// back as a *FieldError (naming the key) or an *Error.
+func (c *Client) Configure(ctx context.Context, stage string, configJSON []byte) error {
+	r, err := c.rpc.Configure(ctx, &pb.ConfigureRequest{Stage: stage, ConfigJson: configJSON})
+	if err != nil {
+		return transport(err)
+	}
+	if r.GetStatus().GetKind() == 0 {
+		return nil
+	}
+	msg := errors.New(r.GetStatus().GetText())
+	if r.GetField() != "" {
+		return &FieldError{Field: r.GetField(), Err: msg}
+	}
+	return msg
+}
+
+func (c *Client) meta(m *Message) *pb.MessageMeta {
+	return metaToPB(m, c.info.Needs&NeedHeader != 0, c.info.Needs&NeedBody != 0)
+}
+
+func (c *Client) parts(m *Message) ([]byte, []byte) {
+	var h, b []byte
+	if c.info.Needs&NeedHeader != 0 {
+		h = m.Header
+	}
+	if c.info.Needs&NeedBody != 0 {
+		b = m.Body
+	}
+	return h, b
+}
+
+// Check runs a checker. nil accepts; an *Error rejects.
+func (c *Client) Check(ctx context.Context, m *Message) error {
+	s, err := c.rpc.Check(ctx)
+	if err != nil {
+		return transport(err)
+	}
+	h, b := c.parts(m)
+	if err := sendMessage(s, c.meta(m), h, b); err != nil {
+		return transport(err)
+	}
+	r, err := s.CloseAndRecv()
+	if err != nil {
+		return transport(err)
+	}
+	return statusFromPB(r.GetStatus())
+}
+
+// Transform runs a transformer and returns its Change (never nil on success).
+func (c *Client) Transform(ctx context.Context, m *Message) (*Change, error) {
+	s, err := c.rpc.Transform(ctx)
+	if err != nil {
+		return nil, transport(err)
+	}
+	h, b := c.parts(m)
+	if err := sendMessage(s, c.meta(m), h, b); err != nil {
+		return nil, transport(err)
+	}
+	if err := s.CloseSend(); err != nil {
+		return nil, transport(err)
+	}
+	first, err := s.Recv()
+	if err != nil {
+		return nil, transport(err)
+	}
+	if err := statusFromPB(first.GetStatus()); err != nil {
+		return nil, err
+	}
+	meta, header, body, err := recvMessage(&prepended{first: first, r: s}, MaxCallBytes*1024)
+	if err != nil {
+		return nil, transport(err)
+	}
+	ch := &Change{Header: header, Body: body}
+	if meta.GetEnvelopeChanged() {
+		from := meta.GetEnvelope().GetMailFrom()
+		ch.MailFrom = &from
+	}
+	return ch, nil
+}
+
+type prepended struct {
+	first *pb.MessageFrame
+	r     frameReceiver
+}
+
+func (p *prepended) Recv() (*pb.MessageFrame, error) {
+	if f := p.first; f != nil {
+		p.first = nil
+		return f, nil
+	}
+	return p.r.Recv()
+}
+
+// Route runs a router.
+func (c *Client) Route(ctx context.Context, m *Message) ([]Route, error) {
+	s, err := c.rpc.Route(ctx)
+	if err != nil {
+		return nil, transport(err)
+	}
+	h, b := c.parts(m)
+	if err := sendMessage(s, c.meta(m), h, b); err != nil {
+		return nil, transport(err)
+	}
+	if err := s.CloseSend(); err != nil {
+		return nil, transport(err)
+	}
+	var routes []Route
+	var want int64
+	for {
+		f, err := s.Recv()
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return nil, transport(err)
+		}
+		if err := statusFromPB(f.GetStatus()); err != nil {
+			return nil, err
+		}
+		if rm := f.GetRoute(); rm != nil {
+			r := Route{RcptTo: rm.GetRcptTo(), Deliverer: rm.GetDeliverer()}
+			want = 0
+			if rm.GetBodyPresent() {
+				want = rm.GetBodyLen()
+				r.Body = make([]byte, 0, want)
+			}
+			routes = append(routes, r)
+		} else if len(routes) == 0 {
+			return nil, transport(errors.New("route body before route"))
+		}
+		cur := &routes[len(routes)-1]
+		cur.Body = append(cur.Body, f.GetBody()...)
+		if int64(len(cur.Body)) > want {
+			return nil, transport(errors.New("route body exceeds announced length"))
+		}
+	}
+	return routes, nil
+}
+
+// Delay asks a delayer for req.Count delays.
+func (c *Client) Delay(ctx context.Context, req DelayRequest) ([]time.Duration, error) {
+	r, err := c.rpc.Delay(ctx, &pb.DelayRequest{Envelope: envelopeToPB(req.Envelope), Size: req.Size, Count: int32(max(req.Count, 1))})
+	if err != nil {
+		return nil, transport(err)
+	}
+	if err := statusFromPB(r.GetStatus()); err != nil {
+		return nil, err
+	}
+	out := make([]time.Duration, len(r.GetDelaysNs()))
+	for i, d := range r.GetDelaysNs() {
+		out[i] = time.Duration(d)
+	}
+	return out, nil
+}
+
+// Deliver runs a deliverer. Recipients without a result should be retried.
+func (c *Client) Deliver(ctx context.Context, m *Message) ([]RcptResult, error) {
+	s, err := c.rpc.Deliver(ctx)
+	if err != nil {
+		return nil, transport(err)
+	}
+	h, b := c.parts(m)
+	if err := sendMessage(s, c.meta(m), h, b); err != nil {
+		return nil, transport(err)
+	}
+	r, err := s.CloseAndRecv()
+	if err != nil {
+		return nil, transport(err)
+	}
+	out := make([]RcptResult, 0, len(r.GetResults()))
+	for _, x := range r.GetResults() {
+		out = append(out, RcptResult{Rcpt: x.GetRcpt(), Err: statusFromPB(x.GetStatus())})
+	}
+	return out, statusFromPB(r.GetStatus())
+}

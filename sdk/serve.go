@@ -1,0 +1,343 @@
+package sdk
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"slices"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/hashicorp/go-plugin"
+	"golang.org/x/sys/unix"
+	"google.golang.org/grpc"
+
+	"github.com/mixmta/mixmta/sdk/internal/pb"
+)
+
+// Handshake is the go-plugin handshake shared by the core and every plugin.
+// A binary started without the cookie (e.g. by hand) prints a hint and exits.
+var Handshake = plugin.HandshakeConfig{
+	ProtocolVersion:  ProtocolVersion,
+	MagicCookieKey:   "MIXMTA_PLUGIN",
+	MagicCookieValue: "stage-v1-9f3b6a1c0d2e4785",
+}
+
+// LogLevelEnv names the environment variable through which the core passes
+// its log level to a plugin (plugins do not inherit the core's environment).
+const LogLevelEnv = "MIXMTA_LOG_LEVEL"
+
+// Env is what a plugin's New function gets besides its config.
+type Env struct {
+	// Stage is the stage's name in the pipeline file.
+	Stage string
+	// Logger writes through the core's logger. Addresses and content only at
+	// Debug or Trace.
+	Logger hclog.Logger
+}
+
+// Plugin describes a plugin binary for Serve. C is its config struct: the
+// value in Config holds the defaults, its fields' tags define the schema
+// (see SchemaOf), and if *C implements Validator it is called after decoding.
+type Plugin[C any] struct {
+	Name    string
+	Version string
+	// Doc is one line on what the plugin does (shown by `mixmta plugins`).
+	Doc string
+	// Kinds are the stage kinds the value returned by New implements.
+	Kinds []Kind
+	// Needs are the message parts the stage receives.
+	Needs  Needs
+	Config C
+	// New builds the stage from a decoded, validated config. It returns a
+	// value implementing every interface in Kinds.
+	New func(cfg C, env Env) (any, error)
+}
+
+// Serve runs p as a plugin until the core closes the connection or dies. It
+// never returns. Nothing may be written to stdout before it is called.
+func Serve[C any](p Plugin[C]) {
+	level := hclog.LevelFromString(os.Getenv(LogLevelEnv))
+	if level == hclog.NoLevel {
+		level = hclog.Info
+	}
+	logger := hclog.New(&hclog.LoggerOptions{Name: p.Name, Level: level, JSONFormat: true, Output: os.Stderr})
+	if os.Getenv(Handshake.MagicCookieKey) != Handshake.MagicCookieValue {
+		fmt.Fprintf(os.Stderr, "%s is a mixmta plugin: name it in a pipeline file and start `mixmta serve`\n", p.Name)
+		os.Exit(1)
+	}
+	watchParent(logger)
+	srv := &stageServer[C]{p: p, logger: logger, schema: mustJSON(SchemaOf(p.Config))}
+	plugin.Serve(&plugin.ServeConfig{
+		HandshakeConfig:  Handshake,
+		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {"stage": &grpcPlugin{server: srv}}},
+		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
+			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxCallBytes), grpc.MaxSendMsgSize(MaxCallBytes))...)
+		},
+		Logger: logger,
+	})
+	os.Exit(0)
+}
+
+// watchParent makes the plugin die with the core: Pdeathsig (Linux), and a
+// watchdog that exits when the parent changes (the core was killed and the
+// plugin re-parented), in case the signal is missed.
+func watchParent(logger hclog.Logger) {
+	ppid := os.Getppid()
+	_ = unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0, 0, 0)
+	if os.Getppid() != ppid || ppid == 1 {
+		os.Exit(1)
+	}
+	go func() {
+		for range time.Tick(500 * time.Millisecond) {
+			if os.Getppid() != ppid {
+				logger.Warn("core process is gone, exiting")
+				os.Exit(1)
+			}
+		}
+	}()
+}
+
+func mustJSON(v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// grpcPlugin is the go-plugin glue on both sides: server registers the
+// stage service in a plugin; the core gets a pb.StageClient.
+type grpcPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+	server pb.StageServer
+}
+
+func (g *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
+	pb.RegisterStageServer(s, g.server)
+	return nil
+}
+
+func (g *grpcPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	return pb.NewStageClient(c), nil
+}
+
+type stageServer[C any] struct {
+	pb.UnimplementedStageServer
+	p      Plugin[C]
+	logger hclog.Logger
+	schema string
+	stage  atomic.Value // holds any: the configured stage value
+}
+
+func (s *stageServer[C]) Info(context.Context, *pb.InfoRequest) (*pb.InfoReply, error) {
+	kinds := make([]string, len(s.p.Kinds))
+	for i, k := range s.p.Kinds {
+		kinds[i] = string(k)
+	}
+	return &pb.InfoReply{Name: s.p.Name, Version: s.p.Version, Kinds: kinds, Needs: uint32(s.p.Needs), ConfigSchema: s.schema, Doc: s.p.Doc}, nil
+}
+
+// DecodeConfig decodes a JSON config block into a copy of defaults, strictly
+// (unknown keys are errors), and runs Validate if the config implements
+// Validator. It is what Configure does; plugin tests may call it directly.
+func DecodeConfig[C any](defaults C, raw []byte) (C, error) {
+	cfg := defaults
+	// Round-trip the defaults so slices and maps in cfg are not shared.
+	if b, err := json.Marshal(defaults); err == nil {
+		var fresh C
+		if json.Unmarshal(b, &fresh) == nil {
+			cfg = fresh
+		}
+	}
+	if len(bytes.TrimSpace(raw)) > 0 && !bytes.Equal(bytes.TrimSpace(raw), []byte("null")) {
+		dec := json.NewDecoder(bytes.NewReader(raw))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&cfg); err != nil {
+			return cfg, err
+		}
+	}
+	if v, ok := any(&cfg).(Validator); ok {
+		if err := v.Validate(); err != nil {
+			return cfg, err
+		}
+	}
+	return cfg, nil
+}
+
+func (s *stageServer[C]) Configure(_ context.Context, req *pb.ConfigureRequest) (*pb.ConfigureReply, error) {
+	fail := func(err error) (*pb.ConfigureReply, error) {
+		r := &pb.ConfigureReply{Status: &pb.Status{Kind: 2, SmtpCode: 554, EnhancedCode: "5.3.5", Text: err.Error()}}
+		var fe *FieldError
+		if errors.As(err, &fe) {
+			r.Field, r.Status.Text = fe.Field, fe.Err.Error()
+		}
+		return r, nil
+	}
+	cfg, err := DecodeConfig(s.p.Config, req.GetConfigJson())
+	if err != nil {
+		return fail(err)
+	}
+	v, err := s.p.New(cfg, Env{Stage: req.GetStage(), Logger: s.logger.Named(req.GetStage())})
+	if err != nil {
+		return fail(err)
+	}
+	for _, k := range s.p.Kinds {
+		if !implements(v, k) {
+			return fail(fmt.Errorf("plugin bug: stage value %T does not implement %s", v, k))
+		}
+	}
+	s.stage.Store(&v)
+	return &pb.ConfigureReply{Status: &pb.Status{}}, nil
+}
+
+func implements(v any, k Kind) bool {
+	var ok bool
+	switch k {
+	case KindChecker:
+		_, ok = v.(Checker)
+	case KindTransformer:
+		_, ok = v.(Transformer)
+	case KindRouter:
+		_, ok = v.(Router)
+	case KindDelayer:
+		_, ok = v.(Delayer)
+	case KindDeliverer:
+		_, ok = v.(Deliverer)
+	}
+	return ok
+}
+
+var errNotConfigured = &Error{Temporary: true, Code: 451, Enhanced: "3.5", Message: "stage not configured"}
+
+func stageAs[T any, C any](s *stageServer[C], k Kind) (T, error) {
+	var zero T
+	p, _ := s.stage.Load().(*any)
+	if p == nil {
+		return zero, errNotConfigured
+	}
+	if !slices.Contains(s.p.Kinds, k) {
+		return zero, Permanent(554, "3.5", "stage kind %s not implemented by %s", k, s.p.Name)
+	}
+	return (*p).(T), nil
+}
+
+func (s *stageServer[C]) Check(stream pb.Stage_CheckServer) error {
+	meta, h, b, err := recvMessage(stream, MaxCallBytes*1024)
+	if err != nil {
+		return err
+	}
+	c, err := stageAs[Checker](s, KindChecker)
+	if err == nil {
+		err = c.Check(stream.Context(), messageFromPB(meta, h, b))
+	}
+	return stream.SendAndClose(&pb.CheckReply{Status: statusToPB(err)})
+}
+
+func (s *stageServer[C]) Transform(stream pb.Stage_TransformServer) error {
+	meta, h, b, err := recvMessage(stream, MaxCallBytes*1024)
+	if err != nil {
+		return err
+	}
+	t, err := stageAs[Transformer](s, KindTransformer)
+	var ch *Change
+	if err == nil {
+		ch, err = t.Transform(stream.Context(), messageFromPB(meta, h, b))
+	}
+	if err != nil {
+		return stream.Send(&pb.MessageFrame{Meta: &pb.MessageMeta{Id: meta.GetId()}, Status: statusToPB(err)})
+	}
+	out := &pb.MessageMeta{Id: meta.GetId()}
+	if ch != nil {
+		if ch.MailFrom != nil {
+			out.EnvelopeChanged = true
+			out.Envelope = &pb.Envelope{MailFrom: *ch.MailFrom}
+		}
+		if ch.Header != nil {
+			out.HeaderPresent, out.HeaderLen = true, int64(len(ch.Header))
+		}
+		if ch.Body != nil {
+			out.BodyPresent, out.BodyLen = true, int64(len(ch.Body))
+		}
+		return sendMessage(stream, out, ch.Header, ch.Body)
+	}
+	return stream.Send(&pb.MessageFrame{Meta: out})
+}
+
+func (s *stageServer[C]) Route(stream pb.Stage_RouteServer) error {
+	meta, h, b, err := recvMessage(stream, MaxCallBytes*1024)
+	if err != nil {
+		return err
+	}
+	r, err := stageAs[Router](s, KindRouter)
+	var routes []Route
+	if err == nil {
+		routes, err = r.Route(stream.Context(), messageFromPB(meta, h, b))
+	}
+	if err != nil {
+		return stream.Send(&pb.RouteFrame{Status: statusToPB(err)})
+	}
+	for _, rt := range routes {
+		rm := &pb.RouteMeta{RcptTo: rt.RcptTo, Deliverer: rt.Deliverer}
+		if rt.Body != nil {
+			rm.BodyPresent, rm.BodyLen = true, int64(len(rt.Body))
+		}
+		first := &pb.RouteFrame{Route: rm}
+		body := rt.Body
+		n := min(len(body), FrameSize)
+		first.Body, body = body[:n], body[n:]
+		if err := stream.Send(first); err != nil {
+			return err
+		}
+		for len(body) > 0 {
+			n := min(len(body), FrameSize)
+			if err := stream.Send(&pb.RouteFrame{Body: body[:n]}); err != nil {
+				return err
+			}
+			body = body[n:]
+		}
+	}
+	return nil
+}
+
+func (s *stageServer[C]) Delay(ctx context.Context, req *pb.DelayRequest) (*pb.DelayReply, error) {
+	d, err := stageAs[Delayer](s, KindDelayer)
+	if err != nil {
+		return &pb.DelayReply{Status: statusToPB(err)}, nil
+	}
+	n := max(int(req.GetCount()), 1)
+	ds, err := d.Delay(ctx, DelayRequest{Envelope: envelopeFromPB(req.GetEnvelope()), Size: req.GetSize(), Count: n})
+	if err == nil && len(ds) != n {
+		err = fmt.Errorf("plugin bug: %d delays returned for %d asked", len(ds), n)
+	}
+	if err != nil {
+		return &pb.DelayReply{Status: statusToPB(err)}, nil
+	}
+	out := make([]int64, n)
+	for i, v := range ds {
+		out[i] = int64(max(v, 0))
+	}
+	return &pb.DelayReply{Status: &pb.Status{}, DelaysNs: out}, nil
+}
+
+func (s *stageServer[C]) Deliver(stream pb.Stage_DeliverServer) error {
+	meta, h, b, err := recvMessage(stream, MaxCallBytes*1024)
+	if err != nil {
+		return err
+	}
+	d, err := stageAs[Deliverer](s, KindDeliverer)
+	var res []RcptResult
+	if err == nil {
+		res, err = d.Deliver(stream.Context(), messageFromPB(meta, h, b))
+	}
+	reply := &pb.DeliverReply{Status: statusToPB(err)}
+	for _, r := range res {
+		reply.Results = append(reply.Results, &pb.RcptResult{Rcpt: r.Rcpt, Status: statusToPB(r.Err)})
+	}
+	return stream.SendAndClose(reply)
+}
