@@ -1,0 +1,297 @@
+// Package daemon assembles a running mixmta from a loaded config: it opens
+// the queue, starts and configures every stage's plugin, builds the
+// pipeline engine and the SMTP listeners, and serves until told to stop.
+package daemon
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/core/internal/pipeline"
+	"github.com/mixmta/mixmta/core/internal/pluginhost"
+	"github.com/mixmta/mixmta/core/internal/queue"
+	"github.com/mixmta/mixmta/core/internal/smtpd"
+	"github.com/mixmta/mixmta/core/internal/stats"
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// Daemon is a running mixmta.
+type Daemon struct {
+	cfg       *config.Config
+	log       hclog.Logger
+	q         *queue.Queue
+	stages    []*pluginhost.Stage
+	engine    *pipeline.Engine
+	listeners []*smtpd.Server
+	counters  *stats.Counters
+	admin     *http.Server
+	metrics   *http.Server
+}
+
+// StartStages launches, checks and configures every stage's plugin. Config
+// errors are reported as FILE:LINE. On error, already started plugins are
+// stopped.
+func StartStages(ctx context.Context, cfg *config.Config, log hclog.Logger) ([]*pluginhost.Stage, []pipeline.Stage, error) {
+	var started []*pluginhost.Stage
+	var stages []pipeline.Stage
+	fail := func(err error) ([]*pluginhost.Stage, []pipeline.Stage, error) {
+		for _, s := range started {
+			s.Close()
+		}
+		return nil, nil, err
+	}
+	for _, st := range cfg.Pipeline {
+		where := fmt.Sprintf("%s:%d: stage %q", cfg.Path, st.Line, st.Name)
+		path, err := pluginhost.Resolve(cfg.PluginDir, st.Plugin)
+		if err != nil {
+			return fail(fmt.Errorf("%s: %w", where, err))
+		}
+		pin := cfg.Plugins[st.Plugin].SHA256
+		info, err := pluginhost.Probe(path, pin, log.Named(st.Name))
+		if err != nil {
+			return fail(fmt.Errorf("%s: %w", where, err))
+		}
+		if err := config.ValidateBlock(cfg.Path, st, info.Schema); err != nil {
+			return fail(err)
+		}
+		kind, err := stageKind(info)
+		if err != nil {
+			return fail(fmt.Errorf("%s: %w", where, err))
+		}
+		js, err := config.BlockJSON(st)
+		if err != nil {
+			return fail(fmt.Errorf("%s: %w", where, err))
+		}
+		ps, err := pluginhost.Start(ctx, pluginhost.Spec{Stage: st.Name, Plugin: st.Plugin, Path: path, SHA256: pin, Config: js}, log.Named(st.Name))
+		if err != nil {
+			var fe *sdk.FieldError
+			if errors.As(err, &fe) {
+				return fail(fmt.Errorf("%s:%d: stage %q (plugin %s): %s: %v", cfg.Path, st.KeyLine(fe.Field), st.Name, st.Plugin, fe.Field, fe.Err))
+			}
+			return fail(fmt.Errorf("%s (plugin %s): %w", where, st.Plugin, err))
+		}
+		started = append(started, ps)
+		stages = append(stages, pipeline.Stage{Name: st.Name, Kind: kind, Needs: info.Needs, Impl: ps})
+	}
+	if err := pipeline.ValidateOrder(stages); err != nil {
+		return fail(fmt.Errorf("%s: pipeline: %w", cfg.Path, err))
+	}
+	return started, stages, nil
+}
+
+func stageKind(info sdk.Info) (sdk.Kind, error) {
+	if len(info.Kinds) == 1 {
+		return info.Kinds[0], nil
+	}
+	return "", fmt.Errorf("plugin %s offers kinds %v; this pipeline cannot choose one", info.Name, info.Kinds)
+}
+
+// Start opens the queue, starts the plugins, the engine and the listeners.
+func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, error) {
+	d := &Daemon{cfg: cfg, log: log, counters: &stats.Counters{}}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, err
+	}
+	q, err := queue.Open(filepath.Join(cfg.DataDir, "queue"), queue.Options{GCInterval: cfg.Queue.GCInterval.D(), Logger: log.Named("queue")})
+	if err != nil {
+		return nil, err
+	}
+	d.q = q
+	started, stages, err := StartStages(ctx, cfg, log)
+	if err != nil {
+		q.Close()
+		return nil, err
+	}
+	d.stages = started
+	schedule := make([]time.Duration, len(cfg.Retry.Schedule))
+	for i, s := range cfg.Retry.Schedule {
+		schedule[i] = s.D()
+	}
+	d.engine, err = pipeline.New(q, stages, pipeline.Options{
+		Pool: pipeline.Pool{Window: cfg.Scheduler.Window.D(), MinPool: cfg.Scheduler.MinPool, SendFraction: cfg.Scheduler.SendFraction, MaxBatch: cfg.Scheduler.MaxBatch},
+		Backoff: pipeline.Backoff{MaxAttempts: cfg.Retry.MaxAttempts, Base: cfg.Retry.Base.D(), Factor: cfg.Retry.Factor,
+			Max: cfg.Retry.Max.D(), Jitter: cfg.Retry.Jitter, Schedule: schedule},
+		MaxLifetime: cfg.Queue.MaxLifetime.D(),
+		Workers:     cfg.Queue.Workers,
+		Concurrency: cfg.Scheduler.Concurrency,
+		Logger:      log.Named("pipeline"),
+		Counters:    d.counters,
+	})
+	if err != nil {
+		d.closeStages()
+		q.Close()
+		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
+	}
+	var checkers []smtpd.Checker
+	for _, st := range d.engine.Checkers() {
+		checkers = append(checkers, namedChecker{st})
+	}
+	for _, lc := range cfg.Listeners {
+		srv, err := smtpd.New(lc, cfg.Hostname, d, checkers, d.counters, log)
+		if err == nil {
+			err = srv.Listen()
+		}
+		if err != nil {
+			d.shutdownListeners()
+			d.closeStages()
+			q.Close()
+			return nil, err
+		}
+		d.listeners = append(d.listeners, srv)
+	}
+	if err := d.engine.Start(ctx); err != nil {
+		d.shutdownListeners()
+		d.closeStages()
+		q.Close()
+		return nil, err
+	}
+	for _, l := range d.listeners {
+		go func() {
+			if err := l.Serve(); err != nil {
+				log.Error("[SMTP] listener stopped", "error", err)
+			}
+		}()
+		log.Info("[SMTP] listening", "address", l.Addr().String())
+	}
+	if err := d.startAdmin(); err != nil {
+		log.Warn("admin socket unavailable; `mixmta queue` needs the daemon stopped", "error", err)
+	}
+	if err := d.startMetrics(); err != nil {
+		d.Stop(context.Background())
+		return nil, err
+	}
+	go d.statsLoop(ctx)
+	return d, nil
+}
+
+type namedChecker struct{ st pipeline.Stage }
+
+func (n namedChecker) Name() string { return n.st.Name }
+func (n namedChecker) Check(ctx context.Context, m *sdk.Message) error {
+	if n.st.Needs&sdk.NeedHeader == 0 {
+		m.Header = nil
+	}
+	if n.st.Needs&sdk.NeedBody == 0 {
+		m.Body = nil
+	}
+	return n.st.Impl.Check(ctx, m)
+}
+
+// Accept implements smtpd.Sink.
+func (d *Daemon) Accept(env sdk.Envelope, header, body []byte, received time.Time) (*queue.Item, error) {
+	return d.q.Accept(env, header, body, received)
+}
+
+// Submit implements smtpd.Sink.
+func (d *Daemon) Submit(it *queue.Item) { d.engine.Submit(it) }
+
+// Listeners returns the SMTP listeners (for tests: bound addresses).
+func (d *Daemon) Listeners() []*smtpd.Server { return d.listeners }
+
+// Counters returns the daemon's counters.
+func (d *Daemon) Counters() *stats.Counters { return d.counters }
+
+func (d *Daemon) gauges() stats.Gauges {
+	return stats.Gauges{
+		Queued:  d.engine.Queued,
+		Delayed: d.engine.Delayed,
+		PluginsHealthy: func() (int, int) {
+			h := 0
+			for _, s := range d.stages {
+				if s.Healthy() {
+					h++
+				}
+			}
+			return h, len(d.stages)
+		},
+	}
+}
+
+func (d *Daemon) statsLoop(ctx context.Context) {
+	iv := d.cfg.Log.StatsInterval.D()
+	if iv <= 0 {
+		iv = time.Minute
+	}
+	t := time.NewTicker(iv)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			var restarts int64
+			for _, s := range d.stages {
+				restarts += s.Restarts()
+			}
+			d.counters.PluginRestarts.Store(restarts)
+			d.log.Info("[STATS] " + stats.Line(d.counters, d.gauges()))
+		}
+	}
+}
+
+func (d *Daemon) startMetrics() error {
+	if d.cfg.Metrics.Address == "" {
+		return nil
+	}
+	reg := prometheus.NewRegistry()
+	stats.Register(reg, d.counters, d.gauges())
+	ln, err := net.Listen("tcp", d.cfg.Metrics.Address)
+	if err != nil {
+		return fmt.Errorf("metrics: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	d.metrics = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	go d.metrics.Serve(ln)
+	return nil
+}
+
+func (d *Daemon) shutdownListeners() {
+	for _, l := range d.listeners {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		_ = l.Shutdown(ctx)
+		cancel()
+	}
+}
+
+func (d *Daemon) closeStages() {
+	for _, s := range d.stages {
+		s.Close()
+	}
+}
+
+// Stop shuts down gracefully: listeners stop accepting and open sessions
+// get until ctx's deadline; the engine's context must already be cancelled
+// so workers finish their current item; then plugins stop and the queue is
+// synced and closed. Items not finished resume at the next start.
+func (d *Daemon) Stop(ctx context.Context) {
+	d.shutdownListeners()
+	if d.admin != nil {
+		d.admin.Close()
+	}
+	if d.metrics != nil {
+		d.metrics.Close()
+	}
+	done := make(chan struct{})
+	go func() { d.engine.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		d.log.Warn("shutdown: in-flight items left to resume at next start", "count", d.engine.InFlight())
+	}
+	d.closeStages()
+	if err := d.q.Close(); err != nil {
+		d.log.Error("closing queue", "error", err)
+	}
+}

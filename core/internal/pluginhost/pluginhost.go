@@ -1,0 +1,259 @@
+// Package pluginhost launches and supervises the pipeline's plugin
+// processes: one process per stage, started once and reused, restarted with
+// backoff when it crashes, with the in-flight call retried on the new
+// process so no item is lost.
+package pluginhost
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// Spec says how to start one stage's plugin.
+type Spec struct {
+	// Stage is the stage's name in the pipeline file.
+	Stage string
+	// Plugin is the binary's name, found in the plugin directory.
+	Plugin string
+	// Path is the resolved binary path.
+	Path string
+	// SHA256 optionally pins the binary (hex).
+	SHA256 string
+	// Config is the stage's config block as JSON.
+	Config []byte
+}
+
+// Resolve finds a plugin binary by name in dir. Names are plain file names
+// (no path separators). Errors: not found, not executable.
+func Resolve(dir, name string) (string, error) {
+	if name == "" || name != filepath.Base(name) || name == "." || name == ".." {
+		return "", fmt.Errorf("plugin name %q must be a plain file name", name)
+	}
+	p := filepath.Join(dir, name)
+	fi, err := os.Stat(p)
+	if err != nil {
+		return "", fmt.Errorf("plugin %q not found in %s (run `make build`)", name, dir)
+	}
+	if fi.IsDir() || fi.Mode()&0o111 == 0 {
+		return "", fmt.Errorf("plugin %q in %s is not an executable file", name, dir)
+	}
+	return filepath.Abs(p)
+}
+
+// Backoff for restarts: 100 ms doubling to 10 s.
+const (
+	restartBase = 100 * time.Millisecond
+	restartMax  = 10 * time.Second
+	// callRetries is how many times a call is retried on a fresh process
+	// after a transport failure before the failure is returned.
+	callRetries = 3
+)
+
+// Stage is a supervised plugin process serving one stage.
+type Stage struct {
+	Spec Spec
+	Info sdk.Info
+
+	log      hclog.Logger
+	mu       sync.Mutex
+	client   *sdk.Client
+	gen      uint64
+	failures int
+	restarts atomic.Int64
+	closed   bool
+}
+
+// Start launches the plugin and configures it. A config error is returned
+// as the plugin reported it (*sdk.FieldError when it names a key).
+func Start(ctx context.Context, spec Spec, log hclog.Logger) (*Stage, error) {
+	s := &Stage{Spec: spec, log: log}
+	c, err := s.launch(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.client, s.Info = c, c.Info()
+	return s, nil
+}
+
+// Probe launches the plugin only to read its Info (no Configure), then
+// stops it. Used by check-config and `mixmta plugins`.
+func Probe(path, sha string, log hclog.Logger) (sdk.Info, error) {
+	c, err := sdk.Launch(sdk.LaunchOptions{Path: path, SHA256: sha, Logger: log})
+	if err != nil {
+		return sdk.Info{}, err
+	}
+	defer c.Kill()
+	return c.Info(), nil
+}
+
+func (s *Stage) launch(ctx context.Context) (*sdk.Client, error) {
+	c, err := sdk.Launch(sdk.LaunchOptions{Path: s.Spec.Path, SHA256: s.Spec.SHA256, Logger: s.log})
+	if err != nil {
+		return nil, err
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := c.Configure(cctx, s.Spec.Stage, s.Spec.Config); err != nil {
+		c.Kill()
+		return nil, err
+	}
+	return c, nil
+}
+
+// Healthy reports whether the plugin process is running.
+func (s *Stage) Healthy() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.client != nil && !s.client.Exited()
+}
+
+// Restarts counts restarts since start.
+func (s *Stage) Restarts() int64 { return s.restarts.Load() }
+
+// Pid returns the current plugin process id.
+func (s *Stage) Pid() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.client == nil {
+		return 0
+	}
+	return s.client.Pid()
+}
+
+// Close kills the plugin process.
+func (s *Stage) Close() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	if s.client != nil {
+		s.client.Kill()
+		s.client = nil
+	}
+}
+
+var errClosed = errors.New("pluginhost: stage closed")
+
+// current returns the live client and its generation, restarting the
+// process (with backoff) when it is gone.
+func (s *Stage) current(ctx context.Context) (*sdk.Client, uint64, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for {
+		if s.closed {
+			return nil, 0, errClosed
+		}
+		if s.client != nil && !s.client.Exited() {
+			return s.client, s.gen, nil
+		}
+		if s.client != nil {
+			s.client.Kill()
+			s.client = nil
+		}
+		if s.failures > 0 {
+			wait := min(restartBase<<min(s.failures-1, 20), restartMax)
+			s.mu.Unlock()
+			select {
+			case <-time.After(wait):
+			case <-ctx.Done():
+				s.mu.Lock()
+				return nil, 0, ctx.Err()
+			}
+			s.mu.Lock()
+			if s.client != nil && !s.client.Exited() {
+				continue
+			}
+		}
+		c, err := s.launch(ctx)
+		if err != nil {
+			s.failures++
+			s.log.Error("plugin restart failed", "stage", s.Spec.Stage, "attempt", s.failures, "error", err)
+			if s.failures >= 8 {
+				return nil, 0, &sdk.TransportError{Err: err}
+			}
+			continue
+		}
+		s.client = c
+		s.gen++
+		s.restarts.Add(1)
+		s.log.Warn("plugin restarted", "stage", s.Spec.Stage, "pid", c.Pid())
+		return c, s.gen, nil
+	}
+}
+
+// markDead records that the client of generation gen failed at transport
+// level, so the next call restarts it.
+func (s *Stage) markDead(gen uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen == gen && s.client != nil {
+		s.client.Kill()
+		s.client = nil
+		s.failures++
+	}
+}
+
+func (s *Stage) markOK() {
+	s.mu.Lock()
+	s.failures = 0
+	s.mu.Unlock()
+}
+
+// call runs fn on the live client; on a transport failure (crash, kill) it
+// restarts the plugin and runs fn again, up to callRetries times.
+func call[T any](ctx context.Context, s *Stage, fn func(*sdk.Client) (T, error)) (T, error) {
+	var zero T
+	var lastErr error
+	for i := 0; i <= callRetries; i++ {
+		c, gen, err := s.current(ctx)
+		if err != nil {
+			return zero, err
+		}
+		v, err := fn(c)
+		if err == nil || !sdk.IsTransport(err) || ctx.Err() != nil {
+			if err == nil {
+				s.markOK()
+			}
+			return v, err
+		}
+		lastErr = err
+		s.log.Warn("plugin call failed, restarting plugin", "stage", s.Spec.Stage, "error", err)
+		s.markDead(gen)
+	}
+	return zero, lastErr
+}
+
+// Check runs the stage as a checker.
+func (s *Stage) Check(ctx context.Context, m *sdk.Message) error {
+	_, err := call(ctx, s, func(c *sdk.Client) (struct{}, error) { return struct{}{}, c.Check(ctx, m) })
+	return err
+}
+
+// Transform runs the stage as a transformer.
+func (s *Stage) Transform(ctx context.Context, m *sdk.Message) (*sdk.Change, error) {
+	return call(ctx, s, func(c *sdk.Client) (*sdk.Change, error) { return c.Transform(ctx, m) })
+}
+
+// Route runs the stage as a router.
+func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) {
+	return call(ctx, s, func(c *sdk.Client) ([]sdk.Route, error) { return c.Route(ctx, m) })
+}
+
+// Delay runs the stage as a delayer.
+func (s *Stage) Delay(ctx context.Context, req sdk.DelayRequest) ([]time.Duration, error) {
+	return call(ctx, s, func(c *sdk.Client) ([]time.Duration, error) { return c.Delay(ctx, req) })
+}
+
+// Deliver runs the stage as a deliverer.
+func (s *Stage) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, error) {
+	return call(ctx, s, func(c *sdk.Client) ([]sdk.RcptResult, error) { return c.Deliver(ctx, m) })
+}

@@ -1,0 +1,507 @@
+// Package smtpd is mixmta's SMTP ingress (RFC 5321, with SIZE, 8BITMIME,
+// SMTPUTF8, PIPELINING, ENHANCEDSTATUSCODES, optional STARTTLS and AUTH
+// PLAIN), built on emersion/go-smtp. Each listener enforces its own relay
+// policy, default-deny: a recipient is accepted only for a local domain, or
+// when this client may relay (an allowed network, an authenticated user, or
+// a public entry with rate limits). Loopback is never trusted implicitly:
+// behind a Tor onion service every client is 127.0.0.1.
+//
+// A message is answered 250 only after the queue has synced it to disk.
+package smtpd
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/emersion/go-sasl"
+	"github.com/emersion/go-smtp"
+	"github.com/hashicorp/go-hclog"
+	"golang.org/x/crypto/bcrypt"
+
+	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/core/internal/queue"
+	"github.com/mixmta/mixmta/core/internal/stats"
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// Checker is a checker stage (see sdk.Checker).
+type Checker interface {
+	Name() string
+	Check(ctx context.Context, m *sdk.Message) error
+}
+
+// Sink receives accepted messages.
+type Sink interface {
+	// Accept stores the message durably (synced) and returns its item.
+	Accept(env sdk.Envelope, header, body []byte, received time.Time) (*queue.Item, error)
+	// Submit hands the stored item to the pipeline.
+	Submit(it *queue.Item)
+}
+
+// Server is one SMTP listener.
+type Server struct {
+	cfg      config.Listener
+	hostname string
+	sink     Sink
+	checkers []Checker
+	log      hclog.Logger
+	c        *stats.Counters
+
+	smtp     *smtp.Server
+	ln       net.Listener
+	blocks   *config.BlockList
+	users    map[string][]byte
+	limiter  *rateLimiter
+	sessions atomic.Int64
+	nextID   atomic.Uint64
+}
+
+// New builds a listener from its config. Errors: unreadable TLS files,
+// users file or block list.
+func New(cfg config.Listener, hostname string, sink Sink, checkers []Checker, c *stats.Counters, log hclog.Logger) (*Server, error) {
+	s := &Server{cfg: cfg, hostname: hostname, sink: sink, checkers: checkers, c: c, log: log.Named("smtp").With("listener", cfg.Name)}
+	srv := smtp.NewServer(s)
+	srv.Addr = cfg.Address
+	srv.Domain = hostname
+	srv.MaxMessageBytes = cfg.MaxMessageBytes
+	srv.MaxRecipients = cfg.MaxRecipients
+	srv.MaxLineLength = cfg.MaxLineLength
+	srv.ReadTimeout = cfg.ReadTimeout.D()
+	srv.WriteTimeout = cfg.WriteTimeout.D()
+	srv.EnableSMTPUTF8 = true
+	srv.AllowInsecureAuth = false
+	srv.ErrorLog = errorLog{s.log}
+	if cfg.TLS != nil {
+		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: tls: %w", cfg.Name, err)
+		}
+		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	}
+	if cfg.Auth != nil {
+		users, err := readUsers(cfg.Auth.UsersFile)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: auth: %w", cfg.Name, err)
+		}
+		s.users = users
+	}
+	if f := cfg.Relay.DestinationBlockFile; f != "" {
+		bl, err := config.ReadBlockList(f)
+		if err != nil {
+			return nil, fmt.Errorf("listener %s: %w", cfg.Name, err)
+		}
+		s.blocks = bl
+	}
+	if rl := cfg.Relay.RateLimit; rl != nil {
+		s.limiter = newRateLimiter(rl.Messages, rl.Per.D(), rl.Burst)
+	}
+	s.smtp = srv
+	return s, nil
+}
+
+// Listen binds the listener's address.
+func (s *Server) Listen() error {
+	ln, err := net.Listen("tcp", s.cfg.Address)
+	if err != nil {
+		return fmt.Errorf("listener %s: %w", s.cfg.Name, err)
+	}
+	s.ln = &limitListener{Listener: ln, s: s}
+	return nil
+}
+
+// Addr returns the bound address (after Listen).
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Serve accepts connections until Shutdown.
+func (s *Server) Serve() error {
+	err := s.smtp.Serve(s.ln)
+	if errors.Is(err, smtp.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting, waits for sessions to end until ctx expires,
+// then closes the rest (their messages without 250 are the client's).
+func (s *Server) Shutdown(ctx context.Context) error {
+	err := s.smtp.Shutdown(ctx)
+	if err != nil {
+		s.smtp.Close()
+	}
+	return err
+}
+
+// Sessions returns the number of open sessions.
+func (s *Server) Sessions() int64 { return s.sessions.Load() }
+
+// limitListener refuses connections beyond MaxSessions with 421 (RFC 5321
+// §3.8) instead of letting them queue.
+type limitListener struct {
+	net.Listener
+	s *Server
+}
+
+func (l *limitListener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		if n := l.s.sessions.Add(1); n > int64(l.s.cfg.MaxSessions) {
+			l.s.sessions.Add(-1)
+			l.s.c.Rejected.Add(1)
+			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
+			_, _ = io.WriteString(c, "421 4.3.2 Too many sessions, try again later\r\n")
+			c.Close()
+			continue
+		}
+		return &countedConn{Conn: c, s: l.s}, nil
+	}
+}
+
+type countedConn struct {
+	net.Conn
+	s    *Server
+	once sync.Once
+}
+
+func (c *countedConn) Close() error {
+	c.once.Do(func() { c.s.sessions.Add(-1) })
+	return c.Conn.Close()
+}
+
+// NewSession implements smtp.Backend.
+func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
+	var ip netip.Addr
+	if ta, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
+		ip, _ = netip.AddrFromSlice(ta.IP)
+		ip = ip.Unmap()
+	}
+	sess := &session{s: s, conn: c, ip: ip, id: s.nextID.Add(1)}
+	return sess, nil
+}
+
+type session struct {
+	s    *Server
+	conn *smtp.Conn
+	ip   netip.Addr
+	id   uint64
+	user string
+
+	env     sdk.Envelope
+	relayed int
+	started bool
+}
+
+func smtpErr(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
+	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
+}
+
+func (ss *session) reject(err *smtp.SMTPError, what string) error {
+	ss.s.c.Rejected.Add(1)
+	ss.s.log.Info("[SMTP] refused", "session", ss.id, "command", what, "reply", fmt.Sprintf("%d %d.%d.%d", err.Code, err.EnhancedCode[0], err.EnhancedCode[1], err.EnhancedCode[2]))
+	return err
+}
+
+// AuthMechanisms implements smtp.AuthSession: PLAIN when users exist.
+// go-smtp offers AUTH only after STARTTLS (AllowInsecureAuth is false).
+func (ss *session) AuthMechanisms() []string {
+	if ss.s.users == nil {
+		return nil
+	}
+	return []string{sasl.Plain}
+}
+
+// Auth implements smtp.AuthSession (RFC 4616 PLAIN).
+func (ss *session) Auth(mech string) (sasl.Server, error) {
+	if ss.s.users == nil || mech != sasl.Plain {
+		return nil, smtp.ErrAuthUnsupported
+	}
+	if _, tlsOK := ss.conn.TLSConnectionState(); !tlsOK {
+		return nil, smtpErr(538, smtp.EnhancedCode{5, 7, 11}, "Encryption required for requested authentication mechanism")
+	}
+	return sasl.NewPlainServer(func(identity, username, password string) error {
+		hash, ok := ss.s.users[username]
+		if !ok {
+			// Compare anyway so timing does not reveal which users exist.
+			_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+			return ss.reject(smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid"), "AUTH")
+		}
+		if identity != "" && identity != username {
+			return ss.reject(smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "Authorization identity must match"), "AUTH")
+		}
+		if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil {
+			return ss.reject(smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid"), "AUTH")
+		}
+		ss.user = username
+		return nil
+	}), nil
+}
+
+var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("mixmta-dummy"), bcrypt.MinCost)
+
+func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if from != "" {
+		if err := checkAddress(from, opts != nil && opts.UTF8); err != nil {
+			return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax"), "MAIL")
+		}
+	}
+	if ss.s.limiter != nil && !ss.s.limiter.allow(ss.ip, time.Now()) {
+		return ss.reject(smtpErr(450, smtp.EnhancedCode{4, 7, 1}, "Rate limit exceeded, try again later"), "MAIL")
+	}
+	ss.env = sdk.Envelope{MailFrom: from, BodyType: sdk.Body7Bit}
+	if opts != nil {
+		ss.env.SMTPUTF8 = opts.UTF8
+		if opts.Body != "" {
+			ss.env.BodyType = sdk.BodyType(opts.Body)
+		}
+	}
+	ss.relayed = 0
+	ss.started = true
+	return nil
+}
+
+// mayRelay reports whether this session may send to non-local domains.
+func (ss *session) mayRelay() bool {
+	r := ss.s.cfg.Relay
+	if r.Anyone {
+		return true
+	}
+	if r.AuthenticatedUsers && ss.user != "" {
+		return true
+	}
+	for _, p := range r.Networks {
+		if ss.ip.IsValid() && p.Contains(ss.ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func (ss *session) isLocal(domain string) bool {
+	for _, d := range ss.s.cfg.LocalDomains {
+		if strings.EqualFold(d, domain) {
+			return true
+		}
+	}
+	return false
+}
+
+func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
+	if !ss.started {
+		return ss.reject(smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "MAIL first"), "RCPT")
+	}
+	if err := checkAddress(to, ss.env.SMTPUTF8); err != nil {
+		return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax"), "RCPT")
+	}
+	domain := to[strings.LastIndexByte(to, '@')+1:]
+	if !ss.isLocal(domain) {
+		if !ss.mayRelay() {
+			return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Relaying denied"), "RCPT")
+		}
+		if ss.s.blocks != nil && ss.s.blocks.Blocked(to) {
+			return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Recipient has opted out of anonymous mail"), "RCPT")
+		}
+		if max := ss.s.cfg.Relay.MaxRecipients; max > 0 && ss.relayed >= max {
+			return ss.reject(smtpErr(452, smtp.EnhancedCode{4, 5, 3}, fmt.Sprintf("Too many recipients (at most %d)", max)), "RCPT")
+		}
+	}
+	env := ss.env
+	env.RcptTo = append(append([]string{}, ss.env.RcptTo...), to)
+	for _, c := range ss.s.checkers {
+		if err := c.Check(context.Background(), &sdk.Message{Envelope: env}); err != nil {
+			return ss.reject(toSMTP(err), "RCPT")
+		}
+	}
+	if !ss.isLocal(domain) {
+		ss.relayed++
+	}
+	ss.env.RcptTo = env.RcptTo
+	return nil
+}
+
+// toSMTP maps a stage error to an SMTP reply; anything that is not an
+// *sdk.Error becomes 451 4.3.0 (never lose mail on a plugin bug).
+func toSMTP(err error) *smtp.SMTPError {
+	e := sdk.AsError(err)
+	code := e.SMTPCode()
+	var enh smtp.EnhancedCode
+	if _, err := fmt.Sscanf(e.EnhancedCode(), "%d.%d.%d", &enh[0], &enh[1], &enh[2]); err != nil || enh[0] != code/100 {
+		enh = smtp.EnhancedCode{code / 100, 0, 0}
+	}
+	msg := e.Message
+	if msg == "" {
+		msg = "Rejected"
+	}
+	return smtpErr(code, enh, msg)
+}
+
+func (ss *session) Data(r io.Reader) error {
+	if !ss.started || len(ss.env.RcptTo) == 0 {
+		_, _ = io.Copy(io.Discard, r)
+		return ss.reject(smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "RCPT first"), "DATA")
+	}
+	raw, err := io.ReadAll(r)
+	if err != nil {
+		var se *smtp.SMTPError
+		if errors.As(err, &se) {
+			return ss.reject(se, "DATA")
+		}
+		if errors.Is(err, smtp.ErrTooLongLine) {
+			return ss.reject(smtpErr(500, smtp.EnhancedCode{5, 5, 2}, "Line too long"), "DATA")
+		}
+		return err
+	}
+	header, body := SplitMessage(raw)
+	if int64(len(header)) > ss.s.cfg.MaxHeaderBytes {
+		return ss.reject(smtpErr(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message header exceeds %d bytes", ss.s.cfg.MaxHeaderBytes)), "DATA")
+	}
+	if n := CountFields(header); n > ss.s.cfg.MaxHeaderFields {
+		return ss.reject(smtpErr(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message header has more than %d fields", ss.s.cfg.MaxHeaderFields)), "DATA")
+	}
+	for _, c := range ss.s.checkers {
+		m := &sdk.Message{Envelope: ss.env, Header: header, Body: body, Size: int64(len(raw))}
+		if err := c.Check(context.Background(), m); err != nil {
+			return ss.reject(toSMTP(err), "DATA")
+		}
+	}
+	it, err := ss.s.sink.Accept(ss.env, header, body, time.Now())
+	if err != nil {
+		ss.s.log.Error("[SMTP] queue write failed", "session", ss.id, "error", err)
+		return ss.reject(smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Queue unavailable, try again later"), "DATA")
+	}
+	ss.s.c.Received.Add(1)
+	ss.s.log.Info("[SMTP] accepted", "session", ss.id, "item", it.ID.String(), "size", it.Size, "rcpts", len(ss.env.RcptTo))
+	ss.s.sink.Submit(it)
+	ss.reset()
+	return nil
+}
+
+func (ss *session) reset() {
+	ss.env = sdk.Envelope{}
+	ss.relayed = 0
+	ss.started = false
+}
+
+func (ss *session) Reset()        { ss.reset() }
+func (ss *session) Logout() error { return nil }
+
+// SplitMessage splits raw message data at the first empty line into the
+// header section (including the empty line, CRLF CRLF) and the body (RFC
+// 5322 §2.1). A message without an empty line is all header. A message
+// starting with an empty line has an empty header section.
+func SplitMessage(raw []byte) (header, body []byte) {
+	if bytes.HasPrefix(raw, []byte("\r\n")) {
+		return raw[:2], raw[2:]
+	}
+	if i := bytes.Index(raw, []byte("\r\n\r\n")); i >= 0 {
+		return raw[:i+4], raw[i+4:]
+	}
+	if i := bytes.Index(raw, []byte("\n\n")); i >= 0 {
+		return raw[:i+2], raw[i+2:]
+	}
+	return raw, nil
+}
+
+// CountFields counts the header fields in a header section: lines that do
+// not start with whitespace (continuations) and are not empty.
+func CountFields(header []byte) int {
+	n := 0
+	for len(header) > 0 {
+		line := header
+		if i := bytes.IndexByte(header, '\n'); i >= 0 {
+			line, header = header[:i], header[i+1:]
+		} else {
+			header = nil
+		}
+		if len(line) > 0 && line[0] != ' ' && line[0] != '\t' && line[0] != '\r' {
+			n++
+		}
+	}
+	return n
+}
+
+// checkAddress validates an RFC 5321 mailbox (local-part@domain) loosely:
+// a non-empty local part, a dot-atom domain or address literal, no control
+// characters, and 8-bit bytes only with SMTPUTF8 (RFC 6531 §3.3).
+func checkAddress(addr string, utf8 bool) error {
+	at := strings.LastIndexByte(addr, '@')
+	if at <= 0 || at == len(addr)-1 || len(addr) > 254 {
+		return errors.New("not local@domain")
+	}
+	for i := 0; i < len(addr); i++ {
+		c := addr[i]
+		if c < 0x21 || c == 0x7f {
+			return errors.New("control or space character")
+		}
+		if c >= 0x80 && !utf8 {
+			return errors.New("8-bit address without SMTPUTF8")
+		}
+	}
+	domain := addr[at+1:]
+	if strings.HasPrefix(domain, "[") && strings.HasSuffix(domain, "]") {
+		return nil
+	}
+	for _, label := range strings.Split(domain, ".") {
+		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
+			return errors.New("bad domain")
+		}
+		for _, r := range label {
+			if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= 0x80) {
+				return errors.New("bad domain character")
+			}
+		}
+	}
+	return nil
+}
+
+// readUsers reads a users file: "user:bcrypt-hash" per line, # comments.
+// The file must not be readable by group or others.
+func readUsers(path string) (map[string][]byte, error) {
+	fi, err := os.Stat(path)
+	if err != nil {
+		return nil, err
+	}
+	if fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s: mode %o: must not be readable by group or others (chmod 600)", path, fi.Mode().Perm())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	users := map[string][]byte{}
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		u, h, ok := strings.Cut(line, ":")
+		if !ok || u == "" {
+			return nil, fmt.Errorf("%s:%d: want user:bcrypt-hash", path, n)
+		}
+		if _, err := bcrypt.Cost([]byte(h)); err != nil {
+			return nil, fmt.Errorf("%s:%d: not a bcrypt hash", path, n)
+		}
+		users[u] = []byte(h)
+	}
+	return users, sc.Err()
+}
+
+type errorLog struct{ l hclog.Logger }
+
+func (e errorLog) Printf(format string, v ...any) { e.l.Debug(fmt.Sprintf(format, v...)) }
+func (e errorLog) Println(v ...any)               { e.l.Debug(fmt.Sprint(v...)) }
