@@ -1,0 +1,57 @@
+# mixmta — build, run, test, benchmark.
+#   make build   daemon and every plugin into bin/
+#   make run     build, then serve configs/local.yaml (mail lands in ./var/maildir)
+#   make test    install missing test peers (apt-get), build, run every test
+#   make bench   benchmarks (Go benchmarks and bench/*.sh), figures on stdout
+
+GO      ?= go
+BIN     := bin
+CONFIG  ?= configs/local.yaml
+VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+# Debian packages the tests start as real peers.
+TEST_PKGS := swaks postfix dnsmasq-base tor libnet-ssleay-perl libio-socket-inet6-perl libnet-dns-perl
+GOTEST_TIMEOUT ?= 25m
+
+.PHONY: build run test test-deps bench proto fmt vet clean
+
+build:
+	@mkdir -p $(BIN)
+	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./core/cmd/mixmta ./plugins/... ./sdk/examples/...
+
+run: build
+	@mkdir -p var
+	./$(BIN)/mixmta serve -c $(CONFIG)
+
+# Installs only what is missing; needs root or sudo for apt-get.
+test-deps:
+	@missing=""; \
+	for p in $(TEST_PKGS); do dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing test peers:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  if [ -d /run/systemd/system ] && [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; $$SUDO chmod +x /usr/sbin/policy-rc.d; fi; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends $$missing; \
+	fi
+
+test: test-deps build
+	$(GO) vet ./...
+	$(GO) test -timeout $(GOTEST_TIMEOUT) -count=1 ./...
+
+bench: test-deps build
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+	@for s in bench/*.sh; do echo "== $$s"; bash $$s || exit 1; done
+
+# Regenerate the plugin protocol (needs protoc, protoc-gen-go, protoc-gen-go-grpc).
+proto:
+	cd sdk/internal/pb && protoc --go_out=. --go_opt=paths=source_relative \
+	  --go-grpc_out=. --go-grpc_opt=paths=source_relative stage.proto
+
+fmt:
+	gofmt -w core sdk plugins
+
+vet:
+	$(GO) vet ./...
+
+clean:
+	rm -rf $(BIN)
