@@ -94,3 +94,44 @@ func travel(tb testing.TB, g Geometry, nodes []testNode, pkt []byte) hopTrace {
 	}
 	return tr
 }
+
+// decryptRouting returns what hop priv sees after decrypting the routing
+// information of packet (β ‖ 0^t XOR ρ): its slot followed by the next β. It
+// recomputes the hop's keys with the package internals.
+func decryptRouting(tb testing.TB, g Geometry, priv *ecdh.PrivateKey, packet []byte) []byte {
+	tb.Helper()
+	L := g.payloadRegion()
+	var alpha [32]byte
+	copy(alpha[:], packet[L:])
+	pub, err := ecdh.X25519().NewPublicKey(alpha[:])
+	if err != nil {
+		tb.Fatal(err)
+	}
+	ss, err := priv.ECDH(pub)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	var s [32]byte
+	copy(s[:], ss)
+	var k hopKeys
+	deriveKeys(&k, &alpha, &s)
+	R := g.betaSize()
+	b := make([]byte, R+SlotSize)
+	copy(b, packet[L+GroupElementSize:L+GroupElementSize+R])
+	xorStream(&k.stream, b)
+	return b
+}
+
+// longestZeroRun returns the length of the longest run of zero bytes in b.
+func longestZeroRun(b []byte) int {
+	best, cur := 0, 0
+	for _, c := range b {
+		if c == 0 {
+			cur++
+			best = max(best, cur)
+		} else {
+			cur = 0
+		}
+	}
+	return best
+}

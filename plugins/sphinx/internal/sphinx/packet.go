@@ -49,7 +49,21 @@ func NewPacket(g Geometry, path []Hop, final Command, payload []byte, rand io.Re
 		}
 	}
 
+	pkt := make([]byte, g.PacketSize)
+	encodePayload(pkt[:g.payloadRegion()], payload)
+	if err := build(g, path, final, pkt, rand); err != nil {
+		return nil, err
+	}
+	return pkt, nil
+}
+
+// build turns pkt, whose payload region holds the innermost payload layer,
+// into a packet for path ending with final. Arguments other than rand's
+// output are not checked (NewPacket does that; tests use build directly to
+// make authentic but malformed packets).
+func build(g Geometry, path []Hop, final Command, pkt []byte, rand io.Reader) error {
 	const t = SlotSize
+	n := len(path)
 	r := g.MaxHops
 	R := g.betaSize()
 	L := g.payloadRegion()
@@ -58,7 +72,7 @@ func NewPacket(g Geometry, path []Hop, final Command, payload []byte, rand io.Re
 	// of the last hop's β.
 	var seed [32]byte
 	if _, err := io.ReadFull(rand, seed[:]); err != nil {
-		return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
+		return fmt.Errorf("sphinx: reading randomness: %w", err)
 	}
 	var X edwards25519.Scalar // X_i = clamp(x)·clamp(b_0)···clamp(b_{i-1}) mod ℓ
 	mustClamp(&X, &seed)
@@ -66,7 +80,7 @@ func NewPacket(g Geometry, path []Hop, final Command, payload []byte, rand io.Re
 	var work [maxBeta]byte
 	padLen := (r - n) * t
 	if _, err := io.ReadFull(rand, work[t:t+padLen]); err != nil {
-		return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
+		return fmt.Errorf("sphinx: reading randomness: %w", err)
 	}
 
 	// Per-hop secrets (§3.2, SPEC.md §4): α_i = X_i·B, s_i = X_i·Y_i,
@@ -86,7 +100,7 @@ func NewPacket(g Geometry, path []Hop, final Command, payload []byte, rand io.Re
 		copy(y[:], path[i].MixKey)
 		scalarMult(&s, &X, &y)
 		if isZero32(&s) {
-			return nil, fmt.Errorf("%w: hop %d: mix key is a low-order point", ErrBadKey, i)
+			return fmt.Errorf("%w: hop %d: mix key is a low-order point", ErrBadKey, i)
 		}
 		deriveKeys(&keys[i], &alpha, &s)
 		clear(s[:])
@@ -111,8 +125,6 @@ func NewPacket(g Geometry, path []Hop, final Command, payload []byte, rand io.Re
 	// C_i = AES-GCM_{k_i}(C_{i+1}). Each tag goes into hop i's routing slot, so
 	// the payload region keeps its size. Sealing in place uses the header
 	// area as room for the tag before the header is written.
-	pkt := make([]byte, g.PacketSize)
-	encodePayload(pkt[:L], payload)
 	var tags [MaxHopsLimit][PayloadTagSize]byte
 	for i := n - 1; i >= 0; i-- {
 		sealed := payloadAEAD(&keys[i].payload).Seal(pkt[:0], payloadNonce[:], pkt[:L], nil)
@@ -141,7 +153,7 @@ func NewPacket(g Geometry, path []Hop, final Command, payload []byte, rand io.Re
 	copy(pkt[L+GroupElementSize+R:], gamma[:])
 	clear(keys[:])
 	clear(rho[:])
-	return pkt, nil
+	return nil
 }
 
 // writeSlot writes a plaintext routing slot (SPEC.md §3): command | next node

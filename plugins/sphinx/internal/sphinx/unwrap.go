@@ -81,19 +81,9 @@ func Unwrap(g Geometry, priv *ecdh.PrivateKey, packet []byte) (*Result, error) {
 	copy(b, beta)
 	xorStream(&k.stream, b)
 	slot := b[:t]
-	cmd := Command(slot[slotCmd])
-	switch cmd {
-	case Forward:
-	case Exit, Drop:
-		// Unused fields must be zero (checked after authentication, so this
-		// reveals nothing to anyone but the sender).
-		for _, c := range slot[slotNext:slotTag] {
-			if c != 0 {
-				return nil, ErrBadRouting
-			}
-		}
-	default:
-		return nil, ErrBadRouting
+	cmd, err := checkSlot(slot)
+	if err != nil {
+		return nil, err
 	}
 
 	// Payload layer: AES-256-GCM with the tag from our slot. The tag is put
@@ -124,4 +114,24 @@ func Unwrap(g Geometry, priv *ecdh.PrivateKey, packet []byte) (*Result, error) {
 	case Drop:
 	}
 	return res, nil
+}
+
+// checkSlot returns the command of a decrypted routing slot (SlotSize bytes),
+// or ErrBadRouting if the command is unknown or, for Exit and Drop, the unused
+// fields (next node id, next γ) are not zero. It runs after the header MAC
+// check, so what it reveals is known to the sender only.
+func checkSlot(slot []byte) (Command, error) {
+	cmd := Command(slot[slotCmd])
+	switch cmd {
+	case Forward:
+		return cmd, nil
+	case Exit, Drop:
+		for _, c := range slot[slotNext:slotTag] {
+			if c != 0 {
+				return 0, ErrBadRouting
+			}
+		}
+		return cmd, nil
+	}
+	return 0, ErrBadRouting
 }
