@@ -17,7 +17,7 @@ import (
 // sender therefore keeps the product of the (clamped) scalars modulo ℓ,
 // X_i = clamp(x)·clamp(b_0)···clamp(b_{i-1}) mod ℓ, and computes
 // α_i = X_i·B and s_i = X_i·Y_i with one fixed-base and one variable-base
-// multiplication per hop (Sphinx §3.2), instead of the O(n²) chains of
+// multiplication per hop (Sphinx §3), instead of the O(n²) chains of
 // X25519 calls a clamped-only API forces. The result equals the hop's view:
 // X25519(y, α_i) = clamp(y)·X_i·B = X_i·Y_i, and X25519(b_i, α_i) =
 // clamp(b_i)·X_i·B = X_{i+1}·B = α_{i+1}.

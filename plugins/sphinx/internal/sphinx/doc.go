@@ -8,16 +8,16 @@
 //
 //   - The header carries one blinded group element α (X25519, 32 bytes), the
 //     encrypted routing information β (MaxHops fixed-size slots) and a MAC γ
-//     (HMAC-SHA256, 32 bytes) over β (§3.2).
+//     (HMAC-SHA256, 32 bytes) over β (§3).
 //   - Each hop computes the shared secret s = ECDH(mix key, α), checks γ in
 //     constant time before trusting anything else, decrypts β, and re-blinds
-//     α' = b·α with a blinding factor b derived from (α, s) (§3.2, §3.4).
-//   - Paths shorter than MaxHops are padded with the filler strings of §3.2
+//     α' = b·α with a blinding factor b derived from (α, s) (§3).
+//   - Paths shorter than MaxHops are padded with the filler strings of §3
 //     and with random bytes, so no hop learns its position or the path length.
 //   - Packets have the same size (Geometry.PacketSize, 64 KiB by default) at
 //     every hop.
 //
-// Unlike the paper's LIONESS payload (§3.1, §3.3), the payload is protected
+// Unlike the paper's LIONESS payload (§3), the payload is protected
 // by one AES-256-GCM layer per hop whose 16-byte tag is carried in that hop's
 // encrypted routing slot: a modified ("tagged") payload is detected and the
 // packet dropped at the very next honest hop. plugins/sphinx/SPEC.md gives

@@ -11,7 +11,7 @@ import (
 )
 
 // detReader is the deterministic randomness of the test vectors (SPEC.md
-// §8): the AES-256-CTR keystream (IV all zero) under the key
+// §12.1): the AES-256-CTR keystream (IV all zero) under the key
 // SHA-256(seed).
 type detReader struct{ s cipher.Stream }
 
@@ -31,7 +31,7 @@ func (r *detReader) Read(p []byte) (int, error) {
 }
 
 // testNode is a mix node of the tests: its key and node id are derived as in
-// SPEC.md §8 (private key = SHA-256("mixmta-sphinx-v1 test node key " || i),
+// SPEC.md §12.2 (private key = SHA-256("mixmta-sphinx-v1 test node key " || i),
 // node id = SHA-256(public key)).
 type testNode struct {
 	priv *ecdh.PrivateKey

@@ -13,11 +13,11 @@ import (
 // to α's encoding (bit 255, which X25519 ignores, a non-canonical value, an
 // added low-order component, which clamping removes) fail the header MAC.
 const (
-	labelHeaderStream = "mixmta-sphinx-v1 header stream" // 32 B: AES-256-CTR key for β (ρ, §3.2)
-	labelHeaderMAC    = "mixmta-sphinx-v1 header mac"    // 32 B: HMAC-SHA256 key for γ (μ, §3.2)
+	labelHeaderStream = "mixmta-sphinx-v1 header stream" // 32 B: AES-256-CTR key for β (ρ, §3)
+	labelHeaderMAC    = "mixmta-sphinx-v1 header mac"    // 32 B: HMAC-SHA256 key for γ (μ, §3)
 	labelPayload      = "mixmta-sphinx-v1 payload"       // 32 B: AES-256-GCM key for the payload layer
-	labelBlinding     = "mixmta-sphinx-v1 blinding"      // 32 B: X25519 scalar b (h_b, §3.2)
-	labelReplay       = "mixmta-sphinx-v1 replay"        // 32 B: replay tag (h_τ, §3.3)
+	labelBlinding     = "mixmta-sphinx-v1 blinding"      // 32 B: X25519 scalar b (h_b, §3)
+	labelReplay       = "mixmta-sphinx-v1 replay"        // 32 B: replay tag (h_τ, §3)
 )
 
 // hopKeys are the keys of one hop for one packet, derived from (α, s).
@@ -49,10 +49,17 @@ func deriveKeys(k *hopKeys, alpha, s *[32]byte) {
 const hmacMaxMsg = maxBeta
 
 // hmacSHA256 sets out = HMAC-SHA256(key, msg ‖ label ‖ ctr), omitting ctr
-// when it is 0. len(key) <= 64 and len(msg)+len(label)+1 <= hmacMaxMsg. It
+// when it is 0. len(key) <= 64 and the message at most hmacMaxMsg bytes. It
 // allocates nothing: the message is small, so it is hashed from one stack
 // buffer with sha256.Sum256.
 func hmacSHA256(out *[32]byte, key, msg []byte, label string, ctr byte) {
+	need := len(msg) + len(label)
+	if ctr != 0 {
+		need++
+	}
+	if len(key) > sha256.BlockSize || need > hmacMaxMsg {
+		panic("sphinx: internal error: hmacSHA256 input too long")
+	}
 	var buf [sha256.BlockSize + hmacMaxMsg]byte
 	var pad [sha256.BlockSize]byte
 	copy(pad[:], key)
@@ -76,13 +83,13 @@ func hmacSHA256(out *[32]byte, key, msg []byte, label string, ctr byte) {
 	clear(buf[:n])
 }
 
-// headerMAC sets out = HMAC-SHA256(key, beta), the MAC μ of §3.2.
+// headerMAC sets out = HMAC-SHA256(key, beta), the MAC μ of §3.
 func headerMAC(out *[MACSize]byte, key *[32]byte, beta []byte) {
 	hmacSHA256(out, key[:], beta, "", 0)
 }
 
 // xorStream XORs buf with the AES-256-CTR keystream of key (IV all zero),
-// the stream cipher ρ of §3.2.
+// the stream cipher ρ of §3.
 func xorStream(key *[32]byte, buf []byte) {
 	block, err := aes.NewCipher(key[:])
 	if err != nil {

@@ -14,7 +14,7 @@ import (
 // g.PacketSize bytes, to path[0].
 //
 // path has 1..g.MaxHops hops; a shorter path is padded (filler strings of
-// Sphinx §3.2 plus random bytes) so that no hop can tell its position or the
+// Sphinx §3 plus random bytes) so that no hop can tell its position or the
 // path length. payload has 0..g.PayloadSize() bytes and is returned exactly
 // by Unwrap at the exit.
 //
@@ -28,7 +28,7 @@ import (
 // of rand (wrapped).
 //
 // Cost: per hop one fixed-base and one variable-base scalar multiplication
-// and one AES-256-GCM pass over the payload (SPEC.md §6).
+// and one AES-256-GCM pass over the payload (SPEC.md §4, §11).
 func NewPacket(g Geometry, path []Hop, final Command, payload []byte, rand io.Reader) ([]byte, error) {
 	if err := g.Validate(); err != nil {
 		return nil, err
@@ -83,7 +83,7 @@ func build(g Geometry, path []Hop, final Command, pkt []byte, rand io.Reader) er
 		return fmt.Errorf("sphinx: reading randomness: %w", err)
 	}
 
-	// Per-hop secrets (§3.2, SPEC.md §4): α_i = X_i·B, s_i = X_i·Y_i,
+	// Per-hop secrets (Sphinx §3, SPEC.md §4): α_i = X_i·B, s_i = X_i·Y_i,
 	// X_{i+1} = X_i·clamp(b_i) mod ℓ. One fixed-base and one variable-base
 	// multiplication per hop.
 	var (
@@ -111,7 +111,7 @@ func build(g Geometry, path []Hop, final Command, pkt []byte, rand io.Reader) er
 	}
 	X = edwards25519.Scalar{}
 
-	// Filler (§3.2): φ_0 = ε, φ_{i+1} = (φ_i ‖ 0^t) ⊕ ρ_i[R-i·t : R+t].
+	// Filler (§3): φ_0 = ε, φ_{i+1} = (φ_i ‖ 0^t) ⊕ ρ_i[R-i·t : R+t].
 	// φ_{n-1} is what hops 0..n-2 will have shifted into the tail of β by the
 	// time the packet reaches the last hop.
 	var phi [maxBeta]byte
@@ -156,7 +156,7 @@ func build(g Geometry, path []Hop, final Command, pkt []byte, rand io.Reader) er
 	return nil
 }
 
-// writeSlot writes a plaintext routing slot (SPEC.md §3): command | next node
+// writeSlot writes a plaintext routing slot (SPEC.md §2.1): command | next node
 // id | next γ | payload tag. next and gamma are nil (written as zeros) for
 // Exit and Drop.
 func writeSlot(slot []byte, cmd Command, next *[NodeIDSize]byte, gamma *[MACSize]byte, tag *[PayloadTagSize]byte) {

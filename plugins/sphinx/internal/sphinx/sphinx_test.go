@@ -487,3 +487,41 @@ func TestCommandString(t *testing.T) {
 		}
 	}
 }
+
+// Unwrap and NewPacket keep no shared state: concurrent use with distinct
+// buffers is safe (run with -race).
+func TestConcurrentUse(t *testing.T) {
+	g := Geometry{PacketSize: 4096, MaxHops: 3}
+	nodes := makeNodes(t, 3)
+	done := make(chan error)
+	for w := 0; w < 4; w++ {
+		go func() {
+			for i := 0; i < 8; i++ {
+				payload := []byte(fmt.Sprintf("worker %d packet %d", w, i))
+				pkt, err := NewPacket(g, pathOf(nodes), Exit, payload, rand.Reader)
+				if err != nil {
+					done <- err
+					return
+				}
+				for _, n := range nodes {
+					res, err := Unwrap(g, n.priv, pkt)
+					if err != nil {
+						done <- err
+						return
+					}
+					if res.Action == Exit && !bytes.Equal(res.Payload, payload) {
+						done <- fmt.Errorf("payload mismatch")
+						return
+					}
+					pkt = res.Packet
+				}
+			}
+			done <- nil
+		}()
+	}
+	for w := 0; w < 4; w++ {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+}

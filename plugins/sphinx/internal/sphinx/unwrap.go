@@ -6,7 +6,7 @@ import (
 )
 
 // Unwrap processes packet at a mix node whose X25519 mix private key for the
-// packet's epoch is priv (Sphinx §3.3 plus the payload layer, SPEC.md §5).
+// packet's epoch is priv (Sphinx §3 plus the payload layer, SPEC.md §6).
 //
 // Steps, in order: size check; s = X25519(priv, α); key derivation from
 // (α, s); constant-time check of γ over β (nothing else is trusted before
@@ -97,7 +97,7 @@ func Unwrap(g Geometry, priv *ecdh.PrivateKey, packet []byte) (*Result, error) {
 	res := &Result{Action: cmd, ReplayTag: k.replay}
 	switch cmd {
 	case Forward:
-		// α' = b·α (§3.3), β' = shifted β, γ' from our slot.
+		// α' = b·α (§3), β' = shifted β, γ' from our slot.
 		var next [GroupElementSize]byte
 		x25519(&next, &k.blind, &alpha)
 		copy(hdr, next[:])

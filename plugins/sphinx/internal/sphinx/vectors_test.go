@@ -8,7 +8,7 @@ import (
 	"testing"
 )
 
-// Test vectors of SPEC.md §8. Any change to the format (layout, labels,
+// Test vectors of SPEC.md §12. Any change to the format (layout, labels,
 // padding, arithmetic) changes these hashes and fails this test; a
 // deliberate change must update SPEC.md and bump the label version.
 type vector struct {
@@ -61,7 +61,7 @@ var vectors = []vector{
 }
 
 // vectorNodes are the test nodes' X25519 public keys and node ids (SPEC.md
-// §8.2).
+// §12.2).
 var vectorNodes = []struct{ pub, id string }{
 	{"97948e86256813cfef8dbbcce3e93d5499732cb57af99dc7397c2e503fb86461", "ec16074b6bea88bd2ff9fa182c60f96c214b7bf41c6707e9ca9c91cbc65884c8"},
 	{"62e6b9571b15e5f6093b4db9707d5b6f12901c44fd160e9d114643ac375fa878", "7e6fbf6a12fd5827230afb974ad249a64f277f02a96ae013f54cdaf4a5ee1c55"},
