@@ -41,7 +41,7 @@ func relayNode(t *testing.T, relayHost string, extra map[string]any) *node {
 
 // The headers a delivered message may carry: the sanitizer's allow list,
 // the fields it writes, and what the receiving Postfix adds.
-var allowedDelivered = regexp.MustCompile(`(?i)^(to|subject|newsgroups|references|in-reply-to|mime-version|content-[a-z0-9-]+|from|message-id|date|return-path|delivered-to|received)$`)
+var allowedDelivered = regexp.MustCompile(`(?i)^(to|subject|newsgroups|references|in-reply-to|mime-version|content-[a-z0-9-]+|from|message-id|date|return-path|delivered-to|x-original-to|received)$`)
 
 type delivered struct {
 	path   string
@@ -129,8 +129,10 @@ func TestRelayProfileSanitizesAndDelivers(t *testing.T) {
 	if swaksMsg == nil {
 		t.Fatal("the swaks message did not arrive")
 	}
+	// swaks appends empty lines of its own after --body; the corpus test
+	// checks exact bytes with a client that sends exactly what it is given.
 	want := strings.ReplaceAll(body, "\r\n", "\n")
-	if string(swaksMsg.body) != want {
+	if strings.TrimRight(string(swaksMsg.body), "\n") != strings.TrimRight(want, "\n") {
 		t.Fatalf("body changed:\nwant %q\ngot  %q", want, swaksMsg.body)
 	}
 	// No address or subject in the daemon's log at the default level.
