@@ -11,6 +11,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
+	"net/http"
+	_ "net/http/pprof"
 	"os"
 	"os/signal"
 	"path/filepath"
@@ -74,6 +77,9 @@ func serveCmd(load func() (*config.Config, error)) *cobra.Command {
 				return err
 			}
 			log := newLogger(cfg.Log.Level)
+			if addr := os.Getenv("MIXMTA_PPROF"); addr != "" {
+				startPprof(addr, log)
+			}
 			ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 			defer cancel()
 			d, err := daemon.Start(ctx, cfg, log)
@@ -318,4 +324,21 @@ func pluginsCmd(load func() (*config.Config, error)) *cobra.Command {
 	}
 	cmd.Flags().StringVar(&dir, "dir", "", "plugin directory (default: plugin_dir of the config)")
 	return cmd
+}
+
+// startPprof serves net/http/pprof on a loopback address for profiling
+// (MIXMTA_PPROF=127.0.0.1:6060). Anything but loopback is refused: the
+// profiles hold message bytes.
+func startPprof(addr string, log hclog.Logger) {
+	host, _, err := net.SplitHostPort(addr)
+	ip := net.ParseIP(host)
+	if err != nil || ip == nil || !ip.IsLoopback() {
+		log.Error("MIXMTA_PPROF must be a loopback address; profiling disabled", "address", addr)
+		return
+	}
+	go func() {
+		if err := http.ListenAndServe(addr, nil); err != nil {
+			log.Error("pprof", "error", err)
+		}
+	}()
 }

@@ -1,0 +1,238 @@
+// Package config loads and validates a mixmta pipeline file (YAML). Decoding
+// is strict: an unknown key, a duplicate key, a wrong type or a missing
+// required value fails with file:line. Each stage's config block is checked
+// against the schema its plugin reports, and handed to the plugin as JSON.
+//
+// Unset and explicitly written values differ: a key that is absent (or
+// written with no value) gets its default from SetDefaults, while a key
+// written as 0 keeps 0 and is then rejected where 0 is not allowed (for
+// example "retry.max_attempts: 0"), so that no explicit setting is
+// silently replaced.
+//
+// Relative paths in the file (data_dir, plugin_dir, TLS files, users_file,
+// destination_block_file) are relative to the working directory of the
+// mixmta process, not to the directory of the pipeline file: run mixmta
+// from the directory the file was written for (make run does so from the
+// repository root), or use absolute paths.
+//
+// docs/configuration.md is the reference for every key.
+package config
+
+import (
+	"net/netip"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// Config is a whole pipeline file.
+type Config struct {
+	// Path is the file it was loaded from (not a YAML key).
+	Path string `yaml:"-"`
+
+	// Hostname is used in the SMTP greeting and EHLO. Default "mixmta.invalid"
+	// (a remailer should not announce its real host name).
+	Hostname string `yaml:"hostname"`
+	// DataDir holds the queue (created 0700). Default "./var/data".
+	DataDir string `yaml:"data_dir"`
+	// PluginDir is where plugin binaries are found by name. Default "./bin".
+	PluginDir string `yaml:"plugin_dir"`
+
+	Log       Log        `yaml:"log"`
+	Metrics   Metrics    `yaml:"metrics"`
+	Queue     Queue      `yaml:"queue"`
+	Scheduler Scheduler  `yaml:"scheduler"`
+	Retry     Retry      `yaml:"retry"`
+	Listeners []Listener `yaml:"listeners"`
+	Pipeline  []Stage    `yaml:"pipeline"`
+
+	// Plugins pins plugin binaries by name to a hex SHA-256. Every name
+	// must be the plugin of some stage.
+	Plugins map[string]PluginPin `yaml:"plugins"`
+
+	// lines maps the path of every key written with a value
+	// ("listeners[0].relay.anyone") to its line; it tells "unset" from
+	// "written as zero" and locates errors.
+	lines map[string]int
+}
+
+// Log configures logging.
+type Log struct {
+	// Level: error, warn, info (default), debug, trace. Addresses and
+	// content appear only at debug and trace.
+	Level string `yaml:"level"`
+	// StatsInterval is the period of the [STATS] line (> 0). Default 1m.
+	StatsInterval sdk.Duration `yaml:"stats_interval"`
+}
+
+// Metrics configures the Prometheus endpoint.
+type Metrics struct {
+	// Address to serve /metrics on, host:port; "" disables. The host must
+	// be a loopback IP literal (127.0.0.0/8 or ::1), not a name.
+	Address string `yaml:"address"`
+}
+
+// Queue tunes the durable queue (badger).
+type Queue struct {
+	// MaxLifetime: an item not delivered within this time after it was
+	// received is dropped and counted as failed (> 0). Default 5d.
+	MaxLifetime sdk.Duration `yaml:"max_lifetime"`
+	// GCInterval: how often value-log GC runs (> 0). Default 5m.
+	GCInterval sdk.Duration `yaml:"gc_interval"`
+	// Workers: concurrent pipeline workers (>= 1). Default 8.
+	Workers int `yaml:"workers"`
+}
+
+// Scheduler configures the timed batch pool (Mixmaster-style).
+type Scheduler struct {
+	// Window: the pool is flushed once per window (> 0). Default 1s.
+	Window sdk.Duration `yaml:"window"`
+	// MinPool: this many due items always stay in the pool (>= 0).
+	// Default 0.
+	MinPool int `yaml:"min_pool"`
+	// SendFraction: at most this fraction of the pool leaves per window
+	// (0 < f <= 1). Default 1.
+	SendFraction float64 `yaml:"send_fraction"`
+	// MaxBatch caps the items released per window (0 = no cap).
+	MaxBatch int `yaml:"max_batch"`
+	// Concurrency: deliveries in flight at once per deliverer (>= 1).
+	// Default 16.
+	Concurrency int `yaml:"concurrency"`
+}
+
+// Retry is the backoff schedule for temporary failures.
+type Retry struct {
+	// MaxAttempts: delivery attempts before an item fails permanently
+	// (>= 1). Default 9.
+	MaxAttempts int `yaml:"max_attempts"`
+	// Base and Factor: attempt n waits Base*Factor^n. Default 2s and 2;
+	// Base > 0, Factor >= 1.
+	Base   sdk.Duration `yaml:"base"`
+	Factor float64      `yaml:"factor"`
+	// Max caps one wait (>= Base). Default 1h.
+	Max sdk.Duration `yaml:"max"`
+	// Jitter: each wait is multiplied by a uniform factor in
+	// [1-Jitter, 1+Jitter], 0 <= Jitter < 1. Default 0.2.
+	Jitter float64 `yaml:"jitter"`
+	// Schedule, if set, replaces Base/Factor: explicit waits per attempt
+	// (the last one repeats; still capped by Max).
+	Schedule []sdk.Duration `yaml:"schedule"`
+	// Bounce: send a non-delivery report to MAIL FROM on permanent failure.
+	// Default false (an anonymous sender has no return path).
+	Bounce bool `yaml:"bounce"`
+}
+
+// Listener is one SMTP listener with its own relay policy.
+type Listener struct {
+	// Name identifies the listener in logs and metrics; unique. Default
+	// the address.
+	Name string `yaml:"name"`
+	// Address is host:port to listen on (required, unique); port 0 picks
+	// a free port.
+	Address string `yaml:"address"`
+
+	// Limits (RFC 5321 §4.5.3.1), all >= 1. Defaults: 25 MiB, 100, 4000,
+	// 1 MiB, 1000. MaxLineLength counts the CRLF and must be at least 1000
+	// (RFC 5321 §4.5.3.1.6).
+	MaxMessageBytes int64 `yaml:"max_message_bytes"`
+	MaxRecipients   int   `yaml:"max_recipients"`
+	MaxLineLength   int   `yaml:"max_line_length"`
+	MaxHeaderBytes  int64 `yaml:"max_header_bytes"`
+	MaxHeaderFields int   `yaml:"max_header_fields"`
+	// Timeouts (> 0). Defaults 5m read (RFC 5321 §4.5.3.2 data block), 1m
+	// write.
+	ReadTimeout  sdk.Duration `yaml:"read_timeout"`
+	WriteTimeout sdk.Duration `yaml:"write_timeout"`
+	// MaxSessions: concurrent sessions; more are refused with 421. Default 100.
+	MaxSessions int `yaml:"max_sessions"`
+
+	// TLS, if set, offers STARTTLS.
+	TLS *TLS `yaml:"tls"`
+	// Auth, if set, offers AUTH; it needs TLS.
+	Auth *Auth `yaml:"auth"`
+
+	Relay Relay `yaml:"relay"`
+	// LocalDomains are accepted as recipients from any client. Domain
+	// names in ASCII (A-label) form, no trailing dot, compared
+	// case-insensitively (see IsLocalDomain).
+	LocalDomains []string `yaml:"local_domains"`
+}
+
+// TLS enables STARTTLS from PEM certificate files (both required; Load
+// checks that they can be read).
+type TLS struct {
+	CertFile string `yaml:"cert_file"`
+	KeyFile  string `yaml:"key_file"`
+}
+
+// Auth enables AUTH PLAIN (RFC 4616), offered only after STARTTLS.
+type Auth struct {
+	// UsersFile holds "user:bcrypt-or-argon2-hash" lines, one per user
+	// (required; Load checks that it can be read).
+	UsersFile string `yaml:"users_file"`
+}
+
+// Relay says who may send to any domain through this listener. Nothing
+// set: nobody may relay (default-deny). Loopback is never trusted
+// implicitly.
+type Relay struct {
+	// Networks whose clients may relay (CIDR, e.g. 127.0.0.1/32). A
+	// prefix of length 0 (0.0.0.0/0, ::/0) is refused: that is Anyone
+	// without a rate limit.
+	Networks []netip.Prefix `yaml:"networks"`
+	// AuthenticatedUsers: clients that passed AUTH may relay (needs Auth).
+	AuthenticatedUsers bool `yaml:"authenticated_users"`
+	// Anyone: a public remailer entry; requires RateLimit.
+	Anyone bool `yaml:"anyone"`
+	// RateLimit per client IP (required with Anyone).
+	RateLimit *RateLimit `yaml:"rate_limit"`
+	// MaxRecipients per message for relayed mail (0 = listener limit).
+	MaxRecipients int `yaml:"max_recipients"`
+	// DestinationBlockFile: Mixmaster dest.blk-style opt-out list: one
+	// address, @domain, or /regexp/ per line (see ReadBlockList; Load
+	// reads it to check it).
+	DestinationBlockFile string `yaml:"destination_block_file"`
+}
+
+// RateLimit is a token bucket: Messages (>= 1) per Per (> 0), burst
+// Burst (default Messages).
+type RateLimit struct {
+	Messages int          `yaml:"messages"`
+	Per      sdk.Duration `yaml:"per"`
+	Burst    int          `yaml:"burst"`
+}
+
+// Stage is one pipeline stage: a plugin and its config block.
+type Stage struct {
+	// Name is unique in the pipeline and matches ^[a-z0-9][a-z0-9_-]*$.
+	Name string `yaml:"name"`
+	// Plugin is the binary's name in plugin_dir, same syntax as Name.
+	Plugin string `yaml:"plugin"`
+	// Config is the raw block, validated against the plugin's schema
+	// (ValidateBlock) and sent to it as JSON (BlockJSON).
+	Config RawBlock `yaml:"config"`
+	// Line is where the stage starts in the file (not a YAML key).
+	Line int `yaml:"-"`
+}
+
+// PluginPin pins a plugin binary.
+type PluginPin struct {
+	// SHA256 of the binary, 64 hex digits.
+	SHA256 string `yaml:"sha256"`
+}
+
+// RawBlock is a stage's config block as written: a YAML mapping, or nil
+// when the stage has none.
+type RawBlock struct {
+	Node *yaml.Node
+	// keyLine is the line of the "config:" key (0 if absent).
+	keyLine int
+}
+
+// UnmarshalYAML keeps the node. Parse does not go through it (it walks
+// the document itself); it is here for code decoding a Stage directly.
+func (b *RawBlock) UnmarshalYAML(n *yaml.Node) error {
+	b.Node = n
+	return nil
+}

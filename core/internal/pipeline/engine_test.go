@@ -1,0 +1,292 @@
+package pipeline
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mixmta/mixmta/core/internal/queue"
+	"github.com/mixmta/mixmta/core/internal/stats"
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// fakeStage is an in-process stage for engine unit tests.
+type fakeStage struct {
+	mu        sync.Mutex
+	transform func(*sdk.Message) (*sdk.Change, error)
+	route     func(*sdk.Message) ([]sdk.Route, error)
+	delay     time.Duration
+	deliver   func(*sdk.Message) ([]sdk.RcptResult, error)
+	delivered []*sdk.Message
+}
+
+func (f *fakeStage) Check(context.Context, *sdk.Message) error { return nil }
+func (f *fakeStage) Transform(_ context.Context, m *sdk.Message) (*sdk.Change, error) {
+	return f.transform(m)
+}
+func (f *fakeStage) Route(_ context.Context, m *sdk.Message) ([]sdk.Route, error) { return f.route(m) }
+func (f *fakeStage) Delay(_ context.Context, r sdk.DelayRequest) ([]time.Duration, error) {
+	out := make([]time.Duration, r.Count)
+	for i := range out {
+		out[i] = f.delay
+	}
+	return out, nil
+}
+func (f *fakeStage) Deliver(_ context.Context, m *sdk.Message) ([]sdk.RcptResult, error) {
+	f.mu.Lock()
+	f.delivered = append(f.delivered, m)
+	f.mu.Unlock()
+	return f.deliver(m)
+}
+func (f *fakeStage) Healthy() bool { return true }
+
+func (f *fakeStage) count() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.delivered)
+}
+
+func okAll(m *sdk.Message) ([]sdk.RcptResult, error) {
+	out := make([]sdk.RcptResult, len(m.Envelope.RcptTo))
+	for i, r := range m.Envelope.RcptTo {
+		out[i] = sdk.RcptResult{Rcpt: r}
+	}
+	return out, nil
+}
+
+func openQueue(t *testing.T, dir string) *queue.Queue {
+	t.Helper()
+	q, err := queue.Open(dir, queue.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return q
+}
+
+func runEngine(t *testing.T, q *queue.Queue, stages []Stage, o Options) (*Engine, context.CancelFunc) {
+	t.Helper()
+	if o.Pool.Window == 0 {
+		o.Pool = Pool{Window: 10 * time.Millisecond, SendFraction: 1}
+	}
+	e, err := New(q, stages, o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); e.Wait() })
+	return e, cancel
+}
+
+func accept(t *testing.T, q *queue.Queue, e *Engine, rcpts ...string) *queue.Item {
+	t.Helper()
+	it, err := q.Accept(sdk.Envelope{MailFrom: "a@example.org", RcptTo: rcpts}, []byte("Subject: x\r\n\r\n"), []byte("body\r\n"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Submit(it)
+	return it
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func queueLen(t *testing.T, q *queue.Queue) int {
+	n := 0
+	if err := q.Items(func(*queue.Item) error { n++; return nil }); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func TestTransformDelayDeliverEmptiesQueue(t *testing.T) {
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	from := "anon@remailer.invalid"
+	tr := &fakeStage{transform: func(m *sdk.Message) (*sdk.Change, error) {
+		if m.Body != nil {
+			return nil, errors.New("transformer got a body it did not ask for")
+		}
+		return &sdk.Change{MailFrom: &from, Header: []byte("Subject: clean\r\n\r\n")}, nil
+	}}
+	dl := &fakeStage{deliver: okAll}
+	c := &stats.Counters{}
+	e, _ := runEngine(t, q, []Stage{
+		{Name: "sanitize", Kind: sdk.KindTransformer, Needs: sdk.NeedHeader, Impl: tr},
+		{Name: "delay", Kind: sdk.KindDelayer, Impl: &fakeStage{delay: 20 * time.Millisecond}},
+		{Name: "deliver", Kind: sdk.KindDeliverer, Needs: sdk.NeedAll, Impl: dl},
+	}, Options{Counters: c})
+	accept(t, q, e, "b@example.net", "c@example.net")
+	eventually(t, "delivery", func() bool { return dl.count() == 1 })
+	m := dl.delivered[0]
+	if m.Envelope.MailFrom != from || string(m.Header) != "Subject: clean\r\n\r\n" || string(m.Body) != "body\r\n" {
+		t.Fatalf("delivered %+v", m)
+	}
+	eventually(t, "empty queue", func() bool { return queueLen(t, q) == 0 && e.Queued() == 0 })
+	if c.Sent.Load() != 2 {
+		t.Fatalf("sent=%d, want 2", c.Sent.Load())
+	}
+}
+
+func TestTemporaryFailureRetriesOnScheduleThenGivesUp(t *testing.T) {
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	dl := &fakeStage{deliver: func(m *sdk.Message) ([]sdk.RcptResult, error) {
+		return nil, sdk.Temporary(451, "4.4.1", "no answer")
+	}}
+	c := &stats.Counters{}
+	e, _ := runEngine(t, q, []Stage{{Name: "deliver", Kind: sdk.KindDeliverer, Impl: dl}},
+		Options{Counters: c, Backoff: Backoff{MaxAttempts: 3, Schedule: []time.Duration{10 * time.Millisecond}}})
+	accept(t, q, e, "b@example.net")
+	eventually(t, "give-up", func() bool { return c.Failed.Load() == 1 })
+	if n := dl.count(); n != 3 {
+		t.Fatalf("%d attempts, want 3 (max_attempts)", n)
+	}
+	if c.Deferred.Load() != 3 || queueLen(t, q) != 0 {
+		t.Fatalf("deferred=%d queue=%d, want 3 and 0", c.Deferred.Load(), queueLen(t, q))
+	}
+}
+
+func TestPerRecipientResultsRetryOnlyTheTemporaryOnes(t *testing.T) {
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	var mu sync.Mutex
+	calls := 0
+	dl := &fakeStage{deliver: func(m *sdk.Message) ([]sdk.RcptResult, error) {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		var out []sdk.RcptResult
+		for _, r := range m.Envelope.RcptTo {
+			switch {
+			case r == "perm@example.net":
+				out = append(out, sdk.RcptResult{Rcpt: r, Err: sdk.Permanent(550, "1.1", "no such user")})
+			case r == "temp@example.net" && calls == 1:
+				out = append(out, sdk.RcptResult{Rcpt: r, Err: sdk.Temporary(450, "2.1", "busy")})
+			default:
+				out = append(out, sdk.RcptResult{Rcpt: r})
+			}
+		}
+		return out, nil
+	}}
+	c := &stats.Counters{}
+	e, _ := runEngine(t, q, []Stage{{Name: "deliver", Kind: sdk.KindDeliverer, Impl: dl}},
+		Options{Counters: c, Backoff: Backoff{MaxAttempts: 5, Schedule: []time.Duration{10 * time.Millisecond}}})
+	accept(t, q, e, "ok@example.net", "perm@example.net", "temp@example.net")
+	eventually(t, "done", func() bool { return queueLen(t, q) == 0 && dl.count() == 2 })
+	if got := dl.delivered[1].Envelope.RcptTo; len(got) != 1 || got[0] != "temp@example.net" {
+		t.Fatalf("retry went to %v, want only temp@example.net", got)
+	}
+	if c.Sent.Load() != 2 || c.Failed.Load() != 1 || c.Deferred.Load() != 1 {
+		t.Fatalf("sent=%d failed=%d deferred=%d, want 2/1/1", c.Sent.Load(), c.Failed.Load(), c.Deferred.Load())
+	}
+}
+
+func TestRouterSplitsAndFreesSharedBlobs(t *testing.T) {
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	rt := &fakeStage{route: func(m *sdk.Message) ([]sdk.Route, error) {
+		var out []sdk.Route
+		for _, r := range m.Envelope.RcptTo {
+			out = append(out, sdk.Route{RcptTo: []string{r}})
+		}
+		out[0].Body = []byte("packet-bytes")
+		return out, nil
+	}}
+	dl := &fakeStage{deliver: okAll}
+	e, _ := runEngine(t, q, []Stage{
+		{Name: "route", Kind: sdk.KindRouter, Needs: sdk.NeedAll, Impl: rt},
+		{Name: "deliver", Kind: sdk.KindDeliverer, Needs: sdk.NeedAll, Impl: dl},
+	}, Options{})
+	it := accept(t, q, e, "a@x.example", "b@y.example", "c@z.example")
+	eventually(t, "three deliveries", func() bool { return dl.count() == 3 })
+	eventually(t, "empty queue", func() bool { return queueLen(t, q) == 0 })
+	var packet int
+	for _, m := range dl.delivered {
+		if string(m.Body) == "packet-bytes" && len(m.Header) == 0 {
+			packet++
+		}
+	}
+	if packet != 1 {
+		t.Fatalf("want exactly one delivery carrying the route's own body, got %d", packet)
+	}
+	// the original header and body blobs are gone with the last child
+	if b, err := q.Blob(it.Body); !errors.Is(err, queue.ErrNotFound) {
+		t.Fatalf("body blob still there after every child finished: %q %v", b, err)
+	}
+}
+
+func TestRestartResumesWaitingItems(t *testing.T) {
+	dir := t.TempDir()
+	q := openQueue(t, dir)
+	dl := &fakeStage{deliver: okAll}
+	stages := []Stage{
+		{Name: "delay", Kind: sdk.KindDelayer, Impl: &fakeStage{delay: 300 * time.Millisecond}},
+		{Name: "deliver", Kind: sdk.KindDeliverer, Impl: dl},
+	}
+	e, cancel := runEngine(t, q, stages, Options{})
+	for i := 0; i < 5; i++ {
+		accept(t, q, e, "b@example.net")
+	}
+	eventually(t, "items delayed", func() bool { return e.Delayed() == 5 })
+	cancel()
+	e.Wait()
+	q.Close()
+	if dl.count() != 0 {
+		t.Fatalf("delivered %d before the delay ended", dl.count())
+	}
+
+	q = openQueue(t, dir)
+	defer q.Close()
+	dl2 := &fakeStage{deliver: okAll}
+	stages[1].Impl = dl2
+	runEngine(t, q, stages, Options{})
+	eventually(t, "resumed deliveries", func() bool { return dl2.count() == 5 })
+	eventually(t, "empty queue", func() bool { return queueLen(t, q) == 0 })
+}
+
+func TestPermanentStageErrorDropsAndCounts(t *testing.T) {
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	tr := &fakeStage{transform: func(*sdk.Message) (*sdk.Change, error) {
+		return nil, sdk.Permanent(554, "6.0", "unparsable")
+	}}
+	c := &stats.Counters{}
+	e, _ := runEngine(t, q, []Stage{
+		{Name: "t", Kind: sdk.KindTransformer, Impl: tr},
+		{Name: "d", Kind: sdk.KindDeliverer, Impl: &fakeStage{deliver: okAll}},
+	}, Options{Counters: c})
+	accept(t, q, e, "b@example.net")
+	eventually(t, "drop", func() bool { return c.Dropped.Load() == 1 && queueLen(t, q) == 0 })
+}
+
+func TestValidateOrder(t *testing.T) {
+	st := func(k sdk.Kind) Stage { return Stage{Name: string(k), Kind: k} }
+	cases := []struct {
+		stages []Stage
+		ok     bool
+	}{
+		{[]Stage{st(sdk.KindDeliverer)}, true},
+		{[]Stage{st(sdk.KindChecker), st(sdk.KindTransformer), st(sdk.KindDelayer), st(sdk.KindDeliverer)}, true},
+		{[]Stage{st(sdk.KindTransformer)}, false},
+		{[]Stage{st(sdk.KindDeliverer), st(sdk.KindTransformer)}, false},
+		{[]Stage{st(sdk.KindTransformer), st(sdk.KindChecker), st(sdk.KindDeliverer)}, false},
+	}
+	for i, c := range cases {
+		if err := ValidateOrder(c.stages); (err == nil) != c.ok {
+			t.Errorf("case %d: err=%v, want ok=%v", i, err, c.ok)
+		}
+	}
+}
