@@ -1,0 +1,165 @@
+package main
+
+import (
+	"crypto/x509"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// Config is the stage's config block in the pipeline file. The defaults
+// are in main.go; README.md explains every key.
+type Config struct {
+	RelayHost string `json:"relay_host" doc:"smarthost host[:port] (port 25 if omitted) that gets every message; empty: deliver to each recipient domain's MX"`
+	Port      int    `json:"port" doc:"TCP port of MX hosts (MX mode only)"`
+	Resolver  string `json:"resolver" doc:"DNS server IP[:port] (port 53 if omitted) asked for MX, A and AAAA over TCP; empty: first nameserver of /etc/resolv.conf (not allowed with socks5)"`
+	SOCKS5    string `json:"socks5" doc:"SOCKS5 proxy host:port (e.g. Tor's 127.0.0.1:9050) for every connection, DNS included; empty: direct connections"`
+	TLS       string `json:"tls" doc:"STARTTLS policy: none, may (opportunistic) or require"`
+	TLSVerify bool   `json:"tls_verify" doc:"with tls: require, verify the server certificate against the MX host name (or relay host)"`
+	TLSCAFile string `json:"tls_ca_file" doc:"PEM file of CA certificates for tls_verify; empty: the system roots"`
+	HELO      string `json:"helo" doc:"name sent in EHLO/HELO; set it to this node's public name or onion address"`
+
+	ConnectTimeout sdk.Duration `json:"connect_timeout" doc:"TCP (or SOCKS) connect, including a Tor circuit"`
+	CommandTimeout sdk.Duration `json:"command_timeout" doc:"each reply: greeting, EHLO, STARTTLS and TLS handshake, MAIL, RCPT, DATA, RSET"`
+	DataTimeout    sdk.Duration `json:"data_timeout" doc:"sending the message and receiving the reply to the final dot"`
+	DNSTimeout     sdk.Duration `json:"dns_timeout" doc:"one DNS query over TCP, connect included"`
+	IdleTimeout    sdk.Duration `json:"idle_timeout" doc:"how long an idle connection is kept for reuse"`
+	MaxIdle        int          `json:"max_idle" doc:"idle connections kept per destination host:port; 0 disables reuse"`
+}
+
+// TLS policies.
+const (
+	tlsNone    = "none"
+	tlsMay     = "may"
+	tlsRequire = "require"
+)
+
+// Validate checks every key; errors name the key.
+func (c *Config) Validate() error {
+	if c.RelayHost != "" {
+		if _, _, err := splitHostPort(c.RelayHost, 25); err != nil {
+			return sdk.FieldErrorf("relay_host", "%v", err)
+		}
+	}
+	if c.Port < 1 || c.Port > 65535 {
+		return sdk.FieldErrorf("port", "must be 1-65535, got %d", c.Port)
+	}
+	if c.Resolver != "" {
+		host, _, err := splitHostPort(c.Resolver, 53)
+		if err != nil {
+			return sdk.FieldErrorf("resolver", "%v", err)
+		}
+		if _, err := netip.ParseAddr(host); err != nil {
+			return sdk.FieldErrorf("resolver", "must be an IP address with optional port (resolving the resolver would itself need DNS), got %q", c.Resolver)
+		}
+	}
+	if c.SOCKS5 != "" {
+		if _, _, err := splitHostPort(c.SOCKS5, 0); err != nil {
+			return sdk.FieldErrorf("socks5", "%v", err)
+		}
+		// DNS must never bypass the proxy: without an explicit resolver
+		// the system resolver would ask over the clear net.
+		if c.RelayHost == "" && c.Resolver == "" {
+			return sdk.FieldErrorf("resolver", "required with socks5 in MX mode: DNS goes over TCP through the proxy to this server, never around it")
+		}
+	}
+	switch c.TLS {
+	case tlsNone, tlsMay, tlsRequire:
+	default:
+		return sdk.FieldErrorf("tls", "must be none, may or require, got %q", c.TLS)
+	}
+	if c.TLSVerify && c.TLS != tlsRequire {
+		return sdk.FieldErrorf("tls_verify", "needs tls: require (opportunistic TLS never verifies: a failed check would only fall back to plaintext)")
+	}
+	if c.TLSCAFile != "" {
+		if !c.TLSVerify {
+			return sdk.FieldErrorf("tls_ca_file", "needs tls_verify: true")
+		}
+		if _, err := loadCAs(c.TLSCAFile); err != nil {
+			return sdk.FieldErrorf("tls_ca_file", "%v", err)
+		}
+	}
+	if err := checkHELO(c.HELO); err != nil {
+		return sdk.FieldErrorf("helo", "%v", err)
+	}
+	for _, d := range []struct {
+		key string
+		v   sdk.Duration
+	}{
+		{"connect_timeout", c.ConnectTimeout}, {"command_timeout", c.CommandTimeout},
+		{"data_timeout", c.DataTimeout}, {"dns_timeout", c.DNSTimeout}, {"idle_timeout", c.IdleTimeout},
+	} {
+		if d.v.D() < time.Second {
+			return sdk.FieldErrorf(d.key, "must be at least 1s, got %s", d.v)
+		}
+	}
+	if c.MaxIdle < 0 {
+		return sdk.FieldErrorf("max_idle", "must be >= 0, got %d", c.MaxIdle)
+	}
+	return nil
+}
+
+// splitHostPort parses "host", "host:port", "[v6]" or "[v6]:port".
+// defPort 0 makes the port mandatory.
+func splitHostPort(s string, defPort int) (string, int, error) {
+	host, ps, err := net.SplitHostPort(s)
+	if err != nil {
+		if defPort == 0 {
+			return "", 0, fmt.Errorf("want host:port, got %q", s)
+		}
+		host, ps = strings.TrimSuffix(strings.TrimPrefix(s, "["), "]"), strconv.Itoa(defPort)
+	}
+	port, err := strconv.Atoi(ps)
+	if err != nil || port < 1 || port > 65535 {
+		return "", 0, fmt.Errorf("bad port in %q", s)
+	}
+	if host == "" || strings.ContainsAny(host, " \t/@") {
+		return "", 0, fmt.Errorf("bad host in %q", s)
+	}
+	return host, port, nil
+}
+
+// checkHELO accepts a domain name (letters, digits, hyphens, dots) or an
+// address literal ("[192.0.2.1]"), per RFC 5321 §4.1.1.1.
+func checkHELO(s string) error {
+	if strings.HasPrefix(s, "[") && strings.HasSuffix(s, "]") {
+		lit := strings.TrimPrefix(s[1:len(s)-1], "IPv6:")
+		if _, err := netip.ParseAddr(lit); err != nil {
+			return fmt.Errorf("bad address literal %q", s)
+		}
+		return nil
+	}
+	if s == "" || len(s) > 253 {
+		return fmt.Errorf("must be a domain name or address literal, got %q", s)
+	}
+	for _, label := range strings.Split(s, ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("bad domain name %q", s)
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return fmt.Errorf("bad domain name %q", s)
+			}
+		}
+	}
+	return nil
+}
+
+// loadCAs reads a PEM bundle of CA certificates.
+func loadCAs(path string) (*x509.CertPool, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	p := x509.NewCertPool()
+	if !p.AppendCertsFromPEM(b) {
+		return nil, fmt.Errorf("no PEM certificate in %s", path)
+	}
+	return p, nil
+}

@@ -1,0 +1,482 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/emersion/go-smtp"
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// deliverer is the stage value. It is safe for concurrent use: the pool is
+// the only shared mutable state.
+type deliverer struct {
+	cfg      Config
+	log      hclog.Logger
+	net      *network
+	dns      *dnsClient // nil in relay mode with an IP relay host and no resolver
+	resolver chain
+	pool     *pool
+	roots    *x509.CertPool // for tls_verify; nil: system roots
+}
+
+var _ sdk.Deliverer = (*deliverer)(nil)
+
+// newDeliverer builds the stage from a validated config.
+func newDeliverer(cfg Config, log hclog.Logger) (*deliverer, error) {
+	if log == nil {
+		log = hclog.NewNullLogger()
+	}
+	d := &deliverer{cfg: cfg, log: log, net: newNetwork(cfg.SOCKS5, cfg.ConnectTimeout.D())}
+	needDNS := cfg.RelayHost == "" || cfg.Resolver != ""
+	if cfg.RelayHost != "" && cfg.SOCKS5 == "" {
+		if h, _, _ := splitHostPort(cfg.RelayHost, 25); !isIP(h) {
+			needDNS = true
+		}
+	}
+	if needDNS {
+		dc, err := newDNSClient(cfg.Resolver, d.net, cfg.DNSTimeout.D())
+		if err != nil {
+			return nil, err
+		}
+		d.dns = dc
+	}
+	if cfg.TLSCAFile != "" {
+		roots, err := loadCAs(cfg.TLSCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("onionmx: tls_ca_file: %w", err)
+		}
+		d.roots = roots
+	}
+	d.resolver = newChain(cfg, d.dns)
+	d.pool = newPool(cfg.MaxIdle, cfg.IdleTimeout.D())
+	return d, nil
+}
+
+func isIP(h string) bool { _, err := netip.ParseAddr(h); return err == nil }
+
+// Deliver sends m to every recipient in m.Envelope.RcptTo and returns one
+// result per distinct recipient. Recipients are grouped by destination
+// (one group in relay mode, one per recipient domain otherwise) and the
+// groups are delivered in parallel, each as one SMTP transaction: MAIL
+// FROM, one RCPT TO per recipient, DATA. Reply codes map to results: 2xx
+// delivered, 4xx sdk.Temporary, 5xx sdk.Permanent, each with the server's
+// code; connection, DNS and timeout failures are temporary. The returned
+// error is always nil.
+func (d *deliverer) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, error) {
+	groups := map[string][]string{}
+	var order []string
+	var results []sdk.RcptResult
+	seen := map[string]bool{}
+	for _, r := range m.Envelope.RcptTo {
+		if seen[r] {
+			continue
+		}
+		seen[r] = true
+		dom, err := recipientDomain(r)
+		if err != nil {
+			results = append(results, sdk.RcptResult{Rcpt: r, Err: err})
+			continue
+		}
+		if d.cfg.RelayHost != "" {
+			dom = "" // one smarthost for all
+		}
+		if _, ok := groups[dom]; !ok {
+			order = append(order, dom)
+		}
+		groups[dom] = append(groups[dom], r)
+	}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, dom := range order {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			res := d.deliverGroup(ctx, m, dom, groups[dom])
+			mu.Lock()
+			results = append(results, res...)
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return results, nil
+}
+
+// deliverGroup delivers m to rcpts, which share destination domain: it tries
+// the domain's hosts in order until one gives per-recipient answers.
+func (d *deliverer) deliverGroup(ctx context.Context, m *sdk.Message, domain string, rcpts []string) []sdk.RcptResult {
+	all := func(err error) []sdk.RcptResult {
+		out := make([]sdk.RcptResult, len(rcpts))
+		for i, r := range rcpts {
+			out[i] = sdk.RcptResult{Rcpt: r, Err: err}
+		}
+		return out
+	}
+	targets, err := d.resolver.resolve(ctx, domain)
+	if err != nil {
+		d.log.Debug("resolve failed", "domain", domain, "error", err)
+		return all(err)
+	}
+	var hostErrs []*sdk.Error
+	for _, t := range targets {
+		res, hostErr := d.tryHost(ctx, t, domain, m, rcpts)
+		if hostErr == nil {
+			out := make([]sdk.RcptResult, len(rcpts))
+			for i, r := range rcpts {
+				err, ok := res[r]
+				if !ok {
+					// Never report delivery without a 250 for it.
+					err = sdk.Temporary(451, "4.3.0", "onionmx: no result for recipient (bug)")
+				}
+				out[i] = sdk.RcptResult{Rcpt: r, Err: err}
+			}
+			return out
+		}
+		d.log.Debug("host failed, trying the next", "host", t.String(), "error", hostErr)
+		hostErrs = append(hostErrs, hostErr)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return all(pickHostError(hostErrs))
+}
+
+// pickHostError reports the failure of a destination whose every host
+// failed: temporary if any host failed temporarily (the mail may still get
+// through later), else the first permanent failure (all hosts refused).
+func pickHostError(errs []*sdk.Error) *sdk.Error {
+	if len(errs) == 0 {
+		return sdk.Temporary(451, "4.4.4", "onionmx: no host to deliver to")
+	}
+	for _, e := range errs {
+		if e.Temporary {
+			return e
+		}
+	}
+	return errs[0]
+}
+
+// tryHost runs one transaction for rcpts at t, on a pooled session if one
+// is idle (retrying once on a fresh connection if the pooled one turns out
+// dead). res maps each recipient to its outcome (nil = accepted). hostErr
+// set means this host gave no per-recipient answer: try the next one.
+func (d *deliverer) tryHost(ctx context.Context, t target, domain string, m *sdk.Message, rcpts []string) (res map[string]error, hostErr *sdk.Error) {
+	key := t.String()
+	s := d.pool.get(key)
+	for {
+		if s == nil {
+			var err *sdk.Error
+			if s, err = d.connect(ctx, t, domain); err != nil {
+				return nil, err
+			}
+		}
+		res, hostErr, keep, stale := d.transact(ctx, s, m, rcpts)
+		reused := s.reused
+		if keep {
+			d.pool.release(s)
+		} else {
+			s.close()
+		}
+		if stale && reused {
+			// Only a pooled session can be stale; the retry dials afresh.
+			d.log.Debug("pooled connection was dead, redialling", "host", key)
+			s = nil
+			continue
+		}
+		return res, hostErr
+	}
+}
+
+// connect opens a session to t: TCP (or SOCKS), then greeting, EHLO and
+// STARTTLS per the tls policy. With tls: may a failed handshake is retried
+// once in plaintext on a new connection (opportunistic TLS, RFC 7435: an
+// attacker who can break the handshake can strip STARTTLS too, so refusing
+// would only lose mail from servers with broken TLS).
+func (d *deliverer) connect(ctx context.Context, t target, domain string) (*session, *sdk.Error) {
+	policy := d.cfg.TLS
+	for {
+		s, err := d.connectOnce(ctx, t, domain, policy)
+		var te *tlsError
+		if errors.As(err, &te) && policy == tlsMay {
+			d.log.Debug("STARTTLS failed, retrying in plaintext", "host", t.String(), "error", err)
+			policy = tlsNone
+			continue
+		}
+		if err != nil {
+			d.log.Debug("connect failed", "host", t.String(), "error", err)
+			return nil, sessionError(err)
+		}
+		return s, nil
+	}
+}
+
+func (d *deliverer) connectOnce(ctx context.Context, t target, domain, policy string) (*session, error) {
+	lookup := func(ctx context.Context, host string) ([]netip.Addr, error) {
+		if d.dns == nil {
+			return nil, errors.New("no resolver for a host name")
+		}
+		return d.dns.lookupHost(ctx, domain, host)
+	}
+	raw, err := d.net.dialHost(ctx, t.host, t.port, lookup)
+	if err != nil {
+		return nil, err
+	}
+	stop := context.AfterFunc(ctx, func() { raw.Close() })
+	defer stop()
+	conn, encrypted := raw, false
+	if policy != tlsNone {
+		conn, encrypted, err = negotiate(ctx, raw, d.cfg.HELO, d.tlsConfig(t.host), policy == tlsRequire, d.cfg.CommandTimeout.D())
+		if err != nil {
+			raw.Close()
+			return nil, err
+		}
+	}
+	c := smtp.NewClient(conn)
+	c.CommandTimeout = d.cfg.CommandTimeout.D()
+	c.SubmissionTimeout = d.cfg.DataTimeout.D()
+	if err := c.Hello(d.cfg.HELO); err != nil {
+		raw.Close()
+		return nil, fmt.Errorf("EHLO: %w", err)
+	}
+	if ctx.Err() != nil {
+		raw.Close()
+		return nil, ctx.Err()
+	}
+	return &session{c: c, raw: raw, key: t.String(), encrypted: encrypted}, nil
+}
+
+// tlsConfig is the client TLS config for host (a name or an IP): SNI and
+// verification name is the MX host name (or relay host) itself. Only tls:
+// require with tls_verify checks the certificate; opportunistic TLS accepts
+// any certificate and TLS 1.0 up, since anything beats plaintext.
+func (d *deliverer) tlsConfig(host string) *tls.Config {
+	cfg := &tls.Config{ServerName: host}
+	if d.cfg.TLS == tlsRequire && d.cfg.TLSVerify {
+		cfg.RootCAs = d.roots
+		cfg.MinVersion = tls.VersionTLS12
+	} else {
+		cfg.InsecureSkipVerify = true
+		cfg.MinVersion = tls.VersionTLS10
+	}
+	return cfg
+}
+
+// transact runs MAIL, RCPT and DATA on s. res maps each recipient to its
+// outcome; hostErr means no recipient got an answer here (try the next
+// host); keep means s is fit for the pool; stale means s came from the pool
+// and was found dead before anything was sent (retry on a new connection).
+func (d *deliverer) transact(ctx context.Context, s *session, m *sdk.Message, rcpts []string) (res map[string]error, hostErr *sdk.Error, keep, stale bool) {
+	// A cancelled context closes the connection, unblocking any read.
+	stop := context.AfterFunc(ctx, func() { s.raw.Close() })
+	defer func() {
+		if !stop() {
+			keep = false
+		}
+	}()
+	c := s.c
+	needUTF8 := m.Envelope.SMTPUTF8 || !isASCII(m.Envelope.MailFrom)
+	for _, r := range rcpts {
+		needUTF8 = needUTF8 || !isASCII(r)
+	}
+	if needUTF8 {
+		if ok, _ := c.Extension("SMTPUTF8"); !ok {
+			return nil, sdk.Permanent(553, "5.6.7", "onionmx: message needs SMTPUTF8 and the server does not offer it (RFC 6531 §3.2)"), true, false
+		}
+	}
+	if m.Envelope.BodyType == sdk.BodyBinaryMIME {
+		return nil, sdk.Permanent(554, "5.6.3", "onionmx: BINARYMIME messages cannot be relayed with DATA (RFC 3030)"), true, false
+	}
+	if ok, _ := c.Extension("8BITMIME"); !ok && !needUTF8 && (has8Bit(m.Header) || has8Bit(m.Body)) {
+		return nil, sdk.Permanent(554, "5.6.3", "onionmx: 8-bit message and the server does not offer 8BITMIME (RFC 6152 §3)"), true, false
+	}
+	size := int64(len(m.Header) + len(m.Body))
+	if limit, ok := c.MaxMessageSize(); ok && limit > 0 && size > int64(limit) {
+		return nil, sdk.Permanent(552, "5.3.4", "onionmx: message larger than the server's SIZE limit (RFC 1870)"), true, false
+	}
+
+	if err := c.Mail(m.Envelope.MailFrom, &smtp.MailOptions{UTF8: needUTF8, Size: size}); err != nil {
+		se, isReply := smtpReply(err)
+		if s.reused && (!isReply || se.Code == 421) {
+			return nil, nil, false, true
+		}
+		e := replyToError("MAIL FROM", err)
+		d.log.Debug("MAIL FROM refused", "host", s.key, "reply", err)
+		if isReply && se.Code >= 500 {
+			// The server refused the sender: final for every recipient.
+			res = map[string]error{}
+			for _, r := range rcpts {
+				res[r] = e
+			}
+			return res, nil, true, false
+		}
+		return nil, e, isReply && se.Code != 421, false
+	}
+
+	res = make(map[string]error, len(rcpts))
+	var accepted []string
+	for i, r := range rcpts {
+		err := c.Rcpt(r, nil)
+		if err == nil {
+			accepted = append(accepted, r)
+			continue
+		}
+		d.log.Debug("RCPT TO refused", "host", s.key, "rcpt", r, "reply", err)
+		e := replyToError("RCPT TO", err)
+		res[r] = e
+		if se, ok := smtpReply(err); !ok || se.Code == 421 {
+			// The connection is gone: nothing else can be answered now.
+			for _, rest := range append(accepted, rcpts[i+1:]...) {
+				res[rest] = e
+			}
+			if len(accepted) == 0 && i == 0 {
+				return nil, e, false, false
+			}
+			return res, nil, false, false
+		}
+	}
+	if len(accepted) == 0 {
+		return res, nil, true, false
+	}
+	failAccepted := func(phase string, err error) {
+		e := replyToError(phase, err)
+		for _, r := range accepted {
+			res[r] = e
+		}
+	}
+	w, err := c.Data()
+	if err != nil {
+		d.log.Debug("DATA refused", "host", s.key, "reply", err)
+		failAccepted("DATA", err)
+		_, isReply := smtpReply(err)
+		return res, nil, isReply, false
+	}
+	// go-smtp sets no deadline while the body is written.
+	_ = s.raw.SetDeadline(time.Now().Add(d.cfg.DataTimeout.D()))
+	_, err = w.Write(m.Header)
+	if err == nil {
+		_, err = w.Write(m.Body)
+	}
+	if err != nil {
+		failAccepted("DATA", err)
+		return res, nil, false, false
+	}
+	if err := w.Close(); err != nil {
+		d.log.Debug("message refused at end of data", "host", s.key, "reply", err)
+		failAccepted("end of data", err)
+		se, isReply := smtpReply(err)
+		return res, nil, isReply && se.Code != 421, false
+	}
+	for _, r := range accepted {
+		res[r] = nil
+	}
+	d.log.Debug("delivered", "host", s.key, "recipients", len(accepted), "tls", s.encrypted, "reused", s.reused)
+	return res, nil, true, false
+}
+
+// smtpReply returns err as an SMTP reply, if it is one.
+func smtpReply(err error) (*smtp.SMTPError, bool) {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return se, true
+	}
+	return nil, false
+}
+
+// replyToError maps the outcome of one SMTP command to an *sdk.Error: a
+// 4xx reply is temporary and a 5xx permanent, keeping the server's reply
+// code and its enhanced code (RFC 3463) when that agrees with the reply's
+// class; anything else (connection lost, timeout, odd reply) is temporary.
+// The message names the plugin and the command, never the server's text,
+// which often echoes the address.
+func replyToError(phase string, err error) *sdk.Error {
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		class := se.Code / 100
+		enh := ""
+		if ec := se.EnhancedCode; ec[0] == class && ec[1] >= 0 && ec[2] >= 0 && (ec[1] != 0 || ec[2] != 0) {
+			enh = fmt.Sprintf("%d.%d.%d", ec[0], ec[1], ec[2])
+		}
+		switch class {
+		case 4:
+			return sdk.Temporary(se.Code, enh, "onionmx: %s: server replied %d (temporary)", phase, se.Code)
+		case 5:
+			return sdk.Permanent(se.Code, enh, "onionmx: %s: server replied %d", phase, se.Code)
+		default:
+			return sdk.Temporary(451, "4.5.0", "onionmx: %s: unexpected reply %d", phase, se.Code)
+		}
+	}
+	return sdk.Temporary(451, "4.4.2", "onionmx: %s: %s", phase, netReason(err))
+}
+
+// sessionError maps a failure to set up a session (connect, greeting,
+// EHLO, STARTTLS) to an *sdk.Error.
+func sessionError(err error) *sdk.Error {
+	var de *dialError
+	var re *replyError
+	var te *tlsError
+	var e *sdk.Error
+	switch {
+	case errors.As(err, &e):
+		return e
+	case errors.Is(err, errNoSTARTTLS):
+		return sdk.Temporary(451, "4.7.10", "onionmx: tls: require and the server does not offer STARTTLS")
+	case errors.As(err, &te):
+		return sdk.Temporary(451, "4.7.10", "onionmx: tls: require and the TLS handshake failed")
+	case errors.As(err, &de):
+		return sdk.Temporary(451, "4.4.1", "onionmx: %s", de.what)
+	case errors.As(err, &re):
+		return setupReply(re.phase, re.err.Code, parseEnhanced(re.err.Msg))
+	}
+	var se *smtp.SMTPError
+	if errors.As(err, &se) {
+		return setupReply("greeting or EHLO", se.Code, se.EnhancedCode)
+	}
+	return sdk.Temporary(451, "4.4.2", "onionmx: session setup failed: %s", netReason(err))
+}
+
+// setupReply maps a refusal before MAIL FROM (greeting, EHLO, STARTTLS).
+// Even a 5xx is temporary: the host is skipped and the message retried
+// later, as Postfix does by default (smtp_skip_5xx_greeting), since a host
+// refusing service says nothing about the recipient.
+func setupReply(phase string, code int, ec smtp.EnhancedCode) *sdk.Error {
+	e := replyToError(phase, &smtp.SMTPError{Code: code, EnhancedCode: ec})
+	if !e.Temporary {
+		return sdk.Temporary(451, "4.4.0", "onionmx: %s: server replied %d, host skipped", phase, code)
+	}
+	return e
+}
+
+// parseEnhanced reads a leading RFC 3463 code from reply text.
+func parseEnhanced(msg string) smtp.EnhancedCode {
+	var ec smtp.EnhancedCode
+	if n, _ := fmt.Sscanf(msg, "%d.%d.%d", &ec[0], &ec[1], &ec[2]); n != 3 {
+		return smtp.EnhancedCode{}
+	}
+	return ec
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
+}
+
+func has8Bit(b []byte) bool {
+	for _, c := range b {
+		if c >= 0x80 {
+			return true
+		}
+	}
+	return false
+}
