@@ -3,6 +3,7 @@ package sdk
 import (
 	"errors"
 	"fmt"
+	"strings"
 )
 
 // Error is a stage failure with its SMTP meaning: a reply code
@@ -48,7 +49,7 @@ func (e *Error) EnhancedCode() string {
 	switch {
 	case e.Enhanced == "":
 		return class + ".0.0"
-	case len(e.Enhanced) > 2 && e.Enhanced[1] == '.':
+	case strings.Count(e.Enhanced, ".") == 2:
 		return e.Enhanced
 	default:
 		return class + "." + e.Enhanced

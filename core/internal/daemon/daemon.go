@@ -125,6 +125,8 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		MaxLifetime: cfg.Queue.MaxLifetime.D(),
 		Workers:     cfg.Queue.Workers,
 		Concurrency: cfg.Scheduler.Concurrency,
+		Bounce:      cfg.Retry.Bounce,
+		Hostname:    cfg.Hostname,
 		Logger:      log.Named("pipeline"),
 		Counters:    d.counters,
 	})

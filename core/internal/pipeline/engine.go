@@ -50,8 +50,13 @@ type Options struct {
 	Concurrency int
 	// CallTimeout bounds one stage call (default 5 min).
 	CallTimeout time.Duration
-	Logger      hclog.Logger
-	Counters    *stats.Counters
+	// Bounce: send a delivery status notification to MAIL FROM for
+	// recipients given up on (default off: no bounce to an anonymous
+	// sender). Hostname names this MTA in it.
+	Bounce   bool
+	Hostname string
+	Logger   hclog.Logger
+	Counters *stats.Counters
 }
 
 // Engine runs items through the stages.
@@ -466,6 +471,7 @@ func (e *Engine) deliver(ctx context.Context, st Stage, it *queue.Item) error {
 	}
 	var retry []string
 	var lastTemp error
+	var failed []failure
 	for _, rc := range it.Envelope.RcptTo {
 		err, ok := byRcpt[rc], seen[rc]
 		if !ok {
@@ -479,6 +485,7 @@ func (e *Engine) deliver(ctx context.Context, st Stage, it *queue.Item) error {
 			e.c.Sent.Add(1)
 		case sdk.IsPermanent(err):
 			e.c.Failed.Add(1)
+			failed = append(failed, failure{rc, err})
 			e.log.Info("[DELIVER] recipient failed permanently", "item", it.ID.String(), "stage", st.Name, "reply", sdk.AsError(err).EnhancedCode())
 			e.log.Debug("[DELIVER] failure detail", "rcpt", rc, "error", err)
 		default:
@@ -488,6 +495,7 @@ func (e *Engine) deliver(ctx context.Context, st Stage, it *queue.Item) error {
 			e.log.Debug("[DELIVER] temporary failure detail", "rcpt", rc, "error", err)
 		}
 	}
+	e.bounce(it, failed)
 	if len(retry) == 0 {
 		return e.done(it)
 	}
@@ -526,6 +534,11 @@ func (e *Engine) giveUp(it *queue.Item, st Stage, why string, cause error) {
 	e.c.Failed.Add(int64(len(it.Envelope.RcptTo)))
 	e.log.Warn("[DELIVER] giving up", "item", it.ID.String(), "stage", st.Name, "reason", why, "recipients", len(it.Envelope.RcptTo))
 	e.log.Debug("[DELIVER] last error", "error", cause)
+	var failed []failure
+	for _, rc := range it.Envelope.RcptTo {
+		failed = append(failed, failure{rc, cause})
+	}
+	e.bounce(it, failed)
 	e.drop(it)
 }
 

@@ -3,6 +3,7 @@ package pipeline
 import (
 	"context"
 	"errors"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -288,5 +289,49 @@ func TestValidateOrder(t *testing.T) {
 		if err := ValidateOrder(c.stages); (err == nil) != c.ok {
 			t.Errorf("case %d: err=%v, want ok=%v", i, err, c.ok)
 		}
+	}
+}
+
+func TestBounceOnlyWhenConfiguredAndNeverForNullSender(t *testing.T) {
+	for _, c := range []struct {
+		name     string
+		bounce   bool
+		mailFrom string
+		want     int // deliveries: the message, plus the bounce if any
+	}{
+		{"off by default", false, "a@example.org", 1},
+		{"configured", true, "a@example.org", 2},
+		{"null sender never bounced", true, "", 1},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			q := openQueue(t, t.TempDir())
+			defer q.Close()
+			dl := &fakeStage{deliver: func(m *sdk.Message) ([]sdk.RcptResult, error) {
+				if m.Envelope.MailFrom == "" && m.Envelope.RcptTo[0] == "a@example.org" {
+					return okAll(m) // the bounce itself
+				}
+				return []sdk.RcptResult{{Rcpt: m.Envelope.RcptTo[0], Err: sdk.Permanent(550, "1.1", "no such user")}}, nil
+			}}
+			e, _ := runEngine(t, q, []Stage{{Name: "d", Kind: sdk.KindDeliverer, Needs: sdk.NeedAll, Impl: dl}},
+				Options{Bounce: c.bounce, Hostname: "mx.example.test"})
+			it, err := q.Accept(sdk.Envelope{MailFrom: c.mailFrom, RcptTo: []string{"gone@example.net"}}, []byte("Subject: x\r\n\r\n"), []byte("b\r\n"), time.Now())
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.Submit(it)
+			eventually(t, "queue drained", func() bool { return queueLen(t, q) == 0 && dl.count() >= 1 })
+			time.Sleep(50 * time.Millisecond)
+			if dl.count() != c.want {
+				t.Fatalf("%d deliveries, want %d", dl.count(), c.want)
+			}
+			if c.want == 2 {
+				b := dl.delivered[1]
+				for _, s := range []string{"message/delivery-status", "Final-Recipient: rfc822; gone@example.net", "Status: 5.1.1", "Subject: x"} {
+					if !strings.Contains(string(b.Body), s) && !strings.Contains(string(b.Header), s) {
+						t.Errorf("bounce lacks %q:\n%s%s", s, b.Header, b.Body)
+					}
+				}
+			}
+		})
 	}
 }

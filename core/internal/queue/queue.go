@@ -258,7 +258,13 @@ func putBlob(txn *badger.Txn, data []byte) (ID, error) {
 // 250 (RFC 5321 §6.1). header is the raw header section (ends CRLF CRLF),
 // body the raw body; either may be empty.
 func (q *Queue) Accept(env sdk.Envelope, header, body []byte, received time.Time) (*Item, error) {
-	it := &Item{ID: NewID(), Envelope: env, Size: int64(len(header) + len(body)), Received: received, Deliverer: -1}
+	return q.Insert(env, header, body, received, 0)
+}
+
+// Insert is Accept for a message that starts at pipeline stage stage (e.g.
+// a delivery status notification that goes straight to a deliverer).
+func (q *Queue) Insert(env sdk.Envelope, header, body []byte, received time.Time, stage int) (*Item, error) {
+	it := &Item{ID: NewID(), Envelope: env, Size: int64(len(header) + len(body)), Received: received, Deliverer: -1, Stage: stage}
 	it.Msg = it.ID
 	err := q.update(func(txn *badger.Txn) error {
 		var err error
