@@ -9,6 +9,7 @@ package plugintest
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -27,16 +28,26 @@ import (
 // binary's path. It fails the test when the build fails.
 func Build(t testing.TB, pkg string) string {
 	t.Helper()
-	out := filepath.Join(t.TempDir(), filepath.Base(strings.TrimRight(pkg, "/.")))
-	if pkg == "." || pkg == "./" {
-		wd, _ := os.Getwd()
-		out = filepath.Join(filepath.Dir(out), filepath.Base(wd))
-	}
-	cmd := exec.Command("go", "build", "-o", out, pkg)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("plugintest: go build %s: %v\n%s", pkg, err, b)
+	out, err := BuildTo(pkg, t.TempDir())
+	if err != nil {
+		t.Fatalf("plugintest: %v", err)
 	}
 	return out
+}
+
+// BuildTo compiles the plugin main package at pkg into dir and returns the
+// binary's path; for a TestMain that builds once for many tests.
+func BuildTo(pkg, dir string) (string, error) {
+	name := filepath.Base(strings.TrimRight(pkg, "/."))
+	if pkg == "." || pkg == "./" {
+		wd, _ := os.Getwd()
+		name = filepath.Base(wd)
+	}
+	out := filepath.Join(dir, name)
+	if b, err := exec.Command("go", "build", "-o", out, pkg).CombinedOutput(); err != nil {
+		return "", fmt.Errorf("go build %s: %v\n%s", pkg, err, b)
+	}
+	return out, nil
 }
 
 // Start launches the plugin binary at path, configures it as stage "test"
