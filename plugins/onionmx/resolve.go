@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/idna"
@@ -176,7 +177,7 @@ func recipientDomain(addr string) (string, error) {
 		return d, nil
 	}
 	a, err := idnaProfile.ToASCII(strings.TrimSuffix(d, "."))
-	if err != nil || a == "" {
+	if err != nil || a == "" || !utf8.ValidString(d) {
 		return "", sdk.Permanent(553, "5.1.3", "onionmx: recipient domain is not a valid domain name")
 	}
 	return strings.ToLower(a), nil

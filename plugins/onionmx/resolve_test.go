@@ -85,6 +85,7 @@ func TestAddressLiteralsAndRecipientDomains(t *testing.T) {
 		{"nodomain", "!"},
 		{"a@", "!"},
 		{"a@bad..domain", "!"},
+		{"a@\xff.example", "!"},
 	}
 	for _, c := range cases {
 		got, err := recipientDomain(c.addr)
