@@ -58,14 +58,15 @@ func StartStages(ctx context.Context, cfg *config.Config, log hclog.Logger) ([]*
 			return fail(fmt.Errorf("%s: %w", where, err))
 		}
 		pin := cfg.Plugins[st.Plugin].SHA256
-		info, err := pluginhost.Probe(path, pin, log.Named(st.Name))
+		ps, err := pluginhost.Launch(pluginhost.Spec{Stage: st.Name, Plugin: st.Plugin, Path: path, SHA256: pin}, log.Named(st.Name))
 		if err != nil {
 			return fail(fmt.Errorf("%s: %w", where, err))
 		}
-		if err := config.ValidateBlock(cfg.Path, st, info.Schema); err != nil {
+		started = append(started, ps)
+		if err := config.ValidateBlock(cfg.Path, st, ps.Info.Schema); err != nil {
 			return fail(err)
 		}
-		kind, err := stageKind(info)
+		kind, err := stageKind(ps.Info)
 		if err != nil {
 			return fail(fmt.Errorf("%s: %w", where, err))
 		}
@@ -73,15 +74,14 @@ func StartStages(ctx context.Context, cfg *config.Config, log hclog.Logger) ([]*
 		if err != nil {
 			return fail(fmt.Errorf("%s: %w", where, err))
 		}
-		ps, err := pluginhost.Start(ctx, pluginhost.Spec{Stage: st.Name, Plugin: st.Plugin, Path: path, SHA256: pin, Config: js}, log.Named(st.Name))
-		if err != nil {
+		if err := ps.Configure(ctx, js); err != nil {
 			var fe *sdk.FieldError
 			if errors.As(err, &fe) {
 				return fail(fmt.Errorf("%s:%d: stage %q (plugin %s): %s: %v", cfg.Path, st.KeyLine(fe.Field), st.Name, st.Plugin, fe.Field, fe.Err))
 			}
 			return fail(fmt.Errorf("%s (plugin %s): %w", where, st.Plugin, err))
 		}
-		started = append(started, ps)
+		info := ps.Info
 		stages = append(stages, pipeline.Stage{Name: st.Name, Kind: kind, Needs: info.Needs, Impl: ps})
 	}
 	if err := pipeline.ValidateOrder(stages); err != nil {

@@ -73,15 +73,41 @@ type Stage struct {
 	closed   bool
 }
 
-// Start launches the plugin and configures it. A config error is returned
-// as the plugin reported it (*sdk.FieldError when it names a key).
-func Start(ctx context.Context, spec Spec, log hclog.Logger) (*Stage, error) {
+// Launch starts the plugin process and reads its Info, without configuring
+// it: the caller validates the stage's config block against Info.Schema,
+// then calls Configure. On error nothing is left running.
+func Launch(spec Spec, log hclog.Logger) (*Stage, error) {
 	s := &Stage{Spec: spec, log: log}
-	c, err := s.launch(ctx)
+	c, err := sdk.Launch(sdk.LaunchOptions{Path: spec.Path, SHA256: spec.SHA256, Logger: log})
 	if err != nil {
 		return nil, err
 	}
 	s.client, s.Info = c, c.Info()
+	return s, nil
+}
+
+// Configure sends the stage's config block (JSON) to the running plugin
+// and keeps it for restarts. A config error is returned as the plugin
+// reported it (*sdk.FieldError when it names a key).
+func (s *Stage) Configure(ctx context.Context, configJSON []byte) error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.Spec.Config = configJSON
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	return s.client.Configure(cctx, s.Spec.Stage, configJSON)
+}
+
+// Start is Launch followed by Configure with spec.Config.
+func Start(ctx context.Context, spec Spec, log hclog.Logger) (*Stage, error) {
+	s, err := Launch(spec, log)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Configure(ctx, spec.Config); err != nil {
+		s.Close()
+		return nil, err
+	}
 	return s, nil
 }
 
