@@ -170,8 +170,11 @@ func pickHostError(errs []*sdk.Error) *sdk.Error {
 // set means this host gave no per-recipient answer: try the next one.
 func (d *deliverer) tryHost(ctx context.Context, t target, domain string, m *sdk.Message, rcpts []string) (res map[string]error, hostErr *sdk.Error) {
 	key := t.String()
-	s := d.pool.get(key)
 	for {
+		s := d.pool.get(key)
+		if s != nil && !d.revive(ctx, s) {
+			continue // dead; try the next idle one or dial
+		}
 		if s == nil {
 			var err *sdk.Error
 			if s, err = d.connect(ctx, t, domain); err != nil {
@@ -186,13 +189,25 @@ func (d *deliverer) tryHost(ctx context.Context, t target, domain string, m *sdk
 			s.close()
 		}
 		if stale && reused {
-			// Only a pooled session can be stale; the retry dials afresh.
-			d.log.Debug("pooled connection was dead, redialling", "host", key)
-			s = nil
+			d.log.Debug("pooled connection died, redialling", "host", key)
 			continue
 		}
 		return res, hostErr
 	}
+}
+
+// revive readies a pooled session with RSET (RFC 5321 §4.1.1.5): it clears
+// whatever the previous transaction left and proves the connection alive.
+// A session that fails it is closed.
+func (d *deliverer) revive(ctx context.Context, s *session) bool {
+	stop := context.AfterFunc(ctx, func() { s.raw.Close() })
+	err := s.c.Reset()
+	if !stop() || err != nil {
+		d.log.Debug("pooled connection is dead", "host", s.key, "error", err)
+		s.close()
+		return false
+	}
+	return true
 }
 
 // connect opens a session to t: TCP (or SOCKS), then greeting, EHLO and
@@ -343,7 +358,8 @@ func (d *deliverer) transact(ctx context.Context, s *session, m *sdk.Message, rc
 		}
 	}
 	if len(accepted) == 0 {
-		return res, nil, true, false
+		// End the transaction now rather than leave it open while idle.
+		return res, nil, c.Reset() == nil, false
 	}
 	failAccepted := func(phase string, err error) {
 		e := replyToError(phase, err)

@@ -108,22 +108,6 @@ func (f *fakeMX) dropAll() {
 	}
 }
 
-// waitRSETs waits until the server has seen n RSET commands.
-func (f *fakeMX) waitRSETs(t *testing.T, n int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, r := f.counts(); r >= n {
-			return
-		}
-		if time.Now().After(deadline) {
-			_, r := f.counts()
-			t.Fatalf("server saw %d RSET, want %d", r, n)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-}
-
 type countingListener struct {
 	net.Listener
 	f *fakeMX

@@ -28,17 +28,19 @@ func (s *session) quit() {
 	s.close()
 }
 
-// pool keeps idle SMTP sessions per destination for reuse. A session comes
-// back to the pool only after a successful RSET (as Postfix checks a cached
-// session), which also proves the connection is still alive. Sessions idle
-// longer than the timeout are closed with QUIT. Safe for concurrent use.
+// pool keeps idle SMTP sessions per destination for reuse. A session goes
+// back as soon as its transaction ends; whoever takes it out must send
+// RSET first (as Postfix verifies a cached session), which both clears any
+// aborted transaction and proves the connection is still alive right
+// before it is used. Sessions idle longer than the timeout are closed with
+// QUIT. Safe for concurrent use.
 type pool struct {
 	mu      sync.Mutex
 	idle    map[string][]*session // most recently used last
 	max     int
 	timeout time.Duration
 	closed  bool
-	wg      sync.WaitGroup // background RSETs and QUITs, for close
+	wg      sync.WaitGroup // background QUITs, for close
 }
 
 func newPool(max int, timeout time.Duration) *pool {
@@ -76,32 +78,18 @@ func (p *pool) store(key string, list []*session) {
 	}
 }
 
-// release hands a session back after a finished (or aborted) transaction:
-// in the background it sends RSET and, if that succeeds and there is room,
-// keeps the session; otherwise it says QUIT. The caller must not touch s
-// afterwards.
+// release hands a session back after its transaction (finished or
+// aborted). If the pool is full or closed the session is QUIT in the
+// background. The caller must not touch s afterwards.
 func (p *pool) release(s *session) {
 	p.mu.Lock()
-	full := p.closed || len(p.idle[s.key]) >= p.max
-	p.mu.Unlock()
-	if full {
+	defer p.mu.Unlock()
+	if p.closed || len(p.idle[s.key]) >= p.max {
 		p.background(s.quit)
 		return
 	}
-	p.background(func() {
-		if err := s.c.Reset(); err != nil {
-			s.close()
-			return
-		}
-		p.mu.Lock()
-		defer p.mu.Unlock()
-		if p.closed || len(p.idle[s.key]) >= p.max {
-			p.background(s.quit)
-			return
-		}
-		s.idleSince = time.Now()
-		p.idle[s.key] = append(p.idle[s.key], s)
-	})
+	s.idleSince = time.Now()
+	p.idle[s.key] = append(p.idle[s.key], s)
 }
 
 // background runs f on its own goroutine, tracked for close.
