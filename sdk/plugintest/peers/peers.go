@@ -148,7 +148,9 @@ func FreePort(t testing.TB) int {
 }
 
 // peerDir makes a fresh directory for one peer that unprivileged daemons
-// (postfix, nobody) can traverse: t.TempDir's parents are mode 0700.
+// (postfix, nobody) can traverse: t.TempDir's parents are mode 0700. It is
+// removed when the test ends unless PEERS_KEEP is set (for debugging: the
+// configs and logs stay in /tmp/mixmta-peer-*).
 func peerDir(t testing.TB, name string) string {
 	t.Helper()
 	dir, err := os.MkdirTemp("", "mixmta-peer-"+name+"-")
