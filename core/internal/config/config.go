@@ -51,10 +51,12 @@ type Config struct {
 	// must be the plugin of some stage.
 	Plugins map[string]PluginPin `yaml:"plugins"`
 
-	// lines maps the path of every key written with a value
-	// ("listeners[0].relay.anyone") to its line; it tells "unset" from
-	// "written as zero" and locates errors.
+	// lines maps the path of every key written in the file
+	// ("listeners[0].relay.anyone", "pipeline[2]") to its line, to locate
+	// errors; unset holds those written with no value. Together they tell
+	// "unset" from "written as zero".
 	lines map[string]int
+	unset map[string]bool
 }
 
 // Log configures logging.

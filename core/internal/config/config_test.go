@@ -277,14 +277,40 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
+		schema := sdk.SchemaOf(struct {
+			A int                 `json:"a" required:"true"`
+			B []sdk.Duration      `json:"b"`
+			C map[string][]string `json:"c"`
+		}{})
 		for _, st := range c.Pipeline {
-			if _, err := BlockJSON(st); err != nil && !strings.Contains(err.Error(), st.Name) {
+			b, err := BlockJSON(st)
+			if err != nil && !strings.Contains(err.Error(), st.Name) {
 				t.Fatalf("BlockJSON error does not name the stage: %v", err)
 			}
-			_ = ValidateBlock("fuzz.yaml", st, sdk.SchemaOf(struct {
-				A int            `json:"a"`
-				B []sdk.Duration `json:"b"`
-			}{}))
+			if err == nil && !json.Valid(b) {
+				t.Fatalf("BlockJSON gave invalid JSON %q", b)
+			}
+			if err := ValidateBlock("fuzz.yaml", st, schema); err != nil {
+				for _, line := range strings.Split(err.Error(), "\n") {
+					if !strings.HasPrefix(line, "fuzz.yaml:") {
+						t.Fatalf("ValidateBlock error line without file name: %q", line)
+					}
+				}
+			}
+			for _, p := range []string{"a", "b.0", "c.x.1", "", "..", "a.b.c.d"} {
+				if l := st.KeyLine(p); l < 1 {
+					t.Fatalf("KeyLine(%q) = %d", p, l)
+				}
+			}
 		}
 	})
+}
+
+func TestCRLFAndByteOrderMarkAreAccepted(t *testing.T) {
+	src := "\ufeffhostname: mix.example.org\r\npipeline:\r\n  - name: a\r\n    plugin: b\r\n  - name: a\r\n    plugin: c\r\n"
+	_, err := Parse("p.yaml", []byte(src))
+	want := `p.yaml:5: pipeline[1].name: duplicate stage name "a" (first at line 3)`
+	if err == nil || err.Error() != want {
+		t.Errorf("want %s\ngot  %v", want, err)
+	}
 }

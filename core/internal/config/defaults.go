@@ -80,7 +80,7 @@ func str(s *string, def string) {
 // isSet reports whether the key at path was written with a value.
 func (c *Config) isSet(path string) bool {
 	_, ok := c.lines[path]
-	return ok
+	return ok && !c.unset[path]
 }
 
 func (c *Config) dur(d *sdk.Duration, path string, def time.Duration) {

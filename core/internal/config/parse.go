@@ -60,12 +60,12 @@ func Parse(path string, data []byte) (*Config, error) {
 	}
 	checkTree(e, root)
 	c := &Config{}
-	d := &decoder{errs: e, lines: map[string]int{}}
+	d := &decoder{errs: e, lines: map[string]int{}, unset: map[string]bool{}}
 	d.value(root, reflect.ValueOf(c).Elem(), "")
 	if len(e.list) > 0 {
 		return nil, e.list.err()
 	}
-	c.Path, c.lines = path, d.lines
+	c.Path, c.lines, c.unset = path, d.lines, d.unset
 	c.SetDefaults()
 	c.validate(e)
 	if len(e.list) > 0 {
@@ -302,7 +302,15 @@ var (
 // records the line of every key.
 type decoder struct {
 	*errs
-	lines map[string]int
+	lines map[string]int  // path of every key or list item -> line
+	unset map[string]bool // paths written with no value
+}
+
+func (d *decoder) key(path string, line int, val *yaml.Node) {
+	d.lines[path] = line
+	if val.ShortTag() == "!!null" {
+		d.unset[path] = true
+	}
 }
 
 func join(path, key string) string {
@@ -368,9 +376,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 		s := reflect.MakeSlice(t, len(n.Content), len(n.Content))
 		for i, item := range n.Content {
 			p := fmt.Sprintf("%s[%d]", path, i)
-			if item.ShortTag() != "!!null" {
-				d.lines[p] = item.Line
-			}
+			d.key(p, item.Line, item)
 			d.value(item, s.Index(i), p)
 		}
 		v.Set(s)
@@ -386,7 +392,7 @@ func (d *decoder) value(n *yaml.Node, v reflect.Value, path string) {
 				continue // reported by checkTree
 			}
 			p := join(path, k.Value)
-			d.lines[p] = k.Line
+			d.key(p, k.Line, val)
 			elem := reflect.New(t.Elem()).Elem()
 			d.value(val, elem, p)
 			m.SetMapIndex(reflect.ValueOf(k.Value), elem)
@@ -480,9 +486,7 @@ func (d *decoder) structure(n *yaml.Node, v reflect.Value, path string) {
 			continue
 		}
 		p := join(path, k.Value)
-		if val.ShortTag() != "!!null" {
-			d.lines[p] = k.Line
-		}
+		d.key(p, k.Line, val)
 		fv := v.Field(fi)
 		if fv.Type() == rawBlockType {
 			if val.ShortTag() == "!!null" {

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strconv"
@@ -239,7 +240,11 @@ func (c *Config) checkFiles() error {
 		if errors.As(err, &pe) {
 			err = pe.Err
 		}
-		e.add(c.Line(path), "%s: cannot read %q: %v (relative paths are from the working directory)", path, file, err)
+		hint := ""
+		if !filepath.IsAbs(file) {
+			hint = " (relative paths are from the working directory)"
+		}
+		e.add(c.Line(path), "%s: cannot read %q: %v%s", path, file, err, hint)
 		return false
 	}
 	for i, l := range c.Listeners {
