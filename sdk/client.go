@@ -299,6 +299,7 @@ func (c *Client) Route(ctx context.Context, m *Message) ([]Route, error) {
 		}
 		if rm := f.GetRoute(); rm != nil {
 			r := Route{RcptTo: rm.GetRcptTo(), Deliverer: rm.GetDeliverer()}
+			copy(r.NextHop[:], rm.GetNextHop())
 			want = 0
 			if rm.GetBodyPresent() {
 				want = rm.GetBodyLen()
@@ -352,4 +353,84 @@ func (c *Client) Deliver(ctx context.Context, m *Message) ([]RcptResult, error) 
 		out = append(out, RcptResult{Rcpt: x.GetRcpt(), Err: statusFromPB(x.GetStatus())})
 	}
 	return out, statusFromPB(r.GetStatus())
+}
+
+// SetMixState runs a mixer's SetMixState.
+func (c *Client) SetMixState(ctx context.Context, st MixState) error {
+	req := &pb.MixState{Epoch: st.Epoch, Keys: keysToPB(st.Keys), Self: st.Self[:]}
+	for _, n := range st.Nodes {
+		req.Nodes = append(req.Nodes, &pb.DirectoryNode{Id: append([]byte(nil), n.ID[:]...), Name: n.Name, Exit: n.Exit, Healthy: n.Healthy, Keys: keysToPB(n.Keys)})
+	}
+	s, err := c.rpc.SetMixState(ctx, req)
+	if err != nil {
+		return transport(err)
+	}
+	return statusFromPB(s)
+}
+
+// Mix runs a mixer on one packet.
+func (c *Client) Mix(ctx context.Context, packet []byte) (*MixResult, error) {
+	r, err := c.rpc.Mix(ctx, &pb.MixRequest{Packet: packet})
+	if err != nil {
+		return nil, transport(err)
+	}
+	if err := statusFromPB(r.GetStatus()); err != nil {
+		return nil, err
+	}
+	out := &MixResult{Action: MixAction(r.GetAction()), Packet: r.GetPacket(), Epoch: r.GetEpoch()}
+	copy(out.NextHop[:], r.GetNextHop())
+	copy(out.ReplayTag[:], r.GetReplayTag())
+	copy(out.LoopID[:], r.GetLoopId())
+	if r.GetFragmentCount() > 0 {
+		f := &Fragment{Index: int(r.GetFragmentIndex()), Count: int(r.GetFragmentCount()), Data: r.GetFragmentData()}
+		copy(f.MessageID[:], r.GetFragmentMessageId())
+		out.Fragment = f
+	}
+	return out, nil
+}
+
+// Cover asks a mixer for one cover packet.
+func (c *Client) Cover(ctx context.Context, k CoverKind) (*Packet, error) {
+	r, err := c.rpc.Cover(ctx, &pb.CoverRequest{Kind: int32(k)})
+	if err != nil {
+		return nil, transport(err)
+	}
+	if err := statusFromPB(r.GetStatus()); err != nil {
+		return nil, err
+	}
+	p := &Packet{Data: r.GetPacket()}
+	copy(p.NextHop[:], r.GetNextHop())
+	copy(p.LoopID[:], r.GetLoopId())
+	for _, b := range r.GetPath() {
+		var id NodeID
+		copy(id[:], b)
+		p.Path = append(p.Path, id)
+	}
+	return p, nil
+}
+
+// Assemble asks a mixer to parse a reassembled message.
+func (c *Client) Assemble(ctx context.Context, data []byte) (*Message, error) {
+	s, err := c.rpc.Assemble(ctx)
+	if err != nil {
+		return nil, transport(err)
+	}
+	if err := sendMessage(s, &pb.MessageMeta{BodyPresent: true, BodyLen: int64(len(data))}, nil, data); err != nil {
+		return nil, transport(err)
+	}
+	if err := s.CloseSend(); err != nil {
+		return nil, transport(err)
+	}
+	first, err := s.Recv()
+	if err != nil {
+		return nil, transport(err)
+	}
+	if err := statusFromPB(first.GetStatus()); err != nil {
+		return nil, err
+	}
+	meta, header, body, err := recvMessage(&prepended{first: first, r: s}, MaxCallBytes*1024)
+	if err != nil {
+		return nil, transport(err)
+	}
+	return &Message{Envelope: envelopeFromPB(meta.GetEnvelope()), Header: header, Body: body, Size: int64(len(header) + len(body))}, nil
 }

@@ -136,6 +136,9 @@ type Route struct {
 	// Body, if not nil, replaces the whole message (header and body) for this
 	// delivery, e.g. one Sphinx packet.
 	Body []byte
+	// NextHop, if not zero, makes this route a packet: Body goes over the
+	// mix transport to that node instead of to a deliverer.
+	NextHop NodeID
 }
 
 // Router splits a message into deliveries. Every recipient must appear in

@@ -209,6 +209,8 @@ func implements(v any, k Kind) bool {
 		_, ok = v.(Delayer)
 	case KindDeliverer:
 		_, ok = v.(Deliverer)
+	case KindMixer:
+		_, ok = v.(Mixer)
 	}
 	return ok
 }
@@ -284,6 +286,9 @@ func (s *stageServer[C]) Route(stream pb.Stage_RouteServer) error {
 	}
 	for _, rt := range routes {
 		rm := &pb.RouteMeta{RcptTo: rt.RcptTo, Deliverer: rt.Deliverer}
+		if rt.NextHop != (NodeID{}) {
+			rm.NextHop = rt.NextHop[:]
+		}
 		if rt.Body != nil {
 			rm.BodyPresent, rm.BodyLen = true, int64(len(rt.Body))
 		}
@@ -340,4 +345,96 @@ func (s *stageServer[C]) Deliver(stream pb.Stage_DeliverServer) error {
 		reply.Results = append(reply.Results, &pb.RcptResult{Rcpt: r.Rcpt, Status: statusToPB(r.Err)})
 	}
 	return stream.SendAndClose(reply)
+}
+
+func (s *stageServer[C]) SetMixState(ctx context.Context, req *pb.MixState) (*pb.Status, error) {
+	m, err := stageAs[Mixer](s, KindMixer)
+	if err == nil {
+		st := MixState{Epoch: req.GetEpoch(), Keys: keysFromPB(req.GetKeys())}
+		copy(st.Self[:], req.GetSelf())
+		for _, n := range req.GetNodes() {
+			dn := DirectoryNode{Name: n.GetName(), Exit: n.GetExit(), Healthy: n.GetHealthy(), Keys: keysFromPB(n.GetKeys())}
+			copy(dn.ID[:], n.GetId())
+			st.Nodes = append(st.Nodes, dn)
+		}
+		err = m.SetMixState(ctx, st)
+	}
+	return statusToPB(err), nil
+}
+
+func (s *stageServer[C]) Mix(ctx context.Context, req *pb.MixRequest) (*pb.MixReply, error) {
+	m, err := stageAs[Mixer](s, KindMixer)
+	var r *MixResult
+	if err == nil {
+		r, err = m.Mix(ctx, req.GetPacket())
+	}
+	if err != nil {
+		return &pb.MixReply{Status: statusToPB(err)}, nil
+	}
+	out := &pb.MixReply{Status: &pb.Status{}, Action: int32(r.Action), Packet: r.Packet, ReplayTag: r.ReplayTag[:], Epoch: r.Epoch}
+	if r.NextHop != (NodeID{}) {
+		out.NextHop = r.NextHop[:]
+	}
+	if f := r.Fragment; f != nil {
+		out.FragmentMessageId, out.FragmentIndex, out.FragmentCount, out.FragmentData = f.MessageID[:], int32(f.Index), int32(f.Count), f.Data
+	}
+	if r.LoopID != ([16]byte{}) {
+		out.LoopId = r.LoopID[:]
+	}
+	return out, nil
+}
+
+func (s *stageServer[C]) Cover(ctx context.Context, req *pb.CoverRequest) (*pb.CoverReply, error) {
+	m, err := stageAs[Mixer](s, KindMixer)
+	var p *Packet
+	if err == nil {
+		p, err = m.Cover(ctx, CoverKind(req.GetKind()))
+	}
+	if err != nil {
+		return &pb.CoverReply{Status: statusToPB(err)}, nil
+	}
+	out := &pb.CoverReply{Status: &pb.Status{}, NextHop: p.NextHop[:], Packet: p.Data}
+	if p.LoopID != ([16]byte{}) {
+		out.LoopId = p.LoopID[:]
+	}
+	for _, n := range p.Path {
+		out.Path = append(out.Path, append([]byte(nil), n[:]...))
+	}
+	return out, nil
+}
+
+func (s *stageServer[C]) Assemble(stream pb.Stage_AssembleServer) error {
+	meta, _, data, err := recvMessage(stream, MaxCallBytes*1024)
+	if err != nil {
+		return err
+	}
+	m, err := stageAs[Mixer](s, KindMixer)
+	var msg *Message
+	if err == nil {
+		msg, err = m.Assemble(stream.Context(), data)
+	}
+	if err != nil {
+		return stream.Send(&pb.MessageFrame{Meta: &pb.MessageMeta{Id: meta.GetId()}, Status: statusToPB(err)})
+	}
+	out := &pb.MessageMeta{Id: meta.GetId(), Envelope: envelopeToPB(msg.Envelope), EnvelopeChanged: true,
+		HeaderPresent: true, HeaderLen: int64(len(msg.Header)), BodyPresent: true, BodyLen: int64(len(msg.Body))}
+	return sendMessage(stream, out, msg.Header, msg.Body)
+}
+
+func keysFromPB(ks []*pb.EpochKey) []EpochKey {
+	out := make([]EpochKey, 0, len(ks))
+	for _, k := range ks {
+		out = append(out, EpochKey{Epoch: k.GetEpoch(), Private: k.GetPrivateKey(), Public: k.GetPublicKey(),
+			NotBefore: time.Unix(k.GetNotBeforeUnix(), 0), NotAfter: time.Unix(k.GetNotAfterUnix(), 0)})
+	}
+	return out
+}
+
+func keysToPB(ks []EpochKey) []*pb.EpochKey {
+	out := make([]*pb.EpochKey, 0, len(ks))
+	for _, k := range ks {
+		out = append(out, &pb.EpochKey{Epoch: k.Epoch, PrivateKey: k.Private, PublicKey: k.Public,
+			NotBeforeUnix: k.NotBefore.Unix(), NotAfterUnix: k.NotAfter.Unix()})
+	}
+	return out
 }

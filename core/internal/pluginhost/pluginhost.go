@@ -71,6 +71,8 @@ type Stage struct {
 	failures int
 	restarts atomic.Int64
 	closed   bool
+	// mixState is re-sent to a restarted mixer.
+	mixState *sdk.MixState
 }
 
 // Launch starts the plugin process and reads its Info, without configuring
@@ -132,6 +134,12 @@ func (s *Stage) launch(ctx context.Context) (*sdk.Client, error) {
 	if err := c.Configure(cctx, s.Spec.Stage, s.Spec.Config); err != nil {
 		c.Kill()
 		return nil, err
+	}
+	if s.mixState != nil {
+		if err := c.SetMixState(cctx, *s.mixState); err != nil {
+			c.Kill()
+			return nil, err
+		}
 	}
 	return c, nil
 }
@@ -282,4 +290,29 @@ func (s *Stage) Delay(ctx context.Context, req sdk.DelayRequest) ([]time.Duratio
 // Deliver runs the stage as a deliverer.
 func (s *Stage) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, error) {
 	return call(ctx, s, func(c *sdk.Client) ([]sdk.RcptResult, error) { return c.Deliver(ctx, m) })
+}
+
+// SetMixState sends the mixer's keys and directory, and keeps them to send
+// again to a restarted process.
+func (s *Stage) SetMixState(ctx context.Context, st sdk.MixState) error {
+	s.mu.Lock()
+	s.mixState = &st
+	s.mu.Unlock()
+	_, err := call(ctx, s, func(c *sdk.Client) (struct{}, error) { return struct{}{}, c.SetMixState(ctx, st) })
+	return err
+}
+
+// Mix runs the stage as a mixer on one packet.
+func (s *Stage) Mix(ctx context.Context, packet []byte) (*sdk.MixResult, error) {
+	return call(ctx, s, func(c *sdk.Client) (*sdk.MixResult, error) { return c.Mix(ctx, packet) })
+}
+
+// Cover asks the mixer for a cover packet.
+func (s *Stage) Cover(ctx context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
+	return call(ctx, s, func(c *sdk.Client) (*sdk.Packet, error) { return c.Cover(ctx, k) })
+}
+
+// Assemble asks the mixer to parse a reassembled message.
+func (s *Stage) Assemble(ctx context.Context, data []byte) (*sdk.Message, error) {
+	return call(ctx, s, func(c *sdk.Client) (*sdk.Message, error) { return c.Assemble(ctx, data) })
 }

@@ -630,11 +630,13 @@ func (x *CheckReply) GetStatus() *Status {
 }
 
 type RouteMeta struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	RcptTo        []string               `protobuf:"bytes,1,rep,name=rcpt_to,json=rcptTo,proto3" json:"rcpt_to,omitempty"`
-	Deliverer     string                 `protobuf:"bytes,2,opt,name=deliverer,proto3" json:"deliverer,omitempty"`
-	BodyPresent   bool                   `protobuf:"varint,3,opt,name=body_present,json=bodyPresent,proto3" json:"body_present,omitempty"`
-	BodyLen       int64                  `protobuf:"varint,4,opt,name=body_len,json=bodyLen,proto3" json:"body_len,omitempty"`
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	RcptTo      []string               `protobuf:"bytes,1,rep,name=rcpt_to,json=rcptTo,proto3" json:"rcpt_to,omitempty"`
+	Deliverer   string                 `protobuf:"bytes,2,opt,name=deliverer,proto3" json:"deliverer,omitempty"`
+	BodyPresent bool                   `protobuf:"varint,3,opt,name=body_present,json=bodyPresent,proto3" json:"body_present,omitempty"`
+	BodyLen     int64                  `protobuf:"varint,4,opt,name=body_len,json=bodyLen,proto3" json:"body_len,omitempty"`
+	// For a packet: the 32-byte node id of the first hop.
+	NextHop       []byte `protobuf:"bytes,5,opt,name=next_hop,json=nextHop,proto3" json:"next_hop,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -695,6 +697,13 @@ func (x *RouteMeta) GetBodyLen() int64 {
 		return x.BodyLen
 	}
 	return 0
+}
+
+func (x *RouteMeta) GetNextHop() []byte {
+	if x != nil {
+		return x.NextHop
+	}
+	return nil
 }
 
 // RouteFrame: a frame with route set starts a new route; frames that follow
@@ -975,6 +984,514 @@ func (x *DeliverReply) GetResults() []*RcptResult {
 	return nil
 }
 
+type EpochKey struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	PrivateKey    []byte                 `protobuf:"bytes,2,opt,name=private_key,json=privateKey,proto3" json:"private_key,omitempty"`
+	PublicKey     []byte                 `protobuf:"bytes,3,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	NotBeforeUnix int64                  `protobuf:"varint,4,opt,name=not_before_unix,json=notBeforeUnix,proto3" json:"not_before_unix,omitempty"`
+	NotAfterUnix  int64                  `protobuf:"varint,5,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *EpochKey) Reset() {
+	*x = EpochKey{}
+	mi := &file_stage_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *EpochKey) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*EpochKey) ProtoMessage() {}
+
+func (x *EpochKey) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use EpochKey.ProtoReflect.Descriptor instead.
+func (*EpochKey) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *EpochKey) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *EpochKey) GetPrivateKey() []byte {
+	if x != nil {
+		return x.PrivateKey
+	}
+	return nil
+}
+
+func (x *EpochKey) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *EpochKey) GetNotBeforeUnix() int64 {
+	if x != nil {
+		return x.NotBeforeUnix
+	}
+	return 0
+}
+
+func (x *EpochKey) GetNotAfterUnix() int64 {
+	if x != nil {
+		return x.NotAfterUnix
+	}
+	return 0
+}
+
+type DirectoryNode struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Id            []byte                 `protobuf:"bytes,1,opt,name=id,proto3" json:"id,omitempty"`
+	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	Exit          bool                   `protobuf:"varint,3,opt,name=exit,proto3" json:"exit,omitempty"`
+	Healthy       bool                   `protobuf:"varint,4,opt,name=healthy,proto3" json:"healthy,omitempty"`
+	Keys          []*EpochKey            `protobuf:"bytes,5,rep,name=keys,proto3" json:"keys,omitempty"` // public keys only
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DirectoryNode) Reset() {
+	*x = DirectoryNode{}
+	mi := &file_stage_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DirectoryNode) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DirectoryNode) ProtoMessage() {}
+
+func (x *DirectoryNode) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DirectoryNode.ProtoReflect.Descriptor instead.
+func (*DirectoryNode) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DirectoryNode) GetId() []byte {
+	if x != nil {
+		return x.Id
+	}
+	return nil
+}
+
+func (x *DirectoryNode) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *DirectoryNode) GetExit() bool {
+	if x != nil {
+		return x.Exit
+	}
+	return false
+}
+
+func (x *DirectoryNode) GetHealthy() bool {
+	if x != nil {
+		return x.Healthy
+	}
+	return false
+}
+
+func (x *DirectoryNode) GetKeys() []*EpochKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+type MixState struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	Keys          []*EpochKey            `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
+	Self          []byte                 `protobuf:"bytes,3,opt,name=self,proto3" json:"self,omitempty"`
+	Nodes         []*DirectoryNode       `protobuf:"bytes,4,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MixState) Reset() {
+	*x = MixState{}
+	mi := &file_stage_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MixState) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MixState) ProtoMessage() {}
+
+func (x *MixState) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MixState.ProtoReflect.Descriptor instead.
+func (*MixState) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *MixState) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *MixState) GetKeys() []*EpochKey {
+	if x != nil {
+		return x.Keys
+	}
+	return nil
+}
+
+func (x *MixState) GetSelf() []byte {
+	if x != nil {
+		return x.Self
+	}
+	return nil
+}
+
+func (x *MixState) GetNodes() []*DirectoryNode {
+	if x != nil {
+		return x.Nodes
+	}
+	return nil
+}
+
+type MixRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Packet        []byte                 `protobuf:"bytes,1,opt,name=packet,proto3" json:"packet,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *MixRequest) Reset() {
+	*x = MixRequest{}
+	mi := &file_stage_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MixRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MixRequest) ProtoMessage() {}
+
+func (x *MixRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MixRequest.ProtoReflect.Descriptor instead.
+func (*MixRequest) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *MixRequest) GetPacket() []byte {
+	if x != nil {
+		return x.Packet
+	}
+	return nil
+}
+
+type MixReply struct {
+	state             protoimpl.MessageState `protogen:"open.v1"`
+	Status            *Status                `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	Action            int32                  `protobuf:"varint,2,opt,name=action,proto3" json:"action,omitempty"`
+	NextHop           []byte                 `protobuf:"bytes,3,opt,name=next_hop,json=nextHop,proto3" json:"next_hop,omitempty"`
+	Packet            []byte                 `protobuf:"bytes,4,opt,name=packet,proto3" json:"packet,omitempty"`
+	ReplayTag         []byte                 `protobuf:"bytes,5,opt,name=replay_tag,json=replayTag,proto3" json:"replay_tag,omitempty"`
+	Epoch             uint64                 `protobuf:"varint,6,opt,name=epoch,proto3" json:"epoch,omitempty"`
+	FragmentMessageId []byte                 `protobuf:"bytes,7,opt,name=fragment_message_id,json=fragmentMessageId,proto3" json:"fragment_message_id,omitempty"`
+	FragmentIndex     int32                  `protobuf:"varint,8,opt,name=fragment_index,json=fragmentIndex,proto3" json:"fragment_index,omitempty"`
+	FragmentCount     int32                  `protobuf:"varint,9,opt,name=fragment_count,json=fragmentCount,proto3" json:"fragment_count,omitempty"`
+	FragmentData      []byte                 `protobuf:"bytes,10,opt,name=fragment_data,json=fragmentData,proto3" json:"fragment_data,omitempty"`
+	LoopId            []byte                 `protobuf:"bytes,11,opt,name=loop_id,json=loopId,proto3" json:"loop_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *MixReply) Reset() {
+	*x = MixReply{}
+	mi := &file_stage_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *MixReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*MixReply) ProtoMessage() {}
+
+func (x *MixReply) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use MixReply.ProtoReflect.Descriptor instead.
+func (*MixReply) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *MixReply) GetStatus() *Status {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *MixReply) GetAction() int32 {
+	if x != nil {
+		return x.Action
+	}
+	return 0
+}
+
+func (x *MixReply) GetNextHop() []byte {
+	if x != nil {
+		return x.NextHop
+	}
+	return nil
+}
+
+func (x *MixReply) GetPacket() []byte {
+	if x != nil {
+		return x.Packet
+	}
+	return nil
+}
+
+func (x *MixReply) GetReplayTag() []byte {
+	if x != nil {
+		return x.ReplayTag
+	}
+	return nil
+}
+
+func (x *MixReply) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
+func (x *MixReply) GetFragmentMessageId() []byte {
+	if x != nil {
+		return x.FragmentMessageId
+	}
+	return nil
+}
+
+func (x *MixReply) GetFragmentIndex() int32 {
+	if x != nil {
+		return x.FragmentIndex
+	}
+	return 0
+}
+
+func (x *MixReply) GetFragmentCount() int32 {
+	if x != nil {
+		return x.FragmentCount
+	}
+	return 0
+}
+
+func (x *MixReply) GetFragmentData() []byte {
+	if x != nil {
+		return x.FragmentData
+	}
+	return nil
+}
+
+func (x *MixReply) GetLoopId() []byte {
+	if x != nil {
+		return x.LoopId
+	}
+	return nil
+}
+
+type CoverRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Kind          int32                  `protobuf:"varint,1,opt,name=kind,proto3" json:"kind,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CoverRequest) Reset() {
+	*x = CoverRequest{}
+	mi := &file_stage_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoverRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoverRequest) ProtoMessage() {}
+
+func (x *CoverRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoverRequest.ProtoReflect.Descriptor instead.
+func (*CoverRequest) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *CoverRequest) GetKind() int32 {
+	if x != nil {
+		return x.Kind
+	}
+	return 0
+}
+
+type CoverReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Status        *Status                `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
+	NextHop       []byte                 `protobuf:"bytes,2,opt,name=next_hop,json=nextHop,proto3" json:"next_hop,omitempty"`
+	Packet        []byte                 `protobuf:"bytes,3,opt,name=packet,proto3" json:"packet,omitempty"`
+	LoopId        []byte                 `protobuf:"bytes,4,opt,name=loop_id,json=loopId,proto3" json:"loop_id,omitempty"`
+	Path          [][]byte               `protobuf:"bytes,5,rep,name=path,proto3" json:"path,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CoverReply) Reset() {
+	*x = CoverReply{}
+	mi := &file_stage_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CoverReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CoverReply) ProtoMessage() {}
+
+func (x *CoverReply) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CoverReply.ProtoReflect.Descriptor instead.
+func (*CoverReply) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *CoverReply) GetStatus() *Status {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *CoverReply) GetNextHop() []byte {
+	if x != nil {
+		return x.NextHop
+	}
+	return nil
+}
+
+func (x *CoverReply) GetPacket() []byte {
+	if x != nil {
+		return x.Packet
+	}
+	return nil
+}
+
+func (x *CoverReply) GetLoopId() []byte {
+	if x != nil {
+		return x.LoopId
+	}
+	return nil
+}
+
+func (x *CoverReply) GetPath() [][]byte {
+	if x != nil {
+		return x.Path
+	}
+	return nil
+}
+
 var File_stage_proto protoreflect.FileDescriptor
 
 const file_stage_proto_rawDesc = "" +
@@ -1025,12 +1542,13 @@ const file_stage_proto_rawDesc = "" +
 	"\x06status\x18\x04 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\";\n" +
 	"\n" +
 	"CheckReply\x12-\n" +
-	"\x06status\x18\x01 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\"\x80\x01\n" +
+	"\x06status\x18\x01 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\"\x9b\x01\n" +
 	"\tRouteMeta\x12\x17\n" +
 	"\arcpt_to\x18\x01 \x03(\tR\x06rcptTo\x12\x1c\n" +
 	"\tdeliverer\x18\x02 \x01(\tR\tdeliverer\x12!\n" +
 	"\fbody_present\x18\x03 \x01(\bR\vbodyPresent\x12\x19\n" +
-	"\bbody_len\x18\x04 \x01(\x03R\abodyLen\"\x7f\n" +
+	"\bbody_len\x18\x04 \x01(\x03R\abodyLen\x12\x19\n" +
+	"\bnext_hop\x18\x05 \x01(\fR\anextHop\"\x7f\n" +
 	"\n" +
 	"RouteFrame\x12.\n" +
 	"\x05route\x18\x01 \x01(\v2\x18.mixmta.sdk.v1.RouteMetaR\x05route\x12\x12\n" +
@@ -1050,7 +1568,52 @@ const file_stage_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\"r\n" +
 	"\fDeliverReply\x12-\n" +
 	"\x06status\x18\x01 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\x123\n" +
-	"\aresults\x18\x02 \x03(\v2\x19.mixmta.sdk.v1.RcptResultR\aresults2\xed\x03\n" +
+	"\aresults\x18\x02 \x03(\v2\x19.mixmta.sdk.v1.RcptResultR\aresults\"\xae\x01\n" +
+	"\bEpochKey\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1f\n" +
+	"\vprivate_key\x18\x02 \x01(\fR\n" +
+	"privateKey\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x03 \x01(\fR\tpublicKey\x12&\n" +
+	"\x0fnot_before_unix\x18\x04 \x01(\x03R\rnotBeforeUnix\x12$\n" +
+	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\"\x8e\x01\n" +
+	"\rDirectoryNode\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04exit\x18\x03 \x01(\bR\x04exit\x12\x18\n" +
+	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12+\n" +
+	"\x04keys\x18\x05 \x03(\v2\x17.mixmta.sdk.v1.EpochKeyR\x04keys\"\x95\x01\n" +
+	"\bMixState\x12\x14\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12+\n" +
+	"\x04keys\x18\x02 \x03(\v2\x17.mixmta.sdk.v1.EpochKeyR\x04keys\x12\x12\n" +
+	"\x04self\x18\x03 \x01(\fR\x04self\x122\n" +
+	"\x05nodes\x18\x04 \x03(\v2\x1c.mixmta.sdk.v1.DirectoryNodeR\x05nodes\"$\n" +
+	"\n" +
+	"MixRequest\x12\x16\n" +
+	"\x06packet\x18\x01 \x01(\fR\x06packet\"\xf5\x02\n" +
+	"\bMixReply\x12-\n" +
+	"\x06status\x18\x01 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\x12\x16\n" +
+	"\x06action\x18\x02 \x01(\x05R\x06action\x12\x19\n" +
+	"\bnext_hop\x18\x03 \x01(\fR\anextHop\x12\x16\n" +
+	"\x06packet\x18\x04 \x01(\fR\x06packet\x12\x1d\n" +
+	"\n" +
+	"replay_tag\x18\x05 \x01(\fR\treplayTag\x12\x14\n" +
+	"\x05epoch\x18\x06 \x01(\x04R\x05epoch\x12.\n" +
+	"\x13fragment_message_id\x18\a \x01(\fR\x11fragmentMessageId\x12%\n" +
+	"\x0efragment_index\x18\b \x01(\x05R\rfragmentIndex\x12%\n" +
+	"\x0efragment_count\x18\t \x01(\x05R\rfragmentCount\x12#\n" +
+	"\rfragment_data\x18\n" +
+	" \x01(\fR\ffragmentData\x12\x17\n" +
+	"\aloop_id\x18\v \x01(\fR\x06loopId\"\"\n" +
+	"\fCoverRequest\x12\x12\n" +
+	"\x04kind\x18\x01 \x01(\x05R\x04kind\"\x9b\x01\n" +
+	"\n" +
+	"CoverReply\x12-\n" +
+	"\x06status\x18\x01 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\x12\x19\n" +
+	"\bnext_hop\x18\x02 \x01(\fR\anextHop\x12\x16\n" +
+	"\x06packet\x18\x03 \x01(\fR\x06packet\x12\x17\n" +
+	"\aloop_id\x18\x04 \x01(\fR\x06loopId\x12\x12\n" +
+	"\x04path\x18\x05 \x03(\fR\x04path2\xf2\x05\n" +
 	"\x05Stage\x12<\n" +
 	"\x04Info\x12\x1a.mixmta.sdk.v1.InfoRequest\x1a\x18.mixmta.sdk.v1.InfoReply\x12K\n" +
 	"\tConfigure\x12\x1f.mixmta.sdk.v1.ConfigureRequest\x1a\x1d.mixmta.sdk.v1.ConfigureReply\x12A\n" +
@@ -1058,7 +1621,11 @@ const file_stage_proto_rawDesc = "" +
 	"\tTransform\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x1b.mixmta.sdk.v1.MessageFrame(\x010\x01\x12C\n" +
 	"\x05Route\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x19.mixmta.sdk.v1.RouteFrame(\x010\x01\x12?\n" +
 	"\x05Delay\x12\x1b.mixmta.sdk.v1.DelayRequest\x1a\x19.mixmta.sdk.v1.DelayReply\x12E\n" +
-	"\aDeliver\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x1b.mixmta.sdk.v1.DeliverReply(\x01B*Z(github.com/mixmta/mixmta/sdk/internal/pbb\x06proto3"
+	"\aDeliver\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x1b.mixmta.sdk.v1.DeliverReply(\x01\x12=\n" +
+	"\vSetMixState\x12\x17.mixmta.sdk.v1.MixState\x1a\x15.mixmta.sdk.v1.Status\x129\n" +
+	"\x03Mix\x12\x19.mixmta.sdk.v1.MixRequest\x1a\x17.mixmta.sdk.v1.MixReply\x12?\n" +
+	"\x05Cover\x12\x1b.mixmta.sdk.v1.CoverRequest\x1a\x19.mixmta.sdk.v1.CoverReply\x12H\n" +
+	"\bAssemble\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x1b.mixmta.sdk.v1.MessageFrame(\x010\x01B*Z(github.com/mixmta/mixmta/sdk/internal/pbb\x06proto3"
 
 var (
 	file_stage_proto_rawDescOnce sync.Once
@@ -1072,7 +1639,7 @@ func file_stage_proto_rawDescGZIP() []byte {
 	return file_stage_proto_rawDescData
 }
 
-var file_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_stage_proto_goTypes = []any{
 	(*InfoRequest)(nil),      // 0: mixmta.sdk.v1.InfoRequest
 	(*InfoReply)(nil),        // 1: mixmta.sdk.v1.InfoReply
@@ -1089,6 +1656,13 @@ var file_stage_proto_goTypes = []any{
 	(*DelayReply)(nil),       // 12: mixmta.sdk.v1.DelayReply
 	(*RcptResult)(nil),       // 13: mixmta.sdk.v1.RcptResult
 	(*DeliverReply)(nil),     // 14: mixmta.sdk.v1.DeliverReply
+	(*EpochKey)(nil),         // 15: mixmta.sdk.v1.EpochKey
+	(*DirectoryNode)(nil),    // 16: mixmta.sdk.v1.DirectoryNode
+	(*MixState)(nil),         // 17: mixmta.sdk.v1.MixState
+	(*MixRequest)(nil),       // 18: mixmta.sdk.v1.MixRequest
+	(*MixReply)(nil),         // 19: mixmta.sdk.v1.MixReply
+	(*CoverRequest)(nil),     // 20: mixmta.sdk.v1.CoverRequest
+	(*CoverReply)(nil),       // 21: mixmta.sdk.v1.CoverReply
 }
 var file_stage_proto_depIdxs = []int32{
 	4,  // 0: mixmta.sdk.v1.ConfigureReply.status:type_name -> mixmta.sdk.v1.Status
@@ -1103,25 +1677,38 @@ var file_stage_proto_depIdxs = []int32{
 	4,  // 9: mixmta.sdk.v1.RcptResult.status:type_name -> mixmta.sdk.v1.Status
 	4,  // 10: mixmta.sdk.v1.DeliverReply.status:type_name -> mixmta.sdk.v1.Status
 	13, // 11: mixmta.sdk.v1.DeliverReply.results:type_name -> mixmta.sdk.v1.RcptResult
-	0,  // 12: mixmta.sdk.v1.Stage.Info:input_type -> mixmta.sdk.v1.InfoRequest
-	2,  // 13: mixmta.sdk.v1.Stage.Configure:input_type -> mixmta.sdk.v1.ConfigureRequest
-	7,  // 14: mixmta.sdk.v1.Stage.Check:input_type -> mixmta.sdk.v1.MessageFrame
-	7,  // 15: mixmta.sdk.v1.Stage.Transform:input_type -> mixmta.sdk.v1.MessageFrame
-	7,  // 16: mixmta.sdk.v1.Stage.Route:input_type -> mixmta.sdk.v1.MessageFrame
-	11, // 17: mixmta.sdk.v1.Stage.Delay:input_type -> mixmta.sdk.v1.DelayRequest
-	7,  // 18: mixmta.sdk.v1.Stage.Deliver:input_type -> mixmta.sdk.v1.MessageFrame
-	1,  // 19: mixmta.sdk.v1.Stage.Info:output_type -> mixmta.sdk.v1.InfoReply
-	3,  // 20: mixmta.sdk.v1.Stage.Configure:output_type -> mixmta.sdk.v1.ConfigureReply
-	8,  // 21: mixmta.sdk.v1.Stage.Check:output_type -> mixmta.sdk.v1.CheckReply
-	7,  // 22: mixmta.sdk.v1.Stage.Transform:output_type -> mixmta.sdk.v1.MessageFrame
-	10, // 23: mixmta.sdk.v1.Stage.Route:output_type -> mixmta.sdk.v1.RouteFrame
-	12, // 24: mixmta.sdk.v1.Stage.Delay:output_type -> mixmta.sdk.v1.DelayReply
-	14, // 25: mixmta.sdk.v1.Stage.Deliver:output_type -> mixmta.sdk.v1.DeliverReply
-	19, // [19:26] is the sub-list for method output_type
-	12, // [12:19] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	15, // 12: mixmta.sdk.v1.DirectoryNode.keys:type_name -> mixmta.sdk.v1.EpochKey
+	15, // 13: mixmta.sdk.v1.MixState.keys:type_name -> mixmta.sdk.v1.EpochKey
+	16, // 14: mixmta.sdk.v1.MixState.nodes:type_name -> mixmta.sdk.v1.DirectoryNode
+	4,  // 15: mixmta.sdk.v1.MixReply.status:type_name -> mixmta.sdk.v1.Status
+	4,  // 16: mixmta.sdk.v1.CoverReply.status:type_name -> mixmta.sdk.v1.Status
+	0,  // 17: mixmta.sdk.v1.Stage.Info:input_type -> mixmta.sdk.v1.InfoRequest
+	2,  // 18: mixmta.sdk.v1.Stage.Configure:input_type -> mixmta.sdk.v1.ConfigureRequest
+	7,  // 19: mixmta.sdk.v1.Stage.Check:input_type -> mixmta.sdk.v1.MessageFrame
+	7,  // 20: mixmta.sdk.v1.Stage.Transform:input_type -> mixmta.sdk.v1.MessageFrame
+	7,  // 21: mixmta.sdk.v1.Stage.Route:input_type -> mixmta.sdk.v1.MessageFrame
+	11, // 22: mixmta.sdk.v1.Stage.Delay:input_type -> mixmta.sdk.v1.DelayRequest
+	7,  // 23: mixmta.sdk.v1.Stage.Deliver:input_type -> mixmta.sdk.v1.MessageFrame
+	17, // 24: mixmta.sdk.v1.Stage.SetMixState:input_type -> mixmta.sdk.v1.MixState
+	18, // 25: mixmta.sdk.v1.Stage.Mix:input_type -> mixmta.sdk.v1.MixRequest
+	20, // 26: mixmta.sdk.v1.Stage.Cover:input_type -> mixmta.sdk.v1.CoverRequest
+	7,  // 27: mixmta.sdk.v1.Stage.Assemble:input_type -> mixmta.sdk.v1.MessageFrame
+	1,  // 28: mixmta.sdk.v1.Stage.Info:output_type -> mixmta.sdk.v1.InfoReply
+	3,  // 29: mixmta.sdk.v1.Stage.Configure:output_type -> mixmta.sdk.v1.ConfigureReply
+	8,  // 30: mixmta.sdk.v1.Stage.Check:output_type -> mixmta.sdk.v1.CheckReply
+	7,  // 31: mixmta.sdk.v1.Stage.Transform:output_type -> mixmta.sdk.v1.MessageFrame
+	10, // 32: mixmta.sdk.v1.Stage.Route:output_type -> mixmta.sdk.v1.RouteFrame
+	12, // 33: mixmta.sdk.v1.Stage.Delay:output_type -> mixmta.sdk.v1.DelayReply
+	14, // 34: mixmta.sdk.v1.Stage.Deliver:output_type -> mixmta.sdk.v1.DeliverReply
+	4,  // 35: mixmta.sdk.v1.Stage.SetMixState:output_type -> mixmta.sdk.v1.Status
+	19, // 36: mixmta.sdk.v1.Stage.Mix:output_type -> mixmta.sdk.v1.MixReply
+	21, // 37: mixmta.sdk.v1.Stage.Cover:output_type -> mixmta.sdk.v1.CoverReply
+	7,  // 38: mixmta.sdk.v1.Stage.Assemble:output_type -> mixmta.sdk.v1.MessageFrame
+	28, // [28:39] is the sub-list for method output_type
+	17, // [17:28] is the sub-list for method input_type
+	17, // [17:17] is the sub-list for extension type_name
+	17, // [17:17] is the sub-list for extension extendee
+	0,  // [0:17] is the sub-list for field type_name
 }
 
 func init() { file_stage_proto_init() }
@@ -1135,7 +1722,7 @@ func file_stage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stage_proto_rawDesc), len(file_stage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,13 +28,17 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	Stage_Info_FullMethodName      = "/mixmta.sdk.v1.Stage/Info"
-	Stage_Configure_FullMethodName = "/mixmta.sdk.v1.Stage/Configure"
-	Stage_Check_FullMethodName     = "/mixmta.sdk.v1.Stage/Check"
-	Stage_Transform_FullMethodName = "/mixmta.sdk.v1.Stage/Transform"
-	Stage_Route_FullMethodName     = "/mixmta.sdk.v1.Stage/Route"
-	Stage_Delay_FullMethodName     = "/mixmta.sdk.v1.Stage/Delay"
-	Stage_Deliver_FullMethodName   = "/mixmta.sdk.v1.Stage/Deliver"
+	Stage_Info_FullMethodName        = "/mixmta.sdk.v1.Stage/Info"
+	Stage_Configure_FullMethodName   = "/mixmta.sdk.v1.Stage/Configure"
+	Stage_Check_FullMethodName       = "/mixmta.sdk.v1.Stage/Check"
+	Stage_Transform_FullMethodName   = "/mixmta.sdk.v1.Stage/Transform"
+	Stage_Route_FullMethodName       = "/mixmta.sdk.v1.Stage/Route"
+	Stage_Delay_FullMethodName       = "/mixmta.sdk.v1.Stage/Delay"
+	Stage_Deliver_FullMethodName     = "/mixmta.sdk.v1.Stage/Deliver"
+	Stage_SetMixState_FullMethodName = "/mixmta.sdk.v1.Stage/SetMixState"
+	Stage_Mix_FullMethodName         = "/mixmta.sdk.v1.Stage/Mix"
+	Stage_Cover_FullMethodName       = "/mixmta.sdk.v1.Stage/Cover"
+	Stage_Assemble_FullMethodName    = "/mixmta.sdk.v1.Stage/Assemble"
 )
 
 // StageClient is the client API for Stage service.
@@ -56,6 +60,16 @@ type StageClient interface {
 	Delay(ctx context.Context, in *DelayRequest, opts ...grpc.CallOption) (*DelayReply, error)
 	// Deliver hands a message to its destination and reports per recipient.
 	Deliver(ctx context.Context, opts ...grpc.CallOption) (grpc.ClientStreamingClient[MessageFrame, DeliverReply], error)
+	// Mixer kind (a mix node's packet processing).
+	// SetMixState gives the mixer this node's epoch keys and the directory.
+	SetMixState(ctx context.Context, in *MixState, opts ...grpc.CallOption) (*Status, error)
+	// Mix processes one packet: forward, exit or drop.
+	Mix(ctx context.Context, in *MixRequest, opts ...grpc.CallOption) (*MixReply, error)
+	// Cover builds one cover packet (drop or loop).
+	Cover(ctx context.Context, in *CoverRequest, opts ...grpc.CallOption) (*CoverReply, error)
+	// Assemble turns the concatenated data of a complete set of exit
+	// fragments (sent as body frames) into a message.
+	Assemble(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MessageFrame, MessageFrame], error)
 }
 
 type stageClient struct {
@@ -148,6 +162,49 @@ func (c *stageClient) Deliver(ctx context.Context, opts ...grpc.CallOption) (grp
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Stage_DeliverClient = grpc.ClientStreamingClient[MessageFrame, DeliverReply]
 
+func (c *stageClient) SetMixState(ctx context.Context, in *MixState, opts ...grpc.CallOption) (*Status, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(Status)
+	err := c.cc.Invoke(ctx, Stage_SetMixState_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *stageClient) Mix(ctx context.Context, in *MixRequest, opts ...grpc.CallOption) (*MixReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(MixReply)
+	err := c.cc.Invoke(ctx, Stage_Mix_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *stageClient) Cover(ctx context.Context, in *CoverRequest, opts ...grpc.CallOption) (*CoverReply, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(CoverReply)
+	err := c.cc.Invoke(ctx, Stage_Cover_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *stageClient) Assemble(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MessageFrame, MessageFrame], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Stage_ServiceDesc.Streams[4], Stage_Assemble_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[MessageFrame, MessageFrame]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Stage_AssembleClient = grpc.BidiStreamingClient[MessageFrame, MessageFrame]
+
 // StageServer is the server API for Stage service.
 // All implementations must embed UnimplementedStageServer
 // for forward compatibility.
@@ -167,6 +224,16 @@ type StageServer interface {
 	Delay(context.Context, *DelayRequest) (*DelayReply, error)
 	// Deliver hands a message to its destination and reports per recipient.
 	Deliver(grpc.ClientStreamingServer[MessageFrame, DeliverReply]) error
+	// Mixer kind (a mix node's packet processing).
+	// SetMixState gives the mixer this node's epoch keys and the directory.
+	SetMixState(context.Context, *MixState) (*Status, error)
+	// Mix processes one packet: forward, exit or drop.
+	Mix(context.Context, *MixRequest) (*MixReply, error)
+	// Cover builds one cover packet (drop or loop).
+	Cover(context.Context, *CoverRequest) (*CoverReply, error)
+	// Assemble turns the concatenated data of a complete set of exit
+	// fragments (sent as body frames) into a message.
+	Assemble(grpc.BidiStreamingServer[MessageFrame, MessageFrame]) error
 	mustEmbedUnimplementedStageServer()
 }
 
@@ -197,6 +264,18 @@ func (UnimplementedStageServer) Delay(context.Context, *DelayRequest) (*DelayRep
 }
 func (UnimplementedStageServer) Deliver(grpc.ClientStreamingServer[MessageFrame, DeliverReply]) error {
 	return status.Errorf(codes.Unimplemented, "method Deliver not implemented")
+}
+func (UnimplementedStageServer) SetMixState(context.Context, *MixState) (*Status, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method SetMixState not implemented")
+}
+func (UnimplementedStageServer) Mix(context.Context, *MixRequest) (*MixReply, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Mix not implemented")
+}
+func (UnimplementedStageServer) Cover(context.Context, *CoverRequest) (*CoverReply, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method Cover not implemented")
+}
+func (UnimplementedStageServer) Assemble(grpc.BidiStreamingServer[MessageFrame, MessageFrame]) error {
+	return status.Errorf(codes.Unimplemented, "method Assemble not implemented")
 }
 func (UnimplementedStageServer) mustEmbedUnimplementedStageServer() {}
 func (UnimplementedStageServer) testEmbeddedByValue()               {}
@@ -301,6 +380,67 @@ func _Stage_Deliver_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Stage_DeliverServer = grpc.ClientStreamingServer[MessageFrame, DeliverReply]
 
+func _Stage_SetMixState_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MixState)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StageServer).SetMixState(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Stage_SetMixState_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StageServer).SetMixState(ctx, req.(*MixState))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Stage_Mix_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(MixRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StageServer).Mix(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Stage_Mix_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StageServer).Mix(ctx, req.(*MixRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Stage_Cover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(CoverRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(StageServer).Cover(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: Stage_Cover_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(StageServer).Cover(ctx, req.(*CoverRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _Stage_Assemble_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(StageServer).Assemble(&grpc.GenericServerStream[MessageFrame, MessageFrame]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Stage_AssembleServer = grpc.BidiStreamingServer[MessageFrame, MessageFrame]
+
 // Stage_ServiceDesc is the grpc.ServiceDesc for Stage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -319,6 +459,18 @@ var Stage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Delay",
 			Handler:    _Stage_Delay_Handler,
+		},
+		{
+			MethodName: "SetMixState",
+			Handler:    _Stage_SetMixState_Handler,
+		},
+		{
+			MethodName: "Mix",
+			Handler:    _Stage_Mix_Handler,
+		},
+		{
+			MethodName: "Cover",
+			Handler:    _Stage_Cover_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
@@ -342,6 +494,12 @@ var Stage_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Deliver",
 			Handler:       _Stage_Deliver_Handler,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Assemble",
+			Handler:       _Stage_Assemble_Handler,
+			ServerStreams: true,
 			ClientStreams: true,
 		},
 	},

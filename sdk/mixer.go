@@ -1,0 +1,134 @@
+package sdk
+
+import (
+	"context"
+	"encoding/hex"
+	"time"
+)
+
+// KindMixer is the mix-node stage kind: it turns one fixed-size packet
+// into a forward, an exit or a drop (Sphinx, Danezis & Goldberg 2009, §3).
+// A plugin that is also a Router (the entry, building packets from a
+// message) serves both kinds from one process.
+const KindMixer Kind = "mixer"
+
+// NodeID names a mix node: the SHA-256 of its Ed25519 identity key (32 B).
+type NodeID [32]byte
+
+// String is 64 lowercase hex digits.
+func (n NodeID) String() string { return hex.EncodeToString(n[:]) }
+
+// Short is the first 8 hex digits, for logs.
+func (n NodeID) Short() string { return hex.EncodeToString(n[:4]) }
+
+// EpochKey is one epoch's X25519 mix key. Private is 32 bytes and is set
+// only for this node's own keys; Public is the 32-byte public key. A key is
+// valid for packets in [NotBefore, NotAfter) (the epoch plus its grace).
+type EpochKey struct {
+	Epoch     uint64
+	Private   []byte
+	Public    []byte
+	NotBefore time.Time
+	NotAfter  time.Time
+}
+
+// DirectoryNode is one node of the mixnet as the core knows it: verified
+// descriptor data plus current health.
+type DirectoryNode struct {
+	ID      NodeID
+	Name    string
+	Exit    bool
+	Healthy bool
+	// Keys are the node's public epoch keys (Private empty).
+	Keys []EpochKey
+}
+
+// MixState is everything a mixer needs besides packets: the current epoch,
+// this node's own keys (current, next, and previous ones still in their
+// grace period: the core removes a key here before it deletes the key
+// file), this node's id, and the directory.
+type MixState struct {
+	Epoch uint64
+	Keys  []EpochKey
+	Self  NodeID
+	Nodes []DirectoryNode
+}
+
+// MixAction is what to do with a packet.
+type MixAction int
+
+const (
+	// MixForward: send MixResult.Packet to MixResult.NextHop.
+	MixForward MixAction = 1
+	// MixExit: this node is the last hop; MixResult.Fragment holds the
+	// payload fragment (or a returning loop: LoopID set).
+	MixExit MixAction = 2
+	// MixDrop: a cover drop packet reached its last hop; discard it.
+	MixDrop MixAction = 3
+)
+
+// Fragment is one exit payload piece of a message: MessageID (16 B) is
+// shared by all fragments of one message, Index counts from 0 to Count-1.
+type Fragment struct {
+	MessageID [16]byte
+	Index     int
+	Count     int
+	Data      []byte
+}
+
+// MixResult is the outcome of Mix.
+type MixResult struct {
+	Action MixAction
+	// NextHop and Packet for MixForward; Packet has the size of the input.
+	NextHop NodeID
+	Packet  []byte
+	// ReplayTag (32 B) identifies the packet at this hop under Epoch's key:
+	// the core drops a packet whose tag it has seen (checked before any
+	// forwarding) and keeps tags until the epoch's key is deleted.
+	ReplayTag [32]byte
+	Epoch     uint64
+	// Fragment for MixExit of a message.
+	Fragment *Fragment
+	// LoopID (16 B, non-zero) for MixExit of one of this node's loop packets.
+	LoopID [16]byte
+}
+
+// CoverKind selects a cover packet.
+type CoverKind int
+
+const (
+	// CoverDrop: a full-length path whose last hop discards the packet.
+	CoverDrop CoverKind = 1
+	// CoverLoop: a path that returns to this node (measures path health).
+	CoverLoop CoverKind = 2
+)
+
+// Packet is a packet ready to send, from Cover.
+type Packet struct {
+	NextHop NodeID
+	Data    []byte
+	// LoopID and Path for loops: the core expects LoopID back and credits
+	// or blames the nodes on Path.
+	LoopID [16]byte
+	Path   []NodeID
+}
+
+// Mixer processes packets at a mix node. Packets on the wire are opaque to
+// the core: it never parses them. Errors: a malformed, tagged, replayed
+// under a deleted key or otherwise unprocessable packet is a permanent
+// error (the core drops and counts it, never forwards it); temporary errors
+// make the core retry later.
+type Mixer interface {
+	// SetMixState replaces the keys and the directory. The core calls it
+	// after Configure, after a restart of the plugin, at every epoch change
+	// and when health changes.
+	SetMixState(ctx context.Context, s MixState) error
+	// Mix unwraps one packet with this node's keys.
+	Mix(ctx context.Context, packet []byte) (*MixResult, error)
+	// Cover builds one cover packet of kind k, indistinguishable on the
+	// wire from a real one.
+	Cover(ctx context.Context, k CoverKind) (*Packet, error)
+	// Assemble parses the concatenated Data of all fragments of one message
+	// (in Index order) into the message with its inner envelope.
+	Assemble(ctx context.Context, data []byte) (*Message, error)
+}
