@@ -3,6 +3,7 @@ package sdk
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"time"
 )
 
@@ -17,6 +18,18 @@ type NodeID [32]byte
 
 // String is 64 lowercase hex digits.
 func (n NodeID) String() string { return hex.EncodeToString(n[:]) }
+
+// MarshalText writes the id as hex.
+func (n NodeID) MarshalText() ([]byte, error) { return []byte(n.String()), nil }
+
+// UnmarshalText reads 64 hex digits.
+func (n *NodeID) UnmarshalText(b []byte) error {
+	if len(b) != 64 {
+		return fmt.Errorf("node id: want 64 hex digits, got %d", len(b))
+	}
+	_, err := hex.Decode(n[:], b)
+	return err
+}
 
 // Short is the first 8 hex digits, for logs.
 func (n NodeID) Short() string { return hex.EncodeToString(n[:4]) }

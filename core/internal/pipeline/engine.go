@@ -55,8 +55,17 @@ type Options struct {
 	// sender). Hostname names this MTA in it.
 	Bounce   bool
 	Hostname string
+	// Packets handles packet and fragment items (the mixnet); nil when
+	// this node is not a mix.
+	Packets  PacketHandler
 	Logger   hclog.Logger
 	Counters *stats.Counters
+}
+
+// PacketHandler processes the items of a mix node: packets received,
+// packets to send, exit fragments. released is as for process.
+type PacketHandler interface {
+	Process(ctx context.Context, it *queue.Item, released bool)
 }
 
 // Engine runs items through the stages.
@@ -275,6 +284,15 @@ func (e *Engine) message(it *queue.Item, needs sdk.Needs) (*sdk.Message, error) 
 // process runs stages from it.Stage until the item waits, splits or ends.
 // released says the scheduler let it go (it may be delivered).
 func (e *Engine) process(ctx context.Context, it *queue.Item, released bool) {
+	if it.Kind != queue.KindMessage {
+		if e.opt.Packets == nil {
+			e.log.Error("[QUEUE] packet item but this node is not a mix; dropped", "item", it.ID.String(), "kind", it.Kind)
+			e.drop(it)
+			return
+		}
+		e.opt.Packets.Process(ctx, it, released)
+		return
+	}
 	for it.Stage < len(e.stages) {
 		st := e.stages[it.Stage]
 		if st.Kind == sdk.KindDeliverer && it.Deliverer >= 0 && it.Deliverer != it.Stage {
@@ -415,11 +433,20 @@ func (e *Engine) split(it *queue.Item, routes []sdk.Route) error {
 				return sdk.Permanent(554, "3.5", "router chose %q, which is not a deliverer stage", r.Deliverer)
 			}
 		}
-		env := it.Envelope
-		env.RcptTo = r.RcptTo
 		for _, rc := range r.RcptTo {
 			covered[rc] = true
 		}
+		if r.NextHop != (sdk.NodeID{}) {
+			if e.opt.Packets == nil {
+				return sdk.Permanent(554, "3.5", "router produced packets but this node has no mix section")
+			}
+			// A packet item carries no envelope: the addresses travel
+			// inside the encrypted payload.
+			children = append(children, queue.Child{Kind: queue.KindPacketOut, NextHop: r.NextHop, Content: r.Body, Deliverer: -1})
+			continue
+		}
+		env := it.Envelope
+		env.RcptTo = r.RcptTo
 		children = append(children, queue.Child{Envelope: env, Stage: it.Stage + 1, Deliverer: dlv, Content: r.Body})
 	}
 	for _, rc := range it.Envelope.RcptTo {
@@ -601,3 +628,49 @@ func (e *Engine) DeleteItem(id queue.ID) error {
 	e.queued.Add(-1)
 	return nil
 }
+
+// Park persists it as waiting until it.SendAfter and hands it to the
+// scheduler (a mix's hop delay, a packet's retry).
+func (e *Engine) Park(it *queue.Item) error {
+	it.Waiting = true
+	if err := e.q.Update(it); err != nil {
+		return err
+	}
+	e.sched.Add(it)
+	return nil
+}
+
+// Hold hands an item already persisted as waiting to the scheduler.
+func (e *Engine) Hold(it *queue.Item) { e.sched.Add(it) }
+
+// Done deletes a finished item.
+func (e *Engine) Done(it *queue.Item) error { return e.done(it) }
+
+// Forget adjusts the queued count for items a caller removed itself in a
+// transaction of its own (n may be negative: items added).
+func (e *Engine) Forget(n int) { e.queued.Add(int64(-n)) }
+
+// Enqueue hands an item to the workers (not released).
+func (e *Engine) Enqueue(it *queue.Item) { e.enqueue(it, false) }
+
+// RetryPacket re-queues a packet item after a temporary failure, with the
+// backoff schedule; it reports false when attempts are exhausted (the
+// caller drops the item).
+func (e *Engine) RetryPacket(it *queue.Item) (bool, error) {
+	w, ok := e.opt.Backoff.Wait(it.Attempts)
+	it.Attempts++
+	if !ok {
+		return false, nil
+	}
+	it.SendAfter = time.Now().Add(w)
+	return true, e.Park(it)
+}
+
+// Queue returns the engine's queue.
+func (e *Engine) Queue() *queue.Queue { return e.q }
+
+// Counters returns the engine's counters.
+func (e *Engine) Counters() *stats.Counters { return e.c }
+
+// StageIndex returns the index of the named stage, or -1.
+func (e *Engine) StageIndex(name string) int { return e.stageIndex(name) }

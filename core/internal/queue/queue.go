@@ -91,13 +91,39 @@ type Item struct {
 	// Waiting: the item waits for the scheduler (a delay was sampled or it
 	// reached its deliverer) rather than for a pipeline worker.
 	Waiting bool `json:"wait"`
+
+	// Kind says what the item is; packet items carry no envelope.
+	Kind Kind `json:"kind,omitempty"`
+	// NextHop is the node a KindPacketOut item goes to.
+	NextHop sdk.NodeID `json:"hop,omitzero"`
+	// FragIndex and FragCount place a KindFragment item in its message
+	// (whose id is Msg).
+	FragIndex int `json:"fi,omitempty"`
+	FragCount int `json:"fc,omitempty"`
 }
+
+// Kind is the kind of a queue item.
+type Kind string
+
+const (
+	// KindMessage (""): a message or one delivery of it, moving through the
+	// pipeline stages.
+	KindMessage Kind = ""
+	// KindPacketIn: a packet received from another mix, not yet unwrapped.
+	KindPacketIn Kind = "packet-in"
+	// KindPacketOut: a packet waiting to be sent to NextHop.
+	KindPacketOut Kind = "packet-out"
+	// KindFragment: an exit payload fragment waiting for the rest of its
+	// message.
+	KindFragment Kind = "fragment"
+)
 
 var (
 	prefixItem  = []byte("i/")
 	prefixBlob  = []byte("c/")
 	prefixCount = []byte("n/")
 	prefixState = []byte("s/")
+	prefixMark  = []byte("r/")
 )
 
 func key(prefix []byte, id ID) []byte {
@@ -373,6 +399,8 @@ func (q *Queue) Replace(it *Item, header, body []byte) error {
 
 // Child describes one item a Split creates.
 type Child struct {
+	Kind      Kind
+	NextHop   sdk.NodeID
 	Envelope  sdk.Envelope
 	Stage     int
 	Deliverer int
@@ -393,6 +421,10 @@ func (q *Queue) Split(parent *Item, children []Child) ([]*Item, error) {
 			it := &Item{
 				ID: NewID(), Msg: parent.Msg, Envelope: c.Envelope, Stage: c.Stage, Deliverer: c.Deliverer,
 				Received: parent.Received, SendAfter: c.SendAfter, Waiting: !c.SendAfter.IsZero(),
+				Kind: c.Kind, NextHop: c.NextHop,
+			}
+			if c.Kind != KindMessage {
+				it.Msg = NewID() // packets of one message must not be linkable in the queue
 			}
 			if c.Content != nil {
 				id, err := putBlob(txn, c.Content)
@@ -612,3 +644,57 @@ func (b badgerLogger) Errorf(f string, a ...any)   { b.l.Error(fmt.Sprintf(f, a.
 func (b badgerLogger) Warningf(f string, a ...any) { b.l.Warn(fmt.Sprintf(f, a...)) }
 func (b badgerLogger) Infof(f string, a ...any)    { b.l.Debug(fmt.Sprintf(f, a...)) }
 func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Trace(fmt.Sprintf(f, a...)) }
+
+// Tx is one queue transaction spanning several changes (a packet turned
+// into its forward item together with its replay tag, fragments turned into
+// a message). Its functions may run more than once (conflict retries): they
+// must not have effects outside the transaction.
+type Tx struct {
+	txn *badger.Txn
+}
+
+// Do runs fn in one read-write transaction, retrying on conflicts.
+func (q *Queue) Do(fn func(*Tx) error) error {
+	return q.update(func(txn *badger.Txn) error { return fn(&Tx{txn: txn}) })
+}
+
+// Mark records key with a time to live and reports whether it was already
+// recorded (and not expired): replay tags and the exit's message-id cache.
+// badger's TTL has second resolution; the entry lives at least ttl.
+func (t *Tx) Mark(key []byte, ttl time.Duration) (seen bool, err error) {
+	k := append(append([]byte{}, prefixMark...), key...)
+	if _, err := t.txn.Get(k); err == nil {
+		return true, nil
+	} else if !errors.Is(err, badger.ErrKeyNotFound) {
+		return false, err
+	}
+	return false, t.txn.SetEntry(badger.NewEntry(k, nil).WithTTL(ttl + time.Second))
+}
+
+// Put stores a new item whose content is one blob (nil: none).
+func (t *Tx) Put(it *Item, content []byte) error {
+	if content != nil {
+		id, err := putBlob(t.txn, content)
+		if err != nil {
+			return err
+		}
+		it.Body, it.Header, it.Size = id, ID{}, int64(len(content))
+	}
+	return putItem(t.txn, it)
+}
+
+// Insert stores a new message item with a header and a body blob.
+func (t *Tx) Insert(it *Item, header, body []byte) error {
+	var err error
+	if it.Header, err = putBlob(t.txn, header); err != nil {
+		return err
+	}
+	if it.Body, err = putBlob(t.txn, body); err != nil {
+		return err
+	}
+	it.Size = int64(len(header) + len(body))
+	return putItem(t.txn, it)
+}
+
+// Delete removes an item and releases its blobs.
+func (t *Tx) Delete(it *Item) error { return deleteItem(t.txn, it) }
