@@ -1,0 +1,325 @@
+package nodes
+
+import (
+	"cmp"
+	"crypto/ecdh"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// Epoch is the epoch number of t: floor(unix seconds of t / length), with
+// length a whole number of seconds (a fraction of a second is ignored).
+// Times before 1970 are epoch 0. It panics if length is below 1 s.
+func Epoch(t time.Time, length time.Duration) uint64 {
+	l := secondsOf(length)
+	s := t.Unix()
+	if s < 0 {
+		return 0
+	}
+	return uint64(s) / uint64(l)
+}
+
+// EpochStart is the first instant of epoch e: e*length unix seconds, UTC.
+// It panics if length is below 1 s.
+func EpochStart(e uint64, length time.Duration) time.Time {
+	return time.Unix(int64(e)*secondsOf(length), 0).UTC()
+}
+
+func secondsOf(length time.Duration) int64 {
+	l := int64(length / time.Second)
+	if l < 1 {
+		panic("nodes: epoch length below 1 s")
+	}
+	return l
+}
+
+// KeyStore holds this node's X25519 mix keys (RFC 7748), one per epoch, in
+// the key directory as mix-<epoch>.key (see the package comment). It is
+// safe for concurrent use, and several KeyStores (in several processes) may
+// share a directory: changes happen under the directory's flock.
+//
+// A daemon calls, every few seconds and at least once per epoch:
+//
+//	keys := ks.Keys(now)   // hand these to the mixer (sdk.MixState) first,
+//	ks.Ensure(now)         // then delete expired key files, create new ones
+//
+// so that a key leaves the mixer's memory before its file is deleted.
+type KeyStore struct {
+	dir    string
+	length time.Duration
+	grace  time.Duration
+
+	mu   sync.RWMutex
+	keys map[uint64]*ownKey
+}
+
+type ownKey struct {
+	epoch     uint64
+	priv, pub []byte
+	notBefore time.Time
+	notAfter  time.Time
+}
+
+// Changes says what Ensure did: the epochs whose key it created and the
+// epochs whose key file it deleted, ascending.
+type Changes struct {
+	Created, Deleted []uint64
+}
+
+// Open opens the key directory dir, creating it (0700) if needed, and loads
+// the mix keys in it without changing anything. epochLength is a whole
+// number of seconds, at least 1 s; grace is a whole number of seconds in
+// [0, epochLength). Errors: bad durations, a directory or key file open to
+// group or others (ErrInsecurePermissions), an unreadable key file.
+func Open(dir string, epochLength, grace time.Duration) (*KeyStore, error) {
+	if epochLength < time.Second || epochLength%time.Second != 0 {
+		return nil, fmt.Errorf("nodes: epoch length %v: want a whole number of seconds, at least 1s", epochLength)
+	}
+	if grace < 0 || grace%time.Second != 0 || grace >= epochLength {
+		return nil, fmt.Errorf("nodes: grace %v: want a whole number of seconds, at least 0 and below the epoch length %v", grace, epochLength)
+	}
+	if err := ensureDir(dir); err != nil {
+		return nil, err
+	}
+	s := &KeyStore{dir: dir, length: epochLength, grace: grace}
+	unlock, err := lockDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	s.keys, err = s.load()
+	if err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// Dir is the key directory.
+func (s *KeyStore) Dir() string { return s.dir }
+
+// EpochLength is the epoch length given to Open.
+func (s *KeyStore) EpochLength() time.Duration { return s.length }
+
+// Grace is the grace period given to Open.
+func (s *KeyStore) Grace() time.Duration { return s.grace }
+
+// Ensure brings the directory to its state at now, idempotently: it wipes
+// and deletes every mix key file whose validity has ended (not_after <=
+// now) and any temporary file left by a crash, then creates the keys of the
+// current and the next epoch if they are missing. It reloads the keys from
+// the directory, so keys created by another process are picked up. Errors:
+// a key file that does not parse or is open to group or others (nothing is
+// deleted then), a write error.
+func (s *KeyStore) Ensure(now time.Time) (Changes, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	unlock, err := lockDir(s.dir)
+	if err != nil {
+		return Changes{}, err
+	}
+	defer unlock()
+	var ch Changes
+	keys, err := s.load()
+	if err != nil {
+		return ch, err
+	}
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return ch, fmt.Errorf("nodes: %w", err)
+	}
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), tmpPrefix) {
+			// We hold the lock, so no one is writing it: a crash left it.
+			if err := wipe(filepath.Join(s.dir, e.Name())); err != nil {
+				return ch, err
+			}
+		}
+	}
+	for e, k := range keys {
+		if now.Before(k.notAfter) {
+			continue
+		}
+		if err := wipe(filepath.Join(s.dir, mixKeyName(e))); err != nil {
+			return ch, err
+		}
+		zero(k.priv)
+		delete(keys, e)
+		ch.Deleted = append(ch.Deleted, e)
+	}
+	if len(ch.Deleted) > 0 {
+		if err := syncDir(s.dir); err != nil {
+			return ch, err
+		}
+	}
+	cur := Epoch(now, s.length)
+	for e := cur; e <= cur+1; e++ {
+		if keys[e] != nil {
+			continue
+		}
+		k, err := s.create(e)
+		if err != nil {
+			return ch, err
+		}
+		keys[e] = k
+		ch.Created = append(ch.Created, e)
+	}
+	slices.Sort(ch.Deleted)
+	for _, k := range s.keys {
+		zero(k.priv)
+	}
+	s.keys = keys
+	return ch, nil
+}
+
+// Keys returns copies of this node's mix keys that are valid at now or
+// start within the next epoch (Private and Public set), by epoch: the
+// previous epoch's while in its grace period, the current and the next
+// one. Only keys loaded by Open or the last Ensure are returned.
+func (s *KeyStore) Keys(now time.Time) []sdk.EpochKey {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	horizon := EpochStart(Epoch(now, s.length)+2, s.length)
+	var out []sdk.EpochKey
+	for _, k := range s.keys {
+		if !now.Before(k.notAfter) || !k.notBefore.Before(horizon) {
+			continue
+		}
+		out = append(out, sdk.EpochKey{
+			Epoch:     k.epoch,
+			Private:   slices.Clone(k.priv),
+			Public:    slices.Clone(k.pub),
+			NotBefore: k.notBefore,
+			NotAfter:  k.notAfter,
+		})
+	}
+	slices.SortFunc(out, func(a, b sdk.EpochKey) int { return cmp.Compare(a.Epoch, b.Epoch) })
+	return out
+}
+
+// load reads every mix-<epoch>.key of the directory (under the lock).
+func (s *KeyStore) load() (map[uint64]*ownKey, error) {
+	entries, err := os.ReadDir(s.dir)
+	if err != nil {
+		return nil, fmt.Errorf("nodes: %w", err)
+	}
+	keys := map[uint64]*ownKey{}
+	for _, e := range entries {
+		epoch, ok := parseMixKeyName(e.Name())
+		if !ok {
+			continue
+		}
+		k, err := readMixKey(filepath.Join(s.dir, e.Name()), epoch)
+		if errors.Is(err, fs.ErrNotExist) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		keys[epoch] = k
+	}
+	return keys, nil
+}
+
+// create generates the key of epoch e and writes it.
+func (s *KeyStore) create(e uint64) (*ownKey, error) {
+	priv, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("nodes: mix key: %w", err)
+	}
+	k := &ownKey{
+		epoch:     e,
+		priv:      priv.Bytes(),
+		pub:       priv.PublicKey().Bytes(),
+		notBefore: EpochStart(e, s.length),
+		notAfter:  EpochStart(e+1, s.length).Add(s.grace),
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(priv)
+	if err != nil {
+		return nil, fmt.Errorf("nodes: mix key: %w", err)
+	}
+	data := pem.EncodeToMemory(&pem.Block{
+		Type: "PRIVATE KEY",
+		Headers: map[string]string{
+			"Epoch":      strconv.FormatUint(e, 10),
+			"Not-Before": k.notBefore.Format(time.RFC3339),
+			"Not-After":  k.notAfter.Format(time.RFC3339),
+		},
+		Bytes: der,
+	})
+	zero(der)
+	defer zero(data)
+	if err := writeNew(s.dir, mixKeyName(e), data); err != nil {
+		return nil, err
+	}
+	return k, nil
+}
+
+func mixKeyName(e uint64) string { return "mix-" + strconv.FormatUint(e, 10) + ".key" }
+
+func parseMixKeyName(name string) (uint64, bool) {
+	num, ok := strings.CutPrefix(name, "mix-")
+	if !ok {
+		return 0, false
+	}
+	num, ok = strings.CutSuffix(num, ".key")
+	if !ok {
+		return 0, false
+	}
+	e, err := strconv.ParseUint(num, 10, 64)
+	if err != nil || mixKeyName(e) != name {
+		return 0, false
+	}
+	return e, true
+}
+
+// readMixKey reads one mix key file and checks that its Epoch header
+// matches its name.
+func readMixKey(path string, epoch uint64) (*ownKey, error) {
+	data, err := readSecret(path)
+	if err != nil {
+		return nil, err
+	}
+	defer zero(data)
+	bad := func(what string) error { return fmt.Errorf("nodes: mix key file %s: %s", path, what) }
+	block, rest := pem.Decode(data)
+	if block == nil || block.Type != "PRIVATE KEY" || len(strings.TrimSpace(string(rest))) != 0 {
+		return nil, bad(`not one PEM "PRIVATE KEY" block`)
+	}
+	defer zero(block.Bytes)
+	if block.Headers["Epoch"] != strconv.FormatUint(epoch, 10) {
+		return nil, bad(fmt.Sprintf("Epoch header %q does not match the file name", block.Headers["Epoch"]))
+	}
+	nb, err1 := time.Parse(time.RFC3339, block.Headers["Not-Before"])
+	na, err2 := time.Parse(time.RFC3339, block.Headers["Not-After"])
+	if err1 != nil || err2 != nil || !nb.Before(na) {
+		return nil, bad("bad Not-Before or Not-After header")
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		return nil, bad(err.Error())
+	}
+	priv, ok := k.(*ecdh.PrivateKey)
+	if !ok || priv.Curve() != ecdh.X25519() {
+		return nil, bad("not an X25519 key")
+	}
+	return &ownKey{
+		epoch:     epoch,
+		priv:      priv.Bytes(),
+		pub:       priv.PublicKey().Bytes(),
+		notBefore: nb.UTC(),
+		notAfter:  na.UTC(),
+	}, nil
+}
