@@ -51,6 +51,10 @@ type Config struct {
 	// must be the plugin of some stage.
 	Plugins map[string]PluginPin `yaml:"plugins"`
 
+	// Mix makes this node a Sphinx mix node (docs/mixnet.md); absent, it
+	// is not one.
+	Mix *Mix `yaml:"mix"`
+
 	// lines maps the path of every key written in the file
 	// ("listeners[0].relay.anyone", "pipeline[2]") to its line, to locate
 	// errors; unset holds those written with no value. Together they tell
@@ -237,4 +241,49 @@ type RawBlock struct {
 func (b *RawBlock) UnmarshalYAML(n *yaml.Node) error {
 	b.Node = n
 	return nil
+}
+
+// Mix configures this node's part in a Sphinx mixnet (docs/mixnet.md).
+type Mix struct {
+	// Name of this node in its descriptor (required).
+	Name string `yaml:"name"`
+	// Address the mix listener binds and the descriptor announces
+	// (host:port, required).
+	Address string `yaml:"address"`
+	// NodesFile is the verified directory of nodes (nodes.json, required).
+	NodesFile string `yaml:"nodes_file"`
+	// KeysDir holds the identity key and the epoch mix keys (created
+	// 0700). Default DATA_DIR/keys.
+	KeysDir string `yaml:"keys_dir"`
+	// Exit: this node delivers mail (its descriptor says "exit").
+	Exit bool `yaml:"exit"`
+	// Mixer names the pipeline stage whose plugin also serves the mixer
+	// kind (default: the one stage whose plugin offers it).
+	Mixer string `yaml:"mixer"`
+	// HopDelay is the delay stage sampled for every forwarded packet
+	// (required; e.g. delay-exponential with a mean of seconds).
+	HopDelay Stage `yaml:"hop_delay"`
+	// PacketSize in bytes, the same on every node. Default 65536.
+	PacketSize int `yaml:"packet_size"`
+	// Epoch is the mix key lifetime. Default 1h.
+	Epoch sdk.Duration `yaml:"epoch"`
+	// Grace: an old epoch key still serves packets this long after its
+	// epoch, then it is deleted. Default 10m.
+	Grace sdk.Duration `yaml:"grace"`
+	// ProbeInterval between link probes of every node. Default 30s.
+	ProbeInterval sdk.Duration `yaml:"probe_interval"`
+	// LoopTimeout: a loop packet not back by then counts against its
+	// path. Default 2m.
+	LoopTimeout sdk.Duration `yaml:"loop_timeout"`
+	// Cover traffic rates.
+	Cover MixCover `yaml:"cover"`
+	// FrameLog, if set, is a file that receives one line per frame on the
+	// mix links (direction, peer, size): a test and debugging aid.
+	FrameLog string `yaml:"frame_log"`
+}
+
+// MixCover sets cover traffic: Poisson processes, in packets per second.
+type MixCover struct {
+	DropRate float64 `yaml:"drop_rate"`
+	LoopRate float64 `yaml:"loop_rate"`
 }

@@ -2,6 +2,7 @@ package config
 
 import (
 	"fmt"
+	"path/filepath"
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
@@ -52,6 +53,16 @@ func (c *Config) SetDefaults() {
 	num(c, &c.Retry.Factor, "retry.factor", 2)
 	c.dur(&c.Retry.Max, "retry.max", time.Hour)
 	num(c, &c.Retry.Jitter, "retry.jitter", 0.2)
+
+	if m := c.Mix; m != nil {
+		str(&m.KeysDir, filepath.Join(c.DataDir, "keys"))
+		num(c, &m.PacketSize, "mix.packet_size", 65536)
+		c.dur(&m.Epoch, "mix.epoch", time.Hour)
+		c.dur(&m.Grace, "mix.grace", 10*time.Minute)
+		c.dur(&m.ProbeInterval, "mix.probe_interval", 30*time.Second)
+		c.dur(&m.LoopTimeout, "mix.loop_timeout", 2*time.Minute)
+		str(&m.HopDelay.Name, "hop-delay")
+	}
 
 	for i := range c.Listeners {
 		l := &c.Listeners[i]

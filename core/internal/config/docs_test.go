@@ -132,6 +132,7 @@ func TestDocsDefaultsMatchCode(t *testing.T) {
 		Listeners: []Listener{{TLS: &TLS{}, Auth: &Auth{}, Relay: Relay{RateLimit: &RateLimit{}}}},
 		Pipeline:  []Stage{{}},
 		Plugins:   map[string]PluginPin{"NAME": {}},
+		Mix:       &Mix{},
 	}
 	c.SetDefaults()
 	checked := 0

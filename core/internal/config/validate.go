@@ -105,6 +105,54 @@ func (c *Config) validate(e *errs) {
 
 	c.validateListeners(bad, atLeast, positive)
 	c.validatePipeline(e, bad)
+	c.validateMix(bad, positive)
+}
+
+func (c *Config) validateMix(bad func(string, string, ...any), positive func(string, sdk.Duration)) {
+	m := c.Mix
+	if m == nil {
+		return
+	}
+	if m.Name == "" {
+		bad("mix", "name is required (this node's name in its descriptor)")
+	}
+	if m.Address == "" {
+		bad("mix", "address is required (host:port of the mix listener)")
+	} else if err := checkHostPort(m.Address, 0); err != nil {
+		bad("mix.address", "%v", err)
+	}
+	if m.NodesFile == "" {
+		bad("mix", "nodes_file is required (the nodes.json directory)")
+	}
+	if m.HopDelay.Plugin == "" {
+		bad("mix", "hop_delay is required: a delay stage for every forwarded packet ({plugin: delay-exponential, config: {mean: 5s}})")
+	} else if !NameRE.MatchString(m.HopDelay.Plugin) {
+		bad("mix.hop_delay.plugin", "%q must match %s", m.HopDelay.Plugin, NameRE)
+	}
+	if m.PacketSize < 1024 || m.PacketSize > 1<<24 {
+		bad("mix.packet_size", "must be between 1024 and 16777216 bytes, got %d", m.PacketSize)
+	}
+	positive("mix.epoch", m.Epoch)
+	positive("mix.probe_interval", m.ProbeInterval)
+	positive("mix.loop_timeout", m.LoopTimeout)
+	if m.Grace < 0 {
+		bad("mix.grace", "must not be negative")
+	}
+	if m.Epoch > 0 && m.Epoch.D()%time.Second != 0 {
+		bad("mix.epoch", "must be a whole number of seconds, got %s", fmtDur(m.Epoch))
+	}
+	if m.Cover.DropRate < 0 || m.Cover.LoopRate < 0 {
+		bad("mix.cover", "rates must not be negative")
+	}
+	if m.Mixer != "" {
+		found := false
+		for _, st := range c.Pipeline {
+			found = found || st.Name == m.Mixer
+		}
+		if !found {
+			bad("mix.mixer", "no pipeline stage named %q", m.Mixer)
+		}
+	}
 }
 
 func (c *Config) validateListeners(bad func(string, string, ...any), atLeast func(string, int64, int64), positive func(string, sdk.Duration)) {
