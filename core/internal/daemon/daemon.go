@@ -35,6 +35,7 @@ type Daemon struct {
 	engine    *pipeline.Engine
 	listeners []*smtpd.Server
 	counters  *stats.Counters
+	mix       *mixParts
 	admin     *http.Server
 	metrics   *http.Server
 }
@@ -52,37 +53,16 @@ func StartStages(ctx context.Context, cfg *config.Config, log hclog.Logger) ([]*
 		return nil, nil, err
 	}
 	for _, st := range cfg.Pipeline {
-		where := fmt.Sprintf("%s:%d: stage %q", cfg.Path, st.Line, st.Name)
-		path, err := pluginhost.Resolve(cfg.PluginDir, st.Plugin)
+		ps, err := startStage(ctx, cfg, st, log)
 		if err != nil {
-			return fail(fmt.Errorf("%s: %w", where, err))
-		}
-		pin := cfg.Plugins[st.Plugin].SHA256
-		ps, err := pluginhost.Launch(pluginhost.Spec{Stage: st.Name, Plugin: st.Plugin, Path: path, SHA256: pin}, log.Named(st.Name))
-		if err != nil {
-			return fail(fmt.Errorf("%s: %w", where, err))
-		}
-		started = append(started, ps)
-		if err := config.ValidateBlock(cfg.Path, st, ps.Info.Schema); err != nil {
 			return fail(err)
 		}
+		started = append(started, ps)
 		kind, err := stageKind(ps.Info)
 		if err != nil {
-			return fail(fmt.Errorf("%s: %w", where, err))
+			return fail(fmt.Errorf("%s:%d: stage %q: %w", cfg.Path, st.Line, st.Name, err))
 		}
-		js, err := config.BlockJSON(st)
-		if err != nil {
-			return fail(fmt.Errorf("%s: %w", where, err))
-		}
-		if err := ps.Configure(ctx, js); err != nil {
-			var fe *sdk.FieldError
-			if errors.As(err, &fe) {
-				return fail(fmt.Errorf("%s:%d: stage %q (plugin %s): %s: %v", cfg.Path, st.KeyLine(fe.Field), st.Name, st.Plugin, fe.Field, fe.Err))
-			}
-			return fail(fmt.Errorf("%s (plugin %s): %w", where, st.Plugin, err))
-		}
-		info := ps.Info
-		stages = append(stages, pipeline.Stage{Name: st.Name, Kind: kind, Needs: info.Needs, Impl: ps})
+		stages = append(stages, pipeline.Stage{Name: st.Name, Kind: kind, Needs: ps.Info.Needs, Impl: ps})
 	}
 	if err := pipeline.ValidateOrder(stages); err != nil {
 		return fail(fmt.Errorf("%s: pipeline: %w", cfg.Path, err))
@@ -90,11 +70,54 @@ func StartStages(ctx context.Context, cfg *config.Config, log hclog.Logger) ([]*
 	return started, stages, nil
 }
 
-func stageKind(info sdk.Info) (sdk.Kind, error) {
-	if len(info.Kinds) == 1 {
-		return info.Kinds[0], nil
+// startStage launches one stage's plugin, validates its config block
+// against the schema the plugin reports, and configures it. Errors are
+// FILE:LINE.
+func startStage(ctx context.Context, cfg *config.Config, st config.Stage, log hclog.Logger) (*pluginhost.Stage, error) {
+	where := fmt.Sprintf("%s:%d: stage %q", cfg.Path, st.Line, st.Name)
+	path, err := pluginhost.Resolve(cfg.PluginDir, st.Plugin)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
 	}
-	return "", fmt.Errorf("plugin %s offers kinds %v; this pipeline cannot choose one", info.Name, info.Kinds)
+	pin := cfg.Plugins[st.Plugin].SHA256
+	ps, err := pluginhost.Launch(pluginhost.Spec{Stage: st.Name, Plugin: st.Plugin, Path: path, SHA256: pin}, log.Named(st.Name))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	if err := config.ValidateBlock(cfg.Path, st, ps.Info.Schema); err != nil {
+		ps.Close()
+		return nil, err
+	}
+	js, err := config.BlockJSON(st)
+	if err != nil {
+		ps.Close()
+		return nil, fmt.Errorf("%s: %w", where, err)
+	}
+	if err := ps.Configure(ctx, js); err != nil {
+		ps.Close()
+		var fe *sdk.FieldError
+		if errors.As(err, &fe) {
+			return nil, fmt.Errorf("%s:%d: stage %q (plugin %s): %s: %v", cfg.Path, st.KeyLine(fe.Field), st.Name, st.Plugin, fe.Field, fe.Err)
+		}
+		return nil, fmt.Errorf("%s (plugin %s): %w", where, st.Plugin, err)
+	}
+	return ps, nil
+}
+
+// stageKind is the kind a stage has in the pipeline order. A plugin that
+// is both a router and a mixer (sphinx) is a router there; its mixer kind
+// serves the mix section.
+func stageKind(info sdk.Info) (sdk.Kind, error) {
+	var kinds []sdk.Kind
+	for _, k := range info.Kinds {
+		if k != sdk.KindMixer {
+			kinds = append(kinds, k)
+		}
+	}
+	if len(kinds) == 1 {
+		return kinds[0], nil
+	}
+	return "", fmt.Errorf("plugin %s offers kinds %v; a pipeline stage needs exactly one of checker, transformer, router, delayer, deliverer", info.Name, info.Kinds)
 }
 
 // Start opens the queue, starts the plugins, the engine and the listeners.
@@ -135,6 +158,13 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		q.Close()
 		return nil, fmt.Errorf("%s: %w", cfg.Path, err)
 	}
+	if cfg.Mix != nil {
+		if err := d.startMix(ctx, started); err != nil {
+			d.closeStages()
+			q.Close()
+			return nil, err
+		}
+	}
 	var checkers []smtpd.Checker
 	for _, st := range d.engine.Checkers() {
 		checkers = append(checkers, namedChecker{st})
@@ -154,9 +184,16 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 	}
 	if err := d.engine.Start(ctx); err != nil {
 		d.shutdownListeners()
+		d.mix.close()
 		d.closeStages()
 		q.Close()
 		return nil, err
+	}
+	if d.mix != nil {
+		if err := d.mix.run(ctx, cfg.Mix, log); err != nil {
+			d.Stop(context.Background())
+			return nil, err
+		}
 	}
 	for _, l := range d.listeners {
 		go func() {
@@ -237,7 +274,11 @@ func (d *Daemon) statsLoop(ctx context.Context) {
 				restarts += s.Restarts()
 			}
 			d.counters.PluginRestarts.Store(restarts)
-			d.log.Info("[STATS] " + stats.Line(d.counters, d.gauges()))
+			line := stats.Line(d.counters, d.gauges())
+			if d.mix != nil {
+				line += " " + d.mix.node.StatsLine()
+			}
+			d.log.Info("[STATS] " + line)
 		}
 	}
 }
@@ -292,6 +333,7 @@ func (d *Daemon) Stop(ctx context.Context) {
 	case <-ctx.Done():
 		d.log.Warn("shutdown: in-flight items left to resume at next start", "count", d.engine.InFlight())
 	}
+	d.mix.close()
 	d.closeStages()
 	if err := d.q.Close(); err != nil {
 		d.log.Error("closing queue", "error", err)

@@ -674,3 +674,6 @@ func (e *Engine) Counters() *stats.Counters { return e.c }
 
 // StageIndex returns the index of the named stage, or -1.
 func (e *Engine) StageIndex(name string) int { return e.stageIndex(name) }
+
+// SetPacketHandler sets the mixnet's handler; call it before Start.
+func (e *Engine) SetPacketHandler(h PacketHandler) { e.opt.Packets = h }

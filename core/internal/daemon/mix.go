@@ -1,0 +1,265 @@
+package daemon
+
+import (
+	"context"
+	"crypto/ed25519"
+	"fmt"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/core/internal/mixnet"
+	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
+	"github.com/mixmta/mixmta/core/internal/pipeline"
+	"github.com/mixmta/mixmta/core/internal/pluginhost"
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// mixParts is what a node with a mix section runs besides the pipeline.
+type mixParts struct {
+	node      *mixnet.Node
+	transport *transport.Direct
+	listener  transport.Listener
+	hopDelay  *pluginhost.Stage
+	frameLog  *os.File
+	dir       *liveDirectory
+	self      sdk.NodeID
+}
+
+// mixerStage finds the pipeline stage that serves the mixer kind.
+func mixerStage(cfg *config.Config, started []*pluginhost.Stage) (int, error) {
+	idx := -1
+	for i, s := range started {
+		if !s.Info.Has(sdk.KindMixer) {
+			continue
+		}
+		if cfg.Mix.Mixer != "" && cfg.Pipeline[i].Name != cfg.Mix.Mixer {
+			continue
+		}
+		if idx >= 0 {
+			return -1, fmt.Errorf("%s: mix: stages %q and %q both offer the mixer kind; name one in mix.mixer", cfg.Path, cfg.Pipeline[idx].Name, cfg.Pipeline[i].Name)
+		}
+		idx = i
+	}
+	if idx < 0 {
+		return -1, fmt.Errorf("%s: mix: no pipeline stage offers the mixer kind (add the sphinx stage)", cfg.Path)
+	}
+	return idx, nil
+}
+
+// startMix builds the mix node: keys, directory, transport, hop delay
+// stage, and the mixnet engine hooked into the pipeline engine.
+func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) error {
+	m := d.cfg.Mix
+	log := d.log
+	mixIdx, err := mixerStage(d.cfg, started)
+	if err != nil {
+		return err
+	}
+	id, err := nodes.LoadIdentity(m.KeysDir)
+	if err != nil {
+		return fmt.Errorf("mix: %w", err)
+	}
+	ks, err := nodes.Open(m.KeysDir, m.Epoch.D(), m.Grace.D())
+	if err != nil {
+		return fmt.Errorf("mix: %w", err)
+	}
+	dir, err := newLiveDirectory(m.NodesFile, log)
+	if err != nil {
+		return err
+	}
+	if _, ok := dir.get().Lookup(id.ID()); !ok {
+		log.Warn("[MIX] this node is not in the nodes file; other nodes cannot send to it", "node", id.ID().Short())
+	}
+	hd, err := startStage(ctx, d.cfg, m.HopDelay, log)
+	if err != nil {
+		return err
+	}
+	if !hd.Info.Has(sdk.KindDelayer) {
+		hd.Close()
+		return fmt.Errorf("%s:%d: mix.hop_delay: plugin %s is not a delayer", d.cfg.Path, m.HopDelay.Line, m.HopDelay.Plugin)
+	}
+	parts := &mixParts{hopDelay: hd}
+	tcfg := transport.Config{
+		Identity:   id.PrivateKey(),
+		PacketSize: m.PacketSize,
+		Lookup: func(pub ed25519.PublicKey) (sdk.NodeID, bool) {
+			n, ok := dir.get().Lookup(nodes.NodeIDOf(pub))
+			if !ok || !n.Identity.Equal(pub) {
+				return sdk.NodeID{}, false
+			}
+			return n.ID, true
+		},
+		Logger: log.Named("transport"),
+	}
+	if m.FrameLog != "" {
+		f, err := os.OpenFile(m.FrameLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
+		if err != nil {
+			hd.Close()
+			return fmt.Errorf("mix.frame_log: %w", err)
+		}
+		parts.frameLog = f
+		tcfg.FrameLog = transport.FrameLogWriter(f)
+	}
+	tr, err := transport.NewDirect(tcfg)
+	if err != nil {
+		hd.Close()
+		return err
+	}
+	parts.transport = tr
+	exitStage := mixIdx + 1
+	node := mixnet.New(mixnet.Config{
+		PacketSize:    m.PacketSize,
+		EpochLength:   m.Epoch.D(),
+		Grace:         m.Grace.D(),
+		ProbeInterval: m.ProbeInterval.D(),
+		LoopTimeout:   m.LoopTimeout.D(),
+		DropRate:      m.Cover.DropRate,
+		LoopRate:      m.Cover.LoopRate,
+		ExitStage:     exitStage,
+	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &links{t: tr, dir: dir}, log)
+	parts.node, parts.dir, parts.self = node, dir, id.ID()
+	d.engine.SetPacketHandler(node)
+	d.mix = parts
+	return nil
+}
+
+// run starts the mix listener and the node's loops; call it after the
+// engine started (received packets go straight to its workers).
+func (p *mixParts) run(ctx context.Context, cfg *config.Mix, log hclog.Logger) error {
+	ln, err := p.transport.Listen(cfg.Address, p.node.Receive)
+	if err != nil {
+		return fmt.Errorf("mix: listen %s: %w", cfg.Address, err)
+	}
+	p.listener = ln
+	go p.node.Run(ctx)
+	go p.dir.watch(ctx)
+	log.Info("[MIX] mix node listening", "address", ln.Addr().String(), "node", p.self.Short(), "exit", cfg.Exit, "nodes", p.dir.get().Len())
+	return nil
+}
+
+func (p *mixParts) close() {
+	if p == nil {
+		return
+	}
+	if p.listener != nil {
+		p.listener.Close()
+	}
+	if p.transport != nil {
+		p.transport.Close()
+	}
+	if p.hopDelay != nil {
+		p.hopDelay.Close()
+	}
+	if p.frameLog != nil {
+		p.frameLog.Close()
+	}
+}
+
+// keyStore adapts *nodes.KeyStore to mixnet.Keys.
+type keyStore struct{ ks *nodes.KeyStore }
+
+func (k keyStore) Ensure(now time.Time) error {
+	_, err := k.ks.Ensure(now)
+	return err
+}
+
+func (k keyStore) Keys(now time.Time) []sdk.EpochKey { return k.ks.Keys(now) }
+
+// liveDirectory is the nodes file, reloaded when it changes on disk. A
+// changed file that does not verify is refused (and logged); the last good
+// directory stays in use.
+type liveDirectory struct {
+	path  string
+	log   hclog.Logger
+	cur   atomic.Pointer[nodes.Directory]
+	mu    sync.Mutex
+	mtime time.Time
+}
+
+func newLiveDirectory(path string, log hclog.Logger) (*liveDirectory, error) {
+	l := &liveDirectory{path: path, log: log}
+	d, err := nodes.LoadNodes(path, time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("mix: %w", err)
+	}
+	for _, s := range d.Skipped {
+		log.Warn("[MIX] expired descriptor left out", "error", s)
+	}
+	l.cur.Store(d)
+	if fi, err := os.Stat(path); err == nil {
+		l.mtime = fi.ModTime()
+	}
+	return l, nil
+}
+
+func (l *liveDirectory) get() *nodes.Directory { return l.cur.Load() }
+
+// Nodes implements mixnet.Directory.
+func (l *liveDirectory) Nodes() []sdk.DirectoryNode { return l.get().Nodes(time.Now()) }
+
+func (l *liveDirectory) watch(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		fi, err := os.Stat(l.path)
+		if err != nil || fi.ModTime().Equal(l.mtime) {
+			continue
+		}
+		l.mtime = fi.ModTime()
+		d, err := nodes.LoadNodes(l.path, time.Now())
+		if err != nil {
+			l.log.Error("[MIX] changed nodes file refused; keeping the previous one", "error", err)
+			continue
+		}
+		l.cur.Store(d)
+		l.log.Info("[MIX] nodes file reloaded", "nodes", d.Len())
+	}
+}
+
+// links adapts the transport to mixnet.Links, resolving node ids through
+// the directory.
+type links struct {
+	t   transport.Transport
+	dir *liveDirectory
+}
+
+func (l *links) peer(id sdk.NodeID) (transport.Peer, error) {
+	n, ok := l.dir.get().Lookup(id)
+	if !ok {
+		return transport.Peer{}, fmt.Errorf("node %s not in the nodes file", id.Short())
+	}
+	return transport.Peer{ID: n.ID, Address: n.MixAddress, Identity: n.Identity}, nil
+}
+
+func (l *links) Send(ctx context.Context, id sdk.NodeID, packet []byte) error {
+	p, err := l.peer(id)
+	if err != nil {
+		return err
+	}
+	link, err := l.t.Dial(ctx, p)
+	if err != nil {
+		return err
+	}
+	return link.Send(ctx, packet)
+}
+
+func (l *links) Probe(ctx context.Context, id sdk.NodeID) error {
+	p, err := l.peer(id)
+	if err != nil {
+		return err
+	}
+	return l.t.Probe(ctx, p)
+}
+
+var _ pipeline.PacketHandler = (*mixnet.Node)(nil)
