@@ -159,13 +159,13 @@ func splitNodes(path string, data []byte) ([]rawEntry, error) {
 	var out []rawEntry
 	seen := false
 	for dec.More() {
-		off := dec.InputOffset()
+		off := skipSeparators(data, dec.InputOffset())
 		t, err := dec.Token()
 		if err != nil {
 			return syntax(err)
 		}
 		if t != "nodes" {
-			return fail(off, "unknown key %v (want only \"nodes\")", t)
+			return fail(off, "unknown key %q (want only \"nodes\")", t)
 		}
 		if seen {
 			return fail(off, `"nodes" given twice`)

@@ -6,8 +6,9 @@
 //
 // # Files
 //
-// The key directory (DATA_DIR/keys, mode 0700; a directory readable,
-// writable or searchable by group or others is refused) holds:
+// The key directory (DATA_DIR/keys, mode 0700; like Tor with its data
+// directory, an existing one of ours with a wider mode is set to 0700, and
+// one owned by another user is refused) holds:
 //
 //	identity.key   Ed25519 identity key, PKCS#8 PEM ("PRIVATE KEY"), mode 0600
 //	mix-<E>.key    X25519 mix key of epoch E (decimal), PKCS#8 PEM with the

@@ -28,8 +28,8 @@ var (
 )
 
 // ErrInsecurePermissions: a key file is readable or writable by group or
-// others, is not a regular file, or the key directory is open to group or
-// others.
+// others or is not a regular file, or the key directory is open to group or
+// others and owned by another user.
 var ErrInsecurePermissions = errors.New("insecure permissions")
 
 // ErrIdentityExists: CreateIdentity found an identity key already there

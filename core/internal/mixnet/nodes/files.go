@@ -15,8 +15,8 @@ import (
 // lock a file with this prefix is the leftover of a crash and is wiped.
 const tmpPrefix = ".tmp-"
 
-// ensureDir creates dir (and its parents) mode 0700 if missing, and refuses
-// an existing dir open to group or others.
+// ensureDir creates dir (and its parents) mode 0700 if missing; see
+// checkDir for an existing one.
 func ensureDir(dir string) error {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return fmt.Errorf("nodes: key directory: %w", err)
@@ -24,8 +24,10 @@ func ensureDir(dir string) error {
 	return checkDir(dir)
 }
 
-// checkDir refuses a key directory that is not a directory or whose mode
-// has any group/other bit: others could list, add or replace key files.
+// checkDir makes sure the key directory is closed to group and others, as
+// Tor does with its DataDirectory: a directory of ours with a wider mode is
+// set to 0700; one owned by another user is refused
+// (ErrInsecurePermissions), as others could add or replace key files.
 func checkDir(dir string) error {
 	fi, err := os.Stat(dir)
 	if err != nil {
@@ -34,9 +36,15 @@ func checkDir(dir string) error {
 	if !fi.IsDir() {
 		return fmt.Errorf("nodes: key directory %s is not a directory", dir)
 	}
-	if m := fi.Mode().Perm(); m&0o077 != 0 {
-		return fmt.Errorf("nodes: key directory %s has mode %04o, open to group or others (run: chmod 700 %s): %w",
-			dir, m, dir, ErrInsecurePermissions)
+	m := fi.Mode().Perm()
+	if m&0o077 == 0 {
+		return nil
+	}
+	if st, ok := fi.Sys().(*syscall.Stat_t); !ok || int(st.Uid) != os.Geteuid() {
+		return fmt.Errorf("nodes: key directory %s has mode %04o and another owner: %w", dir, m, ErrInsecurePermissions)
+	}
+	if err := os.Chmod(dir, 0o700); err != nil {
+		return fmt.Errorf("nodes: key directory %s has mode %04o: %w", dir, m, err)
 	}
 	return nil
 }

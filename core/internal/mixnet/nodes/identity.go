@@ -50,11 +50,14 @@ func (i *Identity) Public() ed25519.PublicKey { return i.priv.Public().(ed25519.
 func (i *Identity) PrivateKey() ed25519.PrivateKey { return i.priv }
 
 // LoadIdentity reads DIR/identity.key (PKCS#8 PEM, Ed25519). Errors: the
-// file is missing (wraps fs.ErrNotExist: run `mixmta keygen`), readable by
-// group or others or DIR open to them (ErrInsecurePermissions), or does not
-// hold an Ed25519 PKCS#8 key.
+// file is missing (wraps fs.ErrNotExist: run `mixmta keygen`), readable or
+// writable by group or others, or DIR is open to them and owned by another
+// user (ErrInsecurePermissions; DIR of ours is set to 0700), or the file
+// does not hold an Ed25519 PKCS#8 key.
 func LoadIdentity(dir string) (*Identity, error) {
-	if err := checkDir(dir); err != nil {
+	if err := checkDir(dir); errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("nodes: no key directory %s (run mixmta keygen): %w", dir, fs.ErrNotExist)
+	} else if err != nil {
 		return nil, err
 	}
 	return readIdentity(dir)

@@ -80,10 +80,12 @@ type Changes struct {
 }
 
 // Open opens the key directory dir, creating it (0700) if needed, and loads
-// the mix keys in it without changing anything. epochLength is a whole
-// number of seconds, at least 1 s; grace is a whole number of seconds in
-// [0, epochLength). Errors: bad durations, a directory or key file open to
-// group or others (ErrInsecurePermissions), an unreadable key file.
+// the mix keys in it without changing any key file (a directory of ours
+// open to group or others is set to 0700). epochLength is a whole number
+// of seconds, at least 1 s; grace is a whole number of seconds in [0,
+// epochLength). Errors: bad durations, a key file open to group or others
+// or a directory of another user open to them (ErrInsecurePermissions), an
+// unreadable key file.
 func Open(dir string, epochLength, grace time.Duration) (*KeyStore, error) {
 	if epochLength < time.Second || epochLength%time.Second != 0 {
 		return nil, fmt.Errorf("nodes: epoch length %v: want a whole number of seconds, at least 1s", epochLength)
