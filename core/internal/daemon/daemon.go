@@ -36,8 +36,10 @@ type Daemon struct {
 	listeners []*smtpd.Server
 	counters  *stats.Counters
 	mix       *mixParts
-	admin     *http.Server
-	metrics   *http.Server
+	// cancel stops the engine, the mix node and the stats loop.
+	cancel  context.CancelFunc
+	admin   *http.Server
+	metrics *http.Server
 }
 
 // StartStages launches, checks and configures every stage's plugin. Config
@@ -121,8 +123,15 @@ func stageKind(info sdk.Info) (sdk.Kind, error) {
 }
 
 // Start opens the queue, starts the plugins, the engine and the listeners.
-func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, error) {
-	d := &Daemon{cfg: cfg, log: log, counters: &stats.Counters{}}
+func Start(parent context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, error) {
+	ctx, cancel := context.WithCancel(parent)
+	d := &Daemon{cfg: cfg, log: log, counters: &stats.Counters{}, cancel: cancel}
+	ok := false
+	defer func() {
+		if !ok {
+			cancel()
+		}
+	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
 	}
@@ -211,6 +220,7 @@ func Start(ctx context.Context, cfg *config.Config, log hclog.Logger) (*Daemon, 
 		return nil, err
 	}
 	go d.statsLoop(ctx)
+	ok = true
 	return d, nil
 }
 
@@ -315,11 +325,12 @@ func (d *Daemon) closeStages() {
 }
 
 // Stop shuts down gracefully: listeners stop accepting and open sessions
-// get until ctx's deadline; the engine's context must already be cancelled
-// so workers finish their current item; then plugins stop and the queue is
-// synced and closed. Items not finished resume at the next start.
+// get until ctx's deadline; the engine stops taking items and its workers
+// finish the current one; then plugins stop and the queue is synced and
+// closed. Items not finished resume at the next start.
 func (d *Daemon) Stop(ctx context.Context) {
 	d.shutdownListeners()
+	d.cancel()
 	if d.admin != nil {
 		d.admin.Close()
 	}
