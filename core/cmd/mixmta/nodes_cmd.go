@@ -55,10 +55,13 @@ func defaultNodeSettings() nodeSettings {
 }
 
 // fromConfig takes the settings the pipeline file has: the key directory
-// DATA_DIR/keys. The mix: section's node settings belong here when it
-// exists.
+// DATA_DIR/keys, and the mix: section's node settings when it exists.
 func (s *nodeSettings) fromConfig(cfg *config.Config) {
 	s.KeyDir = filepath.Join(cfg.DataDir, "keys")
+	if m := cfg.Mix; m != nil {
+		s.KeyDir, s.NodesFile, s.Name, s.MixAddress, s.Exit = m.KeysDir, m.NodesFile, m.Name, m.Address, m.Exit
+		s.EpochLength, s.Grace = m.Epoch.D(), m.Grace.D()
+	}
 }
 
 // nodeFlag names the flags of nodeSettings.
