@@ -1,0 +1,216 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
+)
+
+// mixnetCmd builds and runs a whole mixnet of several nodes on one
+// machine, for trying mixmta out and for tests.
+func mixnetCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "mixnet", Short: "a local mixnet of several nodes on loopback (demo and tests)"}
+	var o mixnetOptions
+	init := &cobra.Command{
+		Use:   "init",
+		Short: "create N node configs from a profile, their keys, and a shared nodes file",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			return mixnetInit(c.OutOrStdout(), o)
+		},
+	}
+	run := &cobra.Command{
+		Use:   "run",
+		Short: "start every node of a mixnet made by init (init first if DIR has none) until SIGTERM/SIGINT",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			if _, err := os.Stat(filepath.Join(o.Dir, "nodes.json")); os.IsNotExist(err) {
+				if err := mixnetInit(c.OutOrStdout(), o); err != nil {
+					return err
+				}
+			}
+			return mixnetRun(c.OutOrStdout(), o.Dir)
+		},
+	}
+	for _, sub := range []*cobra.Command{init, run} {
+		f := sub.Flags()
+		f.StringVar(&o.Dir, "dir", "./var/mixnet", "directory for the nodes' configs, data and the nodes file")
+		f.StringVar(&o.Profile, "profile", "configs/local-mixnet.yaml", "profile every node's config is made from")
+		f.IntVar(&o.Nodes, "nodes", 5, "number of nodes (at least hops + 1)")
+		f.IntVar(&o.SMTPPort, "smtp-port", 2525, "SMTP port of node1; node i listens on smtp-port+i-1")
+		f.IntVar(&o.MixPort, "mix-port", 7101, "mix port of node1; node i listens on mix-port+i-1")
+	}
+	cmd.AddCommand(init, run)
+	return cmd
+}
+
+type mixnetOptions struct {
+	Dir, Profile             string
+	Nodes, SMTPPort, MixPort int
+}
+
+// mixnetInit writes DIR/nodeI/mixmta.yaml for every node (the profile with
+// its addresses, names and data dir), creates each node's identity and mix
+// keys, and collects their signed descriptors in DIR/nodes.json.
+func mixnetInit(out io.Writer, o mixnetOptions) error {
+	if o.Nodes < 2 {
+		return fmt.Errorf("mixnet init: need at least 2 nodes")
+	}
+	profile, err := os.ReadFile(o.Profile)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(o.Dir, 0o700); err != nil {
+		return err
+	}
+	nodesFile := filepath.Join(o.Dir, "nodes.json")
+	var descs []*nodes.Descriptor
+	now := time.Now()
+	for i := 1; i <= o.Nodes; i++ {
+		name := fmt.Sprintf("node%d", i)
+		dir := filepath.Join(o.Dir, name)
+		if err := os.MkdirAll(dir, 0o700); err != nil {
+			return err
+		}
+		data, err := config.Patch(profile, map[string]any{
+			"data_dir":            filepath.Join(dir, "data"),
+			"listeners.0.address": fmt.Sprintf("127.0.0.1:%d", o.SMTPPort+i-1),
+			"mix.name":            name,
+			"mix.address":         fmt.Sprintf("127.0.0.1:%d", o.MixPort+i-1),
+			"mix.nodes_file":      nodesFile,
+		})
+		if err != nil {
+			return fmt.Errorf("%s: %w", o.Profile, err)
+		}
+		cfgPath := filepath.Join(dir, "mixmta.yaml")
+		if err := os.WriteFile(cfgPath, data, 0o600); err != nil {
+			return err
+		}
+		cfg, err := config.Parse(cfgPath, data)
+		if err != nil {
+			return err
+		}
+		m := cfg.Mix
+		if m == nil {
+			return fmt.Errorf("%s has no mix section", o.Profile)
+		}
+		id, _, err := nodes.LoadOrCreateIdentity(m.KeysDir)
+		if err != nil {
+			return err
+		}
+		ks, err := nodes.Open(m.KeysDir, m.Epoch.D(), m.Grace.D())
+		if err != nil {
+			return err
+		}
+		if _, err := ks.Ensure(now); err != nil {
+			return err
+		}
+		info := nodes.NodeInfo{Name: m.Name, MixAddress: m.Address}
+		if m.Exit {
+			info.Capabilities = []string{nodes.CapExit}
+		}
+		d, err := nodes.Export(id, ks.Keys(now), info, now)
+		if err != nil {
+			return err
+		}
+		descs = append(descs, d)
+		fmt.Fprintf(out, "%s: SMTP 127.0.0.1:%d, mix %s, node id %s, config %s\n", name, o.SMTPPort+i-1, m.Address, id.ID().Short(), cfgPath)
+	}
+	if _, err := nodes.AddNodes(nodesFile, descs, now); err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "nodes file %s with %d nodes\n", nodesFile, len(descs))
+	return nil
+}
+
+// mixnetRun starts `mixmta serve` for every node config in dir, prefixes
+// their logs with the node name, and stops them all on SIGTERM/SIGINT or
+// when one exits.
+func mixnetRun(out io.Writer, dir string) error {
+	cfgs, _ := filepath.Glob(filepath.Join(dir, "node*", "mixmta.yaml"))
+	if len(cfgs) == 0 {
+		return fmt.Errorf("no node configs in %s (run mixmta mixnet init)", dir)
+	}
+	self, err := os.Executable()
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	var procs []*exec.Cmd
+	exited := make(chan string, len(cfgs))
+	for _, cfg := range cfgs {
+		name := filepath.Base(filepath.Dir(cfg))
+		cmd := exec.Command(self, "serve", "-c", cfg)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+		pr, pw := io.Pipe()
+		cmd.Stdout, cmd.Stderr = pw, pw
+		if err := cmd.Start(); err != nil {
+			return err
+		}
+		procs = append(procs, cmd)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			sc := bufio.NewScanner(pr)
+			sc.Buffer(make([]byte, 64<<10), 1<<20)
+			for sc.Scan() {
+				mu.Lock()
+				fmt.Fprintf(out, "[%s] %s\n", name, sc.Text())
+				mu.Unlock()
+			}
+		}()
+		go func() {
+			err := cmd.Wait()
+			pw.CloseWithError(err)
+			exited <- fmt.Sprintf("%s exited: %v", name, err)
+		}()
+	}
+	fmt.Fprintf(out, "mixnet: %d nodes running; SMTP on node1 (see %s/node1/mixmta.yaml); Ctrl-C stops\n", len(procs), dir)
+	var why string
+	select {
+	case <-ctx.Done():
+		why = "signal"
+	case why = <-exited:
+	}
+	for _, p := range procs {
+		_ = p.Process.Signal(syscall.SIGTERM)
+	}
+	deadline := time.After(40 * time.Second)
+	for range len(procs) - boolInt(why != "signal") {
+		select {
+		case <-exited:
+		case <-deadline:
+			for _, p := range procs {
+				_ = p.Process.Kill()
+			}
+		}
+	}
+	wg.Wait()
+	if why != "signal" {
+		return fmt.Errorf("mixnet stopped: %s", why)
+	}
+	return nil
+}
+
+func boolInt(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
+}
