@@ -77,5 +77,8 @@
 // problem, and starting with part of the network silently missing would
 // hide it. An expired descriptor is routine (a node that went away or has
 // not been refreshed): LoadNodes leaves it out of the Directory and reports
-// it in Directory.Skipped.
+// it in Directory.Skipped. A descriptor has no age limit of its own: it
+// expires with its last mix key, that is at most two epochs plus the grace
+// after it was exported (current and next key), so every node's descriptor
+// must be re-exported and redistributed at least once per epoch.
 package nodes
