@@ -1,0 +1,50 @@
+package main
+
+import (
+	"github.com/mixmta/mixmta/plugins/sphinx/internal/sphinx"
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// Config is the sphinx stage's config block in the pipeline file. The
+// defaults are in main.go; README.md documents every key.
+//
+// packet_size and max_hops fix the Sphinx geometry (SPEC.md §1): every node
+// and sender of one mixnet must use the same two values, and packet_size
+// must equal the core's mix.packet_size (the transport's frame size).
+type Config struct {
+	Hops            int   `json:"hops" doc:"path length: mix nodes each packet crosses, the last one an exit (1..max_hops)"`
+	MaxHops         int   `json:"max_hops" doc:"Sphinx geometry: the longest path a packet can describe (1..5); the same on every node of the mixnet"`
+	PacketSize      int   `json:"packet_size" doc:"Sphinx geometry: bytes per packet, header included (1024..16777216); the same on every node and equal to mix.packet_size"`
+	MaxMessageBytes int64 `json:"max_message_bytes" doc:"largest message (header + body, bytes) the entry accepts and the exit reassembles (1..1073741824)"`
+}
+
+// Limits of the config keys.
+const (
+	minPacketSize      = 1024
+	maxMessageBytesCap = 1 << 30
+)
+
+// Validate checks every key and names the first bad one.
+func (c *Config) Validate() error {
+	if c.MaxHops < 1 || c.MaxHops > sphinx.MaxHopsLimit {
+		return sdk.FieldErrorf("max_hops", "must be between 1 and %d, got %d", sphinx.MaxHopsLimit, c.MaxHops)
+	}
+	if c.Hops < 1 || c.Hops > c.MaxHops {
+		return sdk.FieldErrorf("hops", "must be between 1 and max_hops (%d), got %d", c.MaxHops, c.Hops)
+	}
+	if c.PacketSize < minPacketSize || c.PacketSize > sphinx.MaxPacketSize {
+		return sdk.FieldErrorf("packet_size", "must be between %d and %d bytes, got %d", minPacketSize, sphinx.MaxPacketSize, c.PacketSize)
+	}
+	if err := c.geometry().Validate(); err != nil {
+		return sdk.FieldErrorf("packet_size", "%v", err)
+	}
+	if c.MaxMessageBytes < 1 || c.MaxMessageBytes > maxMessageBytesCap {
+		return sdk.FieldErrorf("max_message_bytes", "must be between 1 and %d bytes, got %d", maxMessageBytesCap, c.MaxMessageBytes)
+	}
+	return nil
+}
+
+// geometry is the Sphinx geometry the config describes.
+func (c *Config) geometry() sphinx.Geometry {
+	return sphinx.Geometry{PacketSize: c.PacketSize, MaxHops: c.MaxHops}
+}

@@ -1,0 +1,172 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/mixmta/mixmta/plugins/sphinx/internal/sphinx"
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// errMalformed is the permanent error class of a packet or reassembled
+// message that can never be processed: the core drops and counts it.
+func errMalformed(format string, args ...any) error {
+	return sdk.Permanent(554, "6.0", format, args...)
+}
+
+// Mix unwraps one packet (SPEC.md §6) with this node's own keys. It tries
+// each key whose NotAfter has not passed, in keyOrder (current epoch,
+// previous, next), until one authenticates the header; a key that fails
+// the header MAC leaves the packet untouched, so the next key sees the same
+// bytes. packet is not modified (Mix works on a copy).
+//
+// Results, all with the replay tag and the epoch of the key that worked:
+//   - Forward: MixForward with NextHop and the re-wrapped Packet
+//     (packet_size bytes);
+//   - Exit with a message fragment: MixExit with Fragment (only if this
+//     node's own directory entry says exit);
+//   - Exit with a loop payload: MixExit with LoopID;
+//   - Drop: MixDrop.
+//
+// Errors: permanent 554 5.6.0 for a packet of the wrong size, one no valid
+// key authenticates (tampered header, another node's packet, an expired
+// epoch), a tagged payload, an invalid routing slot or exit payload, a
+// fragment beyond max_message_bytes or a fragment at a non-exit node;
+// temporary 451 4.3.0 before the first MixState or when every own key has
+// expired (the core pushes new keys at each epoch change).
+func (s *Stage) Mix(_ context.Context, packet []byte) (*sdk.MixResult, error) {
+	st, err := s.loadState()
+	if err != nil {
+		return nil, err
+	}
+	if len(packet) != s.geo.PacketSize {
+		return nil, errMalformed("sphinx: packet of %d bytes, packet_size is %d", len(packet), s.geo.PacketSize)
+	}
+	buf := bytes.Clone(packet)
+	now := s.now()
+	tried := 0
+	for _, k := range st.keys {
+		if !now.Before(k.notAfter) {
+			continue
+		}
+		tried++
+		res, err := sphinx.Unwrap(s.geo, k.priv, buf)
+		if errors.Is(err, sphinx.ErrBadMAC) {
+			continue
+		}
+		if err != nil {
+			return nil, errMalformed("sphinx: packet for epoch %d rejected: %v", k.epoch, err)
+		}
+		return s.mixResult(st, k.epoch, res)
+	}
+	if tried == 0 {
+		return nil, sdk.Temporary(451, "3.0", "sphinx: every mix key of this node has expired; waiting for new keys")
+	}
+	return nil, errMalformed("sphinx: packet authenticates under none of this node's %d valid mix keys (tampered, for another node, or for an expired epoch)", tried)
+}
+
+func (s *Stage) mixResult(st *mixState, epoch uint64, res *sphinx.Result) (*sdk.MixResult, error) {
+	out := &sdk.MixResult{ReplayTag: res.ReplayTag, Epoch: epoch}
+	switch res.Action {
+	case sphinx.Forward:
+		out.Action, out.NextHop, out.Packet = sdk.MixForward, res.Next, res.Packet
+	case sphinx.Drop:
+		out.Action = sdk.MixDrop
+	case sphinx.Exit:
+		p, err := parsePayload(res.Payload, s.maxFragments)
+		if err != nil {
+			return nil, errMalformed("%v", err)
+		}
+		if p.fragment != nil && !st.selfExit {
+			return nil, errMalformed("sphinx: a message fragment exits at this node, which is not an exit")
+		}
+		out.Action, out.Fragment, out.LoopID = sdk.MixExit, p.fragment, p.loopID
+	default:
+		return nil, errMalformed("sphinx: unknown action %v", res.Action)
+	}
+	return out, nil
+}
+
+// Cover builds one cover packet (sdk.CoverDrop or sdk.CoverLoop) with the
+// current epoch's keys. On the wire it is a real packet: packet_size bytes,
+// the same format, `hops` hops, every payload layer filled to the end.
+//
+//   - CoverDrop: `hops` distinct healthy nodes other than this one (any of
+//     them may be last, exit or not); the last hop's command is Drop and the
+//     payload is PayloadSize random bytes.
+//   - CoverLoop: `hops`-1 distinct healthy nodes other than this one, then
+//     this node; the last command is Exit and the payload is the loop type
+//     byte, a random non-zero 16-byte LoopID and random padding up to
+//     PayloadSize. Packet.Path lists the whole path in order, this node
+//     last; Packet.LoopID is what Mix returns when the loop comes back.
+//     With hops = 1 the loop is this node alone (NextHop = Self).
+//
+// Errors: temporary 451 4.4.0 when too few healthy nodes are known, 451
+// 4.3.0 before the first MixState or (loops) without an own key for the
+// current epoch; permanent 554 5.3.5 for an unknown kind.
+func (s *Stage) Cover(_ context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
+	st, err := s.loadState()
+	if err != nil {
+		return nil, err
+	}
+	payload := make([]byte, s.geo.PayloadSize())
+	switch k {
+	case sdk.CoverDrop:
+		path, err := choosePath(st.candidates, s.hops, false, s.rand)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := io.ReadFull(s.rand, payload); err != nil {
+			return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
+		}
+		pkt, err := sphinx.NewPacket(s.geo, hopsOf(path), sphinx.Drop, payload, s.rand)
+		if err != nil {
+			return nil, packetError(err)
+		}
+		return &sdk.Packet{NextHop: path[0].id, Data: pkt}, nil
+	case sdk.CoverLoop:
+		if st.selfKey == nil {
+			return nil, sdk.Temporary(451, "3.0", "sphinx: no own mix key for the current epoch %d", st.epoch)
+		}
+		path, err := choosePath(st.candidates, s.hops-1, false, s.rand)
+		if err != nil {
+			return nil, err
+		}
+		path = append(path, candidate{id: st.self, key: st.selfKey})
+		payload[0] = payloadLoop
+		if _, err := io.ReadFull(s.rand, payload[1:]); err != nil {
+			return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
+		}
+		var loopID [loopIDSize]byte
+		copy(loopID[:], payload[1:])
+		if loopID == ([loopIDSize]byte{}) { // 2^-128: never, but the id must not be zero
+			return nil, fmt.Errorf("sphinx: drew a zero loop id")
+		}
+		pkt, err := sphinx.NewPacket(s.geo, hopsOf(path), sphinx.Exit, payload, s.rand)
+		if err != nil {
+			return nil, packetError(err)
+		}
+		return &sdk.Packet{NextHop: path[0].id, Data: pkt, LoopID: loopID, Path: idsOf(path)}, nil
+	}
+	return nil, sdk.Permanent(554, "3.5", "sphinx: unknown cover kind %d", k)
+}
+
+// Assemble parses the concatenated Data of all fragments of one message, in
+// Index order, as an inner message (SPEC.md §14.1) and returns the message
+// with its inner envelope. Header and Body alias data. It needs no
+// MixState. Errors: permanent 554 5.6.0 for more than the inner size that
+// max_message_bytes allows, a wrong digest (fragments mixed up) or any
+// malformed field.
+func (s *Stage) Assemble(_ context.Context, data []byte) (*sdk.Message, error) {
+	if int64(len(data)) > s.maxInner {
+		return nil, errMalformed("sphinx: reassembled message of %d bytes exceeds the %d that max_message_bytes allows", len(data), s.maxInner)
+	}
+	m, err := decodeInner(data)
+	if err != nil {
+		return nil, errMalformed("%v", err)
+	}
+	return m, nil
+}

@@ -1,0 +1,91 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"slices"
+
+	"github.com/mixmta/mixmta/plugins/sphinx/internal/sphinx"
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// Route turns a message into Sphinx packets at the entry: it encodes the
+// envelope, header and body as an inner message (SPEC.md §14.1), cuts it
+// into fragments of PayloadSize - 25 bytes (65200 with 64 KiB packets; a
+// fragment header is 25 bytes, SPEC.md §14.2) under one random 16-byte
+// message id, chooses a path for every fragment independently (choosePath:
+// `hops` distinct healthy nodes with a key for the current epoch, an exit
+// last, never this node) and builds one packet per fragment with the
+// current epoch's keys.
+//
+// It returns one route per packet: Body is the packet (packet_size bytes),
+// NextHop its first hop, RcptTo every recipient of the message (the core's
+// bookkeeping: all of them travel inside every fragment's message).
+//
+// Errors: 552 5.3.4 when header + body exceed max_message_bytes; the
+// permanent envelope errors of encodeInner; a temporary 451 4.4.0 when too
+// few healthy nodes (or no exit) are known, and 451 4.3.0 before the first
+// MixState. A message is never delivered any other way.
+func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) {
+	st, err := s.loadState()
+	if err != nil {
+		return nil, err
+	}
+	if size := int64(len(m.Header)) + int64(len(m.Body)); size > s.maxMessage {
+		return nil, sdk.Permanent(552, "3.4", "sphinx: message of %d bytes exceeds max_message_bytes (%d)", size, s.maxMessage)
+	}
+	// Fail before any work when no path exists.
+	if _, err := choosePath(st.candidates, s.hops, true, s.rand); err != nil {
+		return nil, err
+	}
+	im, err := encodeInner(m.Envelope, m.Header, m.Body)
+	if err != nil {
+		return nil, err
+	}
+	count := int((im.size + int64(s.fragData) - 1) / int64(s.fragData))
+	if count > s.maxFragments { // only if maxEnvelopeBytes changed: keep the exit's bound true
+		return nil, sdk.Permanent(552, "3.4", "sphinx: message needs %d fragments, the limit is %d", count, s.maxFragments)
+	}
+	var id [messageIDSize]byte
+	if _, err := io.ReadFull(s.rand, id[:]); err != nil {
+		return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
+	}
+	rcpts := slices.Clone(m.Envelope.RcptTo)
+	src := im.reader()
+	buf := make([]byte, fragmentHeaderSize+s.fragData)
+	routes := make([]sdk.Route, 0, count)
+	for i := range count {
+		if err := ctx.Err(); err != nil {
+			return nil, sdk.Temporary(451, "4.0", "sphinx: routing interrupted: %v", err)
+		}
+		path, err := choosePath(st.candidates, s.hops, true, s.rand)
+		if err != nil {
+			return nil, err
+		}
+		n := int(min(int64(s.fragData), im.size-int64(i)*int64(s.fragData)))
+		payload := buf[:fragmentHeaderSize+n]
+		putFragmentHeader(payload, id, i, count)
+		if _, err := io.ReadFull(src, payload[fragmentHeaderSize:]); err != nil {
+			return nil, fmt.Errorf("sphinx: plugin bug: fragment %d: %w", i, err)
+		}
+		pkt, err := sphinx.NewPacket(s.geo, hopsOf(path), sphinx.Exit, payload, s.rand)
+		if err != nil {
+			return nil, packetError(err)
+		}
+		routes = append(routes, sdk.Route{RcptTo: rcpts, Body: pkt, NextHop: path[0].id})
+	}
+	s.log.Debug("message routed", "fragments", count, "hops", s.hops)
+	return routes, nil
+}
+
+// packetError classifies a NewPacket failure. ErrBadKey means a directory
+// key the core should have refused (a low-order point); the next attempt
+// draws other paths, so it is temporary, like any failure of randomness.
+func packetError(err error) error {
+	if errors.Is(err, sphinx.ErrBadKey) {
+		return sdk.Temporary(451, "4.0", "sphinx: a directory node has an unusable mix key: %v", err)
+	}
+	return fmt.Errorf("sphinx: building packet: %w", err)
+}
