@@ -104,6 +104,40 @@ func valueAt(v reflect.Value, key string) reflect.Value {
 	return v
 }
 
+// fill allocates every nil pointer in v, gives every list of mappings one
+// item and every map of mappings the entry "NAME", recursively, so that
+// every key of the reference has a value to compare.
+func fill(v reflect.Value) {
+	switch v.Kind() {
+	case reflect.Pointer:
+		if v.IsNil() {
+			v.Set(reflect.New(v.Type().Elem()))
+		}
+		fill(v.Elem())
+	case reflect.Struct:
+		if v.Type() == rawBlockType || v.Type() == prefixType {
+			return
+		}
+		for i := range v.NumField() {
+			if v.Type().Field(i).IsExported() {
+				fill(v.Field(i))
+			}
+		}
+	case reflect.Slice:
+		if v.Type().Elem().Kind() == reflect.Struct && v.Len() == 0 {
+			v.Set(reflect.MakeSlice(v.Type(), 1, 1))
+			fill(v.Index(0))
+		}
+	case reflect.Map:
+		if v.Type().Elem().Kind() == reflect.Struct && v.Len() == 0 {
+			e := reflect.New(v.Type().Elem()).Elem()
+			fill(e)
+			v.Set(reflect.MakeMap(v.Type()))
+			v.SetMapIndex(reflect.ValueOf("NAME"), e)
+		}
+	}
+}
+
 func formatDefault(v reflect.Value) (string, bool) {
 	if v.Type() == durationType {
 		return fmtDur(sdk.Duration(v.Int())), true
@@ -128,12 +162,9 @@ func formatDefault(v reflect.Value) (string, bool) {
 // `literal` equals the default, "—" means no default (zero).
 func TestDocsDefaultsMatchCode(t *testing.T) {
 	rows, _ := docRows(t)
-	c := &Config{
-		Listeners: []Listener{{TLS: &TLS{}, Auth: &Auth{}, Relay: Relay{RateLimit: &RateLimit{}}}},
-		Pipeline:  []Stage{{}},
-		Plugins:   map[string]PluginPin{"NAME": {}},
-		Mix:       &Mix{},
-	}
+	// Every optional section present once, with nothing set in it.
+	c := &Config{}
+	fill(reflect.ValueOf(c).Elem())
 	c.SetDefaults()
 	checked := 0
 	for key, cell := range rows {

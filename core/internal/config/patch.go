@@ -51,7 +51,7 @@ func setPath(n *yaml.Node, path []string, v any) error {
 		n.Content = append(n.Content, k, val)
 		return setPath(val, path[1:], v)
 	case yaml.SequenceNode:
-		if i, err := strconv.Atoi(seg); err == nil && i < len(n.Content) {
+		if i, err := strconv.Atoi(seg); err == nil && i >= 0 && i < len(n.Content) {
 			return setPath(n.Content[i], path[1:], v)
 		}
 		for _, c := range n.Content {

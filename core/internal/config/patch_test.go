@@ -25,3 +25,9 @@ func TestPatchSetsKeysListItemsAndStagesByName(t *testing.T) {
 		t.Error("patching a missing stage succeeded")
 	}
 }
+
+func TestPatchRejectsNegativeListIndex(t *testing.T) {
+	if _, err := Patch([]byte("listeners:\n  - address: a\n"), map[string]any{"listeners.-1.address": "b"}); err == nil {
+		t.Error("patching listeners.-1 succeeded")
+	}
+}

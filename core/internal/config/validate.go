@@ -265,6 +265,9 @@ func (c *Config) validatePipeline(e *errs, bad func(string, string, ...any)) {
 		}
 		used[st.Plugin] = true
 	}
+	if c.Mix != nil {
+		used[c.Mix.HopDelay.Plugin] = true // a stage too, outside the pipeline
+	}
 	for name, pin := range c.Plugins {
 		p := "plugins." + name
 		if !used[name] {
