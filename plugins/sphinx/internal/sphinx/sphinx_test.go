@@ -453,8 +453,12 @@ func TestAuthenticMalformedPacketsRejected(t *testing.T) {
 			if err := build(g, pathOf(nodes[:1]), cmd, pkt, rand.Reader); err != nil {
 				t.Fatal(err)
 			}
+			before := clone(pkt)
 			if _, err := Unwrap(g, nodes[0].priv, pkt); !errors.Is(err, ErrBadRouting) {
 				t.Fatalf("command %v: %v, want ErrBadRouting", cmd, err)
+			}
+			if !bytes.Equal(before, pkt) {
+				t.Fatalf("Unwrap modified a packet it rejected with ErrBadRouting")
 			}
 		}
 	})

@@ -16,9 +16,10 @@ import (
 //
 // Ownership: Unwrap works in place. On success, Result.Packet (Forward) and
 // Result.Payload (Exit) alias packet; the caller must not reuse packet while
-// it uses them. On error, packet is unchanged if the error is ErrBadSize,
-// ErrBadKey or ErrBadMAC, and its contents are unspecified otherwise. Pass a
-// copy if the original bytes are still needed.
+// it uses them. On error, packet is unchanged, except after ErrPayloadAuth
+// and ErrBadPayload, when its contents are unspecified: a caller holding
+// several epoch keys can retry the same buffer with the next key after
+// ErrBadMAC. Pass a copy if the original bytes are still needed.
 //
 // Replay: the caller must check Result.ReplayTag against the tags it has
 // seen under priv and drop a repeat before acting on the result.
