@@ -115,6 +115,7 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 		if err != nil {
 			return err
 		}
+		ks.SetAhead(m.KeysAhead)
 		if _, err := ks.Ensure(now); err != nil {
 			return err
 		}
@@ -122,7 +123,7 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 		if m.Exit {
 			info.Capabilities = []string{nodes.CapExit}
 		}
-		d, err := nodes.Export(id, ks.Keys(now), info, now)
+		d, err := nodes.Export(id, ks.Published(now), info, now)
 		if err != nil {
 			return err
 		}

@@ -43,6 +43,8 @@ type nodeSettings struct {
 	// EpochLength) must be those of the running node.
 	EpochLength time.Duration
 	Grace       time.Duration
+	// KeysAhead: epochs after the current one with keys (mix.keys_ahead).
+	KeysAhead int
 }
 
 func defaultNodeSettings() nodeSettings {
@@ -51,6 +53,7 @@ func defaultNodeSettings() nodeSettings {
 		NodesFile:   "nodes.json",
 		EpochLength: time.Hour,
 		Grace:       10 * time.Minute,
+		KeysAhead:   24,
 	}
 }
 
@@ -60,7 +63,7 @@ func (s *nodeSettings) fromConfig(cfg *config.Config) {
 	s.KeyDir = filepath.Join(cfg.DataDir, "keys")
 	if m := cfg.Mix; m != nil {
 		s.KeyDir, s.NodesFile, s.Name, s.MixAddress, s.Exit = m.KeysDir, m.NodesFile, m.Name, m.Address, m.Exit
-		s.EpochLength, s.Grace = m.Epoch.D(), m.Grace.D()
+		s.EpochLength, s.Grace, s.KeysAhead = m.Epoch.D(), m.Grace.D(), m.KeysAhead
 	}
 }
 
@@ -92,6 +95,7 @@ func bindNodeFlags(c *cobra.Command, f *nodeSettings, groups ...nodeFlag) {
 		case flagEpochs:
 			fs.DurationVar(&f.EpochLength, "epoch-length", d.EpochLength, "epoch length (whole seconds; must match the running node)")
 			fs.DurationVar(&f.Grace, "grace", d.Grace, "grace period of a mix key after its epoch (must match the running node)")
+			fs.IntVar(&f.KeysAhead, "keys-ahead", d.KeysAhead, "epochs after the current one to create and publish keys for")
 		}
 	}
 }
@@ -120,6 +124,7 @@ func resolveNodeSettings(c *cobra.Command, load func() (*config.Config, error), 
 	set("exit", func() { s.Exit = f.Exit })
 	set("epoch-length", func() { s.EpochLength = f.EpochLength })
 	set("grace", func() { s.Grace = f.Grace })
+	set("keys-ahead", func() { s.KeysAhead = f.KeysAhead })
 	return s, nil
 }
 
@@ -147,6 +152,7 @@ func keygenCmd(load func() (*config.Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			ks.SetAhead(s.KeysAhead)
 			now := time.Now()
 			ch, err := ks.Ensure(now)
 			if err != nil {
@@ -194,6 +200,7 @@ func nodeCmd(load func() (*config.Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			ks.SetAhead(s.KeysAhead)
 			now := time.Now()
 			if _, err := ks.Ensure(now); err != nil {
 				return err
@@ -202,7 +209,7 @@ func nodeCmd(load func() (*config.Config, error)) *cobra.Command {
 			if s.Exit {
 				info.Capabilities = []string{nodes.CapExit}
 			}
-			d, err := nodes.Export(id, ks.Keys(now), info, now)
+			d, err := nodes.Export(id, ks.Published(now), info, now)
 			if err != nil {
 				return err
 			}

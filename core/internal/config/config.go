@@ -270,6 +270,9 @@ type Mix struct {
 	// Grace: an old epoch key still serves packets this long after its
 	// epoch, then it is deleted. Default 10m.
 	Grace sdk.Duration `yaml:"grace"`
+	// KeysAhead: epochs after the current one that already have keys in
+	// the descriptor, so a nodes file stays usable that long. Default 24.
+	KeysAhead int `yaml:"keys_ahead"`
 	// ProbeInterval between link probes of every node. Default 30s.
 	ProbeInterval sdk.Duration `yaml:"probe_interval"`
 	// LoopTimeout: a loop packet not back by then counts against its

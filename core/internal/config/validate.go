@@ -133,6 +133,9 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 		bad("mix.packet_size", "must be between 1024 and 16777216 bytes, got %d", m.PacketSize)
 	}
 	positive("mix.epoch", m.Epoch)
+	if m.KeysAhead < 1 || m.KeysAhead > 1000 {
+		bad("mix.keys_ahead", "must be between 1 and 1000 epochs, got %d", m.KeysAhead)
+	}
 	positive("mix.probe_interval", m.ProbeInterval)
 	positive("mix.loop_timeout", m.LoopTimeout)
 	if m.Grace < 0 {

@@ -69,6 +69,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 	if err != nil {
 		return fmt.Errorf("mix: %w", err)
 	}
+	ks.SetAhead(m.KeysAhead)
 	dir, err := newLiveDirectory(m.NodesFile, log)
 	if err != nil {
 		return err

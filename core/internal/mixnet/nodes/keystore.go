@@ -61,6 +61,8 @@ type KeyStore struct {
 	dir    string
 	length time.Duration
 	grace  time.Duration
+	// ahead is how many epochs after the current one have keys (>= 1).
+	ahead uint64
 
 	mu   sync.RWMutex
 	keys map[uint64]*ownKey
@@ -96,7 +98,7 @@ func Open(dir string, epochLength, grace time.Duration) (*KeyStore, error) {
 	if err := ensureDir(dir); err != nil {
 		return nil, err
 	}
-	s := &KeyStore{dir: dir, length: epochLength, grace: grace}
+	s := &KeyStore{dir: dir, length: epochLength, grace: grace, ahead: 1}
 	unlock, err := lockDir(dir)
 	if err != nil {
 		return nil, err
@@ -107,6 +109,17 @@ func Open(dir string, epochLength, grace time.Duration) (*KeyStore, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// SetAhead makes Ensure create keys for n epochs after the current one
+// (default 1, the next epoch only), so a descriptor exported now stays
+// usable for n epochs: operators then redistribute nodes files once per n
+// epochs instead of every epoch. Keys of future epochs sit on disk until
+// their epoch; forward secrecy for past epochs is unchanged. n < 1 is 1.
+func (s *KeyStore) SetAhead(n int) {
+	s.mu.Lock()
+	s.ahead = uint64(max(n, 1))
+	s.mu.Unlock()
 }
 
 // Dir is the key directory.
@@ -167,7 +180,7 @@ func (s *KeyStore) Ensure(now time.Time) (Changes, error) {
 		}
 	}
 	cur := Epoch(now, s.length)
-	for e := cur; e <= cur+1; e++ {
+	for e := cur; e <= cur+s.ahead; e++ {
 		if keys[e] != nil {
 			continue
 		}
@@ -189,11 +202,25 @@ func (s *KeyStore) Ensure(now time.Time) (Changes, error) {
 // Keys returns copies of this node's mix keys that are valid at now or
 // start within the next epoch (Private and Public set), by epoch: the
 // previous epoch's while in its grace period, the current and the next
-// one. Only keys loaded by Open or the last Ensure are returned.
+// one: the keys a mixer needs. Only keys loaded by Open or the last Ensure
+// are returned.
 func (s *KeyStore) Keys(now time.Time) []sdk.EpochKey {
+	return s.keysUntil(now, 2)
+}
+
+// Published returns the keys to put in this node's descriptor: those of
+// Keys plus the ones created ahead (SetAhead).
+func (s *KeyStore) Published(now time.Time) []sdk.EpochKey {
+	s.mu.RLock()
+	ahead := s.ahead
+	s.mu.RUnlock()
+	return s.keysUntil(now, ahead+1)
+}
+
+func (s *KeyStore) keysUntil(now time.Time, epochs uint64) []sdk.EpochKey {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
-	horizon := EpochStart(Epoch(now, s.length)+2, s.length)
+	horizon := EpochStart(Epoch(now, s.length)+epochs, s.length)
 	var out []sdk.EpochKey
 	for _, k := range s.keys {
 		if !now.Before(k.notAfter) || !k.notBefore.Before(horizon) {

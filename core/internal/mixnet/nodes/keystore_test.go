@@ -348,3 +348,24 @@ func TestConcurrentEnsureCreatesOneKeyPerEpoch(t *testing.T) {
 		t.Errorf("directory holds %v, want %v", names, want)
 	}
 }
+
+func TestSetAheadCreatesAndPublishesFutureEpochKeys(t *testing.T) {
+	dir := t.TempDir()
+	ks, err := Open(dir, 10*time.Second, 2*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ks.SetAhead(5)
+	now := time.Unix(1_000_000, 0)
+	if _, err := ks.Ensure(now); err != nil {
+		t.Fatal(err)
+	}
+	cur := Epoch(now, 10*time.Second)
+	pub := ks.Published(now)
+	if len(pub) != 6 || pub[0].Epoch != cur || pub[5].Epoch != cur+5 {
+		t.Fatalf("published %d keys from epoch %d, want epochs %d..%d", len(pub), pub[0].Epoch, cur, cur+5)
+	}
+	if k := epochsOf(t, ks, now); len(k) != 2 {
+		t.Fatalf("mixer keys %v, want only the current and next epoch", k)
+	}
+}
