@@ -162,14 +162,15 @@ func keygenCmd(load func() (*config.Config, error)) *cobra.Command {
 			if created {
 				state = "created"
 			}
-			var epochs []string
-			for _, k := range ks.Keys(now) {
-				epochs = append(epochs, strconv.FormatUint(k.Epoch, 10))
+			var es []uint64
+			for _, k := range ks.Published(now) {
+				es = append(es, k.Epoch)
 			}
+			epochs := epochRanges(es)
 			w := c.OutOrStdout()
 			fmt.Fprintf(w, "identity  %s %s\n", state, filepath.Join(s.KeyDir, nodes.IdentityFile))
 			fmt.Fprintf(w, "node id   %s\n", id.ID())
-			fmt.Fprintf(w, "mix keys  epochs %s (%d created, %d expired deleted)\n", strings.Join(epochs, " "), len(ch.Created), len(ch.Deleted))
+			fmt.Fprintf(w, "mix keys  epochs %s (%d created, %d expired deleted)\n", epochs, len(ch.Created), len(ch.Deleted))
 			return nil
 		},
 	}
@@ -312,15 +313,15 @@ func printEntries(out io.Writer, path string, entries []nodes.Entry) error {
 			if n.Exit {
 				exit = "yes"
 			}
-			var es []string
+			var es []uint64
 			var last time.Time
 			for _, k := range n.Keys {
-				es = append(es, strconv.FormatUint(k.Epoch, 10))
+				es = append(es, k.Epoch)
 				if k.NotAfter.After(last) {
 					last = k.NotAfter
 				}
 			}
-			epochs, until = strings.Join(es, ","), last.UTC().Format(time.RFC3339)
+			epochs, until = epochRanges(es), last.UTC().Format(time.RFC3339)
 		}
 		if e.Err != nil {
 			bad++
@@ -340,4 +341,22 @@ func printEntries(out io.Writer, path string, entries []nodes.Entry) error {
 	}
 	fmt.Fprintf(out, "%s: %d descriptors OK\n", path, len(entries))
 	return nil
+}
+
+// epochRanges formats ascending epochs compactly: "5-9,12".
+func epochRanges(es []uint64) string {
+	var parts []string
+	for i := 0; i < len(es); {
+		j := i
+		for j+1 < len(es) && es[j+1] == es[j]+1 {
+			j++
+		}
+		if j == i {
+			parts = append(parts, strconv.FormatUint(es[i], 10))
+		} else {
+			parts = append(parts, fmt.Sprintf("%d-%d", es[i], es[j]))
+		}
+		i = j + 1
+	}
+	return strings.Join(parts, ",")
 }

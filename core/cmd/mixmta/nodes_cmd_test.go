@@ -39,8 +39,8 @@ var nodeIDLine = regexp.MustCompile(`(?m)^node id\s+([0-9a-f]{64})$`)
 func TestKeygenCreatesIdentityOnceAndPrintsNodeID(t *testing.T) {
 	keys := filepath.Join(t.TempDir(), "keys")
 	first := mustRun(t, "keygen", "--keys", keys)
-	if !strings.Contains(first, "identity  created") || !strings.Contains(first, "2 created") {
-		t.Errorf("first keygen output:\n%s\nwant the identity and 2 mix keys created", first)
+	if !strings.Contains(first, "identity  created") || !strings.Contains(first, "25 created") {
+		t.Errorf("first keygen output:\n%s\nwant the identity and 25 mix keys created (current + keys_ahead 24)", first)
 	}
 	key1, _ := os.ReadFile(filepath.Join(keys, nodes.IdentityFile))
 	second := mustRun(t, "keygen", "--keys", keys)
@@ -87,7 +87,7 @@ func TestExportAddVerifyAcceptsGoodAndNamesForgedDescriptors(t *testing.T) {
 		t.Errorf("nodes add output:\n%s", out)
 	}
 	out = mustRun(t, "nodes", "verify", "--nodes", nodesFile)
-	if !regexp.MustCompile(`"alpha"\s+[0-9a-f]{8}\s+no\s+\d+,\d+\s+\S+\s+ok`).MatchString(out) ||
+	if !regexp.MustCompile(`"alpha"\s+[0-9a-f]{8}\s+no\s+\d+-\d+\s+\S+\s+ok`).MatchString(out) ||
 		!regexp.MustCompile(`"beta"\s+[0-9a-f]{8}\s+yes\s+`).MatchString(out) ||
 		!strings.Contains(out, "2 descriptors OK") {
 		t.Errorf("nodes verify output:\n%s", out)

@@ -38,7 +38,7 @@ const (
 	// capability is 1 to 32 of a-z 0-9 - and starts with a letter.
 	MaxCapabilities = 16
 	// MaxMixKeys is the most mix keys a descriptor carries.
-	MaxMixKeys = 16
+	MaxMixKeys = 1024
 	// MaxClockSkew is how far in the future a descriptor's published time
 	// may be (the publisher's clock may run ahead of ours).
 	MaxClockSkew = 10 * time.Minute
