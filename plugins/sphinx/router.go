@@ -15,10 +15,10 @@ import (
 // envelope, header and body as an inner message (SPEC.md §14.1), cuts it
 // into fragments of PayloadSize - 25 bytes (65200 with 64 KiB packets; a
 // fragment header is 25 bytes, SPEC.md §14.2) under one random 16-byte
-// message id, chooses a path for every fragment independently (choosePath:
-// `hops` distinct healthy nodes with a key for the current epoch, an exit
-// last, never this node) and builds one packet per fragment with the
-// current epoch's keys.
+// message id, chooses one exit for the message and for every fragment a
+// path of its own to that exit (choosePath, choosePathTo: `hops` distinct
+// healthy nodes with a key for the current epoch, the exit last, never this
+// node) and builds one packet per fragment with the current epoch's keys.
 //
 // It returns one route per packet: Body is the packet (packet_size bytes),
 // NextHop its first hop, RcptTo every recipient of the message (the core's
@@ -36,10 +36,13 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	if size := int64(len(m.Header)) + int64(len(m.Body)); size > s.maxMessage {
 		return nil, sdk.Permanent(552, "3.4", "sphinx: message of %d bytes exceeds max_message_bytes (%d)", size, s.maxMessage)
 	}
-	// Fail before any work when no path exists.
-	if _, err := choosePath(st.candidates, s.hops, true, s.rand); err != nil {
+	// Fail before any work when no path exists. The first path's exit is
+	// every fragment's exit: it must hold all of them to reassemble.
+	first, err := choosePath(st.candidates, s.hops, true, s.rand)
+	if err != nil {
 		return nil, err
 	}
+	exit := first[len(first)-1]
 	im, err := encodeInner(m.Envelope, m.Header, m.Body)
 	if err != nil {
 		return nil, err
@@ -60,9 +63,11 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 		if err := ctx.Err(); err != nil {
 			return nil, sdk.Temporary(451, "4.0", "sphinx: routing interrupted: %v", err)
 		}
-		path, err := choosePath(st.candidates, s.hops, true, s.rand)
-		if err != nil {
-			return nil, err
+		path := first
+		if i > 0 {
+			if path, err = choosePathTo(st.candidates, s.hops, exit, s.rand); err != nil {
+				return nil, err
+			}
 		}
 		n := int(min(int64(s.fragData), im.size-int64(i)*int64(s.fragData)))
 		payload := buf[:fragmentHeaderSize+n]
