@@ -20,6 +20,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
@@ -311,3 +312,6 @@ func tailLines(s string, n int) string {
 func freeAddr(t testing.TB) string {
 	return fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t))
 }
+
+// yamlPatch sets dotted paths in a YAML document (config.Patch).
+func yamlPatch(data []byte, set map[string]any) ([]byte, error) { return config.Patch(data, set) }
