@@ -168,13 +168,13 @@ func queueCmd(load func() (*config.Config, error)) *cobra.Command {
 				return json.NewEncoder(c.OutOrStdout()).Encode(items)
 			}
 			w := tabwriter.NewWriter(c.OutOrStdout(), 0, 2, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tSTAGE\tSTATE\tSEND_AFTER\tATTEMPTS\tSIZE\tRCPTS")
+			fmt.Fprintln(w, "ID\tKIND\tSTAGE\tSTATE\tSEND_AFTER\tATTEMPTS\tSIZE\tRCPTS")
 			for _, it := range items {
 				state, after := "running", "-"
 				if it.Waiting {
 					state, after = "waiting", it.SendAfter.UTC().Format(time.RFC3339)
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%d\t%d\t%d", it.ID, it.Stage, state, after, it.Attempts, it.Size, it.Recipients)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d", it.ID, it.Kind, it.Stage, state, after, it.Attempts, it.Size, it.Recipients)
 				if addresses {
 					fmt.Fprintf(w, "\t<%s> -> %s", it.MailFrom, strings.Join(it.RcptTo, ", "))
 				}

@@ -24,7 +24,9 @@ import (
 // ItemView is one queue item as `mixmta queue ls` shows it. Addresses are
 // filled only on request.
 type ItemView struct {
-	ID         string    `json:"id"`
+	ID string `json:"id"`
+	// Kind: message, packet-in, packet-out or fragment.
+	Kind       string    `json:"kind"`
 	Message    string    `json:"message"`
 	Stage      string    `json:"stage"`
 	Waiting    bool      `json:"waiting"`
@@ -48,12 +50,23 @@ type StatsView struct {
 func socketPath(cfg *config.Config) string { return filepath.Join(cfg.DataDir, "admin.sock") }
 
 func view(cfg *config.Config, it *queue.Item, addresses bool) ItemView {
-	v := ItemView{ID: it.ID.String(), Message: it.Msg.String(), Waiting: it.Waiting, Attempts: it.Attempts,
+	kind := string(it.Kind)
+	if kind == "" {
+		kind = "message"
+	}
+	v := ItemView{ID: it.ID.String(), Kind: kind, Message: it.Msg.String(), Waiting: it.Waiting, Attempts: it.Attempts,
 		Size: it.Size, Recipients: len(it.Envelope.RcptTo), Received: it.Received}
 	if it.Waiting {
 		v.SendAfter = it.SendAfter
 	}
-	if it.Stage < len(cfg.Pipeline) {
+	switch {
+	case it.Kind == queue.KindPacketOut:
+		v.Stage = "to " + it.NextHop.Short()
+	case it.Kind == queue.KindFragment:
+		v.Stage = fmt.Sprintf("fragment %d/%d", it.FragIndex+1, it.FragCount)
+	case it.Kind != queue.KindMessage:
+		v.Stage = "mix"
+	case it.Stage < len(cfg.Pipeline):
 		v.Stage = cfg.Pipeline[it.Stage].Name
 	}
 	if addresses {
