@@ -1,6 +1,8 @@
 # mixmta — build, run, test, benchmark.
 #   make build   daemon and every plugin into bin/
-#   make run     build, then serve configs/local.yaml (mail lands in ./var/maildir)
+#   make run     build, then start a local 5-node Sphinx mixnet (configs/local-mixnet.yaml);
+#                mail sent to 127.0.0.1:2525 lands in ./var/maildir
+#   make run-single  one node without the mixnet (configs/local.yaml)
 #   make test    install missing test peers (apt-get), build, run every test
 #   make bench   benchmarks (Go benchmarks and bench/*.sh), figures on stdout
 
@@ -12,13 +14,17 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 TEST_PKGS := swaks postfix dnsmasq-base tor libnet-ssleay-perl libio-socket-inet6-perl libnet-dns-perl
 GOTEST_TIMEOUT ?= 25m
 
-.PHONY: build run test test-deps bench proto fmt vet clean
+.PHONY: build run run-single test test-deps bench proto fmt vet clean
 
 build:
 	@mkdir -p $(BIN)
 	$(GO) build -ldflags "-X main.version=$(VERSION)" -o $(BIN)/ ./core/cmd/mixmta ./plugins/... ./sdk/examples/...
 
 run: build
+	@mkdir -p var
+	./$(BIN)/mixmta mixnet run --dir var/mixnet --profile configs/local-mixnet.yaml --nodes 5
+
+run-single: build
 	@mkdir -p var
 	./$(BIN)/mixmta serve -c $(CONFIG)
 
