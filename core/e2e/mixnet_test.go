@@ -28,7 +28,7 @@ type mixnet struct {
 
 // startMixnet makes and starts n nodes whose exits deliver to relayHost
 // with onionmx; patches apply to every node's config.
-func startMixnet(t *testing.T, n int, relayHost string, patches map[string]any) *mixnet {
+func startMixnet(t testing.TB, n int, relayHost string, patches map[string]any) *mixnet {
 	t.Helper()
 	dir := t.TempDir()
 	smtpPort, mixPort := peers.FreePort(t), peers.FreePort(t)
@@ -89,7 +89,7 @@ func portFree(p int) bool {
 }
 
 // waitHealthy waits until every node sees all other nodes healthy.
-func (m *mixnet) waitHealthy(t *testing.T) {
+func (m *mixnet) waitHealthy(t testing.TB) {
 	t.Helper()
 	want := fmt.Sprintf("healthy_nodes=%d", len(m.nodes)-1)
 	deadline := time.Now().Add(30 * time.Second)
@@ -125,7 +125,7 @@ func statValue(line, key string) int {
 }
 
 // frameSizes reads every node's frame log: sizes seen per direction.
-func (m *mixnet) frameSizes(t *testing.T) map[string]map[int]int {
+func (m *mixnet) frameSizes(t testing.TB) map[string]map[int]int {
 	t.Helper()
 	out := map[string]map[int]int{}
 	for i := range m.nodes {

@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Cost of one stage call through the real plugin host (go-plugin, gRPC over
+# a Unix socket) against an in-process call: headers only (1 KiB) and a
+# full 64 KiB message.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+go test -count=1 -run '^$' -bench 'BenchmarkStageCall|BenchmarkUnaryDelayCall' -benchmem ./sdk/ | grep -E '^Benchmark'
