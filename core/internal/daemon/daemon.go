@@ -289,6 +289,8 @@ func (d *Daemon) statsLoop(ctx context.Context) {
 				line += " " + d.mix.node.StatsLine()
 			}
 			d.log.Info("[STATS] " + line)
+			waiting, pooled := d.engine.Scheduler().Len()
+			d.log.Info("[POOL] " + fmt.Sprintf("waiting=%d pooled=%d released=%d", waiting, pooled, d.engine.Scheduler().Released()))
 		}
 	}
 }

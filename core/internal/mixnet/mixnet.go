@@ -639,8 +639,9 @@ func (n *Node) Fragments() int {
 // StatsLine formats fog's mix fields for the [STATS] line.
 func (n *Node) StatsLine() string {
 	s := &n.Stats
-	return fmt.Sprintf("mix_received=%d mix_forwarded=%d exit=%d assembled=%d replays=%d mix_dropped=%d cover_sent=%d cover_dropped=%d loops=%d/%d/%d healthy_nodes=%d",
-		s.Received.Load(), s.Forwarded.Load(), s.Exited.Load(), s.Assembled.Load(), s.Replays.Load(), s.Dropped.Load(),
+	c := n.eng.Counters()
+	return fmt.Sprintf("sphinx_messages=%d sphinx_packets=%d mix_received=%d mix_forwarded=%d exit=%d assembled=%d replays=%d mix_dropped=%d cover_sent=%d cover_dropped=%d loops=%d/%d/%d healthy_nodes=%d",
+		c.SphinxMessages.Load(), c.SphinxPackets.Load(), s.Received.Load(), s.Forwarded.Load(), s.Exited.Load(), s.Assembled.Load(), s.Replays.Load(), s.Dropped.Load(),
 		s.CoverSent.Load(), s.CoverDropped.Load(), s.LoopsSent.Load(), s.LoopsBack.Load(), s.LoopsLost.Load(), n.HealthyNodes())
 }
 

@@ -460,11 +460,26 @@ func (e *Engine) split(it *queue.Item, routes []sdk.Route) error {
 	if err != nil {
 		return err
 	}
+	if packets := len(children) - countMessages(children); packets > 0 {
+		e.c.SphinxMessages.Add(1)
+		e.c.SphinxPackets.Add(int64(packets))
+		e.log.Info("[MIX] message turned into packets", "item", it.ID.String(), "packets", packets)
+	}
 	e.queued.Add(int64(len(kids) - 1))
 	for _, k := range kids {
 		e.enqueue(k, false)
 	}
 	return nil
+}
+
+func countMessages(cs []queue.Child) int {
+	n := 0
+	for _, c := range cs {
+		if c.Kind == queue.KindMessage {
+			n++
+		}
+	}
+	return n
 }
 
 func (e *Engine) stageIndex(name string) int {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"math"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/queue"
@@ -53,7 +54,12 @@ type Scheduler struct {
 	members map[queue.ID]bool // every item held, to drop duplicates
 	flushed map[queue.ID]bool // flush requested: due now
 	wake    chan struct{}
+	// released counts items released since start.
+	released atomic.Int64
 }
+
+// Released returns the number of items released since start.
+func (s *Scheduler) Released() int64 { return s.released.Load() }
 
 // NewScheduler returns a scheduler that calls release (from its own
 // goroutine) for each item of a batch.
@@ -135,7 +141,9 @@ func (s *Scheduler) Run(ctx context.Context) {
 		case <-t.C:
 		case <-s.wake:
 		}
-		for _, it := range s.batch(time.Now()) {
+		b := s.batch(time.Now())
+		s.released.Add(int64(len(b)))
+		for _, it := range b {
 			s.release(it)
 		}
 	}

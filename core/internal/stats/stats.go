@@ -27,6 +27,10 @@ type Counters struct {
 	Dropped atomic.Int64
 	// PluginRestarts: plugin processes restarted after a crash.
 	PluginRestarts atomic.Int64
+	// SphinxMessages: messages turned into Sphinx packets at this entry;
+	// SphinxPackets: the packets made of them.
+	SphinxMessages atomic.Int64
+	SphinxPackets  atomic.Int64
 }
 
 // Gauges are read on demand.
