@@ -293,6 +293,12 @@ func (e *Engine) process(ctx context.Context, it *queue.Item, released bool) {
 		e.opt.Packets.Process(ctx, it, released)
 		return
 	}
+	if released {
+		if dlv := e.finalRun(it); dlv >= 0 {
+			e.transformAndDeliver(ctx, it, dlv)
+			return
+		}
+	}
 	for it.Stage < len(e.stages) {
 		st := e.stages[it.Stage]
 		if st.Kind == sdk.KindDeliverer && it.Deliverer >= 0 && it.Deliverer != it.Stage {
@@ -491,17 +497,99 @@ func (e *Engine) stageIndex(name string) int {
 	return -1
 }
 
-// deliver runs a deliverer and applies per-recipient results: delivered
-// recipients are done, permanent failures are counted and dropped,
-// temporary failures wait for the backoff schedule.
+// finalRun returns the index of the deliverer that a released item reaches
+// through transformers (and checkers) only, or -1. Such a run needs no
+// queue transaction per transform: the transforms are applied in memory to
+// the message handed to the deliverer, and re-applied to the stored
+// message if delivery has to be retried (they must be deterministic enough
+// for that, see sdk.Transformer).
+func (e *Engine) finalRun(it *queue.Item) int {
+	for j := it.Stage; j < len(e.stages); j++ {
+		switch e.stages[j].Kind {
+		case sdk.KindChecker, sdk.KindTransformer:
+		case sdk.KindDeliverer:
+			if it.Deliverer >= 0 && it.Deliverer != j {
+				continue
+			}
+			return j
+		default:
+			return -1
+		}
+	}
+	return -1
+}
+
+// transformAndDeliver runs the transformers from it.Stage on one in-memory
+// copy of the message and delivers the result with deliverer dlv.
+func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv int) {
+	m, err := e.message(it, sdk.NeedAll)
+	if err != nil {
+		e.stageFailed(e.stages[it.Stage], it, err)
+		return
+	}
+	for j := it.Stage; j < dlv; j++ {
+		st := e.stages[j]
+		if st.Kind != sdk.KindTransformer {
+			continue
+		}
+		view := *m
+		if st.Needs&sdk.NeedHeader == 0 {
+			view.Header = nil
+		}
+		if st.Needs&sdk.NeedBody == 0 {
+			view.Body = nil
+		}
+		cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
+		ch, err := st.Impl.Transform(cctx, &view)
+		cancel()
+		if err != nil {
+			e.stageFailed(st, it, err)
+			return
+		}
+		if ch != nil {
+			if ch.MailFrom != nil {
+				m.Envelope.MailFrom = *ch.MailFrom
+			}
+			if ch.Header != nil {
+				m.Header = ch.Header
+			}
+			if ch.Body != nil {
+				m.Body = ch.Body
+			}
+		}
+	}
+	m.Size = int64(len(m.Header) + len(m.Body))
+	st := e.stages[dlv]
+	if st.Needs&sdk.NeedHeader == 0 {
+		m.Header = nil
+	}
+	if st.Needs&sdk.NeedBody == 0 {
+		m.Body = nil
+	}
+	cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
+	defer cancel()
+	if err := e.deliverMessage(cctx, st, dlv, it, m); err != nil {
+		e.stageFailed(st, it, err)
+	}
+}
+
+// deliver runs a deliverer on the stored message.
 func (e *Engine) deliver(ctx context.Context, st Stage, it *queue.Item) error {
-	sem := e.sem[it.Stage]
-	sem <- struct{}{}
-	defer func() { <-sem }()
 	m, err := e.message(it, st.Needs)
 	if err != nil {
 		return err
 	}
+	return e.deliverMessage(ctx, st, it.Stage, it, m)
+}
+
+// deliverMessage runs deliverer st (pipeline index dlv) on m and applies
+// per-recipient results to item it: delivered recipients are done,
+// permanent failures are counted and dropped, temporary failures wait for
+// the backoff schedule.
+func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queue.Item, m *sdk.Message) error {
+	sem := e.sem[dlv]
+	sem <- struct{}{}
+	defer func() { <-sem }()
 	results, callErr := st.Impl.Deliver(ctx, m)
 	if sdk.IsTransport(callErr) {
 		return callErr // plugin down even after restarts: retry the item

@@ -335,3 +335,47 @@ func TestBounceOnlyWhenConfiguredAndNeverForNullSender(t *testing.T) {
 		})
 	}
 }
+
+// After the delay, transform and delivery run in one go without persisting
+// the transformed message; a retry transforms the stored original again.
+func TestFinalTransformRunsInMemoryAndAgainOnRetry(t *testing.T) {
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	var mu sync.Mutex
+	transforms := 0
+	from := "anon@remailer.invalid"
+	tr := &fakeStage{transform: func(m *sdk.Message) (*sdk.Change, error) {
+		mu.Lock()
+		transforms++
+		mu.Unlock()
+		if string(m.Header) != "Subject: x\r\n\r\n" {
+			return nil, sdk.Permanent(554, "6.0", "transformer saw %q, want the stored original", m.Header)
+		}
+		return &sdk.Change{MailFrom: &from, Header: []byte("Subject: clean\r\n\r\n")}, nil
+	}}
+	calls := 0
+	dl := &fakeStage{deliver: func(m *sdk.Message) ([]sdk.RcptResult, error) {
+		calls++
+		if m.Envelope.MailFrom != from || string(m.Header) != "Subject: clean\r\n\r\n" || string(m.Body) != "body\r\n" {
+			return nil, sdk.Permanent(554, "6.0", "deliverer got %q %q", m.Envelope.MailFrom, m.Header)
+		}
+		if calls == 1 {
+			return nil, sdk.Temporary(451, "4.1", "later")
+		}
+		return okAll(m)
+	}}
+	c := &stats.Counters{}
+	e, _ := runEngine(t, q, []Stage{
+		{Name: "delay", Kind: sdk.KindDelayer, Impl: &fakeStage{delay: time.Millisecond}},
+		{Name: "sanitize", Kind: sdk.KindTransformer, Needs: sdk.NeedHeader, Impl: tr},
+		{Name: "deliver", Kind: sdk.KindDeliverer, Needs: sdk.NeedAll, Impl: dl},
+	}, Options{Counters: c, Backoff: Backoff{MaxAttempts: 3, Schedule: []time.Duration{10 * time.Millisecond}}})
+	accept(t, q, e, "b@example.net")
+	eventually(t, "delivered", func() bool { return c.Sent.Load() == 1 && queueLen(t, q) == 0 })
+	if transforms != 2 || calls != 2 {
+		t.Fatalf("transforms=%d deliveries=%d, want 2 and 2 (one retry)", transforms, calls)
+	}
+	if c.Failed.Load() != 0 {
+		t.Fatalf("failed=%d", c.Failed.Load())
+	}
+}
