@@ -117,6 +117,9 @@ func checkCmd(load func() (*config.Config, error)) *cobra.Command {
 			for _, s := range started {
 				s.Close()
 			}
+			if err := daemon.CheckMix(context.Background(), cfg, log); err != nil {
+				return err
+			}
 			fmt.Fprintf(c.OutOrStdout(), "%s: OK (%d listeners, %d stages)\n", cfg.Path, len(cfg.Listeners), len(cfg.Pipeline))
 			return nil
 		},

@@ -264,3 +264,28 @@ func (l *links) Probe(ctx context.Context, id sdk.NodeID) error {
 }
 
 var _ pipeline.PacketHandler = (*mixnet.Node)(nil)
+
+// CheckMix checks a mix section beyond the YAML: the hop delay stage starts
+// and accepts its config, the nodes file verifies, and this node's identity
+// key exists (for check-config).
+func CheckMix(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
+	m := cfg.Mix
+	if m == nil {
+		return nil
+	}
+	hd, err := startStage(ctx, cfg, m.HopDelay, log)
+	if err != nil {
+		return err
+	}
+	defer hd.Close()
+	if !hd.Info.Has(sdk.KindDelayer) {
+		return fmt.Errorf("%s:%d: mix.hop_delay: plugin %s is not a delayer", cfg.Path, m.HopDelay.Line, m.HopDelay.Plugin)
+	}
+	if _, err := nodes.LoadNodes(m.NodesFile, time.Now()); err != nil {
+		return fmt.Errorf("mix.nodes_file: %w", err)
+	}
+	if _, err := nodes.LoadIdentity(m.KeysDir); err != nil {
+		return fmt.Errorf("mix: %w", err)
+	}
+	return nil
+}
