@@ -57,7 +57,7 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	}
 	rcpts := slices.Clone(m.Envelope.RcptTo)
 	src := im.reader()
-	buf := make([]byte, fragmentHeaderSize+s.fragData)
+	buf := make([]byte, fragmentHeaderSize+int(min(int64(s.fragData), im.size)))
 	routes := make([]sdk.Route, 0, count)
 	for i := range count {
 		if err := ctx.Err(); err != nil {
