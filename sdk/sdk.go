@@ -142,8 +142,10 @@ type Route struct {
 }
 
 // Router splits a message into deliveries. Every recipient must appear in
-// exactly one route; a recipient the router does not cover is a permanent
-// failure for that recipient.
+// exactly one delivery route (one with no NextHop); packet routes (NextHop
+// set) each list the recipients whose envelope travels inside the packet.
+// A recipient the router covers in no route is a permanent failure for
+// that recipient.
 type Router interface {
 	Route(ctx context.Context, m *Message) ([]Route, error)
 }

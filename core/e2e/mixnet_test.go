@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	mrand "math/rand/v2"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,15 +33,7 @@ type mixnet struct {
 func startMixnet(t testing.TB, n int, relayHost string, patches map[string]any) *mixnet {
 	t.Helper()
 	dir := t.TempDir()
-	smtpPort, mixPort := peers.FreePort(t), peers.FreePort(t)
-	// init allocates consecutive ports from these; check they are free
-	for i := 1; i < n; i++ {
-		for _, p := range []int{smtpPort + i, mixPort + i} {
-			if !portFree(p) {
-				t.Skipf("port %d in use; rerun", p)
-			}
-		}
-	}
+	smtpPort, mixPort := freeRange(t, n), freeRange(t, n)
 	all := map[string]any{
 		"plugin_dir":              binDir,
 		"log.stats_interval":      "1s",
@@ -84,8 +78,29 @@ func startMixnet(t testing.TB, n int, relayHost string, patches map[string]any) 
 	return m
 }
 
-func portFree(p int) bool {
-	return !greet(fmt.Sprintf("127.0.0.1:%d", p))
+// freeRange returns the first of n consecutive free ports on 127.0.0.1
+// (mixnet init numbers nodes' ports from a base). It draws bases below the
+// kernel's ephemeral range, where client connections of other tests take
+// their ports, and checks each port by binding it.
+func freeRange(t testing.TB, n int) int {
+	t.Helper()
+	for try := 0; try < 200; try++ {
+		base := 20000 + mrand.IntN(12000)
+		ok := true
+		for p := base; p < base+n && ok; p++ {
+			ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", p))
+			if err != nil {
+				ok = false
+				break
+			}
+			ln.Close()
+		}
+		if ok {
+			return base
+		}
+	}
+	t.Fatalf("no %d consecutive free ports", n)
+	return 0
 }
 
 // waitHealthy waits until every node sees all other nodes healthy.

@@ -96,7 +96,7 @@ func TestLocalProfileDeliversIntoMaildir(t *testing.T) {
 func TestMakeRunMixnetDeliversIntoMaildir(t *testing.T) {
 	dir := t.TempDir()
 	maildir := filepath.Join(dir, "maildir")
-	smtpPort, mixPort := peers.FreePort(t), peers.FreePort(t)
+	smtpPort, mixPort := freeRange(t, 5), freeRange(t, 5)
 	prof, _ := profile(t, "configs/local-mixnet.yaml", map[string]any{
 		"pipeline.deliver.config.path": maildir,
 		"plugin_dir":                   binDir,

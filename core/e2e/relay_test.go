@@ -136,6 +136,10 @@ func TestRelayProfileSanitizesAndDelivers(t *testing.T) {
 		t.Fatalf("body changed:\nwant %q\ngot  %q", want, swaksMsg.body)
 	}
 	// No address or subject in the daemon's log at the default level.
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(n.log(), "[STATS]") && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
 	log := n.log()
 	for _, s := range []string{"alice", "bob@", "carol@", "example.net", tok} {
 		if strings.Contains(log, s) {
