@@ -12,6 +12,7 @@ package mixnet
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
 	"math"
@@ -123,6 +124,10 @@ type Node struct {
 	fragments map[queue.ID]map[int]*queue.Item // message id -> index -> item
 	loops     map[[16]byte]loop
 	lastState string
+	// refreshMu serializes refresh: the epoch ticker, the probe loop and
+	// the sweep all call it, and an older state must never be pushed after
+	// a newer one.
+	refreshMu sync.Mutex
 }
 
 type loop struct {
@@ -173,12 +178,21 @@ func (n *Node) every(ctx context.Context, d time.Duration, fn func()) {
 	}
 }
 
-// refresh rotates keys and pushes the mix state when it changed.
+// refresh pushes the mix state when it changed, then rotates keys (a key
+// leaves the mixer's memory before its file is deleted), and pushes again
+// when rotation changed the keys.
 func (n *Node) refresh(ctx context.Context, force bool) {
+	n.refreshMu.Lock()
+	defer n.refreshMu.Unlock()
 	now := time.Now()
+	n.push(ctx, now, force)
 	if err := n.keys.Ensure(now); err != nil {
 		n.log.Error("[MIX] key rotation failed", "error", err)
 	}
+	n.push(ctx, now, false)
+}
+
+func (n *Node) push(ctx context.Context, now time.Time, force bool) {
 	st := sdk.MixState{Epoch: uint64(now.Unix()) / uint64(n.cfg.EpochLength.Seconds()), Keys: n.keys.Keys(now), Self: n.self}
 	for _, d := range n.dir.Nodes() {
 		d.Healthy = d.ID == n.self || n.health.healthy(d.ID)
@@ -208,15 +222,21 @@ func (n *Node) refresh(ctx context.Context, force bool) {
 	n.log.Info("[HEALTH] mix state pushed", "epoch", st.Epoch, "keys", len(st.Keys), "healthy_nodes", healthy, "nodes", len(st.Nodes)-1)
 }
 
+// stateSignature is a digest of everything in a MixState the mixer acts
+// on: epoch, own keys, and every node's id, flags and public keys.
 func stateSignature(st sdk.MixState) string {
-	s := fmt.Sprint(st.Epoch)
+	h := sha256.New()
+	fmt.Fprintf(h, "%d|", st.Epoch)
 	for _, k := range st.Keys {
-		s += fmt.Sprintf("/%d", k.Epoch)
+		fmt.Fprintf(h, "k%d:%x:%d|", k.Epoch, k.Public, k.NotAfter.Unix())
 	}
 	for _, d := range st.Nodes {
-		s += fmt.Sprintf("|%x%v%d", d.ID[:4], d.Healthy, len(d.Keys))
+		fmt.Fprintf(h, "n%x:%v:%v|", d.ID[:], d.Healthy, d.Exit)
+		for _, k := range d.Keys {
+			fmt.Fprintf(h, "%d:%x:%d,", k.Epoch, k.Public, k.NotAfter.Unix())
+		}
 	}
-	return s
+	return string(h.Sum(nil))
 }
 
 // Receive is the transport's handler: it stores a packet from another mix
@@ -405,6 +425,13 @@ func (n *Node) addFragment(ctx context.Context, it *queue.Item) {
 		set = map[int]*queue.Item{}
 		n.fragments[it.Msg] = set
 	}
+	if old, dup := set[it.FragIndex]; dup && old.ID != it.ID {
+		// The same fragment twice (by another path): keep the first.
+		n.mu.Unlock()
+		n.Stats.Duplicates.Add(1)
+		_ = n.eng.Done(it)
+		return
+	}
 	set[it.FragIndex] = it
 	complete := len(set) == it.FragCount
 	var parts []*queue.Item
@@ -425,10 +452,19 @@ func (n *Node) addFragment(ctx context.Context, it *queue.Item) {
 	n.mu.Unlock()
 	if complete {
 		if err := n.assemble(ctx, parts); err != nil {
-			n.log.Error("[MIX] assembly failed; fragments kept", "error", err)
+			n.log.Error("[MIX] assembly failed; fragments kept, retrying in 10s", "error", err)
 			n.mu.Lock()
 			n.fragments[it.Msg] = set
 			n.mu.Unlock()
+			// Try again later: re-adding the last fragment re-checks the set.
+			time.AfterFunc(10*time.Second, func() {
+				if ctx.Err() == nil {
+					n.mu.Lock()
+					delete(n.fragments[it.Msg], it.FragIndex)
+					n.mu.Unlock()
+					n.addFragment(ctx, it)
+				}
+			})
 		}
 	}
 }
@@ -450,7 +486,9 @@ func (n *Node) assemble(ctx context.Context, parts []*queue.Item) error {
 	if err != nil {
 		if sdk.IsPermanent(err) {
 			n.Stats.Dropped.Add(1)
-			return q.Do(func(tx *queue.Tx) error {
+			n.eng.Counters().Dropped.Add(1)
+			n.log.Info("[MIX] reassembled message malformed; dropped", "fragments", len(parts))
+			err := q.Do(func(tx *queue.Tx) error {
 				for _, p := range parts {
 					if err := tx.Delete(p); err != nil {
 						return err
@@ -458,6 +496,10 @@ func (n *Node) assemble(ctx context.Context, parts []*queue.Item) error {
 				}
 				return nil
 			})
+			if err == nil {
+				n.eng.Forget(len(parts))
+			}
+			return err
 		}
 		return err
 	}
