@@ -233,22 +233,9 @@ func (c *Client) Transform(ctx context.Context, m *Message) (*Change, error) {
 		return nil, transport(err)
 	}
 	h, b := c.parts(m)
-	if err := sendMessage(s, c.meta(m), h, b); err != nil {
-		return nil, transport(err)
-	}
-	if err := s.CloseSend(); err != nil {
-		return nil, transport(err)
-	}
-	first, err := s.Recv()
+	meta, header, body, err := exchange(s, c.meta(m), h, b)
 	if err != nil {
-		return nil, transport(err)
-	}
-	if err := statusFromPB(first.GetStatus()); err != nil {
 		return nil, err
-	}
-	meta, header, body, err := recvMessage(&prepended{first: first, r: s}, MaxCallBytes*1024)
-	if err != nil {
-		return nil, transport(err)
 	}
 	ch := &Change{Header: header, Body: body}
 	if meta.GetEnvelopeChanged() {
@@ -256,6 +243,38 @@ func (c *Client) Transform(ctx context.Context, m *Message) (*Change, error) {
 		ch.MailFrom = &from
 	}
 	return ch, nil
+}
+
+// messageStream is a bidirectional stream of MessageFrames (Transform,
+// Assemble).
+type messageStream interface {
+	frameSender
+	frameReceiver
+	CloseSend() error
+}
+
+// exchange sends one framed message on s and reads the framed reply, whose
+// first frame carries the stage's status: a stage error is returned as is,
+// a stream failure as a *TransportError.
+func exchange(s messageStream, meta *pb.MessageMeta, header, body []byte) (*pb.MessageMeta, []byte, []byte, error) {
+	if err := sendMessage(s, meta, header, body); err != nil {
+		return nil, nil, nil, transport(err)
+	}
+	if err := s.CloseSend(); err != nil {
+		return nil, nil, nil, transport(err)
+	}
+	first, err := s.Recv()
+	if err != nil {
+		return nil, nil, nil, transport(err)
+	}
+	if err := statusFromPB(first.GetStatus()); err != nil {
+		return nil, nil, nil, err
+	}
+	m, h, b, err := recvMessage(&prepended{first: first, r: s}, MaxCallBytes*1024)
+	if err != nil {
+		return nil, nil, nil, transport(err)
+	}
+	return m, h, b, nil
 }
 
 type prepended struct {
@@ -415,22 +434,9 @@ func (c *Client) Assemble(ctx context.Context, data []byte) (*Message, error) {
 	if err != nil {
 		return nil, transport(err)
 	}
-	if err := sendMessage(s, &pb.MessageMeta{BodyPresent: true, BodyLen: int64(len(data))}, nil, data); err != nil {
-		return nil, transport(err)
-	}
-	if err := s.CloseSend(); err != nil {
-		return nil, transport(err)
-	}
-	first, err := s.Recv()
+	meta, header, body, err := exchange(s, &pb.MessageMeta{BodyPresent: true, BodyLen: int64(len(data))}, nil, data)
 	if err != nil {
-		return nil, transport(err)
-	}
-	if err := statusFromPB(first.GetStatus()); err != nil {
 		return nil, err
-	}
-	meta, header, body, err := recvMessage(&prepended{first: first, r: s}, MaxCallBytes*1024)
-	if err != nil {
-		return nil, transport(err)
 	}
 	return &Message{Envelope: envelopeFromPB(meta.GetEnvelope()), Header: header, Body: body, Size: int64(len(header) + len(body))}, nil
 }

@@ -18,8 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
@@ -79,72 +77,21 @@ func profile(t testing.TB, src string, patches map[string]any) (cfgPath, dataDir
 			t.Fatal(err)
 		}
 	}
-	var doc yaml.Node
-	if err := yaml.Unmarshal(text, &doc); err != nil {
-		t.Fatalf("profile %s: %v", src, err)
-	}
 	dir := t.TempDir()
 	dataDir = filepath.Join(dir, "data")
 	all := map[string]any{"data_dir": dataDir, "plugin_dir": binDir}
 	for k, v := range patches {
 		all[k] = v
 	}
-	for path, v := range all {
-		if err := setPath(doc.Content[0], strings.Split(path, "."), v); err != nil {
-			t.Fatalf("profile %s: patch %s: %v", src, path, err)
-		}
-	}
-	out, err := yaml.Marshal(&doc)
+	out, err := config.Patch(text, all)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("profile %s: %v", src, err)
 	}
 	cfgPath = filepath.Join(dir, "mixmta.yaml")
 	if err := os.WriteFile(cfgPath, out, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return cfgPath, dataDir
-}
-
-func setPath(n *yaml.Node, path []string, v any) error {
-	if len(path) == 0 {
-		var val yaml.Node
-		if err := val.Encode(v); err != nil {
-			return err
-		}
-		*n = val
-		return nil
-	}
-	seg := path[0]
-	switch n.Kind {
-	case yaml.MappingNode:
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			if n.Content[i].Value == seg {
-				return setPath(n.Content[i+1], path[1:], v)
-			}
-		}
-		k := &yaml.Node{Kind: yaml.ScalarNode, Value: seg}
-		val := &yaml.Node{Kind: yaml.MappingNode}
-		n.Content = append(n.Content, k, val)
-		return setPath(val, path[1:], v)
-	case yaml.SequenceNode:
-		if i, err := strconv.Atoi(seg); err == nil && i < len(n.Content) {
-			return setPath(n.Content[i], path[1:], v)
-		}
-		for _, c := range n.Content { // a stage by name
-			for j := 0; j+1 < len(c.Content); j += 2 {
-				if c.Content[j].Value == "name" && c.Content[j+1].Value == seg {
-					return setPath(c, path[1:], v)
-				}
-			}
-		}
-		return fmt.Errorf("no element %q", seg)
-	case yaml.ScalarNode:
-		if n.Tag == "!!null" || n.Value == "" {
-			*n = yaml.Node{Kind: yaml.MappingNode}
-			return setPath(n, path, v)
-		}
-	}
-	return fmt.Errorf("cannot descend into %q", seg)
 }
 
 // startNode runs `mixmta serve` on cfgPath and waits until its SMTP
@@ -312,6 +259,3 @@ func tailLines(s string, n int) string {
 func freeAddr(t testing.TB) string {
 	return fmt.Sprintf("127.0.0.1:%d", peers.FreePort(t))
 }
-
-// yamlPatch sets dotted paths in a YAML document (config.Patch).
-func yamlPatch(data []byte, set map[string]any) ([]byte, error) { return config.Patch(data, set) }

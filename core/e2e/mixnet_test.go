@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
@@ -50,7 +51,7 @@ func startMixnet(t testing.TB, n int, relayHost string, patches map[string]any) 
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := yamlPatch(profile, all)
+	out, err := config.Patch(profile, all)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -66,7 +67,7 @@ func startMixnet(t testing.TB, n int, relayHost string, patches map[string]any) 
 		cfg := filepath.Join(dir, fmt.Sprintf("node%d", i), "mixmta.yaml")
 		// each node logs its frames
 		b, _ := os.ReadFile(cfg)
-		b, err = yamlPatch(b, map[string]any{"mix.frame_log": filepath.Join(filepath.Dir(cfg), "frames.log")})
+		b, err = config.Patch(b, map[string]any{"mix.frame_log": filepath.Join(filepath.Dir(cfg), "frames.log")})
 		if err != nil {
 			t.Fatal(err)
 		}
