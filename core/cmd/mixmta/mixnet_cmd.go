@@ -107,23 +107,17 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 		if m == nil {
 			return fmt.Errorf("%s has no mix section", o.Profile)
 		}
-		id, _, err := nodes.LoadOrCreateIdentity(m.KeysDir)
+		s := defaultNodeSettings()
+		s.fromConfig(cfg)
+		id, _, err := nodes.LoadOrCreateIdentity(s.KeyDir)
 		if err != nil {
 			return err
 		}
-		ks, err := nodes.Open(m.KeysDir, m.Epoch.D(), m.Grace.D())
+		ks, _, err := s.keyStore(now)
 		if err != nil {
 			return err
 		}
-		ks.SetAhead(m.KeysAhead)
-		if _, err := ks.Ensure(now); err != nil {
-			return err
-		}
-		info := nodes.NodeInfo{Name: m.Name, MixAddress: m.Address}
-		if m.Exit {
-			info.Capabilities = []string{nodes.CapExit}
-		}
-		d, err := nodes.Export(id, ks.Published(now), info, now)
+		d, err := s.export(id, ks, now)
 		if err != nil {
 			return err
 		}

@@ -128,6 +128,28 @@ func resolveNodeSettings(c *cobra.Command, load func() (*config.Config, error), 
 	return s, nil
 }
 
+// keyStore opens the key directory with the node's epoch settings and
+// brings its mix keys up to date at now (creating keys ahead, deleting
+// expired ones).
+func (s nodeSettings) keyStore(now time.Time) (*nodes.KeyStore, nodes.Changes, error) {
+	ks, err := nodes.Open(s.KeyDir, s.EpochLength, s.Grace)
+	if err != nil {
+		return nil, nodes.Changes{}, err
+	}
+	ks.SetAhead(s.KeysAhead)
+	ch, err := ks.Ensure(now)
+	return ks, ch, err
+}
+
+// export signs this node's descriptor with its published keys.
+func (s nodeSettings) export(id *nodes.Identity, ks *nodes.KeyStore, now time.Time) (*nodes.Descriptor, error) {
+	info := nodes.NodeInfo{Name: s.Name, MixAddress: s.MixAddress, OnionAddress: s.OnionAddress}
+	if s.Exit {
+		info.Capabilities = []string{nodes.CapExit}
+	}
+	return nodes.Export(id, ks.Published(now), info, now)
+}
+
 // nodesCommands are keygen, node (export) and nodes (add, verify).
 func nodesCommands(load func() (*config.Config, error)) []*cobra.Command {
 	return []*cobra.Command{keygenCmd(load), nodeCmd(load), nodesCmd(load)}
@@ -148,13 +170,8 @@ func keygenCmd(load func() (*config.Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ks, err := nodes.Open(s.KeyDir, s.EpochLength, s.Grace)
-			if err != nil {
-				return err
-			}
-			ks.SetAhead(s.KeysAhead)
 			now := time.Now()
-			ch, err := ks.Ensure(now)
+			ks, ch, err := s.keyStore(now)
 			if err != nil {
 				return err
 			}
@@ -197,20 +214,12 @@ func nodeCmd(load func() (*config.Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			ks, err := nodes.Open(s.KeyDir, s.EpochLength, s.Grace)
+			now := time.Now()
+			ks, _, err := s.keyStore(now)
 			if err != nil {
 				return err
 			}
-			ks.SetAhead(s.KeysAhead)
-			now := time.Now()
-			if _, err := ks.Ensure(now); err != nil {
-				return err
-			}
-			info := nodes.NodeInfo{Name: s.Name, MixAddress: s.MixAddress, OnionAddress: s.OnionAddress}
-			if s.Exit {
-				info.Capabilities = []string{nodes.CapExit}
-			}
-			d, err := nodes.Export(id, ks.Published(now), info, now)
+			d, err := s.export(id, ks, now)
 			if err != nil {
 				return err
 			}
