@@ -239,21 +239,42 @@ func stateSignature(st sdk.MixState) string {
 	return string(h.Sum(nil))
 }
 
-// Receive is the transport's handler: it stores a packet from another mix
-// durably (synced) and returns; only then may the transport acknowledge it.
+// Receive is the transport's handler. The packet is unwrapped at once and
+// its outcome (a forward item, a fragment, or nothing for a drop, a loop or
+// a replay) is stored with its replay tag in one synced transaction; only
+// when the mixer or the hop delay cannot answer now is the raw packet
+// stored instead, to be unwrapped later. Either way Receive returns, and
+// the transport acknowledges, only after the packet is on disk: one queue
+// write per packet instead of storing, reading and deleting it first.
 func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) error {
 	if len(packet) != n.cfg.PacketSize {
 		n.Stats.Dropped.Add(1)
 		return fmt.Errorf("packet of %d bytes, want %d", len(packet), n.cfg.PacketSize)
 	}
+	n.Stats.Received.Add(1)
+	res, err := n.mixer.Mix(ctx, packet)
+	if err == nil {
+		done, err := n.apply(ctx, nil, res)
+		if done || err != nil {
+			return err // a queue error nacks: the sender tries again
+		}
+	} else if sdk.IsPermanent(err) {
+		n.dropped(err)
+		return nil
+	}
 	it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketIn, Received: time.Now(), Deliverer: -1}
 	if err := n.eng.Queue().Put(it, packet); err != nil {
 		return err
 	}
-	n.Stats.Received.Add(1)
 	n.eng.Forget(-1)
 	n.eng.Enqueue(it)
 	return nil
+}
+
+func (n *Node) dropped(err error) {
+	n.Stats.Dropped.Add(1)
+	n.eng.Counters().Dropped.Add(1)
+	n.log.Info("[MIX] packet dropped", "reason", sdk.AsError(err).Message)
 }
 
 // Process implements pipeline.PacketHandler.
@@ -286,46 +307,59 @@ func (n *Node) tagTTL(epoch uint64) time.Duration {
 	return max(time.Until(end), time.Minute)
 }
 
-// unwrap runs the mixer on a received packet and turns it, in one queue
-// transaction with its replay tag, into a forward item, a fragment, or
-// nothing (drop, loop back, replay).
+// unwrap runs the mixer on a packet stored by Receive (the mixer could not
+// answer then) and applies the result.
 func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
-	q := n.eng.Queue()
-	packet, err := q.Blob(it.Body)
+	packet, err := n.eng.Queue().Blob(it.Body)
 	if err != nil {
 		return err
 	}
 	res, err := n.mixer.Mix(ctx, packet)
 	if err != nil {
 		if sdk.IsPermanent(err) {
-			n.Stats.Dropped.Add(1)
-			n.eng.Counters().Dropped.Add(1)
-			n.log.Info("[MIX] packet dropped", "reason", sdk.AsError(err).Message)
+			n.dropped(err)
 			return n.finish(it)
 		}
 		return n.retry(it)
+	}
+	done, err := n.apply(ctx, it, res)
+	if err == nil && !done {
+		return n.retry(it)
+	}
+	return err
+}
+
+// apply turns a mix result, in one queue transaction with its replay tag,
+// into a forward item, a fragment, or nothing (drop, loop back, replay),
+// deleting the stored packet in (nil for a packet just received, whose
+// transaction is then synced before returning). done is false when the
+// hop delay cannot be sampled now: nothing was changed.
+func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (done bool, err error) {
+	q := n.eng.Queue()
+	received := time.Now()
+	if in != nil {
+		received = in.Received
 	}
 	var out *queue.Item
 	var outData []byte
 	switch res.Action {
 	case sdk.MixForward:
 		if len(res.Packet) != n.cfg.PacketSize {
-			n.Stats.Dropped.Add(1)
-			return n.finish(it)
+			n.dropped(sdk.Permanent(554, "6.0", "mixer returned a packet of %d bytes", len(res.Packet)))
+			return true, n.finishIf(in)
 		}
 		ds, err := n.delay.Delay(ctx, sdk.DelayRequest{Size: int64(len(res.Packet)), Count: 1})
 		if err != nil || len(ds) != 1 {
-			return n.retry(it)
+			return false, nil
 		}
 		out = &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketOut, NextHop: res.NextHop,
-			Received: it.Received, SendAfter: time.Now().Add(ds[0]), Waiting: true, Deliverer: -1}
+			Received: received, SendAfter: time.Now().Add(ds[0]), Waiting: true, Deliverer: -1}
 		outData = res.Packet
 	case sdk.MixExit:
-		if res.Fragment != nil {
-			f := res.Fragment
+		if f := res.Fragment; f != nil {
 			if f.Count < 1 || f.Index < 0 || f.Index >= f.Count {
-				n.Stats.Dropped.Add(1)
-				return n.finish(it)
+				n.dropped(sdk.Permanent(554, "6.0", "fragment %d of %d", f.Index, f.Count))
+				return true, n.finishIf(in)
 			}
 			out = &queue.Item{ID: queue.NewID(), Msg: queue.ID(f.MessageID), Kind: queue.KindFragment,
 				FragIndex: f.Index, FragCount: f.Count, Received: time.Now(), Deliverer: -1}
@@ -344,35 +378,50 @@ func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
 				return err
 			}
 		}
-		return tx.Delete(it)
+		if in != nil {
+			return tx.Delete(in)
+		}
+		return nil
 	})
-	if err != nil {
-		return err
+	if err == nil && in == nil {
+		err = q.Sync()
 	}
-	if replay {
+	if err != nil {
+		return true, err
+	}
+	delta := 0 // items added minus items deleted, for the queued gauge
+	if in != nil {
+		delta--
+	}
+	if !replay && out != nil {
+		delta++
+	}
+	n.eng.Forget(-delta)
+	switch {
+	case replay:
 		n.Stats.Replays.Add(1)
 		n.eng.Counters().Dropped.Add(1)
-		n.eng.Forget(1)
 		n.log.Info("[MIX] replayed packet dropped", "epoch", res.Epoch)
-		return nil
-	}
-	switch {
 	case res.Action == sdk.MixForward:
 		n.Stats.Forwarded.Add(1)
 		n.eng.Hold(out)
 	case res.Action == sdk.MixDrop:
 		n.Stats.CoverDropped.Add(1)
-		n.eng.Forget(1)
 	case res.LoopID != ([16]byte{}):
-		n.eng.Forget(1)
 		n.loopBack(res.LoopID)
 	case out != nil:
 		n.Stats.Exited.Add(1)
 		n.addFragment(ctx, out)
-	default:
-		n.eng.Forget(1)
 	}
-	return nil
+	return true, nil
+}
+
+// finishIf deletes a stored packet, if there is one.
+func (n *Node) finishIf(in *queue.Item) error {
+	if in == nil {
+		return nil
+	}
+	return n.finish(in)
 }
 
 func (n *Node) finish(it *queue.Item) error { return n.eng.Done(it) }
