@@ -294,6 +294,20 @@ func TestCoverTrafficAtConfiguredRate(t *testing.T) {
 	if sink.Count() != 0 {
 		t.Fatalf("cover traffic reached the delivery MTA: %d messages", sink.Count())
 	}
+	// The cover packets are on the links: with no real traffic, every frame
+	// is cover, and each cover packet crosses 3 links (in flight aside).
+	totalSent := 0
+	for _, n := range m.nodes {
+		totalSent += statValue(lastStats(n.log()), "cover_sent")
+	}
+	frames := 0
+	for _, c := range m.frameSizes(t)["out"] {
+		frames += c
+	}
+	if frames < 2*totalSent {
+		t.Fatalf("%d frames on the links for %d cover packets sent, want about 3 per packet", frames, totalSent)
+	}
+	t.Logf("%d cover packets, %d frames on the links", totalSent, frames)
 }
 
 // queueItems lists a node's queue through `mixmta queue ls --json`.
