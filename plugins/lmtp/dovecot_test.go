@@ -1,0 +1,68 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/plugintest"
+	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+)
+
+// TestDovecotAcceptsOneAndRejectsOneRecipientInOneTransaction delivers one
+// message to two recipients through the real plugin host into a real
+// Dovecot, over its Unix socket and over TCP: Dovecot refuses one at RCPT
+// TO, so the stage must report 250 for one and 550 5.1.1 for the other,
+// and only the accepted one's Maildir may hold the message, intact.
+func TestDovecotAcceptsOneAndRejectsOneRecipientInOneTransaction(t *testing.T) {
+	dc := peers.Dovecot(t, peers.DovecotConfig{Deny: []string{"reject@example.net"}})
+	bin := plugintest.Build(t, ".")
+	for _, tc := range []struct{ name, address, rcpt string }{
+		{"unix socket", dc.Socket, "bob@example.net"},
+		{"tcp", dc.Addr, "carol@example.net"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, _ := json.Marshal(map[string]string{"address": tc.address})
+			p := plugintest.Start(t, bin, string(cfg))
+			msg := loadMessage(t, tc.rcpt, "reject@example.net")
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			defer cancel()
+			res, err := p.Deliver(ctx, msg)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got := map[string]*sdk.Error{}
+			for _, r := range res {
+				got[r.Rcpt] = sdk.AsError(r.Err)
+			}
+			if len(res) != 2 {
+				t.Fatalf("%d results, want 2: %v", len(res), got)
+			}
+			if got[tc.rcpt] != nil {
+				t.Fatalf("%s: %v\n%s", tc.rcpt, got[tc.rcpt], dc.Log())
+			}
+			wantErr(t, "reject", got["reject@example.net"], false, 550, "5.1.1")
+			files := dc.Messages(tc.rcpt)
+			if len(files) != 1 {
+				t.Fatalf("%s's Maildir holds %d messages, want 1", tc.rcpt, len(files))
+			}
+			stored, _ := os.ReadFile(files[0])
+			// Dovecot stores LF line endings and prepends Return-Path,
+			// Delivered-To and Received.
+			want := bytes.ReplaceAll(append(append([]byte(nil), msg.Header...), msg.Body...), []byte("\r\n"), []byte("\n"))
+			if !bytes.HasSuffix(stored, want) {
+				t.Fatalf("stored message does not end with the message sent:\n%s", stored)
+			}
+			if !bytes.HasPrefix(stored, []byte("Return-Path: <>\n")) {
+				t.Fatalf("stored message lacks Return-Path of the null sender:\n%.300s", stored)
+			}
+			if n := len(dc.Messages("reject@example.net")); n != 0 {
+				t.Fatalf("refused recipient has %d messages", n)
+			}
+		})
+	}
+}
