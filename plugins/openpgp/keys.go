@@ -1,0 +1,144 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"strings"
+	"sync"
+	"time"
+	"unicode/utf8"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+)
+
+// maxKeyFile bounds one key file (a key with many signatures is a few
+// hundred KiB; a flooded one is refused rather than parsed).
+const maxKeyFile = 1 << 20
+
+// keyring finds a recipient's public keys in a directory: the file
+// <address in lower case>.asc, armored or binary. Files are read through
+// an os.Root, so no address can name a file outside the directory, and
+// re-read when their size or modification time changes, so a key the
+// operator adds (or replaces) is used for the next message without a
+// restart.
+type keyring struct {
+	root *os.Root
+	mu   sync.Mutex
+	seen map[string]cachedKey
+	now  func() time.Time
+}
+
+type cachedKey struct {
+	size    int64
+	modTime time.Time
+	keys    openpgp.EntityList // the usable ones
+	err     error
+}
+
+// errNoKey: the recipient has no key file.
+var errNoKey = errors.New("no key")
+
+func openKeyring(dir string) (*keyring, error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	root, err := os.OpenRoot(dir)
+	if err != nil {
+		return nil, err
+	}
+	return &keyring{root: root, seen: map[string]cachedKey{}, now: time.Now}, nil
+}
+
+// fileName returns the key file name for addr, or "" when addr cannot be
+// one safe file name (it then has no key).
+func fileName(addr string) string {
+	a := strings.ToLower(addr)
+	if a == "" || len(a) > 254 || !utf8.ValidString(a) || a[0] == '.' || !strings.Contains(a, "@") ||
+		strings.ContainsAny(a, "/\\\x00") {
+		return ""
+	}
+	return a + ".asc"
+}
+
+// lookup returns addr's usable encryption keys: not expired, not revoked,
+// with an encryption-capable (sub)key. errNoKey when there is no file;
+// another error when the file exists but holds no usable key.
+func (k *keyring) lookup(addr string) (openpgp.EntityList, error) {
+	name := fileName(addr)
+	if name == "" {
+		return nil, errNoKey
+	}
+	st, err := k.root.Stat(name)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errNoKey
+	}
+	if err != nil {
+		return nil, err
+	}
+	k.mu.Lock()
+	c, ok := k.seen[name]
+	k.mu.Unlock()
+	if !ok || c.size != st.Size() || !c.modTime.Equal(st.ModTime()) {
+		c = cachedKey{size: st.Size(), modTime: st.ModTime()}
+		c.keys, c.err = k.read(name)
+		k.mu.Lock()
+		k.seen[name] = c
+		k.mu.Unlock()
+	}
+	if c.err != nil {
+		return nil, c.err
+	}
+	// Expiry is checked per message: a key may expire while cached.
+	now := k.now()
+	var usable openpgp.EntityList
+	for _, e := range c.keys {
+		if _, ok := e.EncryptionKey(now); ok {
+			usable = append(usable, e)
+		}
+	}
+	if len(usable) == 0 {
+		return nil, errors.New("the key file holds no valid encryption key (expired, revoked or sign-only)")
+	}
+	return usable, nil
+}
+
+func (k *keyring) read(name string) (openpgp.EntityList, error) {
+	f, err := k.root.Open(name)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	b, err := io.ReadAll(io.LimitReader(f, maxKeyFile+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(b) > maxKeyFile {
+		return nil, errors.New("key file larger than 1 MiB")
+	}
+	var r io.Reader = bytes.NewReader(b)
+	if bytes.Contains(b[:min(len(b), 1024)], []byte("-----BEGIN PGP")) {
+		block, err := armor.Decode(bytes.NewReader(b))
+		if err != nil {
+			return nil, fmt.Errorf("armor: %w", err)
+		}
+		if block.Type != openpgp.PublicKeyType {
+			return nil, fmt.Errorf("armored block is %q, want a public key", block.Type)
+		}
+		r = block.Body
+	}
+	keys, err := openpgp.ReadKeyRing(r)
+	if err != nil {
+		return nil, err
+	}
+	for _, e := range keys {
+		if e.PrivateKey != nil {
+			return nil, errors.New("the key file holds a secret key; store only public keys")
+		}
+	}
+	return keys, nil
+}

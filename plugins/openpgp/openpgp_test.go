@@ -1,0 +1,247 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ProtonMail/go-crypto/openpgp"
+	"github.com/ProtonMail/go-crypto/openpgp/armor"
+	"github.com/ProtonMail/go-crypto/openpgp/packet"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// goKey makes a key pair with go-crypto (fast; the GnuPG tests use real
+// GnuPG keys) and writes the armored public key to dir/<addr>.asc.
+func goKey(t testing.TB, dir, addr string, cfg *packet.Config) *openpgp.Entity {
+	t.Helper()
+	if cfg == nil {
+		cfg = &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA}
+	}
+	e, err := openpgp.NewEntity("", "", addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b bytes.Buffer
+	w, _ := armor.Encode(&b, openpgp.PublicKeyType, nil)
+	if err := e.Serialize(w); err != nil {
+		t.Fatal(err)
+	}
+	w.Close()
+	if dir != "" {
+		if err := os.WriteFile(filepath.Join(dir, addr+".asc"), b.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return e
+}
+
+// decryptGo decrypts a PGP/MIME copy with e's secret key.
+func decryptGo(t testing.TB, msg []byte, e *openpgp.Entity) ([]byte, error) {
+	t.Helper()
+	_, armored := pgpParts(t, msg)
+	block, err := armor.Decode(bytes.NewReader(armored))
+	if err != nil {
+		return nil, err
+	}
+	md, err := openpgp.ReadMessage(block.Body, openpgp.EntityList{e}, nil, nil)
+	if err != nil {
+		return nil, err
+	}
+	return io.ReadAll(md.UnverifiedBody)
+}
+
+func newTestStage(t testing.TB, keys, policy string, protect bool) *stage {
+	t.Helper()
+	c := Config{KeysDir: keys, MissingKey: policy, ProtectSubject: protect}
+	if err := c.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := newStage(c, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func rcptSets(routes []sdk.Route) (encrypted, clear []string) {
+	for _, r := range routes {
+		if r.Body != nil {
+			encrypted = append(encrypted, r.RcptTo...)
+		} else {
+			clear = append(clear, r.RcptTo...)
+		}
+	}
+	slices.Sort(encrypted)
+	slices.Sort(clear)
+	return
+}
+
+func TestMissingKeyPolicies(t *testing.T) {
+	keys := t.TempDir()
+	goKey(t, keys, "bob@example.net", nil)
+	cases := []struct {
+		policy string
+		rcpts  []string
+		enc    []string
+		clear  []string
+		err    string // RFC 3463 code of the stage error, "" for none
+		temp   bool
+	}{
+		{policyClear, []string{"bob@example.net", "eve@example.net"}, []string{"bob@example.net"}, []string{"eve@example.net"}, "", false},
+		{policyReject, []string{"bob@example.net", "eve@example.net"}, []string{"bob@example.net"}, nil, "", false},
+		{policyReject, []string{"eve@example.net", "mallory@example.net"}, nil, nil, "5.7.0", false},
+		{policyHold, []string{"bob@example.net", "eve@example.net"}, nil, nil, "4.7.0", true},
+		{policyHold, []string{"bob@example.net", "bob@example.net"}, []string{"bob@example.net"}, nil, "", false},
+	}
+	for _, c := range cases {
+		s := newTestStage(t, keys, c.policy, false)
+		routes, err := s.Route(context.Background(), loadMessage(t, "multipart.eml", c.rcpts...))
+		name := c.policy + " " + strings.Join(c.rcpts, ",")
+		if c.err != "" {
+			e := sdk.AsError(err)
+			if e == nil || e.EnhancedCode() != c.err || e.Temporary != c.temp || routes != nil {
+				t.Errorf("%s: want error %s, got %v (%d routes)", name, c.err, err, len(routes))
+			}
+			if e != nil && strings.Contains(e.Message, "@") {
+				t.Errorf("%s: error names an address: %q", name, e.Message)
+			}
+			continue
+		}
+		if err != nil {
+			t.Errorf("%s: %v", name, err)
+			continue
+		}
+		enc, clear := rcptSets(routes)
+		if !slices.Equal(enc, c.enc) || !slices.Equal(clear, c.clear) {
+			t.Errorf("%s: encrypted %v clear %v, want %v and %v", name, enc, clear, c.enc, c.clear)
+		}
+	}
+}
+
+func TestHeldMessageGoesOutOnceTheKeyArrives(t *testing.T) {
+	keys := t.TempDir()
+	s := newTestStage(t, keys, policyHold, false)
+	m := loadMessage(t, "multipart.eml", "bob@example.net")
+	if _, err := s.Route(context.Background(), m); sdk.AsError(err) == nil || !sdk.AsError(err).Temporary {
+		t.Fatalf("without a key: want a temporary error, got %v", err)
+	}
+	bob := goKey(t, keys, "bob@example.net", nil)
+	routes, err := s.Route(context.Background(), m)
+	if err != nil || len(routes) != 1 || routes[0].Body == nil {
+		t.Fatalf("with the key: %v, %d routes", err, len(routes))
+	}
+	if _, err := decryptGo(t, routes[0].Body, bob); err != nil {
+		t.Fatalf("bob cannot decrypt: %v", err)
+	}
+	// The key is replaced (same file, new content): the new one is used.
+	bob2 := goKey(t, keys, "bob@example.net", nil)
+	future := time.Now().Add(2 * time.Second)
+	os.Chtimes(filepath.Join(keys, "bob@example.net.asc"), future, future)
+	routes, _ = s.Route(context.Background(), m)
+	if _, err := decryptGo(t, routes[0].Body, bob2); err != nil {
+		t.Fatalf("the replaced key was not picked up: %v", err)
+	}
+	if _, err := decryptGo(t, routes[0].Body, bob); err == nil {
+		t.Fatal("the old key still decrypts the new copy")
+	}
+}
+
+func TestUnusableKeyFilesCountAsNoKey(t *testing.T) {
+	keys := t.TempDir()
+	// Expired: created two days ago, valid for one.
+	expired := &packet.Config{Algorithm: packet.PubKeyAlgoEdDSA, KeyLifetimeSecs: 86400,
+		Time: func() time.Time { return time.Now().Add(-48 * time.Hour) }}
+	goKey(t, keys, "expired@example.net", expired)
+	// A secret key file.
+	e := goKey(t, "", "secret@example.net", nil)
+	var b bytes.Buffer
+	w, _ := armor.Encode(&b, openpgp.PrivateKeyType, nil)
+	e.SerializePrivate(w, nil)
+	w.Close()
+	os.WriteFile(filepath.Join(keys, "secret@example.net.asc"), b.Bytes(), 0o600)
+	os.WriteFile(filepath.Join(keys, "garbage@example.net.asc"), []byte("not a key"), 0o644)
+	// Outside the directory, reachable only by path traversal.
+	goKey(t, filepath.Dir(keys), "x@example.net", nil)
+	s := newTestStage(t, keys, policyClear, false)
+	for _, r := range []string{"expired@example.net", "secret@example.net", "garbage@example.net", "../x@example.net", ".hidden@example.net", "nobody@example.net"} {
+		routes, err := s.Route(context.Background(), loadMessage(t, "multipart.eml", r))
+		if err != nil {
+			t.Fatalf("%s: %v", r, err)
+		}
+		if enc, clear := rcptSets(routes); len(enc) != 0 || len(clear) != 1 {
+			t.Errorf("%s: want the keyless policy (clear), got encrypted %v", r, enc)
+		}
+	}
+	if fileName("../x@example.net") != "" || fileName("Bob@Example.NET") != "bob@example.net.asc" {
+		t.Fatal("fileName does not refuse traversal or lower-case the address")
+	}
+}
+
+func TestWithoutProtectionTheInnerPartIsTheContentOnly(t *testing.T) {
+	keys := t.TempDir()
+	bob := goKey(t, keys, "bob@example.net", nil)
+	s := newTestStage(t, keys, policyReject, false)
+	m := loadMessage(t, "multipart.eml", "bob@example.net")
+	routes, err := s.Route(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outer, _ := pgpParts(t, routes[0].Body)
+	if outer.Get("Subject") != "The secret subject line" {
+		t.Fatalf("outer Subject %q, want the original without protect_subject", outer.Get("Subject"))
+	}
+	plain, err := decryptGo(t, routes[0].Body, bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte("Content-Type: multipart/alternative;\r\n boundary=\"alt-boundary-1\"\r\n\r\n"), m.Body...)
+	if !bytes.Equal(plain, want) {
+		t.Fatalf("inner entity\n%q\nwant\n%q", plain, want)
+	}
+}
+
+func TestMessageWithoutContentTypeBecomesExplicitTextPlain(t *testing.T) {
+	keys := t.TempDir()
+	bob := goKey(t, keys, "bob@example.net", nil)
+	s := newTestStage(t, keys, policyReject, true)
+	m := &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"bob@example.net"}},
+		Header: []byte("From: a@example.org\r\nTo: bob@example.net\r\n\r\n"), Body: []byte("plain\r\n")}
+	routes, err := s.Route(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	outer, _ := pgpParts(t, routes[0].Body)
+	if outer.Has("Subject") {
+		t.Fatal("an outer Subject was invented for a message without one")
+	}
+	plain, _ := decryptGo(t, routes[0].Body, bob)
+	want := "Content-Type: text/plain; charset=us-ascii; protected-headers=\"v1\"\r\nFrom: a@example.org\r\nTo: bob@example.net\r\n\r\nplain\r\n"
+	if string(plain) != want {
+		t.Fatalf("inner entity %q\nwant %q", plain, want)
+	}
+}
+
+func TestConfigValidationNamesTheKey(t *testing.T) {
+	cases := []struct{ json, key string }{
+		{`{"keys_dir":"/k"}`, ""},
+		{`{}`, "keys_dir"},
+		{`{"keys_dir":"/k","missing_key":"drop"}`, "missing_key"},
+		{`{"keys_dir":"/k","missing_key":"clear","protect_subject":false}`, ""},
+	}
+	for _, c := range cases {
+		_, err := sdk.DecodeConfig(defaults, []byte(c.json))
+		var fe *sdk.FieldError
+		if c.key == "" && err != nil || c.key != "" && (!errors.As(err, &fe) || fe.Field != c.key) {
+			t.Errorf("%s: want error on %q, got %v", c.json, c.key, err)
+		}
+	}
+}
