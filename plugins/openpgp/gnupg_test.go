@@ -30,7 +30,7 @@ func TestGnuPGDecryptsEachRecipientsCopyBackToTheOriginal(t *testing.T) {
 		g.exportTo(keys, addr)
 	}
 	cfg, _ := json.Marshal(map[string]any{"keys_dir": keys})
-	p := plugintest.Start(t, plugintest.Build(t, "."), string(cfg))
+	p := plugintest.Start(t, pluginBinary(t), string(cfg))
 	if info := p.Info(); !info.Has(sdk.KindRouter) || info.Needs != sdk.NeedAll {
 		t.Fatalf("plugin info %+v", info)
 	}
@@ -118,7 +118,7 @@ func TestAlreadyEncryptedMailPassesUnchanged(t *testing.T) {
 		Header: []byte("From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: application/pkcs7-mime; smime-type=enveloped-data;\r\n name=smime.p7m\r\nContent-Transfer-Encoding: base64\r\n\r\n"),
 		Body:   []byte("MIAGCSqGSIb3DQEHA6CAMIACAQAxggFOMIIBSgIBADAyMCYxETAPBgNVBAoTCE15\r\n"),
 	}
-	p := plugintest.Start(t, plugintest.Build(t, "."), `{"keys_dir":"`+keys+`"}`)
+	p := plugintest.Start(t, pluginBinary(t), `{"keys_dir":"`+keys+`"}`)
 	for name, m := range map[string]*sdk.Message{"inline": inline, "pgp/mime": pgpmime, "s/mime": smime} {
 		m.Envelope.RcptTo = []string{"bob@example.net", "nokey@example.net"}
 		routes, err := p.Route(context.Background(), m)

@@ -9,11 +9,13 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/emersion/go-message/textproto"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/plugintest"
 	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
@@ -157,4 +159,33 @@ func splitEntity(t testing.TB, b []byte) (textproto.Header, []byte) {
 	}
 	body, _ := io.ReadAll(br)
 	return h, body
+}
+
+// pluginBinary builds the plugin once per test run.
+func pluginBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		builtDir, buildErr = os.MkdirTemp("", "openpgp-test-")
+		if buildErr == nil {
+			_, buildErr = plugintest.BuildTo(".", builtDir)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return filepath.Join(builtDir, "openpgp")
+}
+
+var (
+	buildOnce sync.Once
+	builtDir  string
+	buildErr  error
+)
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtDir != "" {
+		os.RemoveAll(builtDir)
+	}
+	os.Exit(code)
 }

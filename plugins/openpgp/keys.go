@@ -27,7 +27,8 @@ const maxKeyFile = 1 << 20
 // operator adds (or replaces) is used for the next message without a
 // restart.
 type keyring struct {
-	root *os.Root
+	dir  string
+	root *os.Root // nil until dir exists
 	mu   sync.Mutex
 	seen map[string]cachedKey
 	now  func() time.Time
@@ -43,15 +44,30 @@ type cachedKey struct {
 // errNoKey: the recipient has no key file.
 var errNoKey = errors.New("no key")
 
+// openKeyring opens dir. A directory that does not exist yet is no error
+// (every recipient is then without a key): it is opened as soon as it
+// appears, and `mixmta check-config` creates nothing.
 func openKeyring(dir string) (*keyring, error) {
-	if err := os.MkdirAll(dir, 0o700); err != nil {
+	k := &keyring{dir: dir, seen: map[string]cachedKey{}, now: time.Now}
+	if _, err := k.openRoot(); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return nil, err
 	}
-	root, err := os.OpenRoot(dir)
+	return k, nil
+}
+
+// openRoot returns the directory's os.Root, opening it on first use.
+func (k *keyring) openRoot() (*os.Root, error) {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.root != nil {
+		return k.root, nil
+	}
+	root, err := os.OpenRoot(k.dir)
 	if err != nil {
 		return nil, err
 	}
-	return &keyring{root: root, seen: map[string]cachedKey{}, now: time.Now}, nil
+	k.root = root
+	return root, nil
 }
 
 // fileName returns the key file name for addr, or "" when addr cannot be
@@ -73,7 +89,14 @@ func (k *keyring) lookup(addr string) (openpgp.EntityList, error) {
 	if name == "" {
 		return nil, errNoKey
 	}
-	st, err := k.root.Stat(name)
+	root, err := k.openRoot()
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, errNoKey
+	}
+	if err != nil {
+		return nil, err
+	}
+	st, err := root.Stat(name)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, errNoKey
 	}
@@ -85,7 +108,7 @@ func (k *keyring) lookup(addr string) (openpgp.EntityList, error) {
 	k.mu.Unlock()
 	if !ok || c.size != st.Size() || !c.modTime.Equal(st.ModTime()) {
 		c = cachedKey{size: st.Size(), modTime: st.ModTime()}
-		c.keys, c.err = k.read(name)
+		c.keys, c.err = read(root, name)
 		k.mu.Lock()
 		k.seen[name] = c
 		k.mu.Unlock()
@@ -107,8 +130,8 @@ func (k *keyring) lookup(addr string) (openpgp.EntityList, error) {
 	return usable, nil
 }
 
-func (k *keyring) read(name string) (openpgp.EntityList, error) {
-	f, err := k.root.Open(name)
+func read(root *os.Root, name string) (openpgp.EntityList, error) {
+	f, err := root.Open(name)
 	if err != nil {
 		return nil, err
 	}

@@ -128,11 +128,14 @@ func TestMissingKeyPolicies(t *testing.T) {
 }
 
 func TestHeldMessageGoesOutOnceTheKeyArrives(t *testing.T) {
-	keys := t.TempDir()
+	keys := filepath.Join(t.TempDir(), "keys") // does not exist yet
 	s := newTestStage(t, keys, policyHold, false)
 	m := loadMessage(t, "multipart.eml", "bob@example.net")
 	if _, err := s.Route(context.Background(), m); sdk.AsError(err) == nil || !sdk.AsError(err).Temporary {
 		t.Fatalf("without a key: want a temporary error, got %v", err)
+	}
+	if err := os.Mkdir(keys, 0o700); err != nil {
+		t.Fatal(err)
 	}
 	bob := goKey(t, keys, "bob@example.net", nil)
 	routes, err := s.Route(context.Background(), m)
