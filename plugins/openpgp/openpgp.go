@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 
+	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/mixmta/mixmta/sdk"
@@ -71,7 +72,10 @@ func (s *stage) Route(_ context.Context, m *sdk.Message) ([]sdk.Route, error) {
 		s.log.Debug("message is encrypted already; passed unchanged")
 		return []sdk.Route{{RcptTo: rcpts}}, nil
 	}
-	var routes []sdk.Route
+	// Keys first: a held or refused message costs no encryption (a held
+	// one comes back about once a second).
+	var keyed []string
+	keysOf := map[string][]*openpgp.Entity{}
 	var keyless []string
 	for _, r := range rcpts {
 		keys, err := s.keys.lookup(r)
@@ -83,27 +87,33 @@ func (s *stage) Route(_ context.Context, m *sdk.Message) ([]sdk.Route, error) {
 			keyless = append(keyless, r)
 			continue
 		}
-		enc, err := pgpMIME(sp, m.Body, keys, s.cfg.ProtectSubject)
+		keyed = append(keyed, r)
+		keysOf[r] = keys
+	}
+	if len(keyless) > 0 {
+		switch s.cfg.MissingKey {
+		case policyHold:
+			return nil, sdk.Temporary(451, "7.0", "openpgp: %d of %d recipients have no OpenPGP key yet; message held", len(keyless), len(rcpts))
+		case policyReject:
+			if len(keyed) == 0 {
+				return nil, sdk.Permanent(550, "7.0", "openpgp: no recipient has an OpenPGP key")
+			}
+			s.log.Info("[OPENPGP] recipients without a key refused", "recipients", len(keyless))
+		case policyClear:
+			s.log.Info("[OPENPGP] recipients without a key get the message unencrypted", "recipients", len(keyless))
+		}
+	}
+	var routes []sdk.Route
+	for _, r := range keyed {
+		enc, err := pgpMIME(sp, m.Body, keysOf[r], s.cfg.ProtectSubject)
 		if err != nil {
 			s.log.Debug("encryption failed", "rcpt", r, "error", err)
 			return nil, sdk.Temporary(451, "3.0", "openpgp: encryption failed")
 		}
 		routes = append(routes, sdk.Route{RcptTo: []string{r}, Body: enc})
 	}
-	if len(keyless) == 0 {
-		return routes, nil
-	}
-	switch s.cfg.MissingKey {
-	case policyClear:
-		s.log.Info("[OPENPGP] recipients without a key get the message unencrypted", "recipients", len(keyless))
+	if len(keyless) > 0 && s.cfg.MissingKey == policyClear {
 		routes = append(routes, sdk.Route{RcptTo: keyless})
-	case policyReject:
-		if len(routes) == 0 {
-			return nil, sdk.Permanent(550, "7.0", "openpgp: no recipient has an OpenPGP key")
-		}
-		s.log.Info("[OPENPGP] recipients without a key refused", "recipients", len(keyless))
-	default: // hold
-		return nil, sdk.Temporary(451, "7.0", "openpgp: %d of %d recipients have no OpenPGP key yet; message held", len(keyless), len(rcpts))
 	}
 	return routes, nil
 }

@@ -101,14 +101,14 @@ func alreadyEncrypted(s *split, body []byte) bool {
 	return false
 }
 
-// innerEntity is the MIME entity that gets encrypted (RFC 3156 §4): the
-// Content-* fields and the body; with protect, also copies of the
-// protected fields and protected-headers="v1" on its Content-Type. A
-// message without Content-Type is text/plain; charset=us-ascii (RFC 2045
-// §5.2), said explicitly.
-func innerEntity(s *split, body []byte, protect bool) []byte {
+// innerHeader is the header of the MIME entity that gets encrypted (RFC
+// 3156 §4), the body follows it: the Content-* fields; with protect, also
+// copies of the protected fields and protected-headers="v1" on its
+// Content-Type. A message without Content-Type is text/plain;
+// charset=us-ascii (RFC 2045 §5.2), said explicitly. It ends with the
+// empty line.
+func innerHeader(s *split, protect bool) []byte {
 	var b bytes.Buffer
-	b.Grow(len(body) + 1024)
 	hasType := false
 	for _, f := range s.content {
 		name, _, _ := bytes.Cut(f, []byte(":"))
@@ -135,7 +135,6 @@ func innerEntity(s *split, body []byte, protect bool) []byte {
 		}
 	}
 	b.WriteString("\r\n")
-	b.Write(body)
 	return b.Bytes()
 }
 
@@ -143,28 +142,9 @@ func innerEntity(s *split, body []byte, protect bool) []byte {
 // message (RFC 3156 §4): the outer header fields as they were (Subject
 // replaced by "[...]" with protect), MIME-Version, a multipart/encrypted
 // Content-Type, then the version part and the armored OpenPGP message,
-// all CRLF and 7-bit.
+// all CRLF and 7-bit. The ciphertext is armored straight into the result:
+// one copy of the message in memory besides the input.
 func pgpMIME(s *split, body []byte, keys openpgp.EntityList, protect bool) ([]byte, error) {
-	var armored bytes.Buffer
-	aw, err := armor.Encode(&armored, "PGP MESSAGE", nil)
-	if err != nil {
-		return nil, err
-	}
-	// Binary literal data: the entity is canonical CRLF text already and
-	// must come back byte for byte.
-	pw, err := openpgp.Encrypt(aw, keys, nil, &openpgp.FileHints{IsBinary: true}, nil)
-	if err != nil {
-		return nil, err
-	}
-	if _, err := pw.Write(innerEntity(s, body, protect)); err != nil {
-		return nil, err
-	}
-	if err := pw.Close(); err != nil {
-		return nil, err
-	}
-	if err := aw.Close(); err != nil {
-		return nil, err
-	}
 	var rnd [16]byte
 	if _, err := rand.Read(rnd[:]); err != nil {
 		return nil, err
@@ -172,9 +152,11 @@ func pgpMIME(s *split, body []byte, keys openpgp.EntityList, protect bool) ([]by
 	// Base64 and armor lines never begin with "--pgp-", so the boundary
 	// cannot occur in the parts.
 	boundary := "pgp-" + hex.EncodeToString(rnd[:])
+	inner := innerHeader(s, protect)
 
 	var out bytes.Buffer
-	out.Grow(armored.Len()*103/100 + 1024)
+	// Armor: 4/3 of the entity, plus line breaks and the packet overhead.
+	out.Grow((len(inner)+len(body))*140/100 + 2048)
 	for _, f := range s.outer {
 		name, _, _ := bytes.Cut(f, []byte(":"))
 		if protect && strings.EqualFold(strings.TrimSpace(string(name)), "Subject") {
@@ -193,7 +175,49 @@ func pgpMIME(s *split, body []byte, keys openpgp.EntityList, protect bool) ([]by
 	out.WriteString("--" + boundary + "\r\n")
 	out.WriteString("Content-Type: application/octet-stream; name=\"encrypted.asc\"\r\n" +
 		"Content-Description: OpenPGP encrypted message\r\nContent-Disposition: inline; filename=\"encrypted.asc\"\r\n\r\n")
-	out.Write(bytes.ReplaceAll(armored.Bytes(), []byte("\n"), []byte("\r\n")))
+
+	// No CRC-24 footer: RFC 9580 §6.1 says not to emit it (the packets
+	// carry their own integrity check), and it was half of the cost.
+	aw, err := armor.EncodeWithChecksumOption(crlfWriter{&out}, "PGP MESSAGE", nil, false)
+	if err != nil {
+		return nil, err
+	}
+	// Binary literal data: the entity is canonical CRLF text already and
+	// must come back byte for byte.
+	pw, err := openpgp.Encrypt(aw, keys, nil, &openpgp.FileHints{IsBinary: true}, nil)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := pw.Write(inner); err != nil {
+		return nil, err
+	}
+	if _, err := pw.Write(body); err != nil {
+		return nil, err
+	}
+	if err := pw.Close(); err != nil {
+		return nil, err
+	}
+	if err := aw.Close(); err != nil {
+		return nil, err
+	}
 	out.WriteString("\r\n--" + boundary + "--\r\n")
 	return out.Bytes(), nil
+}
+
+// crlfWriter writes LF line endings (the armor encoder's) as CRLF.
+type crlfWriter struct{ w *bytes.Buffer }
+
+func (c crlfWriter) Write(p []byte) (int, error) {
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			c.w.Write(p)
+			break
+		}
+		c.w.Write(p[:i])
+		c.w.WriteString("\r\n")
+		p = p[i+1:]
+	}
+	return n, nil
 }
