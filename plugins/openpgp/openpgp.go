@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io/fs"
 
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/hashicorp/go-hclog"
@@ -81,7 +82,7 @@ func (s *stage) Route(_ context.Context, m *sdk.Message) ([]sdk.Route, error) {
 		keys, err := s.keys.lookup(r)
 		if err != nil {
 			if !errors.Is(err, errNoKey) {
-				s.log.Warn("[OPENPGP] a key file is unusable; the recipient counts as without a key", "error", err)
+				s.log.Warn("[OPENPGP] a key file is unusable; the recipient counts as without a key (file name at debug level)", "reason", keyErrReason(err))
 			}
 			s.log.Debug("no usable key", "rcpt", r, "error", err)
 			keyless = append(keyless, r)
@@ -116,4 +117,13 @@ func (s *stage) Route(_ context.Context, m *sdk.Message) ([]sdk.Route, error) {
 		routes = append(routes, sdk.Route{RcptTo: keyless})
 	}
 	return routes, nil
+}
+
+// keyErrReason is err without the file name, which is an address.
+func keyErrReason(err error) string {
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return pe.Op + ": " + pe.Err.Error()
+	}
+	return err.Error()
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/ProtonMail/go-crypto/openpgp/packet"
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/mixmta/mixmta/sdk"
 )
@@ -174,7 +175,11 @@ func TestUnusableKeyFilesCountAsNoKey(t *testing.T) {
 	os.WriteFile(filepath.Join(keys, "garbage@example.net.asc"), []byte("not a key"), 0o644)
 	// Outside the directory, reachable only by path traversal.
 	goKey(t, filepath.Dir(keys), "x@example.net", nil)
-	s := newTestStage(t, keys, policyClear, false)
+	var logs bytes.Buffer
+	s, err := newStage(Config{KeysDir: keys, MissingKey: policyClear}, hclog.New(&hclog.LoggerOptions{Output: &logs, Level: hclog.Info}))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, r := range []string{"expired@example.net", "secret@example.net", "garbage@example.net", "../x@example.net", ".hidden@example.net", "nobody@example.net"} {
 		routes, err := s.Route(context.Background(), loadMessage(t, "multipart.eml", r))
 		if err != nil {
@@ -183,6 +188,9 @@ func TestUnusableKeyFilesCountAsNoKey(t *testing.T) {
 		if enc, clear := rcptSets(routes); len(enc) != 0 || len(clear) != 1 {
 			t.Errorf("%s: want the keyless policy (clear), got encrypted %v", r, enc)
 		}
+	}
+	if !strings.Contains(logs.String(), "a key file is unusable") || strings.Contains(logs.String(), "@") {
+		t.Fatalf("want a warning for each unusable key file, naming no address; log:\n%s", logs.String())
 	}
 	if fileName("../x@example.net") != "" || fileName("Bob@Example.NET") != "bob@example.net.asc" {
 		t.Fatal("fileName does not refuse traversal or lower-case the address")
