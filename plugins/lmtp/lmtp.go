@@ -140,8 +140,9 @@ func (l *lmtp) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, e
 		}
 	}
 	if err != nil && !isLMTPDataError(err) {
-		// The connection broke before every reply came.
-		return all(replyError("end of data", err)), nil
+		// The connection broke before every reply came. err may also hold
+		// the replies that did come: not theirs to give the others.
+		return all(sdk.Temporary(451, "4.4.2", "lmtp: end of data: %s", netReason(err))), nil
 	}
 	_ = c.Quit()
 	return all(sdk.Temporary(451, "4.4.2", "lmtp: no reply for the recipient after the data")), nil

@@ -94,6 +94,14 @@ func TestConnectionLostBeforeAllRepliesIsTemporaryForTheRest(t *testing.T) {
 	wantErr(t, "b", got["b@example.net"], true, 451, "4.4.2")
 }
 
+func TestConnectionLostAfterARefusalLeavesTheRestTemporary(t *testing.T) {
+	s := &scriptedLMTP{afterData: []string{"552 5.2.2 <a@example.net> Quota exceeded"}, close: true}
+	l := newTestLMTP(t, s.start(t))
+	got := results(t, l, loadMessage(t, "a@example.net", "b@example.net"))
+	wantErr(t, "a", got["a@example.net"], false, 552, "5.2.2")
+	wantErr(t, "b", got["b@example.net"], true, 451, "4.4.2")
+}
+
 func TestNoRecipientAcceptedSendsNoData(t *testing.T) {
 	s := &scriptedLMTP{reply: map[string]string{"RCPT a@example.net": "550 5.1.1 no"}}
 	l := newTestLMTP(t, s.start(t))
