@@ -103,6 +103,14 @@ func (k *keyring) lookup(addr string) (openpgp.EntityList, error) {
 	if err != nil {
 		return nil, err
 	}
+	// Whoever can replace a recipient's key can read that recipient's
+	// mail from then on.
+	if !st.Mode().IsRegular() || st.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("the key file is not a regular file or is writable by group or others (mode %04o)", st.Mode().Perm())
+	}
+	if dst, err := root.Stat("."); err == nil && dst.Mode().Perm()&0o022 != 0 {
+		return nil, fmt.Errorf("keys_dir is writable by group or others (mode %04o)", dst.Mode().Perm())
+	}
 	k.mu.Lock()
 	c, ok := k.seen[name]
 	k.mu.Unlock()

@@ -173,6 +173,9 @@ func TestUnusableKeyFilesCountAsNoKey(t *testing.T) {
 	w.Close()
 	os.WriteFile(filepath.Join(keys, "secret@example.net.asc"), b.Bytes(), 0o600)
 	os.WriteFile(filepath.Join(keys, "garbage@example.net.asc"), []byte("not a key"), 0o644)
+	// A good key that group or others may replace.
+	goKey(t, keys, "writable@example.net", nil)
+	os.Chmod(filepath.Join(keys, "writable@example.net.asc"), 0o664)
 	// Outside the directory, reachable only by path traversal.
 	goKey(t, filepath.Dir(keys), "x@example.net", nil)
 	var logs bytes.Buffer
@@ -180,7 +183,7 @@ func TestUnusableKeyFilesCountAsNoKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, r := range []string{"expired@example.net", "secret@example.net", "garbage@example.net", "../x@example.net", ".hidden@example.net", "nobody@example.net"} {
+	for _, r := range []string{"expired@example.net", "secret@example.net", "garbage@example.net", "writable@example.net", "../x@example.net", ".hidden@example.net", "nobody@example.net"} {
 		routes, err := s.Route(context.Background(), loadMessage(t, "multipart.eml", r))
 		if err != nil {
 			t.Fatalf("%s: %v", r, err)
@@ -254,5 +257,20 @@ func TestConfigValidationNamesTheKey(t *testing.T) {
 		if c.key == "" && err != nil || c.key != "" && (!errors.As(err, &fe) || fe.Field != c.key) {
 			t.Errorf("%s: want error on %q, got %v", c.json, c.key, err)
 		}
+	}
+}
+
+func TestKeysDirWritableByOthersIsNotTrusted(t *testing.T) {
+	keys := t.TempDir()
+	goKey(t, keys, "bob@example.net", nil)
+	s := newTestStage(t, keys, policyReject, false)
+	m := loadMessage(t, "multipart.eml", "bob@example.net")
+	if _, err := s.Route(context.Background(), m); err != nil {
+		t.Fatalf("control, keys_dir 0700: %v", err)
+	}
+	os.Chmod(keys, 0o777)
+	defer os.Chmod(keys, 0o700)
+	if _, err := s.Route(context.Background(), m); sdk.AsError(err) == nil || sdk.AsError(err).EnhancedCode() != "5.7.0" {
+		t.Fatalf("keys_dir 0777: want the key ignored (5.7.0 under reject), got %v", err)
 	}
 }
