@@ -186,3 +186,28 @@ func TestConfigValidationNamesTheKey(t *testing.T) {
 		}
 	}
 }
+
+func TestSMTPUTF8EnvelopeWithoutServerSupport(t *testing.T) {
+	// ASCII addresses: delivered without the SMTPUTF8 parameter.
+	s := &scriptedLMTP{afterData: []string{"250 2.0.0 ok"}}
+	m := loadMessage(t, "a@example.net")
+	m.Envelope.SMTPUTF8 = true
+	got := results(t, newTestLMTP(t, s.start(t)), m)
+	if got["a@example.net"] != nil {
+		t.Fatalf("ASCII envelope: %v", got["a@example.net"])
+	}
+	if cmds := <-s.got; strings.Contains(strings.Join(cmds, "\n"), "SMTPUTF8") {
+		t.Fatalf("SMTPUTF8 sent to a server that does not offer it: %q", cmds)
+	}
+	// A non-ASCII address cannot go: permanent 553 5.6.7, nothing sent.
+	s = &scriptedLMTP{}
+	m = loadMessage(t, "jörg@example.net")
+	m.Envelope.SMTPUTF8 = true
+	got = results(t, newTestLMTP(t, s.start(t)), m)
+	wantErr(t, "jörg", got["jörg@example.net"], false, 553, "5.6.7")
+	for _, c := range <-s.got {
+		if strings.HasPrefix(c, "MAIL") {
+			t.Fatalf("MAIL FROM sent for an address the server cannot take: %q", c)
+		}
+	}
+}
