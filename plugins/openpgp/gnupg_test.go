@@ -88,6 +88,30 @@ func TestGnuPGDecryptsEachRecipientsCopyBackToTheOriginal(t *testing.T) {
 	}
 }
 
+// TestGnuPGReadsEveryArmorLength: three messages whose lengths differ by
+// one byte end their armor's base64 with each padding ("", "=", "=="); GnuPG
+// 2.2 must read all three (it cannot when the armor lacks its CRC-24 and
+// the base64 has no padding).
+func TestGnuPGReadsEveryArmorLength(t *testing.T) {
+	keys := t.TempDir()
+	bob := newGnuPG(t, "Bob <bob@example.net>")
+	bob.exportTo(keys, "bob@example.net")
+	p := plugintest.Start(t, pluginBinary(t), `{"keys_dir":"`+keys+`"}`)
+	for n := 0; n < 3; n++ {
+		m := loadMessage(t, "multipart.eml", "bob@example.net")
+		m.Body = append(append([]byte(nil), m.Body...), bytes.Repeat([]byte("x"), n)...)
+		routes, err := p.Route(context.Background(), m)
+		if err != nil || len(routes) != 1 {
+			t.Fatalf("+%d bytes: %v", n, err)
+		}
+		_, armored := pgpParts(t, routes[0].Body)
+		_, body := splitEntity(t, bob.run(armored, "--decrypt"))
+		if !bytes.Equal(body, m.Body) {
+			t.Fatalf("+%d bytes: decrypted body differs", n)
+		}
+	}
+}
+
 // TestAlreadyEncryptedMailPassesUnchanged: a PGP/MIME message and an
 // inline OpenPGP message that GnuPG encrypted, and an S/MIME enveloped
 // one, go to every recipient as they are (one route, no new body), even
