@@ -302,7 +302,7 @@ func (p *INNPeer) reader(user, pass string) (*textproto.Conn, error) {
 		}
 		if code, msg, err := c.ReadCodeLine(s.expect); err != nil {
 			c.Close()
-			return nil, fmt.Errorf("%q: %d %s: %w", strings.Fields(s.line+" greeting")[0], code, msg, err)
+			return nil, fmt.Errorf("%q: %d %s: %w", strings.Fields(s.line + " greeting")[0], code, msg, err)
 		}
 	}
 	return c, nil
