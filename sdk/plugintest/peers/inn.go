@@ -311,6 +311,23 @@ func (p *INNPeer) reader(user, pass string) (*textproto.Conn, error) {
 	return c, nil
 }
 
+// ArticleByNumber fetches article number num of group (GROUP, then
+// ARTICLE num), like Article.
+func (p *INNPeer) ArticleByNumber(group string, num int, user, pass string) (article string, found bool, err error) {
+	c, err := p.reader(user, pass)
+	if err != nil {
+		return "", false, err
+	}
+	defer c.Close()
+	if err := c.PrintfLine("GROUP %s", group); err != nil {
+		return "", false, err
+	}
+	if _, _, err := c.ReadCodeLine(211); err != nil {
+		return "", false, fmt.Errorf("GROUP: %w", err)
+	}
+	return readArticle(c, fmt.Sprint(num))
+}
+
 // Article fetches an article by Message-ID ("<x@y>") as a reader (MODE
 // READER, AUTHINFO with user/pass when user is not empty, ARTICLE) and
 // returns it with CRLF line endings and dots unstuffed. found is false on
@@ -321,10 +338,18 @@ func (p *INNPeer) Article(msgID, user, pass string) (article string, found bool,
 		return "", false, err
 	}
 	defer c.Close()
-	if err := c.PrintfLine("ARTICLE %s", msgID); err != nil {
+	return readArticle(c, msgID)
+}
+
+// readArticle sends ARTICLE arg and reads the article (220) or 423/430.
+func readArticle(c *textproto.Conn, arg string) (string, bool, error) {
+	if err := c.PrintfLine("ARTICLE %s", arg); err != nil {
 		return "", false, err
 	}
 	code, msg, err := c.ReadCodeLine(220)
+	if code == 423 {
+		return "", false, nil
+	}
 	if code == 430 {
 		return "", false, nil
 	}
