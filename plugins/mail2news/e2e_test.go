@@ -265,3 +265,40 @@ func TestForwardModeMailsArticleToGateway(t *testing.T) {
 		t.Errorf("forwarded mail carries a tracing value or our Path:\n%s", got)
 	}
 }
+
+// TestSTARTTLSVerifiesTheNewsServer: with tls: starttls the article goes
+// only over TLS to a server whose certificate checks out; an untrusted
+// certificate or a server without STARTTLS is a temporary failure and
+// nothing is posted in the clear.
+func TestSTARTTLSVerifiesTheNewsServer(t *testing.T) {
+	inn := peers.INN(t, peers.INNConfig{TLS: true})
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, inn.Cert.CertPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	p := startPlugin(t, map[string]any{"servers": []map[string]any{{"address": inn.Addr, "tls": "starttls", "tls_ca_file": ca}}})
+	if err := deliver(t, p, newsMsg("tls-1", "Newsgroups: alt.test\nSubject: s", "b\n")); err != nil {
+		t.Fatalf("STARTTLS with the right CA: %v\n%s", err, inn.Log())
+	}
+	inn.WaitArticle(t, "<tls-1@test.invalid>", "", "", 10*time.Second)
+
+	p = startPlugin(t, map[string]any{"servers": []map[string]any{{"address": inn.Addr, "tls": "starttls"}}})
+	err := deliver(t, p, newsMsg("tls-2", "Newsgroups: alt.test\nSubject: s", "b\n"))
+	if e := sdk.AsError(err); e == nil || !e.Temporary || !strings.Contains(e.Message, "certificate not trusted") {
+		t.Fatalf("untrusted certificate: %v, want a temporary TLS failure", err)
+	}
+	plain := peers.INN(t)
+	p = startPlugin(t, map[string]any{"servers": []map[string]any{{"address": plain.Addr, "tls": "starttls"}}})
+	err = deliver(t, p, newsMsg("tls-3", "Newsgroups: alt.test\nSubject: s", "b\n"))
+	if e := sdk.AsError(err); e == nil || !e.Temporary || !strings.Contains(e.Message, "STARTTLS") {
+		t.Fatalf("server without STARTTLS: %v, want a temporary failure", err)
+	}
+	for _, pr := range []struct {
+		inn *peers.INNPeer
+		id  string
+	}{{inn, "<tls-2@test.invalid>"}, {plain, "<tls-3@test.invalid>"}} {
+		if _, found, err := pr.inn.Article(pr.id, "", ""); err != nil || found {
+			t.Errorf("%s posted despite the TLS failure (found %v, %v)", pr.id, found, err)
+		}
+	}
+}

@@ -26,6 +26,9 @@ type INNConfig struct {
 	Users map[string]string
 	// MaxArtSize is INN's maxartsize in bytes (0: INN's default, 1000000).
 	MaxArtSize int
+	// TLS makes nnrpd offer STARTTLS (RFC 4642) in reader mode with a
+	// self-signed certificate for 127.0.0.1 and localhost (INNPeer.Cert).
+	TLS bool
 }
 
 // INNPeer is a running temp-dir INN 2.7 (innd) in transit mode: 127.0.0.1
@@ -36,7 +39,10 @@ type INNPeer struct {
 	Addr string
 	Port int
 	// Dir is the peer's root (etc, db, spool, log).
-	Dir  string
+	Dir string
+	// Cert is the STARTTLS certificate when INNConfig.TLS is set (its own
+	// CA).
+	Cert Cert
 	conf string // inn.conf path (INNCONF)
 	proc *process
 }
@@ -163,6 +169,20 @@ func startINN(t testing.TB, c INNConfig) (*INNPeer, error) {
 		}
 		set[k] = p
 	}
+	var cert Cert
+	if c.TLS {
+		if cert, err = SelfSigned("127.0.0.1", "localhost"); err != nil {
+			return nil, err
+		}
+		certFile, keyFile := filepath.Join(etc, "tls-cert.pem"), filepath.Join(etc, "tls-key.pem")
+		if err := os.WriteFile(certFile, cert.CertPEM, 0o644); err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(keyFile, cert.KeyPEM, 0o600); err != nil {
+			return nil, err
+		}
+		set["tlscertfile"], set["tlskeyfile"], set["tlscafile"] = certFile, keyFile, certFile
+	}
 	conf := filepath.Join(etc, "inn.conf")
 	if err := rewriteINNConf(conf, set); err != nil {
 		return nil, err
@@ -220,7 +240,7 @@ func startINN(t testing.TB, c INNConfig) (*INNPeer, error) {
 	if err != nil {
 		return nil, err
 	}
-	p := &INNPeer{Addr: fmt.Sprintf("127.0.0.1:%d", port), Port: port, Dir: dir, conf: conf, proc: proc}
+	p := &INNPeer{Addr: fmt.Sprintf("127.0.0.1:%d", port), Port: port, Dir: dir, Cert: cert, conf: conf, proc: proc}
 	if err := waitBanner(proc, p.Addr, "20", 10*time.Second); err != nil {
 		p.stop()
 		return nil, err
