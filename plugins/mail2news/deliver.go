@@ -53,6 +53,7 @@ func (g *gateway) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult
 	}
 	if err != nil {
 		e := sdk.AsError(err)
+		g.log.Debug("mail2news failure", "item", m.ID, "error", err.Error())
 		if e.Temporary {
 			g.log.Info("[MAIL2NEWS] not posted, will retry", "item", m.ID, "reason", e.Message)
 		} else {
@@ -151,9 +152,9 @@ func (g *gateway) forward(ctx context.Context, a *Article) error {
 	var se *smtp.SMTPError
 	if errors.As(err, &se) {
 		if se.Code >= 500 {
-			return sdk.Permanent(554, "6.0", "mail2news: forward relay refused the article: %d %s", se.Code, printable(se.Message, 120))
+			return withText(sdk.Permanent(554, "6.0", "mail2news: forward relay refused the article: %d", se.Code), printable(se.Message, 120))
 		}
-		return sdk.Temporary(451, "4.0", "mail2news: forward relay: %d %s", se.Code, printable(se.Message, 120))
+		return withText(sdk.Temporary(451, "4.0", "mail2news: forward relay: %d", se.Code), printable(se.Message, 120))
 	}
 	return sdk.Temporary(451, "4.2", "mail2news: forward relay: %s", netReason(err))
 }

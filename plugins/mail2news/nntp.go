@@ -21,8 +21,10 @@ import (
 // dependency would still leave us to decide what each reply code means for
 // the queue, which is most of this file.
 
-// nntpReply is a reply from a server that decides a posting: code and
-// text. Its text is the server's and never holds the sender or content.
+// nntpReply is a reply from a server: code and text (printable ASCII, at
+// most 120 bytes). The text may name groups or hosts, so it never goes
+// into an *sdk.Error (which the core may log or bounce): withText carries
+// it to the Debug log.
 type nntpReply struct {
 	code int
 	text string
@@ -155,11 +157,11 @@ func (c *nntpConn) cmd(line string) (nntpReply, error) {
 
 // fail turns an unexpected reply into an error: permanent when perm,
 // otherwise temporary (a misconfigured or busy server must not lose mail).
-func (r nntpReply) fail(step string, perm bool) *sdk.Error {
+func (r nntpReply) fail(step string, perm bool) error {
 	if perm {
-		return sdk.Permanent(554, "6.0", "mail2news: news server refused %s: %d %s", step, r.code, r.text)
+		return withText(sdk.Permanent(554, "6.0", "mail2news: news server refused %s: %d", step, r.code), r.text)
 	}
-	return sdk.Temporary(451, "4.0", "mail2news: news server answered %s with %d %s", step, r.code, r.text)
+	return withText(sdk.Temporary(451, "4.0", "mail2news: news server answered %s with %d", step, r.code), r.text)
 }
 
 // authinfo runs AUTHINFO USER/PASS (RFC 4643 §2.3). A refusal is
@@ -179,7 +181,7 @@ func (c *nntpConn) authinfo(s *Server) error {
 		}
 	}
 	if r.code != 281 {
-		return sdk.Temporary(451, "7.0", "mail2news: news server refused AUTHINFO: %d %s", r.code, r.text)
+		return withText(sdk.Temporary(451, "7.0", "mail2news: news server refused AUTHINFO: %d", r.code), r.text)
 	}
 	return nil
 }
@@ -196,7 +198,7 @@ func (c *nntpConn) postArticle(a *Article) error {
 	switch r.code {
 	case 340:
 	case 440:
-		return sdk.Permanent(554, "7.1", "mail2news: posting not permitted: %d %s", r.code, r.text)
+		return withText(sdk.Permanent(554, "7.1", "mail2news: posting not permitted: %d", r.code), r.text)
 	default:
 		return r.fail("POST", r.code/100 == 5)
 	}
@@ -209,7 +211,7 @@ func (c *nntpConn) postArticle(a *Article) error {
 	case r.code == 441 && isDuplicate(r.text):
 		return nil
 	case r.code == 441:
-		return sdk.Permanent(554, "6.0", "mail2news: article refused: %d %s", r.code, r.text)
+		return withText(sdk.Permanent(554, "6.0", "mail2news: article refused: %d", r.code), r.text)
 	default:
 		return r.fail("the article", r.code/100 == 5)
 	}
@@ -228,7 +230,7 @@ func (c *nntpConn) ihave(a *Article) error {
 	case 435:
 		return nil
 	case 436:
-		return sdk.Temporary(451, "4.0", "mail2news: news server says try later: %d %s", r.code, r.text)
+		return withText(sdk.Temporary(451, "4.0", "mail2news: news server says try later: %d", r.code), r.text)
 	default:
 		return r.fail("IHAVE", r.code/100 == 5)
 	}
@@ -239,7 +241,7 @@ func (c *nntpConn) ihave(a *Article) error {
 	case 235, 437:
 		return nil
 	case 436:
-		return sdk.Temporary(451, "4.0", "mail2news: news server says try later: %d %s", r.code, r.text)
+		return withText(sdk.Temporary(451, "4.0", "mail2news: news server says try later: %d", r.code), r.text)
 	default:
 		return r.fail("the article", r.code/100 == 5)
 	}
@@ -260,6 +262,18 @@ func (c *nntpConn) send(a *Article) (nntpReply, error) {
 	}
 	return c.read()
 }
+
+// replyError is a failure with the peer's reply text beside it: errors.As
+// finds the *sdk.Error (code only), Error() adds the text for Debug logs.
+type replyError struct {
+	err  *sdk.Error
+	text string
+}
+
+func (e *replyError) Error() string { return e.err.Error() + " (server said: " + e.text + ")" }
+func (e *replyError) Unwrap() error { return e.err }
+
+func withText(e *sdk.Error, text string) error { return &replyError{err: e, text: text} }
 
 // isDuplicate recognises a duplicate Message-ID in a 441 reply text (INN
 // answers "435 Duplicate"; others say "duplicate" or "already").
