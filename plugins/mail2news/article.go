@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/hex"
+	"fmt"
 	"net/mail"
 	"regexp"
 	"strings"
@@ -109,11 +110,14 @@ func (g *gateway) buildArticle(m *sdk.Message, now time.Time) (*Article, error) 
 	if strings.TrimSpace(h.Get("Subject")) == "" {
 		h.Set("Subject", "None")
 	}
-	h.Set("Message-ID", id)
-	h.Set("Date", date.Format("Mon, 02 Jan 2006 15:04:05 -0700"))
-	h.Set("Newsgroups", strings.Join(groups, ","))
-	h.Set("Path", g.cfg.PathHost+"!not-for-mail")
+	for _, f := range []string{"Message-ID", "Date", "Newsgroups"} {
+		h.Del(f)
+	}
+	// The fields this gateway writes come first, in RFC 5536's spelling
+	// (go-message would write "Message-Id"); the rest follow as received.
 	var hb bytes.Buffer
+	fmt.Fprintf(&hb, "Path: %s!not-for-mail\r\nNewsgroups: %s\r\nDate: %s\r\nMessage-ID: %s\r\n",
+		g.cfg.PathHost, strings.Join(groups, ","), date.Format("Mon, 02 Jan 2006 15:04:05 -0700"), id)
 	if err := textproto.WriteHeader(&hb, h); err != nil {
 		return nil, sdk.Permanent(554, "6.0", "mail2news: header cannot be written: %v", err)
 	}
