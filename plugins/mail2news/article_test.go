@@ -1,6 +1,8 @@
 package main
 
 import (
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -211,6 +213,10 @@ func TestRefusalsArePermanentWithReason(t *testing.T) {
 }
 
 func TestConfigValidation(t *testing.T) {
+	pwFile := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pwFile, []byte("secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		mod  func(*Config)
@@ -227,6 +233,9 @@ func TestConfigValidation(t *testing.T) {
 		{"max_groups", func(c *Config) { c.MaxGroups = 0 }, "max_groups"},
 		{"max_bytes", func(c *Config) { c.MaxBytes = 10 }, "max_bytes"},
 		{"socks5", func(c *Config) { c.SOCKS5 = "9050" }, "socks5"},
+		{"password in the clear", func(c *Config) {
+			c.Servers[0] = Server{Address: "news.example.org:119", User: "u", PasswordFile: pwFile}
+		}, "servers.0.tls"},
 	}
 	for _, c := range cases {
 		cfg := defaults
@@ -236,6 +245,25 @@ func TestConfigValidation(t *testing.T) {
 		fe, ok := err.(*sdk.FieldError)
 		if !ok || fe.Field != c.key {
 			t.Errorf("%s: got %v, want an error for %s", c.name, err, c.key)
+		}
+	}
+}
+
+func TestPasswordFileMustBePrivate(t *testing.T) {
+	pw := filepath.Join(t.TempDir(), "pw")
+	if err := os.WriteFile(pw, []byte("secret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	cfg := defaults
+	cfg.Servers = []Server{{Address: "127.0.0.1:119", User: "u", PasswordFile: pw}}
+	if err := cfg.Validate(); err == nil || !strings.Contains(err.Error(), "0600") {
+		t.Fatalf("a world-readable password file: %v, want an error", err)
+	}
+	os.Chmod(pw, 0o600)
+	for _, addr := range []string{"127.0.0.1:119", "localhost:119", "abcdef.onion:119"} {
+		cfg.Servers = []Server{{Address: addr, User: "u", PasswordFile: pw}}
+		if err := cfg.Validate(); err != nil {
+			t.Errorf("%s without TLS: %v, want accepted (no eavesdropper on the link)", addr, err)
 		}
 	}
 }

@@ -162,8 +162,23 @@ func (s *Server) validate() *sdk.FieldError {
 		if _, err := readSecret(s.PasswordFile); err != nil {
 			return sdk.FieldErrorf("password_file", "%v", err)
 		}
+		host, _, _ := splitHostPort(s.Address)
+		if s.TLS == tlsNone && !privateLink(host) {
+			return sdk.FieldErrorf("tls", "AUTHINFO without TLS sends the password in the clear: set tls (or use a loopback or .onion address)")
+		}
 	}
 	return nil
+}
+
+// privateLink reports whether host is reached without crossing a network
+// an eavesdropper sees: loopback, or an onion service (Tor encrypts end to
+// end).
+func privateLink(host string) bool {
+	if strings.HasSuffix(strings.ToLower(host), ".onion") || strings.EqualFold(host, "localhost") {
+		return true
+	}
+	ip := net.ParseIP(host)
+	return ip != nil && ip.IsLoopback()
 }
 
 func (f *Forward) validate() *sdk.FieldError {
