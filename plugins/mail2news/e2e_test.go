@@ -146,6 +146,13 @@ func TestINN441IsPermanent(t *testing.T) {
 	if e == nil || e.Temporary || !strings.Contains(e.Message, "441") {
 		t.Fatalf("got %v, want a permanent failure carrying INN's 441", err)
 	}
+	// The same over a peering feed: INN's 437 for an unwanted group is a
+	// refusal too, not the "already have it" that counts as delivered.
+	p = startPlugin(t, map[string]any{"servers": []map[string]any{{"address": inn.Addr, "method": "ihave"}}})
+	err = deliver(t, p, newsMsg("no-group-2", "Newsgroups: no.such.group\nSubject: s", "b\n"))
+	if e := sdk.AsError(err); e == nil || e.Temporary || !strings.Contains(e.Message, "437") {
+		t.Fatalf("IHAVE: got %v, want a permanent failure carrying INN's 437", err)
+	}
 }
 
 // TestRepeatedPostingCountsAsSuccess: a posting repeated (the core retries

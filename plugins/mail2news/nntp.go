@@ -218,8 +218,10 @@ func (c *nntpConn) postArticle(a *Article) error {
 }
 
 // ihave runs IHAVE (RFC 3977 §6.3.2): 335 send, then 235 taken. 435 (not
-// wanted: it already has it) and 437 (rejected, do not retry) both end
-// the transfer for good, so they count as delivered; 436 is try later.
+// wanted: it already has it) and a 437 for a duplicate (INN: "437
+// Duplicate", the article arrived from elsewhere meanwhile) count as
+// delivered: the server has the article. Any other 437 (rejected, do not
+// retry: unwanted group, too old) is a permanent refusal; 436 is try later.
 func (c *nntpConn) ihave(a *Article) error {
 	r, err := c.cmd("IHAVE " + a.MessageID)
 	if err != nil {
@@ -237,10 +239,12 @@ func (c *nntpConn) ihave(a *Article) error {
 	if r, err = c.send(a); err != nil {
 		return err
 	}
-	switch r.code {
-	case 235, 437:
+	switch {
+	case r.code == 235, r.code == 437 && isDuplicate(r.text):
 		return nil
-	case 436:
+	case r.code == 437:
+		return withText(sdk.Permanent(554, "6.0", "mail2news: article refused: %d", r.code), r.text)
+	case r.code == 436:
 		return withText(sdk.Temporary(451, "4.0", "mail2news: news server says try later: %d", r.code), r.text)
 	default:
 		return r.fail("the article", r.code/100 == 5)
