@@ -30,6 +30,8 @@ type Config struct {
 	AddressFuture   sdk.Duration `json:"address_future" doc:"how far in the future the date in a mail2news-YYYYMMDD-... address may lie"`
 	ConnectTimeout  sdk.Duration `json:"connect_timeout" doc:"TCP (or SOCKS) connect, including a Tor circuit"`
 	CommandTimeout  sdk.Duration `json:"command_timeout" doc:"each command and its reply, the article transfer included"`
+	MaxIdle         int          `json:"max_idle" doc:"open sessions kept per news server for the next articles; 0: a new connection per article"`
+	IdleTimeout     sdk.Duration `json:"idle_timeout" doc:"how long an unused session is kept"`
 }
 
 // Server is one news server.
@@ -106,6 +108,9 @@ func (c *Config) Validate() error {
 	if c.MaxBytes < 1024 {
 		return sdk.FieldErrorf("max_bytes", "must be at least 1024, got %d", c.MaxBytes)
 	}
+	if c.MaxIdle < 0 {
+		return sdk.FieldErrorf("max_idle", "must be >= 0, got %d", c.MaxIdle)
+	}
 	if c.MaxGroups < 1 {
 		return sdk.FieldErrorf("max_groups", "must be at least 1, got %d", c.MaxGroups)
 	}
@@ -116,6 +121,7 @@ func (c *Config) Validate() error {
 	}{
 		{"address_past", c.AddressPast, 0}, {"address_future", c.AddressFuture, 0},
 		{"connect_timeout", c.ConnectTimeout, time.Second}, {"command_timeout", c.CommandTimeout, time.Second},
+		{"idle_timeout", c.IdleTimeout, time.Second},
 	} {
 		if d.v.D() < d.min {
 			return sdk.FieldErrorf(d.key, "must be at least %s, got %s", d.min, d.v)

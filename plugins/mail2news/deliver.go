@@ -25,16 +25,18 @@ import (
 // gateway is the mail2news deliverer: one article per message, posted to
 // the configured servers or forwarded by mail.
 type gateway struct {
-	cfg Config
-	log hclog.Logger
-	net *network
-	now func() time.Time
+	cfg  Config
+	log  hclog.Logger
+	net  *network
+	idle *idlePool
+	now  func() time.Time
 }
 
 var _ sdk.Deliverer = (*gateway)(nil)
 
 func newGateway(cfg Config, log hclog.Logger) (*gateway, error) {
-	return &gateway{cfg: cfg, log: log, net: newNetwork(cfg.SOCKS5, cfg.ConnectTimeout.D()), now: time.Now}, nil
+	return &gateway{cfg: cfg, log: log, net: newNetwork(cfg.SOCKS5, cfg.ConnectTimeout.D()),
+		idle: newIdlePool(cfg.MaxIdle, cfg.IdleTimeout.D()), now: time.Now}, nil
 }
 
 // Deliver turns the message into one article (the groups of every
@@ -78,7 +80,7 @@ func (g *gateway) postAll(ctx context.Context, a *Article) error {
 	var temp, perm error
 	ok := 0
 	for i := range g.cfg.Servers {
-		err := g.post(ctx, &g.cfg.Servers[i], a)
+		err := g.post(ctx, i, a)
 		switch {
 		case err == nil:
 			ok++

@@ -23,6 +23,8 @@ var defaults = Config{
 	PostTo:          postToEach,
 	ConnectTimeout:  sdk.Duration(60 * time.Second),
 	CommandTimeout:  sdk.Duration(2 * time.Minute),
+	MaxIdle:         2,
+	IdleTimeout:     sdk.Duration(30 * time.Second),
 }
 
 func main() {

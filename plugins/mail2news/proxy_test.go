@@ -120,8 +120,9 @@ func TestSOCKS5CarriesEveryConnectionWithIsolation(t *testing.T) {
 	a, b := peers.INN(t), peers.INN(t)
 	names := map[string]string{"news-a.example.onion:119": a.Addr, "news-b.example.onion:119": b.Addr}
 	proxy := startSOCKS(t, func(dest string) string { return names[dest] })
-	p := startPlugin(t, map[string]any{"socks5": proxy.Addr, "servers": []map[string]any{
-		{"address": "news-a.example.onion:119"}, {"address": "news-b.example.onion:119", "method": "ihave"}}})
+	servers := []map[string]any{{"address": "news-a.example.onion:119"}, {"address": "news-b.example.onion:119", "method": "ihave"}}
+	// One connection per article, so credentials are seen twice per server.
+	p := startPlugin(t, map[string]any{"socks5": proxy.Addr, "servers": servers, "max_idle": 0})
 	for _, id := range []string{"socks-1", "socks-2"} {
 		if err := deliver(t, p, newsMsg(id, "Newsgroups: alt.test\nSubject: s", "b\n")); err != nil {
 			t.Fatal(err)
@@ -145,6 +146,19 @@ func TestSOCKS5CarriesEveryConnectionWithIsolation(t *testing.T) {
 	}
 	if users["news-a.example.onion:119"] == users["news-b.example.onion:119"] {
 		t.Errorf("both servers share SOCKS credentials %q: no stream isolation", users["news-a.example.onion:119"])
+	}
+	// With idle sessions kept (the default), three more articles open one
+	// connection per server and reuse it.
+	p = startPlugin(t, map[string]any{"socks5": proxy.Addr, "servers": servers})
+	for _, id := range []string{"socks-3", "socks-4", "socks-5"} {
+		if err := deliver(t, p, newsMsg(id, "Newsgroups: alt.test\nSubject: s", "b\n")); err != nil {
+			t.Fatal(err)
+		}
+		a.WaitArticle(t, "<"+id+"@test.invalid>", "", "", 10*time.Second)
+		b.WaitArticle(t, "<"+id+"@test.invalid>", "", "", 10*time.Second)
+	}
+	if n := len(proxy.requests()); n != 6 {
+		t.Errorf("%d SOCKS requests after 3 articles with reuse, want 4+2", n)
 	}
 }
 
@@ -196,5 +210,75 @@ func TestImplicitTLSToNNTPS(t *testing.T) {
 	p = startPlugin(t, map[string]any{"servers": []map[string]any{{"address": l.Addr().String(), "tls": "tls", "tls_ca_file": ca, "tls_name": "other.example.test"}}})
 	if err := deliver(t, p, newsMsg("nntps-2", "Newsgroups: alt.test\nSubject: s", "b\n")); !isTemporary(err) {
 		t.Fatalf("wrong certificate name: %v, want temporary", err)
+	}
+}
+
+// forwarder is a TCP relay to target whose open connections a test can cut.
+type forwarder struct {
+	Addr  string
+	mu    sync.Mutex
+	conns []net.Conn
+	count int
+}
+
+func startForwarder(t *testing.T, target string) *forwarder {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	f := &forwarder{Addr: l.Addr().String()}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			up, err := net.Dial("tcp", target)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			f.mu.Lock()
+			f.conns = append(f.conns, c, up)
+			f.count++
+			f.mu.Unlock()
+			go func() { io.Copy(up, c); up.Close() }()
+			go func() { io.Copy(c, up); c.Close() }()
+		}
+	}()
+	return f
+}
+
+func (f *forwarder) cutAll() {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for _, c := range f.conns {
+		c.Close()
+	}
+	f.conns = nil
+}
+
+// TestReusedSessionThatDiedIsReplaced: an idle session the network or the
+// server closed meanwhile costs nothing: the article goes over a new one.
+func TestReusedSessionThatDiedIsReplaced(t *testing.T) {
+	inn := peers.INN(t)
+	fw := startForwarder(t, inn.Addr)
+	p := startPlugin(t, map[string]any{"servers": []map[string]any{{"address": fw.Addr}}})
+	for i, id := range []string{"reuse-1", "reuse-2", "reuse-3"} {
+		if i == 2 {
+			fw.cutAll()
+			time.Sleep(100 * time.Millisecond)
+		}
+		if err := deliver(t, p, newsMsg(id, "Newsgroups: alt.test\nSubject: s", "b\n")); err != nil {
+			t.Fatalf("%s: %v", id, err)
+		}
+		inn.WaitArticle(t, "<"+id+"@test.invalid>", "", "", 10*time.Second)
+	}
+	fw.mu.Lock()
+	defer fw.mu.Unlock()
+	if fw.count != 2 {
+		t.Errorf("%d connections for 3 articles with one cut, want 2 (reuse, then one new)", fw.count)
 	}
 }
