@@ -24,8 +24,6 @@ type INNConfig struct {
 	// reading and posting then need AUTHINFO USER/PASS (480 before).
 	// Default: 127.0.0.1 may read and post without authentication.
 	Users map[string]string
-	// MaxArtSize is INN's maxartsize in bytes (0: INN's default, 1000000).
-	MaxArtSize int
 	// TLS makes nnrpd offer STARTTLS (RFC 4642) in reader mode with a
 	// self-signed certificate for 127.0.0.1 and localhost (INNPeer.Cert).
 	TLS bool
@@ -157,10 +155,6 @@ func startINN(t testing.TB, c INNConfig) (*INNPeer, error) {
 		// The machine running the tests may be loaded; nnrpd must not refuse
 		// readers with "400 load at N".
 		"nnrpdloadlimit": "0",
-	}
-	if c.MaxArtSize > 0 {
-		set["maxartsize"] = fmt.Sprint(c.MaxArtSize)
-		set["localmaxartsize"] = fmt.Sprint(c.MaxArtSize)
 	}
 	for k, sub := range paths {
 		p := filepath.Join(dir, sub)
