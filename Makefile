@@ -11,7 +11,7 @@ BIN     := bin
 CONFIG  ?= configs/local.yaml
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # Debian packages the tests start as real peers.
-TEST_PKGS := swaks postfix dnsmasq-base tor libnet-ssleay-perl libio-socket-inet6-perl libnet-dns-perl dovecot-core dovecot-lmtpd python3-dkim gnupg openssl
+TEST_PKGS := swaks postfix inn2 dnsmasq-base tor libnet-ssleay-perl libio-socket-inet6-perl libnet-dns-perl dovecot-core dovecot-lmtpd python3-dkim gnupg openssl
 GOTEST_TIMEOUT ?= 25m
 
 .PHONY: build run run-single test test-deps bench proto fmt vet clean
@@ -37,7 +37,8 @@ test-deps:
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
 	  if [ -d /run/systemd/system ] && [ ! -e /usr/sbin/policy-rc.d ]; then printf '#!/bin/sh\nexit 101\n' | $$SUDO tee /usr/sbin/policy-rc.d >/dev/null; $$SUDO chmod +x /usr/sbin/policy-rc.d; fi; \
 	  $$SUDO apt-get update -q && \
-	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends $$missing; \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get -o DPkg::Lock::Timeout=600 install -y --no-install-recommends $$missing || \
+	  { [ -f /etc/news/inn.conf ] && $$SUDO sed -i -E 's/^#?domain:.*/domain: example.test/' /etc/news/inn.conf && $$SUDO dpkg --configure -a; }; \
 	fi
 
 test: test-deps build

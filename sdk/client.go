@@ -378,7 +378,7 @@ func (c *Client) Deliver(ctx context.Context, m *Message) ([]RcptResult, error) 
 func (c *Client) SetMixState(ctx context.Context, st MixState) error {
 	req := &pb.MixState{Epoch: st.Epoch, Keys: keysToPB(st.Keys), Self: st.Self[:]}
 	for _, n := range st.Nodes {
-		req.Nodes = append(req.Nodes, &pb.DirectoryNode{Id: append([]byte(nil), n.ID[:]...), Name: n.Name, Exit: n.Exit, Healthy: n.Healthy, Keys: keysToPB(n.Keys)})
+		req.Nodes = append(req.Nodes, &pb.DirectoryNode{Id: append([]byte(nil), n.ID[:]...), Name: n.Name, Exit: n.Exit, Healthy: n.Healthy, Keys: keysToPB(n.Keys), Capabilities: n.Capabilities})
 	}
 	s, err := c.rpc.SetMixState(ctx, req)
 	if err != nil {

@@ -54,6 +54,25 @@ type DirectoryNode struct {
 	Healthy bool
 	// Keys are the node's public epoch keys (Private empty).
 	Keys []EpochKey
+	// Capabilities are the signed descriptor's capabilities, sorted:
+	// "exit" (then Exit is true), "mail2news" (the exit posts news), and
+	// any a network defines (1 to 32 of a-z 0-9 -).
+	Capabilities []string
+}
+
+// CapMail2News is the capability of a node that posts messages for
+// mail2news addresses to Usenet: the sphinx router picks such an exit for
+// them.
+const CapMail2News = "mail2news"
+
+// Has reports whether the node's descriptor lists capability c.
+func (n DirectoryNode) Has(c string) bool {
+	for _, x := range n.Capabilities {
+		if x == c {
+			return true
+		}
+	}
+	return false
 }
 
 // MixState is everything a mixer needs besides packets: the current epoch,

@@ -353,7 +353,7 @@ func (s *stageServer[C]) SetMixState(ctx context.Context, req *pb.MixState) (*pb
 		st := MixState{Epoch: req.GetEpoch(), Keys: keysFromPB(req.GetKeys())}
 		copy(st.Self[:], req.GetSelf())
 		for _, n := range req.GetNodes() {
-			dn := DirectoryNode{Name: n.GetName(), Exit: n.GetExit(), Healthy: n.GetHealthy(), Keys: keysFromPB(n.GetKeys())}
+			dn := DirectoryNode{Name: n.GetName(), Exit: n.GetExit(), Healthy: n.GetHealthy(), Keys: keysFromPB(n.GetKeys()), Capabilities: n.GetCapabilities()}
 			copy(dn.ID[:], n.GetId())
 			st.Nodes = append(st.Nodes, dn)
 		}

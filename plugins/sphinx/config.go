@@ -16,6 +16,8 @@ type Config struct {
 	MaxHops         int   `json:"max_hops" doc:"Sphinx geometry: the longest path a packet can describe (1..5); the same on every node of the mixnet"`
 	PacketSize      int   `json:"packet_size" doc:"Sphinx geometry: bytes per packet, header included (1024..16777216); the same on every node and equal to mix.packet_size"`
 	MaxMessageBytes int64 `json:"max_message_bytes" doc:"largest message (header + body, bytes) the entry accepts and the exit reassembles (1..1073741824)"`
+	// Mail2NewsLocalPart selects the exit by capability (capability.go).
+	Mail2NewsLocalPart string `json:"mail2news_local_part" doc:"recipients whose local part starts with this (case-insensitive; e.g. mail2news matches mail2news@ and mail2news-YYYYMMDD-group@) travel only to exits with the mail2news capability; empty: none do"`
 }
 
 // Limits of the config keys.
@@ -40,6 +42,9 @@ func (c *Config) Validate() error {
 	}
 	if c.MaxMessageBytes < 1 || c.MaxMessageBytes > maxMessageBytesCap {
 		return sdk.FieldErrorf("max_message_bytes", "must be between 1 and %d bytes, got %d", maxMessageBytesCap, c.MaxMessageBytes)
+	}
+	if !validLocalPrefix(c.Mail2NewsLocalPart) {
+		return sdk.FieldErrorf("mail2news_local_part", "must be lower-case letters, digits, '-', '_' or '.', got %q", c.Mail2NewsLocalPart)
 	}
 	return nil
 }

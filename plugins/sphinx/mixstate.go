@@ -16,8 +16,8 @@ import (
 type mixState struct {
 	epoch uint64
 	self  sdk.NodeID
-	// selfExit: this node's own directory entry says exit. Fragments are
-	// delivered only then.
+	// selfExit: this node's own directory entry says exit or mail2news
+	// (it delivers). Fragments are delivered only then.
 	selfExit bool
 	// selfKey is this node's own public key for the current epoch (the last
 	// hop of its loops); nil when it has none.
@@ -41,6 +41,8 @@ type ownKey struct {
 type candidate struct {
 	id   sdk.NodeID
 	exit bool
+	// news: the node posts mail2news messages (capability mail2news).
+	news bool
 	key  []byte
 }
 
@@ -86,14 +88,14 @@ func newMixState(s sdk.MixState) (*mixState, error) {
 		}
 		ids[n.ID] = true
 		if n.ID == s.Self {
-			st.selfExit = n.Exit
+			st.selfExit = n.Exit || n.Has(sdk.CapMail2News)
 			continue
 		}
 		if !n.Healthy {
 			continue
 		}
 		if key := currentKey(n.Keys, s.Epoch); key != nil {
-			st.candidates = append(st.candidates, candidate{id: n.ID, exit: n.Exit, key: key})
+			st.candidates = append(st.candidates, candidate{id: n.ID, exit: n.Exit, news: n.Has(sdk.CapMail2News), key: key})
 		}
 	}
 	return st, nil

@@ -38,7 +38,11 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	}
 	// Fail before any work when no path exists. The first path's exit is
 	// every fragment's exit: it must hold all of them to reassemble.
-	first, err := choosePath(st.candidates, s.hops, true, s.rand)
+	cands, err := exitsFor(st.candidates, s.needs(m.Envelope.RcptTo))
+	if err != nil {
+		return nil, err
+	}
+	first, err := choosePath(cands, s.hops, true, s.rand)
 	if err != nil {
 		return nil, err
 	}
@@ -65,7 +69,7 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 		}
 		path := first
 		if i > 0 {
-			if path, err = choosePathTo(st.candidates, s.hops, exit, s.rand); err != nil {
+			if path, err = choosePathTo(cands, s.hops, exit, s.rand); err != nil {
 				return nil, err
 			}
 		}

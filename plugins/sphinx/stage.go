@@ -29,6 +29,10 @@ type Stage struct {
 	now          func() time.Time
 	log          hclog.Logger
 	state        atomic.Pointer[mixState]
+
+	// newsPrefix: recipients with this local-part prefix need an exit with
+	// the mail2news capability ("" = none).
+	newsPrefix string
 }
 
 // Interface guards: the kinds main.go declares.
@@ -51,7 +55,7 @@ func newStageWith(c Config, r io.Reader, now func() time.Time, log hclog.Logger)
 	}
 	g := c.geometry()
 	s := &Stage{geo: g, hops: c.Hops, maxMessage: c.MaxMessageBytes, maxInner: maxInnerSize(c.MaxMessageBytes),
-		fragData: g.PayloadSize() - fragmentHeaderSize, rand: r, now: now, log: log}
+		fragData: g.PayloadSize() - fragmentHeaderSize, newsPrefix: c.Mail2NewsLocalPart, rand: r, now: now, log: log}
 	s.maxFragments = int((s.maxInner + int64(s.fragData) - 1) / int64(s.fragData))
 	return s
 }

@@ -39,6 +39,8 @@ type nodeSettings struct {
 	MixAddress   string
 	OnionAddress string
 	Exit         bool
+	// Capabilities besides "exit" (mix.capabilities), e.g. "mail2news".
+	Capabilities []string
 	// EpochLength (whole seconds) and Grace (whole seconds, below
 	// EpochLength) must be those of the running node.
 	EpochLength time.Duration
@@ -63,6 +65,7 @@ func (s *nodeSettings) fromConfig(cfg *config.Config) {
 	s.KeyDir = filepath.Join(cfg.DataDir, "keys")
 	if m := cfg.Mix; m != nil {
 		s.KeyDir, s.NodesFile, s.Name, s.MixAddress, s.Exit = m.KeysDir, m.NodesFile, m.Name, m.Address, m.Exit
+		s.Capabilities = m.Capabilities
 		s.EpochLength, s.Grace, s.KeysAhead = m.Epoch.D(), m.Grace.D(), m.KeysAhead
 	}
 }
@@ -147,6 +150,7 @@ func (s nodeSettings) export(id *nodes.Identity, ks *nodes.KeyStore, now time.Ti
 	if s.Exit {
 		info.Capabilities = []string{nodes.CapExit}
 	}
+	info.Capabilities = append(info.Capabilities, s.Capabilities...)
 	return nodes.Export(id, ks.Published(now), info, now)
 }
 

@@ -257,6 +257,10 @@ type Mix struct {
 	KeysDir string `yaml:"keys_dir"`
 	// Exit: this node delivers mail (its descriptor says "exit").
 	Exit bool `yaml:"exit"`
+	// Capabilities this node's descriptor lists besides "exit", e.g.
+	// "mail2news": it reassembles messages for mail2news addresses and
+	// posts them (its pipeline ends in the mail2news deliverer).
+	Capabilities []string `yaml:"capabilities"`
 	// Mixer names the pipeline stage whose plugin also serves the mixer
 	// kind (default: the one stage whose plugin offers it).
 	Mixer string `yaml:"mixer"`

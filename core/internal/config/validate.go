@@ -108,6 +108,10 @@ func (c *Config) validate(e *errs) {
 	c.validateMix(bad, positive)
 }
 
+// capabilityRE is a descriptor capability (the nodes package checks the
+// same when it verifies a descriptor).
+var capabilityRE = regexp.MustCompile(`^[a-z][a-z0-9-]{0,31}$`)
+
 func (c *Config) validateMix(bad func(string, string, ...any), positive func(string, sdk.Duration)) {
 	m := c.Mix
 	if m == nil {
@@ -146,6 +150,19 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 	}
 	if m.Cover.DropRate < 0 || m.Cover.LoopRate < 0 {
 		bad("mix.cover", "rates must not be negative")
+	}
+	for i, c := range m.Capabilities {
+		switch {
+		case c == "exit":
+			bad("mix.capabilities", "list \"exit\" with exit: true, not here")
+		case !capabilityRE.MatchString(c):
+			bad("mix.capabilities", "%q: want 1 to 32 of a-z 0-9 - starting with a letter", c)
+		case slices.Contains(m.Capabilities[:i], c):
+			bad("mix.capabilities", "%q listed twice", c)
+		}
+	}
+	if len(m.Capabilities) > 15 {
+		bad("mix.capabilities", "at most 15, got %d", len(m.Capabilities))
 	}
 	if m.Mixer != "" {
 		found := false

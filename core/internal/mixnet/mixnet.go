@@ -231,7 +231,7 @@ func stateSignature(st sdk.MixState) string {
 		fmt.Fprintf(h, "k%d:%x:%d|", k.Epoch, k.Public, k.NotAfter.Unix())
 	}
 	for _, d := range st.Nodes {
-		fmt.Fprintf(h, "n%x:%v:%v|", d.ID[:], d.Healthy, d.Exit)
+		fmt.Fprintf(h, "n%x:%v:%v:%q|", d.ID[:], d.Healthy, d.Exit, d.Capabilities)
 		for _, k := range d.Keys {
 			fmt.Fprintf(h, "%d:%x:%d,", k.Epoch, k.Public, k.NotAfter.Unix())
 		}

@@ -1066,7 +1066,8 @@ type DirectoryNode struct {
 	Name          string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Exit          bool                   `protobuf:"varint,3,opt,name=exit,proto3" json:"exit,omitempty"`
 	Healthy       bool                   `protobuf:"varint,4,opt,name=healthy,proto3" json:"healthy,omitempty"`
-	Keys          []*EpochKey            `protobuf:"bytes,5,rep,name=keys,proto3" json:"keys,omitempty"` // public keys only
+	Keys          []*EpochKey            `protobuf:"bytes,5,rep,name=keys,proto3" json:"keys,omitempty"`                 // public keys only
+	Capabilities  []string               `protobuf:"bytes,6,rep,name=capabilities,proto3" json:"capabilities,omitempty"` // sorted, e.g. "exit", "mail2news"
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1132,6 +1133,13 @@ func (x *DirectoryNode) GetHealthy() bool {
 func (x *DirectoryNode) GetKeys() []*EpochKey {
 	if x != nil {
 		return x.Keys
+	}
+	return nil
+}
+
+func (x *DirectoryNode) GetCapabilities() []string {
+	if x != nil {
+		return x.Capabilities
 	}
 	return nil
 }
@@ -1576,13 +1584,14 @@ const file_stage_proto_rawDesc = "" +
 	"\n" +
 	"public_key\x18\x03 \x01(\fR\tpublicKey\x12&\n" +
 	"\x0fnot_before_unix\x18\x04 \x01(\x03R\rnotBeforeUnix\x12$\n" +
-	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\"\x8e\x01\n" +
+	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\"\xb2\x01\n" +
 	"\rDirectoryNode\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
 	"\x04exit\x18\x03 \x01(\bR\x04exit\x12\x18\n" +
 	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12+\n" +
-	"\x04keys\x18\x05 \x03(\v2\x17.mixmta.sdk.v1.EpochKeyR\x04keys\"\x95\x01\n" +
+	"\x04keys\x18\x05 \x03(\v2\x17.mixmta.sdk.v1.EpochKeyR\x04keys\x12\"\n" +
+	"\fcapabilities\x18\x06 \x03(\tR\fcapabilities\"\x95\x01\n" +
 	"\bMixState\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12+\n" +
 	"\x04keys\x18\x02 \x03(\v2\x17.mixmta.sdk.v1.EpochKeyR\x04keys\x12\x12\n" +

@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
@@ -282,7 +283,7 @@ func (d *Directory) Nodes(now time.Time) []sdk.DirectoryNode {
 		if len(keys) == 0 {
 			continue
 		}
-		out = append(out, sdk.DirectoryNode{ID: n.ID, Name: n.Name, Exit: n.Exit, Keys: keys})
+		out = append(out, sdk.DirectoryNode{ID: n.ID, Name: n.Name, Exit: n.Exit, Keys: keys, Capabilities: slices.Clone(n.Capabilities)})
 	}
 	return out
 }

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -50,6 +51,11 @@ func TestRoundTripKeygenExportAddLoad(t *testing.T) {
 	nodes := dir.Nodes(t0)
 	if len(nodes) != 2 || nodes[0].Name != "alpha" || nodes[0].Exit || !nodes[1].Exit || nodes[0].Healthy {
 		t.Fatalf("Nodes = %+v", nodes)
+	}
+	// The capabilities reach the mixer's directory (the sphinx router picks
+	// exits by them).
+	if len(nodes[0].Capabilities) != 0 || !slices.Equal(nodes[1].Capabilities, []string{"exit"}) || !nodes[1].Has("exit") {
+		t.Errorf("capabilities %v and %v, want none and [exit]", nodes[0].Capabilities, nodes[1].Capabilities)
 	}
 	own := a.ks.Keys(t0)
 	for i, k := range nodes[0].Keys {
