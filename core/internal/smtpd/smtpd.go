@@ -254,9 +254,11 @@ var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("mixmta-dummy"), bcrypt.Mi
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if from != "" {
-		if err := checkAddress(from, opts != nil && opts.UTF8); err != nil {
-			return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax"), "MAIL")
+		m, err := parseMailbox(from, opts != nil && opts.UTF8)
+		if err != nil {
+			return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 7}, "sender"), "MAIL")
 		}
+		from = m.String()
 	}
 	if ss.s.limiter != nil && !ss.s.limiter.allow(ss.ip, time.Now()) {
 		return ss.reject(smtpErr(450, smtp.EnhancedCode{4, 7, 1}, "Rate limit exceeded, try again later"), "MAIL")
@@ -303,10 +305,16 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if !ss.started {
 		return ss.reject(smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "MAIL first"), "RCPT")
 	}
-	if err := checkAddress(to, ss.env.SMTPUTF8); err != nil {
-		return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax"), "RCPT")
+	m, err := parseMailbox(to, ss.env.SMTPUTF8)
+	if err != nil {
+		return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 3}, "recipient"), "RCPT")
 	}
-	domain := to[strings.LastIndexByte(to, '@')+1:]
+	// The queue gets the address exactly as the policy below judged it.
+	to = m.String()
+	domain := asciiDomain(m.domain)
+	if m.routed() && !ss.mayRelay() {
+		return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Sender-specified routing (%, !, or a second @) is not allowed"), "RCPT")
+	}
 	if !ss.isLocal(domain) {
 		if !ss.mayRelay() {
 			return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Relaying denied"), "RCPT")
@@ -433,38 +441,18 @@ func CountFields(header []byte) int {
 	return n
 }
 
-// checkAddress validates an RFC 5321 mailbox (local-part@domain) loosely:
-// a non-empty local part, a dot-atom domain or address literal, no control
-// characters, and 8-bit bytes only with SMTPUTF8 (RFC 6531 §3.3).
-func checkAddress(addr string, utf8 bool) error {
-	at := strings.LastIndexByte(addr, '@')
-	if at <= 0 || at == len(addr)-1 || len(addr) > 254 {
-		return errors.New("not local@domain")
+// addressErr maps a parseMailbox error to its reply: 553 5.6.7 for an
+// 8-bit address without SMTPUTF8 (RFC 6531 §3.3), 501 with syntax (the
+// enhanced code for sender or recipient, RFC 3463 X.1.7 / X.1.3) for
+// invalid UTF-8, 553 for any other syntax error (RFC 5321 §4.2.2).
+func addressErr(err error, syntax smtp.EnhancedCode, who string) *smtp.SMTPError {
+	switch {
+	case errors.Is(err, errNeedsSMTPUTF8):
+		return smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII "+who+" address needs SMTPUTF8")
+	case errors.Is(err, errNotUTF8):
+		return smtpErr(501, syntax, "Bad "+who+" address: not valid UTF-8")
 	}
-	for i := 0; i < len(addr); i++ {
-		c := addr[i]
-		if c < 0x21 || c == 0x7f {
-			return errors.New("control or space character")
-		}
-		if c >= 0x80 && !utf8 {
-			return errors.New("8-bit address without SMTPUTF8")
-		}
-	}
-	domain := addr[at+1:]
-	if strings.HasPrefix(domain, "[") && strings.HasSuffix(domain, "]") {
-		return nil
-	}
-	for _, label := range strings.Split(domain, ".") {
-		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
-			return errors.New("bad domain")
-		}
-		for _, r := range label {
-			if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= 0x80) {
-				return errors.New("bad domain character")
-			}
-		}
-	}
-	return nil
+	return smtpErr(553, syntax, "Bad "+who+" address syntax")
 }
 
 // readUsers reads a users file: "user:bcrypt-hash" per line, # comments.
