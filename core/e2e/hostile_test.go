@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
 // send runs one whole transaction on s and expects 250 at the final dot.
@@ -86,4 +88,72 @@ func TestInvalidUTF8AddressesRefused(t *testing.T) {
 	s.expect("DATA", "354")
 	fmt.Fprintf(s.c, "Subject: utf8\r\n\r\nok\r\n.\r\n")
 	s.expect("", "250")
+}
+
+const hostileConfig = `
+hostname: mx.test.invalid
+listeners:
+  - name: inbound
+    address: %s
+    local_domains: [example.net]
+    read_timeout: 1s
+pipeline:
+  - name: deliver
+    plugin: onionmx
+    config:
+      relay_host: %s
+      tls: none
+`
+
+// TestSmugglingNeverReachesTheNextMTA: the SMTP smuggling separators
+// (CVE-2023-51764/51765/51766) and a stall past the read timeout in the
+// middle of DATA, each followed by a complete second transaction, sent
+// to the real daemon delivering through onionmx to a real smtp-sink.
+// Each is refused (554 5.5.2, or 421 4.4.2 for the stall) and the session
+// closed; the sink receives exactly the one clean message sent after
+// them, and no smuggled one.
+func TestSmugglingNeverReachesTheNextMTA(t *testing.T) {
+	sink := peers.SmtpSink(t)
+	in := freeAddr(t)
+	cfg, data := profile(t, fmt.Sprintf(hostileConfig, in, sink.Addr), nil)
+	startNode(t, cfg, data, in)
+	const second = "MAIL FROM:<spoof@example.org>\r\nRCPT TO:<victim@example.net>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n"
+	for _, sep := range []string{"\n.\n", "\n.\r\n", "\r\n.\n", "\r.\r\n", "\r\n.\r", "\r\n.\r\r\n", "\n..\n"} {
+		s := dialFrom(t, in, "127.0.0.1")
+		s.expect("MAIL FROM:<a@example.org>", "250")
+		s.expect("RCPT TO:<b@example.net>", "250")
+		s.expect("DATA", "354")
+		fmt.Fprintf(s.c, "Subject: first\r\n\r\nbody%s%s\r\n.\r\n", sep, second)
+		s.expect("", "554 5.5.2")
+		if _, err := s.r.ReadString('\n'); err == nil {
+			t.Errorf("%q: session still open", sep)
+		}
+	}
+	s := dialFrom(t, in, "127.0.0.1")
+	s.expect("MAIL FROM:<a@example.org>", "250")
+	s.expect("RCPT TO:<b@example.net>", "250")
+	s.expect("DATA", "354")
+	fmt.Fprint(s.c, "Subject: stalled\r\n\r\nhalf a bo")
+	time.Sleep(2 * time.Second)
+	fmt.Fprint(s.c, "dy\r\n.\r\n"+second)
+	if got := s.expect("", "421 4.4.2"); strings.Contains(got, "127.0.0.1") || strings.Contains(got, "i/o") {
+		t.Errorf("reply carries internal details: %q", got)
+	}
+
+	s = dialFrom(t, in, "127.0.0.1")
+	s.send("a@example.org", "<b@example.net>", "clean\r\n..dot\r\n\r\nlast")
+	if !sink.WaitCount(1, 60*time.Second) {
+		t.Fatal("the clean message was not delivered")
+	}
+	time.Sleep(2 * time.Second) // a smuggled message would arrive by now
+	msgs, err := sink.Messages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(msgs) != 1 {
+		t.Fatalf("sink got %d messages, want only the clean one", len(msgs))
+	}
+	if d := string(msgs[0].Data); !strings.HasSuffix(d, "\nclean\n.dot\n\nlast\n") || strings.Contains(d, "smuggled") {
+		t.Errorf("delivered %q", d)
+	}
 }

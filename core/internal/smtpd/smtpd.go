@@ -21,7 +21,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -117,7 +116,7 @@ func (s *Server) Listen() error {
 	if err != nil {
 		return fmt.Errorf("listener %s: %w", s.cfg.Name, err)
 	}
-	s.ln = &limitListener{Listener: ln, s: s}
+	s.ln = &limitListener{Listener: ln, s: s, perIP: map[netip.Addr]int{}}
 	return nil
 }
 
@@ -146,56 +145,21 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Sessions returns the number of open sessions.
 func (s *Server) Sessions() int64 { return s.sessions.Load() }
 
-// limitListener refuses connections beyond MaxSessions with 421 (RFC 5321
-// §3.8) instead of letting them queue.
-type limitListener struct {
-	net.Listener
-	s *Server
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if n := l.s.sessions.Add(1); n > int64(l.s.cfg.MaxSessions) {
-			l.s.sessions.Add(-1)
-			l.s.c.Rejected.Add(1)
-			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = io.WriteString(c, "421 4.3.2 Too many sessions, try again later\r\n")
-			c.Close()
-			continue
-		}
-		return &countedConn{Conn: c, s: l.s}, nil
-	}
-}
-
-type countedConn struct {
-	net.Conn
-	s    *Server
-	once sync.Once
-}
-
-func (c *countedConn) Close() error {
-	c.once.Do(func() { c.s.sessions.Add(-1) })
-	return c.Conn.Close()
-}
-
 // NewSession implements smtp.Backend.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	var ip netip.Addr
-	if ta, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
-		ip, _ = netip.AddrFromSlice(ta.IP)
-		ip = ip.Unmap()
+	nc := c.Conn()
+	if tc, ok := nc.(*tls.Conn); ok {
+		nc = tc.NetConn()
 	}
-	sess := &session{s: s, conn: c, ip: ip, id: s.nextID.Add(1)}
+	cc, _ := nc.(*clientConn)
+	sess := &session{s: s, conn: c, cc: cc, ip: remoteIP(nc), id: s.nextID.Add(1)}
 	return sess, nil
 }
 
 type session struct {
 	s    *Server
 	conn *smtp.Conn
+	cc   *clientConn // nil only when go-smtp runs on another listener
 	ip   netip.Addr
 	id   uint64
 	user string
@@ -357,20 +321,20 @@ func toSMTP(err error) *smtp.SMTPError {
 }
 
 func (ss *session) Data(r io.Reader) error {
+	if ss.cc != nil {
+		ss.cc.beginData()
+		defer ss.cc.endData()
+	}
 	if !ss.started || len(ss.env.RcptTo) == 0 {
 		_, _ = io.Copy(io.Discard, r)
 		return ss.reject(smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "RCPT first"), "DATA")
 	}
-	raw, err := io.ReadAll(r)
+	raw, err := io.ReadAll(&lineEndReader{r: r})
+	if err == nil && ss.cc != nil && ss.cc.takeBare() {
+		err = errBareLineEnd
+	}
 	if err != nil {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			return ss.reject(se, "DATA")
-		}
-		if errors.Is(err, smtp.ErrTooLongLine) {
-			return ss.reject(smtpErr(500, smtp.EnhancedCode{5, 5, 2}, "Line too long"), "DATA")
-		}
-		return err
+		return ss.dataFailed(err)
 	}
 	header, body := SplitMessage(raw)
 	if int64(len(header)) > ss.s.cfg.MaxHeaderBytes {
@@ -395,6 +359,36 @@ func (ss *session) Data(r io.Reader) error {
 	ss.s.sink.Submit(it)
 	ss.reset()
 	return nil
+}
+
+// dataFailed answers a DATA/BDAT transfer that could not be read to its
+// end. Only an oversized message keeps the session (go-smtp reads the
+// rest to the end marker); after anything else the stream cannot be
+// trusted to be in step, so the reply is the session's last: the rest of
+// a message must never be read as commands. No reply carries Go error
+// text.
+func (ss *session) dataFailed(err error) error {
+	if errors.Is(err, smtp.ErrDataTooLarge) {
+		return ss.reject(smtp.ErrDataTooLarge, "DATA")
+	}
+	if errors.Is(err, smtp.ErrDataReset) {
+		// RSET or a new transaction between BDAT chunks: nothing to answer.
+		return err
+	}
+	if ss.cc != nil {
+		ss.cc.closeAfterReply()
+	}
+	var se *smtp.SMTPError
+	switch {
+	case errors.Is(err, errBareLineEnd):
+		se = smtpErr(554, smtp.EnhancedCode{5, 5, 2}, "Bare CR or LF in message data (RFC 5321 section 2.3.8), closing connection")
+	case errors.Is(err, smtp.ErrTooLongLine):
+		se = smtpErr(500, smtp.EnhancedCode{5, 5, 2}, fmt.Sprintf("Line too long (at most %d bytes), closing connection", ss.s.cfg.MaxLineLength))
+	case errors.As(err, &se) && se.Code == 421:
+	default:
+		se = smtpErr(421, smtp.EnhancedCode{4, 4, 2}, "Connection error during message transfer, closing connection")
+	}
+	return ss.reject(se, "DATA")
 }
 
 func (ss *session) reset() {
