@@ -37,6 +37,12 @@ func (m *memSink) Accept(env sdk.Envelope, header, body []byte, _ time.Time) (*q
 
 func (m *memSink) Submit(*queue.Item) {}
 
+func (m *memSink) reset() {
+	m.mu.Lock()
+	m.msgs = nil
+	m.mu.Unlock()
+}
+
 func (m *memSink) all() []accepted {
 	m.mu.Lock()
 	defer m.mu.Unlock()
