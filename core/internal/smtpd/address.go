@@ -93,6 +93,10 @@ func parseMailbox(addr string, smtputf8 bool) (mailbox, error) {
 			return mailbox{}, errors.New("control character in local part")
 		}
 	}
+	// Legal quoted, but a naive parser downstream ends the path at ">".
+	if strings.ContainsAny(m.local, "<>") {
+		return mailbox{}, errors.New("angle bracket in local part")
+	}
 	if err := checkDomain(m.domain); err != nil {
 		return mailbox{}, err
 	}

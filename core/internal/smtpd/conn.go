@@ -222,9 +222,19 @@ func (c *clientConn) closeAfterReply() {
 
 // Write passes go-smtp's replies on. In plaintext it counts junk
 // commands and error replies by the reply go-smtp writes for them (one
-// Write per reply line), and ends the session past a limit.
+// Write per reply line), ends the session past a limit, and replaces
+// control characters other than the CRLF line ends with "?": go-smtp
+// echoes parts of commands (the EHLO name, an unknown verb), and a bare
+// CR echoed into a reply would make it two lines for some clients.
 func (c *clientConn) Write(b []byte) (int, error) {
-	n, err := c.Conn.Write(b)
+	c.mu.Lock()
+	plain := !c.tls
+	c.mu.Unlock()
+	out := b
+	if plain {
+		out = cleanReply(b)
+	}
+	n, err := c.Conn.Write(out)
 	c.mu.Lock()
 	var over string
 	if !c.tls && err == nil {
@@ -250,6 +260,26 @@ func (c *clientConn) Write(b []byte) (int, error) {
 		_ = c.Close()
 	}
 	return n, err
+}
+
+// cleanReply returns b with every control byte that is not part of a
+// CRLF pair replaced by "?" (b itself when there is none).
+func cleanReply(b []byte) []byte {
+	var out []byte
+	for i, x := range b {
+		ok := x >= 0x20 && x != 0x7f || x == '\r' && i+1 < len(b) && b[i+1] == '\n' || x == '\n' && i > 0 && b[i-1] == '\r'
+		if ok {
+			continue
+		}
+		if out == nil {
+			out = append([]byte{}, b...)
+		}
+		out[i] = '?'
+	}
+	if out == nil {
+		return b
+	}
+	return out
 }
 
 // Replies go-smtp v0.25 writes for commands it handles without asking

@@ -28,7 +28,8 @@ var internalText = regexp.MustCompile(`(?i)read tcp|write tcp|i/o timeout|127\.0
 // (one connection, then EOF). Properties: the server never panics (go-smtp
 // would answer "421 4.0.0 Internal server error"), every reply line is
 // well-formed and carries no Go error text or address, and every message
-// stored has CRLF line endings only. Seeds: testdata/fuzz/FuzzSession/,
+// stored has CRLF line endings only, and the session ends by
+// max_session_time whatever the client does. Seeds: testdata/fuzz/FuzzSession/,
 // named for what they exercise (t-smuggle-lf-dot-crlf, t-bdat-chunks, ...).
 //
 //	go test -run '^$' -fuzz FuzzSession -fuzztime 10m ./core/internal/smtpd/
@@ -70,12 +71,16 @@ func FuzzSession(f *testing.F) {
 			c.Write(data)
 			c.(*net.TCPConn).CloseWrite()
 		}()
-		c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		// max_session_time is 2 s: the server must have closed by then.
+		c.SetReadDeadline(time.Now().Add(4 * time.Second))
 		r := bufio.NewReader(c)
 		for {
 			line, err := r.ReadString('\n')
 			if line != "" && (!replyLine.MatchString(line) || internalText.MatchString(line)) {
 				t.Fatalf("bad reply line %q", line)
+			}
+			if isTimeout(err) {
+				t.Fatalf("session still open after 4 s (max_session_time 2 s)")
 			}
 			if err != nil {
 				break

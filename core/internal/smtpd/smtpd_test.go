@@ -57,6 +57,7 @@ func TestParseMailbox(t *testing.T) {
 		{"user@exa_mple.org", false, errSyntax},
 		{"ctrl\x01@example.org", false, errSyntax},
 		{"c1\u0085@example.org", true, errSyntax},
+		{"bob>evil@example.org", false, errSyntax}, // was "bob>evil"@example.org
 		{strings.Repeat("l", 65) + "@example.org", false, errSyntax},
 	}
 	for _, c := range cases {
