@@ -153,7 +153,9 @@ type Listener struct {
 	// MaxSessions: concurrent sessions; more are refused with 421. Default 100.
 	MaxSessions int `yaml:"max_sessions"`
 	// MaxSessionsPerClient: concurrent sessions from one source address;
-	// more are refused with 421 4.7.0. Default 10. Behind a Tor onion
+	// more are refused with 421 4.7.0. Default 50 (Postfix's
+	// smtpd_client_connection_count_limit: half of max_sessions, above
+	// Postfix's 20 parallel deliveries to one destination). Behind a Tor onion
 	// service every client is 127.0.0.1, so there this is the cap for all
 	// Tor clients together: set it to max_sessions on an onion listener
 	// and bound each circuit in torrc (HiddenServiceMaxStreams).

@@ -77,7 +77,7 @@ func (c *Config) SetDefaults() {
 		c.dur(&l.ReadTimeout, p+"read_timeout", 5*time.Minute)
 		c.dur(&l.WriteTimeout, p+"write_timeout", time.Minute)
 		num(c, &l.MaxSessions, p+"max_sessions", DefaultMaxSessions)
-		num(c, &l.MaxSessionsPerClient, p+"max_sessions_per_client", 10)
+		num(c, &l.MaxSessionsPerClient, p+"max_sessions_per_client", 50)
 		c.dur(&l.MaxSessionTime, p+"max_session_time", 10*time.Minute)
 		num(c, &l.MinDataRate, p+"min_data_rate", 500)
 		num(c, &l.MaxJunkCommands, p+"max_junk_commands", 100)
