@@ -169,11 +169,13 @@ type Listener struct {
 	// Postfix's smtpd_min_data_rate. Out of credit: 421 4.4.2 and close.
 	// Default 500.
 	MinDataRate int `yaml:"min_data_rate"`
-	// MaxJunkCommands: NOOP, RSET and VRFY per session; the next ends it
-	// with 421 4.7.0 (Postfix's smtpd_junk_command_limit). Default 100.
+	// MaxJunkCommands: NOOP, RSET and VRFY per session, counted afresh
+	// after each accepted message; the next ends it with 421 4.7.0
+	// (Postfix's smtpd_junk_command_limit). Default 100.
 	MaxJunkCommands int `yaml:"max_junk_commands"`
-	// MaxErrors: 4xx/5xx replies per session; the next ends it with 421
-	// 4.7.0 (Postfix's smtpd_hard_error_limit). Default 20.
+	// MaxErrors: 4xx/5xx replies per session, counted afresh after each
+	// accepted message; the next ends it with 421 4.7.0 (Postfix's
+	// smtpd_hard_error_limit). Default 20.
 	MaxErrors int `yaml:"max_errors"`
 
 	// TLS, if set, offers STARTTLS.

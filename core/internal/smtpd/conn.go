@@ -213,6 +213,15 @@ func (c *clientConn) endData() {
 	c.mu.Unlock()
 }
 
+// accepted starts the junk and error counts afresh after a message was
+// accepted, as Postfix does: an MTA that keeps its connection open sends
+// RSET between messages for as long as it has mail.
+func (c *clientConn) accepted() {
+	c.mu.Lock()
+	c.junk, c.errs = 0, 0
+	c.mu.Unlock()
+}
+
 // closeAfterReply makes the next reply written the session's last.
 func (c *clientConn) closeAfterReply() {
 	c.mu.Lock()

@@ -141,7 +141,7 @@ func TestSessionTimeLimitEndsABusySession(t *testing.T) {
 
 // TestJunkAndErrorLimitsEndTheSession: NOOP/RSET/VRFY beyond
 // max_junk_commands and error replies beyond max_errors get 421 4.7.0
-// and the session ends.
+// and the session ends; an accepted message starts the counts afresh.
 func TestJunkAndErrorLimitsEndTheSession(t *testing.T) {
 	s, _ := startServer(t, testListener(func(l *config.Listener) {
 		l.MaxJunkCommands = 5
@@ -155,6 +155,20 @@ func TestJunkAndErrorLimitsEndTheSession(t *testing.T) {
 	c.expect("", "421 4.7.0")
 	if !c.closed(5 * time.Second) {
 		t.Error("session open past max_junk_commands")
+	}
+
+	// An MTA reusing its connection sends RSET between messages: the
+	// counts start afresh after each accepted message.
+	c = dial(t, s, "").hello()
+	for i := 0; i < 3; i++ {
+		for j := 0; j < 5; j++ {
+			c.expect("RSET", "250")
+		}
+		c.expect("MAIL FROM:<a@example.org>", "250")
+		c.expect("RCPT TO:<b@example.net>", "250")
+		c.expect("DATA", "354")
+		fmt.Fprint(c.c, "Subject: reuse\r\n\r\nbody\r\n.\r\n")
+		c.expect("", "250")
 	}
 
 	c = dial(t, s, "").hello()

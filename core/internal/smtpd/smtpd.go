@@ -159,7 +159,7 @@ func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 type session struct {
 	s    *Server
 	conn *smtp.Conn
-	cc   *clientConn // nil only when go-smtp runs on another listener
+	cc   *clientConn // the connection below go-smtp (and below TLS)
 	ip   netip.Addr
 	id   uint64
 	user string
@@ -357,6 +357,9 @@ func (ss *session) Data(r io.Reader) error {
 	ss.s.c.Received.Add(1)
 	ss.s.log.Info("[SMTP] accepted", "session", ss.id, "item", it.ID.String(), "size", it.Size, "rcpts", len(ss.env.RcptTo))
 	ss.s.sink.Submit(it)
+	if ss.cc != nil {
+		ss.cc.accepted()
+	}
 	ss.reset()
 	return nil
 }
