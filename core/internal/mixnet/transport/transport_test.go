@@ -573,7 +573,7 @@ func TestHandshakeLimitClosesTheOldestHandshake(t *testing.T) {
 }
 
 // TestIdleConnectionsNeverLockPeersOut: 70 TCP connections that never
-// send a byte, re-opened as soon as they are closed, from the peers' own
+// send a byte, re-opened 100 ms after they are closed, from the peers' own
 // address (as behind a Tor onion service) and from another one, never
 // keep a peer from probing the node or sending a packet to it.
 func TestIdleConnectionsNeverLockPeersOut(t *testing.T) {
@@ -605,6 +605,7 @@ func TestIdleConnectionsNeverLockPeersOut(t *testing.T) {
 				}
 				closedWithin(c, time.Minute) // holds it until the node closes it
 				c.Close()
+				time.Sleep(100 * time.Millisecond)
 			}
 		}()
 	}
