@@ -2,10 +2,13 @@ package e2e
 
 import (
 	"fmt"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
@@ -155,5 +158,68 @@ func TestSmugglingNeverReachesTheNextMTA(t *testing.T) {
 	}
 	if d := string(msgs[0].Data); !strings.HasSuffix(d, "\nclean\n.dot\n\nlast\n") || strings.Contains(d, "smuggled") {
 		t.Errorf("delivered %q", d)
+	}
+}
+
+// TestIdleConnectionsOnTheMixPortKeepTheNodeHealthy: 70 TCP connections
+// that never send a byte (re-opened when the node closes them) held on
+// one node's mix port of a 4-node mixnet of real processes (a path has
+// 3 hops and never starts at its sender). Its peers'
+// probes keep it healthy all along (healthy_nodes never drops), and
+// mail still crosses the mixnet.
+func TestIdleConnectionsOnTheMixPortKeepTheNodeHealthy(t *testing.T) {
+	sink := peers.SmtpSink(t)
+	m := startMixnet(t, 4, sink.Addr, nil)
+	m.waitHealthy(t)
+	target, err := config.Load(m.nodes[3].cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	for range 70 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				c, err := net.Dial("tcp", target.Mix.Address)
+				if err != nil {
+					time.Sleep(100 * time.Millisecond)
+					continue
+				}
+				c.SetReadDeadline(time.Now().Add(2 * time.Second))
+				for {
+					if _, err := c.Read(make([]byte, 64)); err != nil {
+						break
+					}
+				}
+				c.Close()
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer close(stop)
+	time.Sleep(time.Second)
+	for i := 0; i < 3; i++ {
+		if err := sendRaw(m.smtp[i], "a@example.org", []string{fmt.Sprintf("idle%d@example.net", i)}, []byte("Subject: idle\r\n\r\nthrough\r\n"), false); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Probes run every second; 8 s is several rounds of them.
+	for end := time.Now().Add(8 * time.Second); time.Now().Before(end); time.Sleep(250 * time.Millisecond) {
+		for _, n := range m.nodes[:3] {
+			if s := lastStats(n.log()); !strings.Contains(s, "healthy_nodes=3") {
+				t.Fatalf("a peer marked a node down with idle connections on its mix port: %s", s)
+			}
+		}
+	}
+	if !sink.WaitCount(3, 60*time.Second) {
+		t.Fatalf("%d of 3 messages delivered", sink.Count())
 	}
 }
