@@ -86,8 +86,9 @@ func remoteIP(c net.Conn) netip.Addr {
 // commands (a desync that lets a client smuggle a second message).
 //
 // It sits below STARTTLS: once TLS starts it sees only ciphertext, so the
-// reply-counting limits and the raw bare CR/LF check then stop, while the
-// deadlines and close-after-reply keep working.
+// reply-counting limits, the reply cleaning and the raw bare CR/LF check
+// then stop (the session's own check of the data it reads still runs),
+// while the deadlines and close-after-reply keep working.
 type clientConn struct {
 	net.Conn
 	l     *limitListener
@@ -200,6 +201,13 @@ func (c *clientConn) takeBare() bool {
 	return b
 }
 
+// startedTLS records that the session runs over TLS from now on.
+func (c *clientConn) startedTLS() {
+	c.mu.Lock()
+	c.tls = true
+	c.mu.Unlock()
+}
+
 func (c *clientConn) beginData() {
 	c.mu.Lock()
 	c.inData = true
@@ -292,7 +300,9 @@ func cleanReply(b []byte) []byte {
 }
 
 // Replies go-smtp v0.25 writes for commands it handles without asking
-// the session; TestJunkRepliesMatchGoSMTP pins them.
+// the session; TestJunkAndErrorLimitsEndTheSession pins the first three.
+// STARTTLS is also seen by NewSession (startedTLS), which does not depend
+// on the reply text.
 var (
 	replyNOOP     = []byte("250 2.0.0 I have successfully done nothing")
 	replyRSET     = []byte("250 2.0.0 Session reset")

@@ -148,10 +148,14 @@ func (s *Server) Sessions() int64 { return s.sessions.Load() }
 // NewSession implements smtp.Backend.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
 	nc := c.Conn()
-	if tc, ok := nc.(*tls.Conn); ok {
+	tc, isTLS := nc.(*tls.Conn)
+	if isTLS {
 		nc = tc.NetConn()
 	}
 	cc, _ := nc.(*clientConn)
+	if cc != nil && isTLS {
+		cc.startedTLS()
+	}
 	sess := &session{s: s, conn: c, cc: cc, ip: remoteIP(nc), id: s.nextID.Add(1)}
 	return sess, nil
 }
