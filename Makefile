@@ -5,6 +5,7 @@
 #   make run-single  one node without the mixnet (configs/local.yaml)
 #   make test    install missing test peers (apt-get), build, run every test
 #   make bench   benchmarks (Go benchmarks and bench/*.sh), figures on stdout
+#   make fuzz    every fuzz target for FUZZTIME each (default 10m); not part of make test
 
 GO      ?= go
 BIN     := bin
@@ -14,7 +15,7 @@ VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 TEST_PKGS := swaks postfix inn2 dnsmasq-base tor libnet-ssleay-perl libio-socket-inet6-perl libnet-dns-perl dovecot-core dovecot-lmtpd python3-dkim gnupg openssl
 GOTEST_TIMEOUT ?= 25m
 
-.PHONY: build run run-single test test-deps bench proto fmt vet clean
+.PHONY: build run run-single test test-deps bench fuzz proto fmt vet clean
 
 build:
 	@mkdir -p $(BIN)
@@ -48,6 +49,19 @@ test: test-deps build
 # Each script prints its figures; see bench/README.md.
 bench: test-deps build
 	@for s in bench/*.sh; do echo "=== $$s"; bash $$s || exit 1; done
+
+# package:target for every Go fuzz target; seeds live beside each test.
+FUZZTIME ?= 10m
+FUZZ_TARGETS := ./core/internal/smtpd:FuzzSession ./plugins/sanitize:FuzzSanitize \
+	./plugins/sphinx/internal/sphinx:FuzzUnwrap ./plugins/sphinx/internal/sphinx:FuzzParse \
+	./plugins/sphinx:FuzzAssemble ./plugins/sphinx:FuzzParsePayload ./plugins/sphinx:FuzzMix \
+	./core/internal/config:FuzzParse
+
+fuzz:
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t##*:}; echo "=== $$name in $$pkg for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
+	done
 
 # Regenerate the plugin protocol (needs protoc, protoc-gen-go, protoc-gen-go-grpc).
 proto:

@@ -41,7 +41,7 @@ func relayNode(t *testing.T, relayHost string, extra map[string]any) *node {
 
 // The headers a delivered message may carry: the sanitizer's allow list,
 // the fields it writes, and what the receiving Postfix adds.
-var allowedDelivered = regexp.MustCompile(`(?i)^(to|subject|newsgroups|references|in-reply-to|mime-version|content-[a-z0-9-]+|from|message-id|date|return-path|delivered-to|x-original-to|received)$`)
+var allowedDelivered = regexp.MustCompile(`(?i)^(to|subject|newsgroups|references|in-reply-to|mime-version|content-type|content-transfer-encoding|from|message-id|date|return-path|delivered-to|x-original-to|received)$`)
 
 type delivered struct {
 	path   string

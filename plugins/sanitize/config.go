@@ -12,7 +12,7 @@ import (
 // Config is the sanitize stage's config block in the pipeline file. The
 // defaults are in main.go; README.md documents every key.
 type Config struct {
-	Allow           []string     `json:"allow" doc:"header field names kept from the original message, case-insensitive; a trailing * makes a prefix (Content-*); replaces the default list"`
+	Allow           []string     `json:"allow" doc:"header field names kept from the original message, exact and case-insensitive (no patterns); replaces the default list"`
 	From            string       `json:"from" doc:"the From field every message gets (RFC 5322 §3.4 address, ASCII)"`
 	MessageIDDomain string       `json:"message_id_domain" doc:"domain part of the generated Message-ID <32 hex digits@domain>"`
 	DateRound       sdk.Duration `json:"date_round" doc:"the generated Date is rounded down to a multiple of this (UTC); 0 keeps whole seconds"`
@@ -34,7 +34,7 @@ func (c *Config) Validate() error {
 		return sdk.FieldErrorf("allow", "must be a list of field names (use [] to keep no original field)")
 	}
 	for i, p := range c.Allow {
-		if err := checkAllowPattern(p); err != nil {
+		if err := checkAllowName(p); err != nil {
 			return sdk.FieldErrorf(fmt.Sprintf("allow.%d", i), "%v", err)
 		}
 	}
@@ -77,18 +77,17 @@ func checkFieldName(name string) error {
 	return nil
 }
 
-func checkAllowPattern(p string) error {
-	name, prefix := strings.CutSuffix(p, "*")
-	if prefix && name == "" {
-		return fmt.Errorf("%q would keep every field: list the fields to keep", p)
+// checkAllowName accepts an exact field name that may be kept. Patterns
+// are refused: a Content-* prefix let Content-X-Originating-IP and a
+// Content-ID naming the sender's host through.
+func checkAllowName(name string) error {
+	if strings.Contains(name, "*") {
+		return fmt.Errorf("%q: patterns are not allowed, list exact field names (a prefix such as Content-* keeps fields like Content-X-Originating-IP)", name)
 	}
 	if err := checkFieldName(name); err != nil {
 		return err
 	}
-	if strings.Contains(name, "*") {
-		return fmt.Errorf("%q: * is only allowed at the end", p)
-	}
-	if !prefix && neverKept(strings.ToLower(name)) {
+	if neverKept(strings.ToLower(name)) {
 		return fmt.Errorf("%s is never kept: it identifies the sender or is replaced by this stage", name)
 	}
 	return nil

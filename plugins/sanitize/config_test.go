@@ -23,14 +23,14 @@ func TestDefaultConfigIsValidAndDocumented(t *testing.T) {
 }
 
 func TestConfigAllowReplacesTheDefaultList(t *testing.T) {
-	c, err := sdk.DecodeConfig(defaults, []byte(`{"allow":["To","X-Keep-*"]}`))
+	c, err := sdk.DecodeConfig(defaults, []byte(`{"allow":["To","X-Keep"]}`))
 	if err != nil {
 		t.Fatal(err)
 	}
-	if strings.Join(c.Allow, ",") != "To,X-Keep-*" {
-		t.Fatalf("want allow [To X-Keep-*], got %v", c.Allow)
+	if strings.Join(c.Allow, ",") != "To,X-Keep" {
+		t.Fatalf("want allow [To X-Keep], got %v", c.Allow)
 	}
-	if strings.Join(defaults.Allow, ",") != "To,Subject,Newsgroups,References,In-Reply-To,MIME-Version,Content-*" {
+	if strings.Join(defaults.Allow, ",") != "To,Subject,Newsgroups,References,In-Reply-To,MIME-Version,Content-Type,Content-Transfer-Encoding" {
 		t.Fatalf("decoding changed the shared defaults: %v", defaults.Allow)
 	}
 }
@@ -46,7 +46,8 @@ func TestConfigAccepts(t *testing.T) {
 		`{"envelope_sender":""}`,
 		`{"envelope_sender":"bounces@mix.example.org"}`,
 		`{"allow":[]}`,
-		`{"allow":["Cc","Reply-To","X-*"]}`,
+		`{"allow":["Cc","Reply-To","X-Keep"]}`,
+		`{"allow":["Content-Type","Content-ID","Content-Description"]}`,
 		`{"add_headers":["Comments: This message was sent through an anonymous remailer"]}`,
 	}
 	for _, js := range cases {
@@ -65,6 +66,8 @@ func TestConfigRejectsNamingTheKey(t *testing.T) {
 		{`{"allow":["Received"]}`, "allow.0"},
 		{`{"allow":["Resent-From"]}`, "allow.0"},
 		{`{"allow":["X-*-Y"]}`, "allow.0"},
+		{`{"allow":["Content-*"]}`, "allow.0"},
+		{`{"allow":["To","X-*"]}`, "allow.1"},
 		{`{"allow":["Bad Name"]}`, "allow.0"},
 		{`{"allow":["Sübject"]}`, "allow.0"},
 		{`{"allow":[""]}`, "allow.0"},

@@ -14,7 +14,7 @@ import (
 var defaults = Config{
 	Allow: []string{
 		"To", "Subject", "Newsgroups", "References", "In-Reply-To",
-		"MIME-Version", "Content-*",
+		"MIME-Version", "Content-Type", "Content-Transfer-Encoding",
 	},
 	From:            "Anonymous <nobody@anonymous.invalid>",
 	MessageIDDomain: "anonymous.invalid",

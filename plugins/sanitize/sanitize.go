@@ -186,21 +186,15 @@ func lines(span []byte, fn func(line []byte)) {
 // Sanitizer rewrites header sections by allow-list. It is safe for
 // concurrent use.
 type Sanitizer struct {
-	exact    map[string]int // lower-case name -> rank (position in allow)
-	prefixes []prefixRule
-	from     string
-	domain   string
-	round    time.Duration
-	fuzz     time.Duration
-	add      []string
+	exact  map[string]int // lower-case name -> rank (position in allow)
+	from   string
+	domain string
+	round  time.Duration
+	fuzz   time.Duration
+	add    []string
 	// rand supplies the Message-ID and the Date fuzz; crypto/rand.Reader
 	// unless a test replaces it.
 	rand io.Reader
-}
-
-type prefixRule struct {
-	lower string
-	rank  int
 }
 
 // NewSanitizer builds a Sanitizer from a validated Config.
@@ -214,33 +208,26 @@ func NewSanitizer(c Config) *Sanitizer {
 		add:    slices.Clone(c.AddHeaders),
 		rand:   rand.Reader,
 	}
-	for rank, p := range c.Allow {
-		lower := strings.ToLower(p)
-		if prefix, ok := strings.CutSuffix(lower, "*"); ok {
-			s.prefixes = append(s.prefixes, prefixRule{prefix, rank})
-		} else if _, dup := s.exact[lower]; !dup {
+	for rank, name := range c.Allow {
+		if lower := strings.ToLower(name); !s.known(lower) {
 			s.exact[lower] = rank
 		}
 	}
 	return s
 }
 
-// rank returns the position in the allow list of the first pattern matching
-// lower, or -1 when no pattern does or the field is never kept.
+func (s *Sanitizer) known(lower string) bool { _, ok := s.exact[lower]; return ok }
+
+// rank returns the position in the allow list of lower, or -1 when the
+// list does not name it exactly or the field is never kept.
 func (s *Sanitizer) rank(lower string) int {
 	if neverKept(lower) {
 		return -1
 	}
-	best := -1
 	if r, ok := s.exact[lower]; ok {
-		best = r
+		return r
 	}
-	for _, p := range s.prefixes {
-		if (best < 0 || p.rank < best) && strings.HasPrefix(lower, p.lower) {
-			best = p.rank
-		}
-	}
-	return best
+	return -1
 }
 
 // Result is the outcome of Sanitize.
@@ -280,7 +267,7 @@ type keptField struct {
 //     multiple of date_round (whole seconds when 0), in DateLayout;
 //  2. From: the configured address;
 //  3. Message-ID: <32 lower-case hex digits (128 random bits)@domain>;
-//  4. the original fields whose names the allow list matches (never From,
+//  4. the original fields the allow list names exactly (never From,
 //     Sender, Date, Message-ID, Return-Path, Received, Bcc, Resent-*), only
 //     the first of each single-instance field, ordered by the allow-list
 //     entry they matched and then by name, values byte for byte (RFC 2047

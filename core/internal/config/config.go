@@ -152,6 +152,31 @@ type Listener struct {
 	WriteTimeout sdk.Duration `yaml:"write_timeout"`
 	// MaxSessions: concurrent sessions; more are refused with 421. Default 100.
 	MaxSessions int `yaml:"max_sessions"`
+	// MaxSessionsPerClient: concurrent sessions from one source address;
+	// more are refused with 421 4.7.0. Default 50 (Postfix's
+	// smtpd_client_connection_count_limit: half of max_sessions, above
+	// Postfix's 20 parallel deliveries to one destination). Behind a Tor onion
+	// service every client is 127.0.0.1, so there this is the cap for all
+	// Tor clients together: set it to max_sessions on an onion listener
+	// and bound each circuit in torrc (HiddenServiceMaxStreams).
+	MaxSessionsPerClient int `yaml:"max_sessions_per_client"`
+	// MaxSessionTime ends any session this long after it was accepted
+	// (421 4.4.2), however busy it keeps itself. Default 10m.
+	MaxSessionTime sdk.Duration `yaml:"max_session_time"`
+	// MinDataRate in bytes per second during DATA and BDAT: the message
+	// starts with read_timeout of credit, each read adds bytes/rate
+	// seconds (capped at read_timeout) and spends the time it took, like
+	// Postfix's smtpd_min_data_rate. Out of credit: 421 4.4.2 and close.
+	// Default 500.
+	MinDataRate int `yaml:"min_data_rate"`
+	// MaxJunkCommands: NOOP, RSET and VRFY per session, counted afresh
+	// after each accepted message; the next ends it with 421 4.7.0
+	// (Postfix's smtpd_junk_command_limit). Default 100.
+	MaxJunkCommands int `yaml:"max_junk_commands"`
+	// MaxErrors: 4xx/5xx replies per session, counted afresh after each
+	// accepted message; the next ends it with 421 4.7.0 (Postfix's
+	// smtpd_hard_error_limit). Default 20.
+	MaxErrors int `yaml:"max_errors"`
 
 	// TLS, if set, offers STARTTLS.
 	TLS *TLS `yaml:"tls"`

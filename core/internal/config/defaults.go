@@ -77,6 +77,11 @@ func (c *Config) SetDefaults() {
 		c.dur(&l.ReadTimeout, p+"read_timeout", 5*time.Minute)
 		c.dur(&l.WriteTimeout, p+"write_timeout", time.Minute)
 		num(c, &l.MaxSessions, p+"max_sessions", DefaultMaxSessions)
+		num(c, &l.MaxSessionsPerClient, p+"max_sessions_per_client", 50)
+		c.dur(&l.MaxSessionTime, p+"max_session_time", 10*time.Minute)
+		num(c, &l.MinDataRate, p+"min_data_rate", 500)
+		num(c, &l.MaxJunkCommands, p+"max_junk_commands", 100)
+		num(c, &l.MaxErrors, p+"max_errors", 20)
 		if rl := l.Relay.RateLimit; rl != nil {
 			num(c, &rl.Burst, p+"relay.rate_limit.burst", rl.Messages)
 		}

@@ -203,6 +203,11 @@ func (c *Config) validateListeners(bad func(string, string, ...any), atLeast fun
 		positive(p+".read_timeout", l.ReadTimeout)
 		positive(p+".write_timeout", l.WriteTimeout)
 		atLeast(p+".max_sessions", int64(l.MaxSessions), 1)
+		atLeast(p+".max_sessions_per_client", int64(l.MaxSessionsPerClient), 1)
+		positive(p+".max_session_time", l.MaxSessionTime)
+		atLeast(p+".min_data_rate", int64(l.MinDataRate), 1)
+		atLeast(p+".max_junk_commands", int64(l.MaxJunkCommands), 1)
+		atLeast(p+".max_errors", int64(l.MaxErrors), 1)
 
 		if t := l.TLS; t != nil {
 			if t.CertFile == "" {

@@ -21,7 +21,6 @@ import (
 	"net/netip"
 	"os"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -117,7 +116,7 @@ func (s *Server) Listen() error {
 	if err != nil {
 		return fmt.Errorf("listener %s: %w", s.cfg.Name, err)
 	}
-	s.ln = &limitListener{Listener: ln, s: s}
+	s.ln = &limitListener{Listener: ln, s: s, perIP: map[netip.Addr]int{}}
 	return nil
 }
 
@@ -146,56 +145,25 @@ func (s *Server) Shutdown(ctx context.Context) error {
 // Sessions returns the number of open sessions.
 func (s *Server) Sessions() int64 { return s.sessions.Load() }
 
-// limitListener refuses connections beyond MaxSessions with 421 (RFC 5321
-// §3.8) instead of letting them queue.
-type limitListener struct {
-	net.Listener
-	s *Server
-}
-
-func (l *limitListener) Accept() (net.Conn, error) {
-	for {
-		c, err := l.Listener.Accept()
-		if err != nil {
-			return nil, err
-		}
-		if n := l.s.sessions.Add(1); n > int64(l.s.cfg.MaxSessions) {
-			l.s.sessions.Add(-1)
-			l.s.c.Rejected.Add(1)
-			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
-			_, _ = io.WriteString(c, "421 4.3.2 Too many sessions, try again later\r\n")
-			c.Close()
-			continue
-		}
-		return &countedConn{Conn: c, s: l.s}, nil
-	}
-}
-
-type countedConn struct {
-	net.Conn
-	s    *Server
-	once sync.Once
-}
-
-func (c *countedConn) Close() error {
-	c.once.Do(func() { c.s.sessions.Add(-1) })
-	return c.Conn.Close()
-}
-
 // NewSession implements smtp.Backend.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	var ip netip.Addr
-	if ta, ok := c.Conn().RemoteAddr().(*net.TCPAddr); ok {
-		ip, _ = netip.AddrFromSlice(ta.IP)
-		ip = ip.Unmap()
+	nc := c.Conn()
+	tc, isTLS := nc.(*tls.Conn)
+	if isTLS {
+		nc = tc.NetConn()
 	}
-	sess := &session{s: s, conn: c, ip: ip, id: s.nextID.Add(1)}
+	cc, _ := nc.(*clientConn)
+	if cc != nil && isTLS {
+		cc.startedTLS()
+	}
+	sess := &session{s: s, conn: c, cc: cc, ip: remoteIP(nc), id: s.nextID.Add(1)}
 	return sess, nil
 }
 
 type session struct {
 	s    *Server
 	conn *smtp.Conn
+	cc   *clientConn // the connection below go-smtp (and below TLS)
 	ip   netip.Addr
 	id   uint64
 	user string
@@ -254,9 +222,11 @@ var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("mixmta-dummy"), bcrypt.Mi
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if from != "" {
-		if err := checkAddress(from, opts != nil && opts.UTF8); err != nil {
-			return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address syntax"), "MAIL")
+		m, err := parseMailbox(from, opts != nil && opts.UTF8)
+		if err != nil {
+			return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 7}, "sender"), "MAIL")
 		}
+		from = m.String()
 	}
 	if ss.s.limiter != nil && !ss.s.limiter.allow(ss.ip, time.Now()) {
 		return ss.reject(smtpErr(450, smtp.EnhancedCode{4, 7, 1}, "Rate limit exceeded, try again later"), "MAIL")
@@ -303,10 +273,16 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if !ss.started {
 		return ss.reject(smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "MAIL first"), "RCPT")
 	}
-	if err := checkAddress(to, ss.env.SMTPUTF8); err != nil {
-		return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address syntax"), "RCPT")
+	m, err := parseMailbox(to, ss.env.SMTPUTF8)
+	if err != nil {
+		return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 3}, "recipient"), "RCPT")
 	}
-	domain := to[strings.LastIndexByte(to, '@')+1:]
+	// The queue gets the address exactly as the policy below judged it.
+	to = m.String()
+	domain := asciiDomain(m.domain)
+	if m.routed() && !ss.mayRelay() {
+		return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Sender-specified routing (%, !, or a second @) is not allowed"), "RCPT")
+	}
 	if !ss.isLocal(domain) {
 		if !ss.mayRelay() {
 			return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Relaying denied"), "RCPT")
@@ -349,20 +325,20 @@ func toSMTP(err error) *smtp.SMTPError {
 }
 
 func (ss *session) Data(r io.Reader) error {
+	if ss.cc != nil {
+		ss.cc.beginData()
+		defer ss.cc.endData()
+	}
 	if !ss.started || len(ss.env.RcptTo) == 0 {
 		_, _ = io.Copy(io.Discard, r)
 		return ss.reject(smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "RCPT first"), "DATA")
 	}
-	raw, err := io.ReadAll(r)
+	raw, err := io.ReadAll(&lineEndReader{r: r})
+	if err == nil && ss.cc != nil && ss.cc.takeBare() {
+		err = errBareLineEnd
+	}
 	if err != nil {
-		var se *smtp.SMTPError
-		if errors.As(err, &se) {
-			return ss.reject(se, "DATA")
-		}
-		if errors.Is(err, smtp.ErrTooLongLine) {
-			return ss.reject(smtpErr(500, smtp.EnhancedCode{5, 5, 2}, "Line too long"), "DATA")
-		}
-		return err
+		return ss.dataFailed(err)
 	}
 	header, body := SplitMessage(raw)
 	if int64(len(header)) > ss.s.cfg.MaxHeaderBytes {
@@ -385,8 +361,41 @@ func (ss *session) Data(r io.Reader) error {
 	ss.s.c.Received.Add(1)
 	ss.s.log.Info("[SMTP] accepted", "session", ss.id, "item", it.ID.String(), "size", it.Size, "rcpts", len(ss.env.RcptTo))
 	ss.s.sink.Submit(it)
+	if ss.cc != nil {
+		ss.cc.accepted()
+	}
 	ss.reset()
 	return nil
+}
+
+// dataFailed answers a DATA/BDAT transfer that could not be read to its
+// end. Only an oversized message keeps the session (go-smtp reads the
+// rest to the end marker); after anything else the stream cannot be
+// trusted to be in step, so the reply is the session's last: the rest of
+// a message must never be read as commands. No reply carries Go error
+// text.
+func (ss *session) dataFailed(err error) error {
+	if errors.Is(err, smtp.ErrDataTooLarge) {
+		return ss.reject(smtp.ErrDataTooLarge, "DATA")
+	}
+	if errors.Is(err, smtp.ErrDataReset) {
+		// RSET or a new transaction between BDAT chunks: nothing to answer.
+		return err
+	}
+	if ss.cc != nil {
+		ss.cc.closeAfterReply()
+	}
+	var se *smtp.SMTPError
+	switch {
+	case errors.Is(err, errBareLineEnd):
+		se = smtpErr(554, smtp.EnhancedCode{5, 5, 2}, "Bare CR or LF in message data (RFC 5321 section 2.3.8), closing connection")
+	case errors.Is(err, smtp.ErrTooLongLine):
+		se = smtpErr(500, smtp.EnhancedCode{5, 5, 2}, fmt.Sprintf("Line too long (at most %d bytes), closing connection", ss.s.cfg.MaxLineLength))
+	case errors.As(err, &se) && se.Code == 421:
+	default:
+		se = smtpErr(421, smtp.EnhancedCode{4, 4, 2}, "Connection error during message transfer, closing connection")
+	}
+	return ss.reject(se, "DATA")
 }
 
 func (ss *session) reset() {
@@ -433,38 +442,18 @@ func CountFields(header []byte) int {
 	return n
 }
 
-// checkAddress validates an RFC 5321 mailbox (local-part@domain) loosely:
-// a non-empty local part, a dot-atom domain or address literal, no control
-// characters, and 8-bit bytes only with SMTPUTF8 (RFC 6531 §3.3).
-func checkAddress(addr string, utf8 bool) error {
-	at := strings.LastIndexByte(addr, '@')
-	if at <= 0 || at == len(addr)-1 || len(addr) > 254 {
-		return errors.New("not local@domain")
+// addressErr maps a parseMailbox error to its reply: 553 5.6.7 for an
+// 8-bit address without SMTPUTF8 (RFC 6531 §3.3), 501 with syntax (the
+// enhanced code for sender or recipient, RFC 3463 X.1.7 / X.1.3) for
+// invalid UTF-8, 553 for any other syntax error (RFC 5321 §4.2.2).
+func addressErr(err error, syntax smtp.EnhancedCode, who string) *smtp.SMTPError {
+	switch {
+	case errors.Is(err, errNeedsSMTPUTF8):
+		return smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII "+who+" address needs SMTPUTF8")
+	case errors.Is(err, errNotUTF8):
+		return smtpErr(501, syntax, "Bad "+who+" address: not valid UTF-8")
 	}
-	for i := 0; i < len(addr); i++ {
-		c := addr[i]
-		if c < 0x21 || c == 0x7f {
-			return errors.New("control or space character")
-		}
-		if c >= 0x80 && !utf8 {
-			return errors.New("8-bit address without SMTPUTF8")
-		}
-	}
-	domain := addr[at+1:]
-	if strings.HasPrefix(domain, "[") && strings.HasSuffix(domain, "]") {
-		return nil
-	}
-	for _, label := range strings.Split(domain, ".") {
-		if label == "" || len(label) > 63 || strings.HasPrefix(label, "-") || strings.HasSuffix(label, "-") {
-			return errors.New("bad domain")
-		}
-		for _, r := range label {
-			if !(r == '-' || r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= 0x80) {
-				return errors.New("bad domain character")
-			}
-		}
-	}
-	return nil
+	return smtpErr(553, syntax, "Bad "+who+" address syntax")
 }
 
 // readUsers reads a users file: "user:bcrypt-hash" per line, # comments.

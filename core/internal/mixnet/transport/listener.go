@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"sort"
 	"sync"
 	"sync/atomic"
@@ -28,7 +29,7 @@ func (t *Direct) Listen(addr string, h Handler) (Listener, error) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	l := &listener{t: t, ln: ln, h: h, ctx: ctx, cancel: cancel, tlsc: t.serverTLS(),
-		hs: make(chan struct{}, t.cfg.MaxHandshakes), conns: map[*serverConn]struct{}{}}
+		pending: map[netip.Addr][]*handshake{}, conns: map[*serverConn]struct{}{}}
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
@@ -50,8 +51,11 @@ type listener struct {
 	tlsc   *tls.Config
 	ctx    context.Context // handlers' context; cancelled by Close
 	cancel context.CancelFunc
-	hs     chan struct{} // one token per handshake in progress
 	wg     sync.WaitGroup
+
+	hsMu     sync.Mutex
+	pending  map[netip.Addr][]*handshake // in progress per source, oldest first
+	pendingN int
 
 	mu     sync.Mutex
 	closed bool
@@ -104,26 +108,105 @@ func (l *listener) accept() {
 			}
 		}
 		delay = 0
-		select {
-		case l.hs <- struct{}{}:
-		default:
-			raw.Close()
-			l.t.st.limitDrops.Add(1)
-			continue
-		}
+		hs := l.startHandshake(raw)
 		l.wg.Add(1)
-		go l.serve(raw)
+		go l.serve(hs)
+	}
+}
+
+// handshake is an inbound connection not yet authenticated.
+type handshake struct {
+	net.Conn
+	src  netip.Addr
+	sent atomic.Bool // the client sent a byte: a handshake, not an idle socket
+}
+
+func (h *handshake) Read(b []byte) (int, error) {
+	n, err := h.Conn.Read(b)
+	if n > 0 {
+		h.sent.Store(true)
+	}
+	return n, err
+}
+
+// startHandshake admits raw to the handshakes in progress. At the
+// per-source limit it closes one of that source's, at MaxHandshakes one
+// of the source holding the most; either way the oldest that has not
+// sent a byte, or else the oldest. A full table never refuses the newest
+// connection, so sockets that send nothing can never keep a peer out: a
+// peer's ClientHello follows its connect at once.
+func (l *listener) startHandshake(raw net.Conn) *handshake {
+	hs := &handshake{Conn: raw}
+	if ta, ok := raw.RemoteAddr().(*net.TCPAddr); ok {
+		hs.src, _ = netip.AddrFromSlice(ta.IP)
+		hs.src = hs.src.Unmap()
+	}
+	cfg := l.t.cfg
+	l.hsMu.Lock()
+	var victims []*handshake
+	if q := l.pending[hs.src]; len(q) >= cfg.MaxHandshakesPerSource && !hs.src.IsLoopback() {
+		victims = q
+	} else if l.pendingN >= cfg.MaxHandshakes {
+		for _, q := range l.pending {
+			if len(q) > len(victims) {
+				victims = q
+			}
+		}
+	}
+	var victim *handshake
+	if len(victims) > 0 {
+		victim = victims[0]
+		for _, v := range victims {
+			if !v.sent.Load() {
+				victim = v
+				break
+			}
+		}
+		l.dropPending(victim)
+	}
+	l.pending[hs.src] = append(l.pending[hs.src], hs)
+	l.pendingN++
+	l.hsMu.Unlock()
+	if victim != nil {
+		victim.Close()
+		l.t.st.limitDrops.Add(1)
+	}
+	return hs
+}
+
+// endHandshake removes hs from the handshakes in progress (a no-op when
+// it was closed to make room).
+func (l *listener) endHandshake(hs *handshake) {
+	l.hsMu.Lock()
+	l.dropPending(hs)
+	l.hsMu.Unlock()
+}
+
+func (l *listener) dropPending(hs *handshake) {
+	q := l.pending[hs.src]
+	for i, o := range q {
+		if o == hs {
+			q = append(q[:i:i], q[i+1:]...)
+			l.pendingN--
+			break
+		}
+	}
+	if len(q) == 0 {
+		delete(l.pending, hs.src)
+	} else {
+		l.pending[hs.src] = q
 	}
 }
 
 // serve authenticates one connection and reads its frames until it fails.
-func (l *listener) serve(raw net.Conn) {
+func (l *listener) serve(hs *handshake) {
 	defer l.wg.Done()
+	raw := net.Conn(hs)
 	tc := tls.Server(raw, l.tlsc)
-	ctx, cancel := context.WithTimeout(l.ctx, l.t.cfg.HandshakeTimeout)
+	ctx, cancel := context.WithTimeout(l.ctx, l.t.cfg.InboundHandshakeTimeout)
 	err := tc.HandshakeContext(ctx)
 	cancel()
-	<-l.hs
+	l.endHandshake(hs)
 	var id sdk.NodeID
 	if err == nil {
 		// Look up again: VerifyConnection cannot hand the id over, and the

@@ -29,8 +29,8 @@ type Stats struct {
 	// HandshakeErrors: inbound connections dropped before authentication:
 	// garbage, timeouts, unknown keys.
 	HandshakeErrors uint64
-	// LimitDrops: inbound connections closed for MaxHandshakes or
-	// MaxConnsPerPeer.
+	// LimitDrops: inbound handshakes closed to make room (MaxHandshakes,
+	// MaxHandshakesPerSource) and connections closed for MaxConnsPerPeer.
 	LimitDrops uint64
 	// UnknownPeers: inbound keys not in the nodes file (also in
 	// HandshakeErrors).

@@ -248,8 +248,19 @@ type Config struct {
 	// all are busy.
 	MaxConnsPerPeer int
 	// MaxHandshakes is the number of inbound handshakes in progress at once
-	// (64); connections beyond are closed at once.
+	// (64). A connection beyond it closes the oldest handshake in progress
+	// of the source address holding the most, so idle connections never
+	// lock peers out: a peer's handshake completes long before its slot is
+	// the oldest.
 	MaxHandshakes int
+	// MaxHandshakesPerSource is the number of inbound handshakes in
+	// progress from one source address (8); one more closes that source's
+	// oldest. Loopback sources are exempt (behind a Tor onion service every
+	// peer is 127.0.0.1): for them only MaxHandshakes applies.
+	MaxHandshakesPerSource int
+	// InboundHandshakeTimeout bounds an inbound TLS handshake from accept
+	// to its end (5 s, at most HandshakeTimeout).
+	InboundHandshakeTimeout time.Duration
 	// Dialer opens TCP streams (a net.Dialer with 15 s keep-alive).
 	Dialer ContextDialer
 	// FrameLog, if set, is called for every complete frame and word
@@ -289,6 +300,10 @@ func (c *Config) setDefaults() error {
 	if c.MaxHandshakes == 0 {
 		c.MaxHandshakes = 64
 	}
+	if c.MaxHandshakesPerSource == 0 {
+		c.MaxHandshakesPerSource = 8
+	}
+	def(&c.InboundHandshakeTimeout, min(5*time.Second, c.HandshakeTimeout))
 	if c.Dialer == nil {
 		c.Dialer = &net.Dialer{KeepAlive: 15 * time.Second}
 	}
@@ -300,12 +315,12 @@ func (c *Config) setDefaults() error {
 		return fmt.Errorf("transport: packet size %d out of range 1..%d", c.PacketSize, MaxPacketSize)
 	case c.Window < 1 || c.Window > MaxWindow:
 		return fmt.Errorf("transport: window %d out of range 1..%d", c.Window, MaxWindow)
-	case c.MaxConnsPerPeer < 1 || c.MaxHandshakes < 1:
-		return errors.New("transport: MaxConnsPerPeer and MaxHandshakes must be positive")
+	case c.MaxConnsPerPeer < 1 || c.MaxHandshakes < 1 || c.MaxHandshakesPerSource < 1:
+		return errors.New("transport: MaxConnsPerPeer, MaxHandshakes and MaxHandshakesPerSource must be positive")
 	case c.BackoffMin > c.BackoffMax:
 		return errors.New("transport: BackoffMin above BackoffMax")
 	}
-	for _, d := range []time.Duration{c.HandshakeTimeout, c.WriteTimeout, c.AckTimeout, c.FrameTimeout, c.IdleTimeout, c.BackoffMin} {
+	for _, d := range []time.Duration{c.HandshakeTimeout, c.InboundHandshakeTimeout, c.WriteTimeout, c.AckTimeout, c.FrameTimeout, c.IdleTimeout, c.BackoffMin} {
 		if d < 0 {
 			return errors.New("transport: negative timeout")
 		}

@@ -545,34 +545,89 @@ func TestSilentClientIsDroppedAtHandshakeTimeout(t *testing.T) {
 	waitFor(t, time.Second, "timeout count", func() bool { return tb.Stats().Timeouts == 1 })
 }
 
-func TestHandshakeLimitClosesExcessConnections(t *testing.T) {
+// At MaxHandshakes a new connection closes the oldest handshake in
+// progress, not itself: the newest is the one most likely to be a peer.
+func TestHandshakeLimitClosesTheOldestHandshake(t *testing.T) {
 	b := newNode(t)
 	tb := newTransport(t, b, Config{PacketSize: 1024, MaxHandshakes: 2})
 	l := listen(t, tb, func(context.Context, sdk.NodeID, []byte) error { return nil })
 	var conns []net.Conn
-	for range 2 {
+	for range 3 {
 		c, err := net.Dial("tcp", l.Addr().String())
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer c.Close()
 		conns = append(conns, c)
+		time.Sleep(100 * time.Millisecond) // accepted, in its handshake
 	}
-	time.Sleep(100 * time.Millisecond) // both in their handshake
-	third, err := net.Dial("tcp", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
+	if !closedWithin(conns[0], 2*time.Second) {
+		t.Error("the oldest handshake was kept beyond MaxHandshakes")
 	}
-	defer third.Close()
-	if !closedWithin(third, 2*time.Second) {
-		t.Error("connection beyond MaxHandshakes was kept")
-	}
-	if closedWithin(conns[0], 100*time.Millisecond) {
-		t.Error("a connection within the limit was closed")
+	if closedWithin(conns[2], 100*time.Millisecond) || closedWithin(conns[1], 100*time.Millisecond) {
+		t.Error("a newer handshake was closed")
 	}
 	if n := tb.Stats().LimitDrops; n != 1 {
 		t.Errorf("want 1 limit drop, got %d", n)
 	}
+}
+
+// TestIdleConnectionsNeverLockPeersOut: 70 TCP connections that never
+// send a byte, re-opened 100 ms after they are closed, from the peers' own
+// address (as behind a Tor onion service) and from another one, never
+// keep a peer from probing the node or sending a packet to it.
+func TestIdleConnectionsNeverLockPeersOut(t *testing.T) {
+	a, b := newNode(t), newNode(t)
+	ta := newTransport(t, a, Config{PacketSize: 1024, HandshakeTimeout: 2 * time.Second})
+	got := make(chan []byte, 16)
+	tb := newTransport(t, b, Config{PacketSize: 1024}, a)
+	l := listen(t, tb, func(_ context.Context, _ sdk.NodeID, p []byte) error {
+		got <- append([]byte{}, p...)
+		return nil
+	})
+	ctx, stop := context.WithCancel(context.Background())
+	defer stop()
+	var wg sync.WaitGroup
+	for i := range 70 {
+		src := "127.0.0.1"
+		if i%2 == 1 {
+			src = "127.0.0.2"
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+			for ctx.Err() == nil {
+				c, err := d.DialContext(ctx, "tcp", l.Addr().String())
+				if err != nil {
+					time.Sleep(10 * time.Millisecond)
+					continue
+				}
+				closedWithin(c, time.Minute) // holds it until the node closes it
+				c.Close()
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+	}
+	defer wg.Wait()
+	defer stop()
+	time.Sleep(500 * time.Millisecond) // the idle connections fill the table
+	p := b.peer(l.Addr().String())
+	for i := range 5 {
+		if err := ta.Probe(context.Background(), p); err != nil {
+			t.Fatalf("probe %d with 70 idle connections on the mix port: %v", i, err)
+		}
+	}
+	link, err := ta.Dial(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := link.Send(sctx, packet(1024, 7)); err != nil {
+		t.Fatalf("send with 70 idle connections on the mix port: %v", err)
+	}
+	<-got
 }
 
 // A new connection of a node evicts only an idle one: probes never cut a
