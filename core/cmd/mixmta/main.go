@@ -171,13 +171,14 @@ func queueCmd(load func() (*config.Config, error)) *cobra.Command {
 				return json.NewEncoder(c.OutOrStdout()).Encode(items)
 			}
 			w := tabwriter.NewWriter(c.OutOrStdout(), 0, 2, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tKIND\tSTAGE\tSTATE\tSEND_AFTER\tATTEMPTS\tSIZE\tRCPTS")
+			fmt.Fprintln(w, "ID\tKIND\tSTAGE\tSTATE\tSEND_AFTER\tATTEMPTS\tSIZE\tRCPTS\tREASON")
 			for _, it := range items {
-				state, after := "running", "-"
-				if it.Waiting {
-					state, after = "waiting", it.SendAfter.UTC().Format(time.RFC3339)
+				state, after := itemState(it)
+				reason := it.Reason
+				if reason == "" {
+					reason = "-"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d", it.ID, it.Kind, it.Stage, state, after, it.Attempts, it.Size, it.Recipients)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s", it.ID, it.Kind, it.Stage, state, after, it.Attempts, it.Size, it.Recipients, reason)
 				if addresses {
 					fmt.Fprintf(w, "\t<%s> -> %s", it.MailFrom, strings.Join(it.RcptTo, ", "))
 				}
@@ -217,7 +218,7 @@ func queueCmd(load func() (*config.Config, error)) *cobra.Command {
 	}
 	flush := &cobra.Command{
 		Use:   "flush",
-		Short: "make every waiting item due now (it still leaves through the pool)",
+		Short: "release every waiting item now, past the pool and its delay (this gives up their mixing)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			var r map[string]int
@@ -252,10 +253,33 @@ func queueCmd(load func() (*config.Config, error)) *cobra.Command {
 		},
 	}
 	del := &cobra.Command{
-		Use:   "delete ID...",
-		Short: "delete queue items (they are never delivered)",
+		Use:   "delete ID...|ALL",
+		Short: "delete queue items (they are never delivered); ALL deletes every item",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 1 && args[0] == "ALL" {
+				var r map[string]int
+				err := withQueue(load,
+					func(cfg *config.Config) error { return daemon.AdminCall(cfg, "POST", "/delete-all", &r) },
+					func(_ *config.Config, q *queue.Queue) error {
+						var all []*queue.Item
+						if err := q.Items(func(it *queue.Item) error { all = append(all, it); return nil }); err != nil {
+							return err
+						}
+						for _, it := range all {
+							if err := q.Delete(it); err != nil {
+								return err
+							}
+						}
+						r = map[string]int{"deleted": len(all)}
+						return nil
+					})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "%d items deleted\n", r["deleted"])
+				return nil
+			}
 			for _, a := range args {
 				id, err := queue.ParseID(a)
 				if err != nil {
@@ -279,7 +303,125 @@ func queueCmd(load func() (*config.Config, error)) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(ls, stats, flush, del)
+	cmd.AddCommand(ls, stats, flush, del, showCmd(load))
+	for _, op := range []struct{ name, short, done string }{
+		{"hold", "hold items: they stay queued and are not processed until released", "held"},
+		{"release", "release held or quarantined items: they resume where they were", "released"},
+		{"requeue", "release items and restart their retry schedule (like postsuper -r)", "requeued"},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   op.name + " ID...",
+			Short: op.short,
+			Args:  cobra.MinimumNArgs(1),
+			RunE: func(c *cobra.Command, args []string) error {
+				for _, a := range args {
+					id, err := queue.ParseID(a)
+					if err != nil {
+						return err
+					}
+					var r map[string]string
+					err = withQueue(load,
+						func(cfg *config.Config) error {
+							return daemon.AdminCall(cfg, "POST", "/"+op.name+"?id="+id.String(), &r)
+						},
+						func(_ *config.Config, q *queue.Queue) error { return offlineHold(q, id, op.name) })
+					if err != nil {
+						return fmt.Errorf("%s: %w", a, err)
+					}
+					fmt.Fprintf(c.OutOrStdout(), "%s %s\n", op.done, id)
+				}
+				return nil
+			},
+		})
+	}
+	return cmd
+}
+
+// itemState is the STATE and SEND_AFTER columns of `queue ls`.
+func itemState(it daemon.ItemView) (state, after string) {
+	switch {
+	case it.Held:
+		return "held", "-"
+	case !it.Waiting:
+		return "running", "-"
+	case it.Reason != "":
+		state = "deferred"
+	case it.SendAfter.After(time.Now()):
+		state = "delayed"
+	default:
+		state = "pooled"
+	}
+	return state, it.SendAfter.UTC().Format(time.RFC3339)
+}
+
+// offlineHold is hold, release or requeue on a stopped daemon's queue; the
+// next start picks the item up as stored.
+func offlineHold(q *queue.Queue, id queue.ID, op string) error {
+	it, err := q.Get(id)
+	if err != nil {
+		return err
+	}
+	switch op {
+	case "hold":
+		it.Held, it.Reason = true, "held by the operator"
+	case "release", "requeue":
+		if op == "release" && !it.Held {
+			return errors.New("item is not held")
+		}
+		if op == "requeue" {
+			if it.Attempts > 0 && it.Waiting {
+				it.SendAfter = time.Now()
+			}
+			it.Attempts = 0
+		}
+		it.Held, it.Failures, it.Crashes, it.Reason = false, 0, 0, ""
+	}
+	return q.Update(it)
+}
+
+func showCmd(load func() (*config.Config, error)) *cobra.Command {
+	var addresses, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show ID",
+		Short: "print one item and its header (address fields only with --addresses)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			id, err := queue.ParseID(args[0])
+			if err != nil {
+				return err
+			}
+			var d daemon.ItemDetail
+			q := "?id=" + id.String()
+			if addresses {
+				q += "&addresses=1"
+			}
+			err = withQueue(load,
+				func(cfg *config.Config) error { return daemon.AdminCall(cfg, "GET", "/show"+q, &d) },
+				func(cfg *config.Config, qu *queue.Queue) (err error) {
+					d, err = daemon.ShowItem(cfg, qu, id, addresses, nil)
+					return err
+				})
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			out := c.OutOrStdout()
+			if asJSON {
+				return json.NewEncoder(out).Encode(d)
+			}
+			state, after := itemState(d.ItemView)
+			fmt.Fprintf(out, "id: %s\nmessage: %s\nkind: %s\nstage: %s\nstate: %s\nsend_after: %s\nattempts: %d\nreason: %s\nreceived: %s\nsize: %d (body %d)\nrecipients: %d\n",
+				d.ID, d.Message, d.Kind, d.Stage, state, after, d.Attempts, d.Reason, d.Received.UTC().Format(time.RFC3339), d.Size, d.BodyBytes, d.Recipients)
+			if addresses {
+				fmt.Fprintf(out, "mail_from: <%s>\nrcpt_to: %s\n", d.MailFrom, strings.Join(d.RcptTo, ", "))
+			} else if len(d.HeaderHidden) > 0 {
+				fmt.Fprintf(out, "hidden header fields (--addresses shows them): %s\n", strings.Join(d.HeaderHidden, ", "))
+			}
+			fmt.Fprintf(out, "\n%s", d.Header)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&addresses, "addresses", false, "show envelope addresses and address header fields (sensitive)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 

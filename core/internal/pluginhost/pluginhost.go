@@ -50,13 +50,10 @@ func Resolve(dir, name string) (string, error) {
 	return filepath.Abs(p)
 }
 
-// Backoff for restarts: 100 ms doubling to 10 s.
+// Backoff for restarts after failed launches: 100 ms doubling to 10 s.
 const (
 	restartBase = 100 * time.Millisecond
 	restartMax  = 10 * time.Second
-	// callRetries is how many times a call is retried on a fresh process
-	// after a transport failure before the failure is returned.
-	callRetries = 3
 )
 
 // Stage is a supervised plugin process serving one stage.
@@ -64,10 +61,11 @@ type Stage struct {
 	Spec Spec
 	Info sdk.Info
 
-	log      hclog.Logger
-	mu       sync.Mutex
-	client   *sdk.Client
-	gen      uint64
+	log    hclog.Logger
+	mu     sync.Mutex
+	client *sdk.Client
+	gen    uint64
+	// failures counts failed launches in a row (restart backoff).
 	failures int
 	restarts atomic.Int64
 	closed   bool
@@ -217,6 +215,7 @@ func (s *Stage) current(ctx context.Context) (*sdk.Client, uint64, error) {
 			continue
 		}
 		s.client = c
+		s.failures = 0
 		s.gen++
 		s.restarts.Add(1)
 		s.log.Warn("plugin restarted", "stage", s.Spec.Stage, "pid", c.Pid())
@@ -225,45 +224,37 @@ func (s *Stage) current(ctx context.Context) (*sdk.Client, uint64, error) {
 }
 
 // markDead records that the client of generation gen failed at transport
-// level, so the next call restarts it.
+// level, so the next call restarts it. A crash during a call does not
+// advance the restart backoff: the engine counts it against the item that
+// was called (and quarantines an item that crashes the plugin again), so
+// one poison item costs at most a few restarts and never stalls the
+// others behind a growing backoff.
 func (s *Stage) markDead(gen uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.gen == gen && s.client != nil {
 		s.client.Kill()
 		s.client = nil
-		s.failures++
 	}
 }
 
-func (s *Stage) markOK() {
-	s.mu.Lock()
-	s.failures = 0
-	s.mu.Unlock()
-}
-
-// call runs fn on the live client; on a transport failure (crash, kill) it
-// restarts the plugin and runs fn again, up to callRetries times.
+// call runs fn on the live client, restarting the process first if it is
+// gone. A transport failure during the call (the process crashed or was
+// killed) is returned, not retried here: the caller retries the item and
+// counts the crash against it.
 func call[T any](ctx context.Context, s *Stage, fn func(*sdk.Client) (T, error)) (T, error) {
 	var zero T
-	var lastErr error
-	for i := 0; i <= callRetries; i++ {
-		c, gen, err := s.current(ctx)
-		if err != nil {
-			return zero, err
-		}
-		v, err := fn(c)
-		if err == nil || !sdk.IsTransport(err) || ctx.Err() != nil {
-			if err == nil {
-				s.markOK()
-			}
-			return v, err
-		}
-		lastErr = err
-		s.log.Warn("plugin call failed, restarting plugin", "stage", s.Spec.Stage, "error", err)
-		s.markDead(gen)
+	c, gen, err := s.current(ctx)
+	if err != nil {
+		return zero, err
 	}
-	return zero, lastErr
+	v, err := fn(c)
+	if err == nil || !sdk.IsTransport(err) || ctx.Err() != nil {
+		return v, err
+	}
+	s.log.Warn("plugin call failed; the plugin restarts at the next call", "stage", s.Spec.Stage, "error", err)
+	s.markDead(gen)
+	return zero, err
 }
 
 // Check runs the stage as a checker.
