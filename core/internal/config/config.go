@@ -88,6 +88,13 @@ type Queue struct {
 	GCInterval sdk.Duration `yaml:"gc_interval"`
 	// Workers: concurrent pipeline workers (>= 1). Default 8.
 	Workers int `yaml:"workers"`
+	// FreeSpaceReserve: free bytes the data dir's filesystem keeps; below
+	// it MAIL and DATA are answered 452 4.3.1 (RFC 3463 "mail system
+	// full") while queued mail is still delivered (>= 0; 0 disables the
+	// check). Default 256 MiB: room for one value-log file (64 MiB) and
+	// the memtables badger writes through mmap, where a full filesystem is
+	// a SIGBUS rather than an error, plus a 25 MiB message.
+	FreeSpaceReserve int64 `yaml:"free_space_reserve"`
 }
 
 // Scheduler configures the timed batch pool (Mixmaster-style).

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -40,6 +41,9 @@ type Daemon struct {
 	cancel  context.CancelFunc
 	admin   *http.Server
 	metrics *http.Server
+	// spaceLow: the data dir's free space was below the reserve at the
+	// last check (logged on each change).
+	spaceLow atomic.Bool
 }
 
 // StartStages launches, checks and configures every stage's plugin. Config
@@ -140,6 +144,7 @@ func Start(parent context.Context, cfg *config.Config, log hclog.Logger) (*Daemo
 		return nil, err
 	}
 	d.q = q
+	d.HasSpace(0) // logs at once when the node starts on a full disk
 	started, stages, err := StartStages(ctx, cfg, log)
 	if err != nil {
 		q.Close()

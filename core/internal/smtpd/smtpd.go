@@ -261,6 +261,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if ss.s.limiter != nil && !ss.s.limiter.allow(ss.ip, time.Now()) {
 		return ss.reject(smtpErr(450, smtp.EnhancedCode{4, 7, 1}, "Rate limit exceeded, try again later"), "MAIL")
 	}
+	if err := ss.checkSpace(mailSize(opts), "MAIL"); err != nil {
+		return err
+	}
 	ss.env = sdk.Envelope{MailFrom: from, BodyType: sdk.Body7Bit}
 	if opts != nil {
 		ss.env.SMTPUTF8 = opts.UTF8
@@ -376,6 +379,9 @@ func (ss *session) Data(r io.Reader) error {
 		if err := c.Check(context.Background(), m); err != nil {
 			return ss.reject(toSMTP(err), "DATA")
 		}
+	}
+	if err := ss.checkSpace(int64(len(raw)), "DATA"); err != nil {
+		return err
 	}
 	it, err := ss.s.sink.Accept(ss.env, header, body, time.Now())
 	if err != nil {
