@@ -17,6 +17,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -53,7 +55,8 @@ func root() *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVarP(&cfgPath, "config", "c", "mixmta.yaml", "pipeline file (YAML)")
 	load := func() (*config.Config, error) { return config.Load(cfgPath) }
-	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd())
+	daemon.Version = version
+	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd(), versionCmd())
 	cmd.AddCommand(nodesCommands(load)...)
 	return cmd
 }
@@ -487,4 +490,24 @@ func startPprof(addr string, log hclog.Logger) {
 			log.Error("pprof", "error", err)
 		}
 	}()
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "print the version, the Go version and the VCS revision it was built from",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			rev := "unknown"
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" {
+						rev = s.Value
+					}
+				}
+			}
+			fmt.Fprintf(c.OutOrStdout(), "mixmta %s (%s %s/%s, revision %s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH, rev)
+			return nil
+		},
+	}
 }

@@ -70,6 +70,9 @@ type Log struct {
 	Level string `yaml:"level"`
 	// StatsInterval is the period of the [STATS] line (> 0). Default 1m.
 	StatsInterval sdk.Duration `yaml:"stats_interval"`
+	// Addresses adds MAIL FROM and RCPT TO to the [DELIVER] line of each
+	// delivery attempt at info. Default false: no addresses at info.
+	Addresses bool `yaml:"addresses"`
 }
 
 // Metrics configures the Prometheus endpoint.

@@ -780,7 +780,7 @@ func (e *Engine) retryLater(it *queue.Item, st Stage, cause error, countAttempt 
 		e.giveUp(it, st, "queue lifetime exceeded", cause)
 		return nil
 	}
-	e.log.Info("[DELIVER] deferred", "id", it.ID.String(), "stage", st.Name, "reason", it.Reason, "attempt", it.Attempts, "retry_in", wait.Round(time.Millisecond))
+	e.log.Debug("[QUEUE] retry scheduled", "id", it.ID.String(), "stage", st.Name, "reason", it.Reason, "attempt", it.Attempts, "retry_in", wait.Round(time.Millisecond))
 	it.SendAfter = time.Now().Add(wait)
 	it.Waiting = true
 	if err := e.q.Update(it); err != nil {

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +43,9 @@ func Resolve(dir, name string) (string, error) {
 	p := filepath.Join(dir, name)
 	fi, err := os.Stat(p)
 	if err != nil {
+		if near := closest(dir, name); near != "" {
+			return "", fmt.Errorf("plugin %q not found in %s; did you mean %q?", name, dir, near)
+		}
 		return "", fmt.Errorf("plugin %q not found in %s (run `make build`)", name, dir)
 	}
 	if fi.IsDir() || fi.Mode()&0o111 == 0 {
@@ -306,4 +310,49 @@ func (s *Stage) Cover(ctx context.Context, k sdk.CoverKind) (*sdk.Packet, error)
 // Assemble asks the mixer to parse a reassembled message.
 func (s *Stage) Assemble(ctx context.Context, data []byte) (*sdk.Message, error) {
 	return call(ctx, s, func(c *sdk.Client) (*sdk.Message, error) { return c.Assemble(ctx, data) })
+}
+
+// closest returns the executable in dir whose name is nearest to name (at
+// most 3 edits, or one is a prefix of the other), or "".
+func closest(dir, name string) string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return ""
+	}
+	best, bestD := "", 4
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 || e.Name() == "mixmta" {
+			continue
+		}
+		d := editDistance(strings.ToLower(name), strings.ToLower(e.Name()))
+		if strings.HasPrefix(e.Name(), name) || strings.HasPrefix(name, e.Name()) {
+			d = min(d, 1)
+		}
+		if d < bestD || (d == bestD && e.Name() < best) {
+			best, bestD = e.Name(), d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b (bytes).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }
