@@ -184,8 +184,9 @@ type TLS struct {
 
 // Auth enables AUTH PLAIN (RFC 4616), offered only after STARTTLS.
 type Auth struct {
-	// UsersFile holds "user:bcrypt-or-argon2-hash" lines, one per user
-	// (required; Load checks that it can be read).
+	// UsersFile holds "user:hash" lines, one per user, with bcrypt or
+	// Argon2id hashes (`mixmta users add` writes them); mode 0600
+	// (required; Load reads and checks it exactly as the listener does).
 	UsersFile string `yaml:"users_file"`
 }
 

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"github.com/mixmta/mixmta/core/internal/users"
+
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -308,8 +310,11 @@ func (c *Config) checkFiles() error {
 			read(p+".tls.cert_file", l.TLS.CertFile)
 			read(p+".tls.key_file", l.TLS.KeyFile)
 		}
-		if l.Auth != nil {
-			read(p+".auth.users_file", l.Auth.UsersFile)
+		if l.Auth != nil && read(p+".auth.users_file", l.Auth.UsersFile) {
+			// the listener reads it with the same function at start
+			if _, err := users.Read(l.Auth.UsersFile); err != nil {
+				e.add(c.Line(p+".auth.users_file"), "%s: %v", p+".auth.users_file", err)
+			}
 		}
 		if f := l.Relay.DestinationBlockFile; f != "" && read(p+".relay.destination_block_file", f) {
 			if _, err := ReadBlockList(f); err != nil {
