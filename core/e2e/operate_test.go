@@ -307,3 +307,17 @@ func TestMissingNodesFileSaysHowToCreateIt(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigShowPrintsEffectiveConfig: `mixmta config show` prints every
+// default (like postconf), `-n` only what the file sets (like postconf -n).
+func TestConfigShowPrintsEffectiveConfig(t *testing.T) {
+	cfg, _ := profile(t, "configs/relay.yaml", nil)
+	all, err := mixmta(t, "config", "show", "-c", cfg)
+	if err != nil || !strings.Contains(all, "free_space_reserve: 268435456") || !strings.Contains(all, "max_sessions: 100") || !strings.Contains(all, "window: 30s") {
+		t.Fatalf("config show: %v\n%s", err, all)
+	}
+	set, err := mixmta(t, "config", "show", "-n", "-c", cfg)
+	if err != nil || strings.Contains(set, "free_space_reserve") || strings.Contains(set, "max_sessions") || !strings.Contains(set, "window: 30s") || !strings.Contains(set, "mean: 10m") {
+		t.Fatalf("config show -n: %v\n%s", err, set)
+	}
+}

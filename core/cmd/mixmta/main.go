@@ -56,7 +56,7 @@ func root() *cobra.Command {
 	cmd.PersistentFlags().StringVarP(&cfgPath, "config", "c", "mixmta.yaml", "pipeline file (YAML)")
 	load := func() (*config.Config, error) { return config.Load(cfgPath) }
 	daemon.Version = version
-	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd(), versionCmd(), usersCmd(load))
+	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd(), versionCmd(), usersCmd(load), configCmd(load))
 	cmd.AddCommand(nodesCommands(load)...)
 	return cmd
 }
@@ -510,4 +510,29 @@ func versionCmd() *cobra.Command {
 			return nil
 		},
 	}
+}
+
+func configCmd(load func() (*config.Config, error)) *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "inspect the pipeline file"}
+	var onlySet bool
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "print the effective config with every default filled in (-n: only the keys written in the file)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := load()
+			if err != nil {
+				return err
+			}
+			out, err := cfg.Show(onlySet)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "# %s\n%s", cfg.Path, out)
+			return nil
+		},
+	}
+	show.Flags().BoolVarP(&onlySet, "changed", "n", false, "only the keys written in the file (like postconf -n)")
+	cmd.AddCommand(show)
+	return cmd
 }
