@@ -104,7 +104,7 @@ type Engine struct {
 	// processing right now (see HoldItem).
 	mu   sync.Mutex
 	held map[queue.ID]bool
-	busy map[queue.ID]bool
+	busy map[queue.ID]int
 }
 
 type work struct {
@@ -144,7 +144,7 @@ func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 		o.MaxCrashes = 2
 	}
 	e := &Engine{q: q, stages: stages, opt: o, log: o.Logger, c: o.Counters, work: make(chan work, 4096), sem: map[int]chan struct{}{},
-		excl: map[int]*sync.RWMutex{}, held: map[queue.ID]bool{}, busy: map[queue.ID]bool{}}
+		excl: map[int]*sync.RWMutex{}, held: map[queue.ID]bool{}, busy: map[queue.ID]int{}}
 	for i, s := range stages {
 		if s.Kind == sdk.KindDeliverer {
 			e.sem[i] = make(chan struct{}, o.Concurrency)
@@ -890,21 +890,24 @@ func (e *Engine) setHeld(id queue.ID, held bool) {
 	}
 }
 
-// claim marks an item as being processed; false if it is held or a worker
-// already has it.
+// claim marks an item as being processed; false if it is held. An item
+// handed over again while a worker has it (a mix packet re-enqueued by its
+// own handler) is processed again, as before holds existed.
 func (e *Engine) claim(id queue.ID) bool {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	if e.held[id] || e.busy[id] {
+	if e.held[id] {
 		return false
 	}
-	e.busy[id] = true
+	e.busy[id]++
 	return true
 }
 
 func (e *Engine) unclaim(id queue.ID) {
 	e.mu.Lock()
-	delete(e.busy, id)
+	if e.busy[id]--; e.busy[id] <= 0 {
+		delete(e.busy, id)
+	}
 	e.mu.Unlock()
 }
 
@@ -918,7 +921,7 @@ var ErrNotHeld = errors.New("item is not held")
 // released. It returns ErrBusy while a worker processes it.
 func (e *Engine) HoldItem(id queue.ID) error {
 	e.mu.Lock()
-	if e.busy[id] {
+	if e.busy[id] > 0 {
 		e.mu.Unlock()
 		return ErrBusy
 	}
@@ -950,7 +953,7 @@ func (e *Engine) RequeueItem(id queue.ID) error {
 
 func (e *Engine) resume(id queue.ID, requeue bool) error {
 	e.mu.Lock()
-	if e.busy[id] {
+	if e.busy[id] > 0 {
 		e.mu.Unlock()
 		return ErrBusy
 	}
@@ -1035,7 +1038,7 @@ func (e *Engine) DeleteAll() (int, error) {
 	n := 0
 	for _, id := range ids {
 		e.mu.Lock()
-		busy := e.busy[id]
+		busy := e.busy[id] > 0
 		e.held[id] = true // keep workers off it
 		e.mu.Unlock()
 		if busy {

@@ -1,6 +1,7 @@
 // Package pluginhost launches and supervises the pipeline's plugin
 // processes: one process per stage, started once and reused, restarted with
-// backoff when it crashes, with the in-flight call retried on the new
+// backoff when it fails to start; a call during which it crashed fails as a
+// *sdk.TransportError and the pipeline engine retries the item on the new
 // process so no item is lost.
 package pluginhost
 
