@@ -953,22 +953,22 @@ func (e *Engine) RequeueItem(id queue.ID) error {
 
 func (e *Engine) resume(id queue.ID, requeue bool) error {
 	e.mu.Lock()
-	if e.busy[id] > 0 {
-		e.mu.Unlock()
+	busy, held := e.busy[id] > 0, e.held[id]
+	e.mu.Unlock()
+	if busy {
 		return ErrBusy
 	}
-	wasHeld := e.held[id]
-	e.held[id] = true // keep workers off while the record changes
-	e.mu.Unlock()
 	it, err := e.q.Get(id)
-	if err == nil && !it.Held && !requeue {
-		err = ErrNotHeld
-	}
 	if err != nil {
-		e.setHeld(id, wasHeld)
 		return err
 	}
+	if !it.Held && !requeue {
+		return ErrNotHeld
+	}
 	inSched := e.sched.Remove(id)
+	if !held && !inSched {
+		return ErrBusy // handed to the workers right now
+	}
 	it.Held, it.Failures, it.Crashes, it.Reason = false, 0, 0, ""
 	if requeue {
 		if it.Attempts > 0 && it.Waiting {
@@ -978,11 +978,13 @@ func (e *Engine) resume(id queue.ID, requeue bool) error {
 		it.Attempts = 0
 	}
 	if err := e.q.Update(it); err != nil {
-		e.setHeld(id, true)
+		if inSched {
+			e.sched.Add(it)
+		}
 		return err
 	}
 	e.setHeld(id, false)
-	if it.Waiting || inSched {
+	if it.Waiting {
 		e.sched.Add(it)
 	} else {
 		e.enqueue(it, false)
@@ -1039,15 +1041,12 @@ func (e *Engine) DeleteAll() (int, error) {
 	for _, id := range ids {
 		e.mu.Lock()
 		busy := e.busy[id] > 0
-		e.held[id] = true // keep workers off it
 		e.mu.Unlock()
 		if busy {
-			e.setHeld(id, false)
 			continue
 		}
 		err := e.DeleteItem(id)
 		if errors.Is(err, queue.ErrNotFound) {
-			e.setHeld(id, false)
 			continue
 		}
 		if err != nil {
