@@ -12,7 +12,9 @@ import (
 	"github.com/mixmta/mixmta/sdk"
 )
 
-func quickBackoff() Backoff { return Backoff{MaxAttempts: 9, Base: 5 * time.Millisecond, Factor: 1, Max: time.Second} }
+func quickBackoff() Backoff {
+	return Backoff{MaxAttempts: 9, Base: 5 * time.Millisecond, Factor: 1, Max: time.Second}
+}
 
 func heldItems(t *testing.T, q *queue.Queue) []*queue.Item {
 	t.Helper()
