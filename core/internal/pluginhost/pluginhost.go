@@ -246,7 +246,8 @@ func (s *Stage) markDead(gen uint64) {
 // call runs fn on the live client, restarting the process first if it is
 // gone. A transport failure during the call (the process crashed or was
 // killed) is returned, not retried here: the caller retries the item and
-// counts the crash against it.
+// counts the crash against it. A call cut by ctx (timeout) fails with a
+// temporary *sdk.Error instead.
 func call[T any](ctx context.Context, s *Stage, fn func(*sdk.Client) (T, error)) (T, error) {
 	var zero T
 	c, gen, err := s.current(ctx)
@@ -254,8 +255,13 @@ func call[T any](ctx context.Context, s *Stage, fn func(*sdk.Client) (T, error))
 		return zero, err
 	}
 	v, err := fn(c)
-	if err == nil || !sdk.IsTransport(err) || ctx.Err() != nil {
+	if err == nil || !sdk.IsTransport(err) {
 		return v, err
+	}
+	if ctx.Err() != nil {
+		// A timeout or cancel, not a crash: the process lives on, and the
+		// caller must not count this as a crash against the item.
+		return zero, sdk.Temporary(451, "4.0", "plugin %s: call ended: %v", s.Spec.Plugin, ctx.Err())
 	}
 	s.log.Warn("plugin call failed; the plugin restarts at the next call", "stage", s.Spec.Stage, "error", err)
 	s.markDead(gen)
