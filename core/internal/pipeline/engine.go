@@ -714,14 +714,11 @@ func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queu
 // attempt started) and delivery (the attempt itself), and the total since
 // acceptance. Addresses only when LogAddresses is set.
 func (e *Engine) logAttempt(it *queue.Item, st Stage, status string, err error, rcpts []string, start time.Time) {
-	queued := max(it.SendAfter.Sub(it.Received), 0)
-	if it.SendAfter.IsZero() {
-		queued = max(start.Sub(it.Received), 0)
+	due := it.SendAfter
+	if due.IsZero() || due.After(start) { // never delayed, or flushed early
+		due = start
 	}
-	pooled := time.Duration(0)
-	if !it.SendAfter.IsZero() {
-		pooled = max(start.Sub(it.SendAfter), 0)
-	}
+	queued, pooled := max(due.Sub(it.Received), 0), start.Sub(due)
 	args := []any{"id", it.ID.String(), "msg", it.Msg.String(), "stage", st.Name, "status", status,
 		"reply", reply(err), "rcpts", len(rcpts),
 		"delay", secs(time.Since(it.Received)),
