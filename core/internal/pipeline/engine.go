@@ -648,8 +648,8 @@ func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queu
 	defer func() { <-sem }()
 	start := time.Now()
 	results, callErr := st.Impl.Deliver(ctx, m)
-	if sdk.IsTransport(callErr) {
-		return callErr // plugin crashed or unreachable: counted by stageFailed
+	if sdk.IsTransport(callErr) || (len(results) == 0 && stageDown(st, callErr)) {
+		return callErr // plugin crashed or down: stageFailed decides
 	}
 	// The call itself worked: the stage no longer fails on this item.
 	it.Failures, it.Crashes = 0, 0
@@ -770,8 +770,8 @@ func (e *Engine) retryLater(it *queue.Item, st Stage, cause error, countAttempt 
 			return nil
 		}
 		wait = w
-	} else if it.Failures > 1 {
-		wait, _ = e.opt.Backoff.Wait(it.Failures - 2)
+	} else if w, _ := e.opt.Backoff.Wait(max(it.Failures-1, 0)); w > 0 {
+		wait = w
 	}
 	if e.opt.MaxLifetime > 0 && time.Since(it.Received)+wait > e.opt.MaxLifetime {
 		e.giveUp(it, st, "queue lifetime exceeded", cause)
@@ -844,6 +844,16 @@ func (e *Engine) stageFailed(st Stage, it *queue.Item, err error, alone bool) {
 		e.drop(it)
 		return
 	}
+	if stageDown(st, err) {
+		// The stage's plugin cannot be started: not the item's fault, so
+		// nothing is counted against it.
+		e.log.Warn("[QUEUE] stage unavailable; item will be retried", "id", it.ID.String(), "stage", st.Name, "reply", reply(err))
+		it.Reason = st.Name + ": " + reply(err)
+		if rerr := e.retryLater(it, st, err, false); rerr != nil {
+			e.log.Error("[QUEUE] cannot requeue item; it resumes at restart", "id", it.ID.String(), "error", rerr)
+		}
+		return
+	}
 	crash := sdk.IsTransport(err)
 	it.Failures++
 	if crash {
@@ -862,6 +872,13 @@ func (e *Engine) stageFailed(st Stage, it *queue.Item, err error, alone bool) {
 	if rerr := e.retryLater(it, st, err, st.Kind == sdk.KindDeliverer && !crash); rerr != nil {
 		e.log.Error("[QUEUE] cannot requeue item; it resumes at restart", "id", it.ID.String(), "error", rerr)
 	}
+}
+
+// stageDown reports whether err, a temporary error other than a crash
+// during the call, came while the stage's plugin process is not running
+// (it cannot be started).
+func stageDown(st Stage, err error) bool {
+	return err != nil && !sdk.IsTransport(err) && !sdk.IsPermanent(err) && !st.Impl.Healthy()
 }
 
 // quarantine holds an item with its reason: it stays in the queue, is

@@ -135,3 +135,37 @@ func TestRepeatedStageFailureQuarantinesAndReleaseResumes(t *testing.T) {
 	}
 	eventually(t, "delivery after release", func() bool { return dl.count() == 1 && queueLen(t, q) == 0 })
 }
+
+// downStage is a fakeStage whose plugin process is not running.
+type downStage struct{ *fakeStage }
+
+func (downStage) Healthy() bool { return false }
+
+// TestStageDownIsNotCountedAgainstItems: while a stage's plugin cannot be
+// started, its items are retried without counting failures: none is
+// quarantined, and all are delivered once it runs again.
+func TestStageDownIsNotCountedAgainstItems(t *testing.T) {
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	var calls atomic.Int64
+	var up atomic.Bool
+	tr := &fakeStage{transform: func(m *sdk.Message) (*sdk.Change, error) {
+		calls.Add(1)
+		if !up.Load() {
+			return nil, sdk.Temporary(451, "3.0", "plugin cannot be started")
+		}
+		return &sdk.Change{}, nil
+	}}
+	dl := &fakeStage{deliver: okAll}
+	e, _ := runEngine(t, q, []Stage{
+		{Name: "sanitize", Kind: sdk.KindTransformer, Needs: sdk.NeedHeader, Impl: downStage{tr}},
+		{Name: "deliver", Kind: sdk.KindDeliverer, Needs: sdk.NeedAll, Impl: dl},
+	}, Options{Backoff: quickBackoff()})
+	accept(t, q, e, "b@example.net")
+	eventually(t, "20 failed calls", func() bool { return calls.Load() >= 20 })
+	if h := heldItems(t, q); len(h) != 0 {
+		t.Fatalf("an item was quarantined while its stage was down: %q", h[0].Reason)
+	}
+	up.Store(true)
+	eventually(t, "delivery once the stage is up", func() bool { return dl.count() == 1 })
+}

@@ -215,7 +215,10 @@ func (s *Stage) current(ctx context.Context) (*sdk.Client, uint64, error) {
 			s.failures++
 			s.log.Error("plugin restart failed", "stage", s.Spec.Stage, "attempt", s.failures, "error", err)
 			if s.failures >= 8 {
-				return nil, 0, &sdk.TransportError{Err: err}
+				// Not a crash on the item being called: the stage is down
+				// (Healthy reports false), so the engine does not count it
+				// against the item.
+				return nil, 0, sdk.Temporary(451, "3.0", "plugin %s cannot be started: %v", s.Spec.Plugin, err)
 			}
 			continue
 		}
