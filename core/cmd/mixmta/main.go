@@ -2,7 +2,10 @@
 //
 //	mixmta serve -c FILE          run the pipeline
 //	mixmta check-config -c FILE   validate a pipeline file and its plugins
-//	mixmta queue ls|stats|flush|delete ID
+//	mixmta queue ls|stats|flush|show|hold|release|requeue|delete ID|ALL
+//	mixmta config show [-n]       the effective config with defaults
+//	mixmta users add NAME         set a password in a listener's users file
+//	mixmta version
 //	mixmta plugins                list the plugins in plugin_dir
 package main
 
