@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/signal"
 	"slices"
 	"sync/atomic"
 	"syscall"
@@ -86,13 +87,26 @@ func Serve[C any](p Plugin[C]) {
 
 // watchParent makes the plugin die with the core: Pdeathsig (Linux), and a
 // watchdog that exits when the parent changes (the core was killed and the
-// plugin re-parented), in case the signal is missed.
+// plugin re-parented), in case the signal is missed. A SIGTERM while the
+// core lives is ignored: it is the one systemd or a shell sends to the
+// whole process group, and the core, which got it too, stops its plugins
+// itself once in-flight calls are done (an early exit would fail them).
 func watchParent(logger hclog.Logger) {
 	ppid := os.Getppid()
+	term := make(chan os.Signal, 1)
+	signal.Notify(term, syscall.SIGTERM)
 	_ = unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(syscall.SIGTERM), 0, 0, 0)
 	if os.Getppid() != ppid || ppid == 1 {
 		os.Exit(1)
 	}
+	go func() {
+		for range term {
+			if os.Getppid() != ppid {
+				os.Exit(1)
+			}
+			logger.Debug("SIGTERM ignored: the core stops this plugin")
+		}
+	}()
 	go func() {
 		for range time.Tick(500 * time.Millisecond) {
 			if os.Getppid() != ppid {

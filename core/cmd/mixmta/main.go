@@ -2,7 +2,10 @@
 //
 //	mixmta serve -c FILE          run the pipeline
 //	mixmta check-config -c FILE   validate a pipeline file and its plugins
-//	mixmta queue ls|stats|flush|delete ID
+//	mixmta queue ls|stats|flush|show|hold|release|requeue|delete ID|ALL
+//	mixmta config show [-n]       the effective config with defaults
+//	mixmta users add NAME         set a password in a listener's users file
+//	mixmta version
 //	mixmta plugins                list the plugins in plugin_dir
 package main
 
@@ -17,6 +20,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"syscall"
@@ -53,7 +58,8 @@ func root() *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVarP(&cfgPath, "config", "c", "mixmta.yaml", "pipeline file (YAML)")
 	load := func() (*config.Config, error) { return config.Load(cfgPath) }
-	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd())
+	daemon.Version = version
+	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd(), versionCmd(), usersCmd(load), configCmd(load))
 	cmd.AddCommand(nodesCommands(load)...)
 	return cmd
 }
@@ -171,13 +177,14 @@ func queueCmd(load func() (*config.Config, error)) *cobra.Command {
 				return json.NewEncoder(c.OutOrStdout()).Encode(items)
 			}
 			w := tabwriter.NewWriter(c.OutOrStdout(), 0, 2, 2, ' ', 0)
-			fmt.Fprintln(w, "ID\tKIND\tSTAGE\tSTATE\tSEND_AFTER\tATTEMPTS\tSIZE\tRCPTS")
+			fmt.Fprintln(w, "ID\tKIND\tSTAGE\tSTATE\tSEND_AFTER\tATTEMPTS\tSIZE\tRCPTS\tREASON")
 			for _, it := range items {
-				state, after := "running", "-"
-				if it.Waiting {
-					state, after = "waiting", it.SendAfter.UTC().Format(time.RFC3339)
+				state, after := itemState(it)
+				reason := it.Reason
+				if reason == "" {
+					reason = "-"
 				}
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d", it.ID, it.Kind, it.Stage, state, after, it.Attempts, it.Size, it.Recipients)
+				fmt.Fprintf(w, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s", it.ID, it.Kind, it.Stage, state, after, it.Attempts, it.Size, it.Recipients, reason)
 				if addresses {
 					fmt.Fprintf(w, "\t<%s> -> %s", it.MailFrom, strings.Join(it.RcptTo, ", "))
 				}
@@ -217,7 +224,7 @@ func queueCmd(load func() (*config.Config, error)) *cobra.Command {
 	}
 	flush := &cobra.Command{
 		Use:   "flush",
-		Short: "make every waiting item due now (it still leaves through the pool)",
+		Short: "release every waiting item now, past the pool and its delay (this gives up their mixing)",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
 			var r map[string]int
@@ -252,10 +259,33 @@ func queueCmd(load func() (*config.Config, error)) *cobra.Command {
 		},
 	}
 	del := &cobra.Command{
-		Use:   "delete ID...",
-		Short: "delete queue items (they are never delivered)",
+		Use:   "delete ID...|ALL",
+		Short: "delete queue items (they are never delivered); ALL deletes every item",
 		Args:  cobra.MinimumNArgs(1),
 		RunE: func(c *cobra.Command, args []string) error {
+			if len(args) == 1 && args[0] == "ALL" {
+				var r map[string]int
+				err := withQueue(load,
+					func(cfg *config.Config) error { return daemon.AdminCall(cfg, "POST", "/delete-all", &r) },
+					func(_ *config.Config, q *queue.Queue) error {
+						var all []*queue.Item
+						if err := q.Items(func(it *queue.Item) error { all = append(all, it); return nil }); err != nil {
+							return err
+						}
+						for _, it := range all {
+							if err := q.Delete(it); err != nil {
+								return err
+							}
+						}
+						r = map[string]int{"deleted": len(all)}
+						return nil
+					})
+				if err != nil {
+					return err
+				}
+				fmt.Fprintf(c.OutOrStdout(), "%d items deleted\n", r["deleted"])
+				return nil
+			}
 			for _, a := range args {
 				id, err := queue.ParseID(a)
 				if err != nil {
@@ -279,7 +309,125 @@ func queueCmd(load func() (*config.Config, error)) *cobra.Command {
 			return nil
 		},
 	}
-	cmd.AddCommand(ls, stats, flush, del)
+	cmd.AddCommand(ls, stats, flush, del, showCmd(load))
+	for _, op := range []struct{ name, short, done string }{
+		{"hold", "hold items: they stay queued and are not processed until released", "held"},
+		{"release", "release held or quarantined items: they resume where they were", "released"},
+		{"requeue", "release items and restart their retry schedule (like postsuper -r)", "requeued"},
+	} {
+		cmd.AddCommand(&cobra.Command{
+			Use:   op.name + " ID...",
+			Short: op.short,
+			Args:  cobra.MinimumNArgs(1),
+			RunE: func(c *cobra.Command, args []string) error {
+				for _, a := range args {
+					id, err := queue.ParseID(a)
+					if err != nil {
+						return err
+					}
+					var r map[string]string
+					err = withQueue(load,
+						func(cfg *config.Config) error {
+							return daemon.AdminCall(cfg, "POST", "/"+op.name+"?id="+id.String(), &r)
+						},
+						func(_ *config.Config, q *queue.Queue) error { return offlineHold(q, id, op.name) })
+					if err != nil {
+						return fmt.Errorf("%s: %w", a, err)
+					}
+					fmt.Fprintf(c.OutOrStdout(), "%s %s\n", op.done, id)
+				}
+				return nil
+			},
+		})
+	}
+	return cmd
+}
+
+// itemState is the STATE and SEND_AFTER columns of `queue ls`.
+func itemState(it daemon.ItemView) (state, after string) {
+	switch {
+	case it.Held:
+		return "held", "-"
+	case !it.Waiting:
+		return "running", "-"
+	case it.Reason != "":
+		state = "deferred"
+	case it.SendAfter.After(time.Now()):
+		state = "delayed"
+	default:
+		state = "pooled"
+	}
+	return state, it.SendAfter.UTC().Format(time.RFC3339)
+}
+
+// offlineHold is hold, release or requeue on a stopped daemon's queue; the
+// next start picks the item up as stored.
+func offlineHold(q *queue.Queue, id queue.ID, op string) error {
+	it, err := q.Get(id)
+	if err != nil {
+		return err
+	}
+	switch op {
+	case "hold":
+		it.Held, it.Reason = true, "held by the operator"
+	case "release", "requeue":
+		if op == "release" && !it.Held {
+			return errors.New("item is not held")
+		}
+		if op == "requeue" {
+			if it.Attempts > 0 && it.Waiting {
+				it.SendAfter = time.Now()
+			}
+			it.Attempts = 0
+		}
+		it.Held, it.Failures, it.Crashes, it.Reason = false, 0, 0, ""
+	}
+	return q.Update(it)
+}
+
+func showCmd(load func() (*config.Config, error)) *cobra.Command {
+	var addresses, asJSON bool
+	cmd := &cobra.Command{
+		Use:   "show ID",
+		Short: "print one item and its header (address fields only with --addresses)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(c *cobra.Command, args []string) error {
+			id, err := queue.ParseID(args[0])
+			if err != nil {
+				return err
+			}
+			var d daemon.ItemDetail
+			q := "?id=" + id.String()
+			if addresses {
+				q += "&addresses=1"
+			}
+			err = withQueue(load,
+				func(cfg *config.Config) error { return daemon.AdminCall(cfg, "GET", "/show"+q, &d) },
+				func(cfg *config.Config, qu *queue.Queue) (err error) {
+					d, err = daemon.ShowItem(cfg, qu, id, addresses, nil)
+					return err
+				})
+			if err != nil {
+				return fmt.Errorf("%s: %w", args[0], err)
+			}
+			out := c.OutOrStdout()
+			if asJSON {
+				return json.NewEncoder(out).Encode(d)
+			}
+			state, after := itemState(d.ItemView)
+			fmt.Fprintf(out, "id: %s\nmessage: %s\nkind: %s\nstage: %s\nstate: %s\nsend_after: %s\nattempts: %d\nreason: %s\nreceived: %s\nsize: %d (body %d)\nrecipients: %d\n",
+				d.ID, d.Message, d.Kind, d.Stage, state, after, d.Attempts, d.Reason, d.Received.UTC().Format(time.RFC3339), d.Size, d.BodyBytes, d.Recipients)
+			if addresses {
+				fmt.Fprintf(out, "mail_from: <%s>\nrcpt_to: %s\n", d.MailFrom, strings.Join(d.RcptTo, ", "))
+			} else if len(d.HeaderHidden) > 0 {
+				fmt.Fprintf(out, "hidden header fields (--addresses shows them): %s\n", strings.Join(d.HeaderHidden, ", "))
+			}
+			fmt.Fprintf(out, "\n%s", d.Header)
+			return nil
+		},
+	}
+	cmd.Flags().BoolVar(&addresses, "addresses", false, "show envelope addresses and address header fields (sensitive)")
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	return cmd
 }
 
@@ -345,4 +493,49 @@ func startPprof(addr string, log hclog.Logger) {
 			log.Error("pprof", "error", err)
 		}
 	}()
+}
+
+func versionCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "print the version, the Go version and the VCS revision it was built from",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			rev := "unknown"
+			if bi, ok := debug.ReadBuildInfo(); ok {
+				for _, s := range bi.Settings {
+					if s.Key == "vcs.revision" {
+						rev = s.Value
+					}
+				}
+			}
+			fmt.Fprintf(c.OutOrStdout(), "mixmta %s (%s %s/%s, revision %s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH, rev)
+			return nil
+		},
+	}
+}
+
+func configCmd(load func() (*config.Config, error)) *cobra.Command {
+	cmd := &cobra.Command{Use: "config", Short: "inspect the pipeline file"}
+	var onlySet bool
+	show := &cobra.Command{
+		Use:   "show",
+		Short: "print the effective config with every default filled in (-n: only the keys written in the file)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			cfg, err := load()
+			if err != nil {
+				return err
+			}
+			out, err := cfg.Show(onlySet)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.OutOrStdout(), "# %s\n%s", cfg.Path, out)
+			return nil
+		},
+	}
+	show.Flags().BoolVarP(&onlySet, "changed", "n", false, "only the keys written in the file (like postconf -n)")
+	cmd.AddCommand(show)
+	return cmd
 }

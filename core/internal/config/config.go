@@ -70,6 +70,9 @@ type Log struct {
 	Level string `yaml:"level"`
 	// StatsInterval is the period of the [STATS] line (> 0). Default 1m.
 	StatsInterval sdk.Duration `yaml:"stats_interval"`
+	// Addresses adds MAIL FROM and RCPT TO to the [DELIVER] line of each
+	// delivery attempt at info. Default false: no addresses at info.
+	Addresses bool `yaml:"addresses"`
 }
 
 // Metrics configures the Prometheus endpoint.
@@ -88,6 +91,13 @@ type Queue struct {
 	GCInterval sdk.Duration `yaml:"gc_interval"`
 	// Workers: concurrent pipeline workers (>= 1). Default 8.
 	Workers int `yaml:"workers"`
+	// FreeSpaceReserve: free bytes the data dir's filesystem keeps; below
+	// it MAIL and DATA are answered 452 4.3.1 (RFC 3463 "mail system
+	// full") while queued mail is still delivered (>= 0; 0 disables the
+	// check). Default 256 MiB: room for one value-log file (64 MiB) and
+	// the memtables badger writes through mmap, where a full filesystem is
+	// a SIGBUS rather than an error, plus a 25 MiB message.
+	FreeSpaceReserve int64 `yaml:"free_space_reserve"`
 }
 
 // Scheduler configures the timed batch pool (Mixmaster-style).
@@ -199,8 +209,9 @@ type TLS struct {
 
 // Auth enables AUTH PLAIN (RFC 4616), offered only after STARTTLS.
 type Auth struct {
-	// UsersFile holds "user:bcrypt-or-argon2-hash" lines, one per user
-	// (required; Load checks that it can be read).
+	// UsersFile holds "user:hash" lines, one per user, with bcrypt or
+	// Argon2id hashes (`mixmta users add` writes them); mode 0600
+	// (required; Load reads and checks it exactly as the listener does).
 	UsersFile string `yaml:"users_file"`
 }
 

@@ -14,6 +14,15 @@ import (
 	"github.com/mixmta/mixmta/sdk"
 )
 
+func TestMain(m *testing.M) {
+	// git keeps no file modes but the executable bit; a users file must
+	// be 0600 to load.
+	if err := os.Chmod("testdata/files/users", 0o600); err != nil {
+		panic(err)
+	}
+	os.Exit(m.Run())
+}
+
 var update = flag.Bool("update", false, "rewrite testdata/valid/*.golden and testdata/invalid/*.err from the current output")
 
 // checkGolden compares got with the file golden, or rewrites it with -update.

@@ -1,6 +1,8 @@
 package config
 
 import (
+	"github.com/mixmta/mixmta/core/internal/users"
+
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -80,6 +82,7 @@ func (c *Config) validate(e *errs) {
 	positive("queue.max_lifetime", c.Queue.MaxLifetime)
 	positive("queue.gc_interval", c.Queue.GCInterval)
 	atLeast("queue.workers", int64(c.Queue.Workers), 1)
+	atLeast("queue.free_space_reserve", c.Queue.FreeSpaceReserve, 0)
 
 	positive("scheduler.window", c.Scheduler.Window)
 	atLeast("scheduler.min_pool", int64(c.Scheduler.MinPool), 0)
@@ -329,8 +332,11 @@ func (c *Config) checkFiles() error {
 			read(p+".tls.cert_file", l.TLS.CertFile)
 			read(p+".tls.key_file", l.TLS.KeyFile)
 		}
-		if l.Auth != nil {
-			read(p+".auth.users_file", l.Auth.UsersFile)
+		if l.Auth != nil && read(p+".auth.users_file", l.Auth.UsersFile) {
+			// the listener reads it with the same function at start
+			if _, err := users.Read(l.Auth.UsersFile); err != nil {
+				e.add(c.Line(p+".auth.users_file"), "%s: %v", p+".auth.users_file", err)
+			}
 		}
 		if f := l.Relay.DestinationBlockFile; f != "" && read(p+".relay.destination_block_file", f) {
 			if _, err := ReadBlockList(f); err != nil {

@@ -11,10 +11,13 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/mixmta/mixmta/core/internal/config"
@@ -25,6 +28,9 @@ import (
 	"github.com/mixmta/mixmta/core/internal/stats"
 	"github.com/mixmta/mixmta/sdk"
 )
+
+// Version is the daemon's version, set by the command (mixmta_build_info).
+var Version = "dev"
 
 // Daemon is a running mixmta.
 type Daemon struct {
@@ -40,6 +46,9 @@ type Daemon struct {
 	cancel  context.CancelFunc
 	admin   *http.Server
 	metrics *http.Server
+	// spaceLow: the data dir's free space was below the reserve at the
+	// last check (logged on each change).
+	spaceLow atomic.Bool
 }
 
 // StartStages launches, checks and configures every stage's plugin. Config
@@ -140,6 +149,7 @@ func Start(parent context.Context, cfg *config.Config, log hclog.Logger) (*Daemo
 		return nil, err
 	}
 	d.q = q
+	d.HasSpace(0) // logs at once when the node starts on a full disk
 	started, stages, err := StartStages(ctx, cfg, log)
 	if err != nil {
 		q.Close()
@@ -154,13 +164,14 @@ func Start(parent context.Context, cfg *config.Config, log hclog.Logger) (*Daemo
 		Pool: pipeline.Pool{Window: cfg.Scheduler.Window.D(), MinPool: cfg.Scheduler.MinPool, SendFraction: cfg.Scheduler.SendFraction, MaxBatch: cfg.Scheduler.MaxBatch},
 		Backoff: pipeline.Backoff{MaxAttempts: cfg.Retry.MaxAttempts, Base: cfg.Retry.Base.D(), Factor: cfg.Retry.Factor,
 			Max: cfg.Retry.Max.D(), Jitter: cfg.Retry.Jitter, Schedule: schedule},
-		MaxLifetime: cfg.Queue.MaxLifetime.D(),
-		Workers:     cfg.Queue.Workers,
-		Concurrency: cfg.Scheduler.Concurrency,
-		Bounce:      cfg.Retry.Bounce,
-		Hostname:    cfg.Hostname,
-		Logger:      log.Named("pipeline"),
-		Counters:    d.counters,
+		MaxLifetime:  cfg.Queue.MaxLifetime.D(),
+		Workers:      cfg.Queue.Workers,
+		Concurrency:  cfg.Scheduler.Concurrency,
+		Bounce:       cfg.Retry.Bounce,
+		LogAddresses: cfg.Log.Addresses,
+		Hostname:     cfg.Hostname,
+		Logger:       log.Named("pipeline"),
+		Counters:     d.counters,
 	})
 	if err != nil {
 		d.closeStages()
@@ -301,6 +312,14 @@ func (d *Daemon) startMetrics() error {
 	}
 	reg := prometheus.NewRegistry()
 	stats.Register(reg, d.counters, d.gauges())
+	stats.RegisterBuild(reg, Version, runtime.Version())
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	if d.mix != nil {
+		s := &d.mix.node.Stats
+		stats.RegisterMix(reg, stats.MixStats{Received: &s.Received, Forwarded: &s.Forwarded, Exited: &s.Exited, Replays: &s.Replays,
+			Dropped: &s.Dropped, CoverSent: &s.CoverSent, CoverDropped: &s.CoverDropped, LoopsSent: &s.LoopsSent, LoopsBack: &s.LoopsBack,
+			LoopsLost: &s.LoopsLost, Assembled: &s.Assembled, Duplicates: &s.Duplicates, HealthyNodes: d.mix.node.HealthyNodes})
+	}
 	ln, err := net.Listen("tcp", d.cfg.Metrics.Address)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)

@@ -3,7 +3,9 @@ package daemon
 import (
 	"context"
 	"crypto/ed25519"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -72,7 +74,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 	ks.SetAhead(m.KeysAhead)
 	dir, err := newLiveDirectory(m.NodesFile, log)
 	if err != nil {
-		return err
+		return nodesFileError(d.cfg, err)
 	}
 	if _, ok := dir.get().Lookup(id.ID()); !ok {
 		log.Warn("[MIX] this node is not in the nodes file; other nodes cannot send to it", "node", id.ID().Short())
@@ -282,10 +284,22 @@ func CheckMix(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		return fmt.Errorf("%s:%d: mix.hop_delay: plugin %s is not a delayer", cfg.Path, m.HopDelay.Line, m.HopDelay.Plugin)
 	}
 	if _, err := nodes.LoadNodes(m.NodesFile, time.Now()); err != nil {
-		return fmt.Errorf("mix.nodes_file: %w", err)
+		return nodesFileError(cfg, err)
 	}
 	if _, err := nodes.LoadIdentity(m.KeysDir); err != nil {
 		return fmt.Errorf("mix: %w", err)
 	}
 	return nil
+}
+
+// nodesFileError reports a nodes file that cannot be loaded as FILE:LINE
+// of mix.nodes_file; a missing one with the commands that create it.
+func nodesFileError(cfg *config.Config, err error) error {
+	where := fmt.Sprintf("%s:%d: mix.nodes_file", cfg.Path, cfg.Line("mix.nodes_file"))
+	if errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("%s: %s does not exist; create it with this node's own descriptor, then add the other nodes':\n"+
+			"  mixmta keygen -c %[3]s\n  mixmta node export -c %[3]s > self.json\n  mixmta nodes add -c %[3]s self.json OTHER-NODE.json...",
+			where, cfg.Mix.NodesFile, cfg.Path)
+	}
+	return fmt.Errorf("%s: %w", where, err)
 }

@@ -9,6 +9,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -55,6 +58,16 @@ type Options struct {
 	// sender). Hostname names this MTA in it.
 	Bounce   bool
 	Hostname string
+	// LogAddresses adds MAIL FROM and RCPT TO to the delivery log lines
+	// (log.addresses; default off: no addresses at info).
+	LogAddresses bool
+	// MaxStageFailures: an item whose current stage fails this many times
+	// in a row (errors or plugin crashes) is quarantined (default 5).
+	// MaxCrashes: an item on which the stage's plugin crashed this many
+	// times, the last time while the item was the only call in flight,
+	// is quarantined (default 2: "crashes on it more than once").
+	MaxStageFailures int
+	MaxCrashes       int
 	// Packets handles packet and fragment items (the mixnet); nil when
 	// this node is not a mix.
 	Packets  PacketHandler
@@ -84,6 +97,14 @@ type Engine struct {
 	inflight atomic.Int64
 	queued   atomic.Int64
 	stopping atomic.Bool
+
+	// excl serializes calls per stage index for suspect items (see call).
+	excl map[int]*sync.RWMutex
+	// held and busy are the ids of held items and of items a worker is
+	// processing right now (see HoldItem).
+	mu   sync.Mutex
+	held map[queue.ID]bool
+	busy map[queue.ID]int
 }
 
 type work struct {
@@ -116,11 +137,19 @@ func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 	if o.Counters == nil {
 		o.Counters = &stats.Counters{}
 	}
-	e := &Engine{q: q, stages: stages, opt: o, log: o.Logger, c: o.Counters, work: make(chan work, 4096), sem: map[int]chan struct{}{}}
+	if o.MaxStageFailures <= 0 {
+		o.MaxStageFailures = 5
+	}
+	if o.MaxCrashes <= 0 {
+		o.MaxCrashes = 2
+	}
+	e := &Engine{q: q, stages: stages, opt: o, log: o.Logger, c: o.Counters, work: make(chan work, 4096), sem: map[int]chan struct{}{},
+		excl: map[int]*sync.RWMutex{}, held: map[queue.ID]bool{}, busy: map[queue.ID]int{}}
 	for i, s := range stages {
 		if s.Kind == sdk.KindDeliverer {
 			e.sem[i] = make(chan struct{}, o.Concurrency)
 		}
+		e.excl[i] = &sync.RWMutex{}
 	}
 	e.sched = NewScheduler(o.Pool, func(it *queue.Item) { e.enqueue(it, true) })
 	return e, nil
@@ -201,6 +230,12 @@ func (e *Engine) Start(ctx context.Context) error {
 	go func() { defer e.wg.Done(); e.sched.Run(ctx) }()
 	go func() {
 		for _, it := range resumed {
+			if it.Held {
+				e.mu.Lock()
+				e.held[it.ID] = true
+				e.mu.Unlock()
+				continue
+			}
 			if it.Waiting {
 				e.sched.Add(it)
 			} else {
@@ -251,9 +286,13 @@ func (e *Engine) worker(ctx context.Context) {
 			e.stopping.Store(true)
 			return
 		case w := <-e.work:
+			if !e.claim(w.it.ID) {
+				continue // held meanwhile, or already being processed
+			}
 			e.inflight.Add(1)
 			e.process(context.WithoutCancel(ctx), w.it, w.released)
 			e.inflight.Add(-1)
+			e.unclaim(w.it.ID)
 		}
 	}
 }
@@ -305,11 +344,16 @@ func (e *Engine) process(ctx context.Context, it *queue.Item, released bool) {
 			it.Stage++ // a router chose another deliverer
 			continue
 		}
-		cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
-		next, err := e.step(cctx, st, it, released)
-		cancel()
+		var next bool
+		alone := it.Crashes > 0
+		err := e.call(it, it.Stage, func() (err error) {
+			cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
+			defer cancel()
+			next, err = e.step(cctx, st, it, released)
+			return err
+		})
 		if err != nil {
-			e.stageFailed(st, it, err)
+			e.stageFailed(st, it, err, alone)
 			return
 		}
 		if !next {
@@ -340,6 +384,7 @@ func (e *Engine) step(ctx context.Context, st Stage, it *queue.Item, released bo
 		}
 		it.Stage++
 		it.Waiting = false
+		it.Failures, it.Crashes, it.Reason = 0, 0, ""
 		var h, b []byte
 		if ch != nil {
 			if ch.MailFrom != nil {
@@ -377,6 +422,7 @@ func (e *Engine) step(ctx context.Context, st Stage, it *queue.Item, released bo
 		it.Stage++
 		it.SendAfter = time.Now().Add(ds[0])
 		it.Waiting = true
+		it.Failures, it.Crashes, it.Reason = 0, 0, ""
 		if err := e.q.Update(it); err != nil {
 			return false, err
 		}
@@ -524,7 +570,7 @@ func (e *Engine) finalRun(it *queue.Item) int {
 func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv int) {
 	m, err := e.message(it, sdk.NeedAll)
 	if err != nil {
-		e.stageFailed(e.stages[it.Stage], it, err)
+		e.stageFailed(e.stages[it.Stage], it, err, false)
 		return
 	}
 	for j := it.Stage; j < dlv; j++ {
@@ -539,11 +585,16 @@ func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv in
 		if st.Needs&sdk.NeedBody == 0 {
 			view.Body = nil
 		}
-		cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
-		ch, err := st.Impl.Transform(cctx, &view)
-		cancel()
+		var ch *sdk.Change
+		alone := it.Crashes > 0
+		err := e.call(it, j, func() (err error) {
+			cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
+			defer cancel()
+			ch, err = st.Impl.Transform(cctx, &view)
+			return err
+		})
 		if err != nil {
-			e.stageFailed(st, it, err)
+			e.stageFailed(st, it, err, alone)
 			return
 		}
 		if ch != nil {
@@ -566,10 +617,14 @@ func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv in
 	if st.Needs&sdk.NeedBody == 0 {
 		m.Body = nil
 	}
-	cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
-	defer cancel()
-	if err := e.deliverMessage(cctx, st, dlv, it, m); err != nil {
-		e.stageFailed(st, it, err)
+	alone := it.Crashes > 0
+	err = e.call(it, dlv, func() error {
+		cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
+		defer cancel()
+		return e.deliverMessage(cctx, st, dlv, it, m)
+	})
+	if err != nil {
+		e.stageFailed(st, it, err, alone)
 	}
 }
 
@@ -585,15 +640,19 @@ func (e *Engine) deliver(ctx context.Context, st Stage, it *queue.Item) error {
 // deliverMessage runs deliverer st (pipeline index dlv) on m and applies
 // per-recipient results to item it: delivered recipients are done,
 // permanent failures are counted and dropped, temporary failures wait for
-// the backoff schedule.
+// the backoff schedule. Each attempt is logged at info as one line per
+// outcome, like Postfix's status=sent|deferred|bounced (see logAttempt).
 func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queue.Item, m *sdk.Message) error {
 	sem := e.sem[dlv]
 	sem <- struct{}{}
 	defer func() { <-sem }()
+	start := time.Now()
 	results, callErr := st.Impl.Deliver(ctx, m)
-	if sdk.IsTransport(callErr) {
-		return callErr // plugin down even after restarts: retry the item
+	if sdk.IsTransport(callErr) || (len(results) == 0 && stageDown(st, callErr)) {
+		return callErr // plugin crashed or down: stageFailed decides
 	}
+	// The call itself worked: the stage no longer fails on this item.
+	it.Failures, it.Crashes = 0, 0
 	byRcpt := map[string]error{}
 	seen := map[string]bool{}
 	for _, r := range results {
@@ -602,6 +661,8 @@ func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queu
 	var retry []string
 	var lastTemp error
 	var failed []failure
+	outcome := map[string][]string{} // status -> recipients
+	var firstErr = map[string]error{}
 	for _, rc := range it.Envelope.RcptTo {
 		err, ok := byRcpt[rc], seen[rc]
 		if !ok {
@@ -610,19 +671,31 @@ func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queu
 				err = sdk.Temporary(451, "4.0", "deliverer returned no result")
 			}
 		}
+		status := "sent"
 		switch {
 		case err == nil:
 			e.c.Sent.Add(1)
 		case sdk.IsPermanent(err):
+			status = "bounced"
 			e.c.Failed.Add(1)
 			failed = append(failed, failure{rc, err})
-			e.log.Info("[DELIVER] recipient failed permanently", "item", it.ID.String(), "stage", st.Name, "reply", sdk.AsError(err).EnhancedCode())
 			e.log.Debug("[DELIVER] failure detail", "rcpt", rc, "error", err)
 		default:
+			status = "deferred"
 			e.c.Deferred.Add(1)
 			retry = append(retry, rc)
 			lastTemp = err
 			e.log.Debug("[DELIVER] temporary failure detail", "rcpt", rc, "error", err)
+		}
+		if _, ok := firstErr[status]; !ok {
+			firstErr[status] = err
+		}
+		outcome[status] = append(outcome[status], rc)
+	}
+	e.c.ObserveDelivery(time.Since(it.Received))
+	for _, status := range []string{"sent", "deferred", "bounced"} {
+		if rcpts := outcome[status]; len(rcpts) > 0 {
+			e.logAttempt(it, st, status, firstErr[status], rcpts, start)
 		}
 	}
 	e.bounce(it, failed)
@@ -630,11 +703,63 @@ func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queu
 		return e.done(it)
 	}
 	it.Envelope.RcptTo = retry
+	it.Reason = st.Name + ": " + reply(lastTemp)
 	return e.retryLater(it, st, lastTemp, true)
 }
 
+// logAttempt writes the info line of one delivery attempt for the
+// recipients rcpts that share one status: queue id, stage, status, reply
+// code and text (addresses in the text are masked), the delays in seconds
+// split as queue (until send_after: delay and backoff), pool (due until the
+// attempt started) and delivery (the attempt itself), and the total since
+// acceptance. Addresses only when LogAddresses is set.
+func (e *Engine) logAttempt(it *queue.Item, st Stage, status string, err error, rcpts []string, start time.Time) {
+	due := it.SendAfter
+	if due.IsZero() || due.After(start) { // never delayed, or flushed early
+		due = start
+	}
+	queued, pooled := max(due.Sub(it.Received), 0), start.Sub(due)
+	args := []any{"id", it.ID.String(), "msg", it.Msg.String(), "stage", st.Name, "status", status,
+		"reply", reply(err), "rcpts", len(rcpts),
+		"delay", secs(time.Since(it.Received)),
+		"delays", secs(queued) + "/" + secs(pooled) + "/" + secs(time.Since(start)),
+		"attempt", it.Attempts + 1}
+	if e.opt.LogAddresses {
+		args = append(args, "from", it.Envelope.MailFrom, "to", strings.Join(rcpts, ","))
+	}
+	e.log.Info("[DELIVER] "+status, args...)
+}
+
+func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) }
+
+// addrLike matches what may be a mail address inside a peer's reply text.
+var addrLike = regexp.MustCompile(`[^\s<>"'(),;:\[\]]*@[^\s<>"'(),;:\[\]]*`)
+
+// reply renders a stage error as "CODE X.Y.Z text" for logs and `queue
+// ls`, with anything that looks like an address replaced by "***": a
+// peer's reply often echoes the recipient.
+func reply(err error) string {
+	if err == nil {
+		return "250 2.0.0 ok"
+	}
+	if sdk.IsTransport(err) {
+		return "plugin crashed or unreachable"
+	}
+	var se *sdk.Error
+	if !errors.As(err, &se) {
+		return "internal error"
+	}
+	msg := addrLike.ReplaceAllString(se.Message, "***")
+	if len(msg) > 200 {
+		msg = msg[:200] + "..."
+	}
+	return strings.TrimSpace(fmt.Sprintf("%d %s %s", se.SMTPCode(), se.EnhancedCode(), msg))
+}
+
 // retryLater re-queues an item after a temporary failure, or gives up
-// when attempts or the lifetime are exhausted.
+// when attempts or the lifetime are exhausted. countAttempt says the
+// failure was a delivery attempt (the backoff schedule advances); else the
+// wait follows the item's stage failures.
 func (e *Engine) retryLater(it *queue.Item, st Stage, cause error, countAttempt bool) error {
 	wait := time.Second
 	if countAttempt {
@@ -645,12 +770,14 @@ func (e *Engine) retryLater(it *queue.Item, st Stage, cause error, countAttempt 
 			return nil
 		}
 		wait = w
+	} else if w, _ := e.opt.Backoff.Wait(max(it.Failures-1, 0)); w > 0 {
+		wait = w
 	}
 	if e.opt.MaxLifetime > 0 && time.Since(it.Received)+wait > e.opt.MaxLifetime {
 		e.giveUp(it, st, "queue lifetime exceeded", cause)
 		return nil
 	}
-	e.log.Info("[DELIVER] deferred", "item", it.ID.String(), "stage", st.Name, "attempt", it.Attempts, "retry_in", wait.Round(time.Millisecond))
+	e.log.Debug("[QUEUE] retry scheduled", "id", it.ID.String(), "stage", st.Name, "reason", it.Reason, "attempt", it.Attempts, "retry_in", wait.Round(time.Millisecond))
 	it.SendAfter = time.Now().Add(wait)
 	it.Waiting = true
 	if err := e.q.Update(it); err != nil {
@@ -662,7 +789,7 @@ func (e *Engine) retryLater(it *queue.Item, st Stage, cause error, countAttempt 
 
 func (e *Engine) giveUp(it *queue.Item, st Stage, why string, cause error) {
 	e.c.Failed.Add(int64(len(it.Envelope.RcptTo)))
-	e.log.Warn("[DELIVER] giving up", "item", it.ID.String(), "stage", st.Name, "reason", why, "recipients", len(it.Envelope.RcptTo))
+	e.log.Warn("[DELIVER] giving up", "id", it.ID.String(), "stage", st.Name, "status", "bounced", "reason", why, "reply", reply(cause), "recipients", len(it.Envelope.RcptTo))
 	e.log.Debug("[DELIVER] last error", "error", cause)
 	var failed []failure
 	for _, rc := range it.Envelope.RcptTo {
@@ -682,39 +809,220 @@ func (e *Engine) done(it *queue.Item) error {
 
 func (e *Engine) drop(it *queue.Item) {
 	if err := e.done(it); err != nil {
-		e.log.Error("[QUEUE] cannot delete item", "item", it.ID.String(), "error", err)
+		e.log.Error("[QUEUE] cannot delete item", "id", it.ID.String(), "error", err)
 	}
 }
 
-// stageFailed handles an error from a non-delivery step (or a queue error):
-// temporary errors retry the item later without counting an attempt
-// against it, permanent ones drop it.
-func (e *Engine) stageFailed(st Stage, it *queue.Item, err error) {
+// call runs fn, one call of stage idx on item it. A suspect item (its
+// stage's plugin crashed during an earlier call on it) is called alone:
+// no other call of that stage is in flight, so a crash now is its own.
+// Other items take the stage's lock shared and run concurrently.
+func (e *Engine) call(it *queue.Item, idx int, fn func() error) error {
+	l := e.excl[idx]
+	if it.Crashes > 0 {
+		l.Lock()
+		defer l.Unlock()
+	} else {
+		l.RLock()
+		defer l.RUnlock()
+	}
+	return fn()
+}
+
+// stageFailed handles an error from a stage call (or a queue error).
+// Permanent errors drop the item. Temporary ones retry it later; an item
+// that fails its stage MaxStageFailures times in a row, or whose plugin
+// crashed MaxCrashes times on it (the last time while it was called
+// alone, so the crash is certainly its own), is quarantined instead of
+// retried forever: one poison item never makes a plugin restart in a loop.
+func (e *Engine) stageFailed(st Stage, it *queue.Item, err error, alone bool) {
 	if sdk.IsPermanent(err) {
 		e.c.Failed.Add(int64(len(it.Envelope.RcptTo)))
 		e.c.Dropped.Add(1)
-		e.log.Warn("[QUEUE] stage failed permanently; item dropped", "item", it.ID.String(), "stage", st.Name, "reply", sdk.AsError(err).EnhancedCode())
+		e.log.Warn("[QUEUE] stage failed permanently; item dropped", "id", it.ID.String(), "stage", st.Name, "reply", reply(err))
 		e.log.Debug("[QUEUE] stage error", "error", err)
 		e.drop(it)
 		return
 	}
-	e.log.Warn("[QUEUE] stage failed temporarily; item will be retried", "item", it.ID.String(), "stage", st.Name, "error", redact(err))
-	if rerr := e.retryLater(it, st, err, st.Kind == sdk.KindDeliverer && !sdk.IsTransport(err)); rerr != nil {
-		e.log.Error("[QUEUE] cannot requeue item; it resumes at restart", "item", it.ID.String(), "error", rerr)
+	if stageDown(st, err) {
+		// The stage's plugin cannot be started: not the item's fault, so
+		// nothing is counted against it.
+		e.log.Warn("[QUEUE] stage unavailable; item will be retried", "id", it.ID.String(), "stage", st.Name, "reply", reply(err))
+		it.Reason = st.Name + ": " + reply(err)
+		if rerr := e.retryLater(it, st, err, false); rerr != nil {
+			e.log.Error("[QUEUE] cannot requeue item; it resumes at restart", "id", it.ID.String(), "error", rerr)
+		}
+		return
+	}
+	crash := sdk.IsTransport(err)
+	it.Failures++
+	if crash {
+		it.Crashes++
+	}
+	it.Reason = st.Name + ": " + reply(err)
+	switch {
+	case crash && alone && it.Crashes >= e.opt.MaxCrashes:
+		e.quarantine(it, st, fmt.Sprintf("%s: quarantined: the plugin crashed %d times on this item", st.Name, it.Crashes))
+		return
+	case it.Failures >= e.opt.MaxStageFailures:
+		e.quarantine(it, st, fmt.Sprintf("%s: quarantined: failed %d times (%s)", st.Name, it.Failures, reply(err)))
+		return
+	}
+	e.log.Warn("[QUEUE] stage failed temporarily; item will be retried", "id", it.ID.String(), "stage", st.Name, "reply", reply(err), "failures", it.Failures)
+	if rerr := e.retryLater(it, st, err, st.Kind == sdk.KindDeliverer && !crash); rerr != nil {
+		e.log.Error("[QUEUE] cannot requeue item; it resumes at restart", "id", it.ID.String(), "error", rerr)
 	}
 }
 
-// redact keeps a stage error's class for logs at info level: plugin error
-// texts may contain peer replies that echo addresses.
-func redact(err error) string {
-	if sdk.IsTransport(err) {
-		return "plugin unreachable"
+// stageDown reports whether err, a temporary error other than a crash
+// during the call, came while the stage's plugin process is not running
+// (it cannot be started).
+func stageDown(st Stage, err error) bool {
+	return err != nil && !sdk.IsTransport(err) && !sdk.IsPermanent(err) && !st.Impl.Healthy()
+}
+
+// quarantine holds an item with its reason: it stays in the queue, is
+// listed by `mixmta queue ls` and is processed again only after `mixmta
+// queue release`.
+func (e *Engine) quarantine(it *queue.Item, st Stage, reason string) {
+	e.setHeld(it.ID, true)
+	it.Held, it.Waiting, it.Reason = true, false, reason
+	e.c.Quarantined.Add(1)
+	e.log.Warn("[QUEUE] item quarantined", "id", it.ID.String(), "stage", st.Name, "reason", reason)
+	if err := e.q.Update(it); err != nil {
+		e.log.Error("[QUEUE] cannot store quarantine; the item resumes at restart", "id", it.ID.String(), "error", err)
 	}
-	var e *sdk.Error
-	if errors.As(err, &e) {
-		return fmt.Sprintf("%d %s", e.SMTPCode(), e.EnhancedCode())
+}
+
+func (e *Engine) setHeld(id queue.ID, held bool) {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if held {
+		e.held[id] = true
+	} else {
+		delete(e.held, id)
 	}
-	return "internal error"
+}
+
+// claim marks an item as being processed; false if it is held. An item
+// handed over again while a worker has it (a mix packet re-enqueued by its
+// own handler) is processed again, as before holds existed.
+func (e *Engine) claim(id queue.ID) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.held[id] {
+		return false
+	}
+	e.busy[id]++
+	return true
+}
+
+func (e *Engine) unclaim(id queue.ID) {
+	e.mu.Lock()
+	if e.busy[id]--; e.busy[id] <= 0 {
+		delete(e.busy, id)
+	}
+	e.mu.Unlock()
+}
+
+// ErrBusy: the item is being processed right now; try again.
+var ErrBusy = errors.New("item is being processed right now; try again")
+
+// ErrNotHeld: release of an item that is not held.
+var ErrNotHeld = errors.New("item is not held")
+
+// HoldItem holds an item (`mixmta queue hold`): it is not processed until
+// released. It returns ErrBusy while a worker processes it.
+func (e *Engine) HoldItem(id queue.ID) error {
+	e.mu.Lock()
+	if e.busy[id] > 0 {
+		e.mu.Unlock()
+		return ErrBusy
+	}
+	e.held[id] = true
+	e.mu.Unlock()
+	it, err := e.q.Get(id)
+	if err != nil {
+		e.setHeld(id, false)
+		return err
+	}
+	e.sched.Remove(id)
+	it.Held, it.Reason = true, e.WaitsFor(it)+": held by the operator"
+	return e.q.Update(it)
+}
+
+// ReleaseItem releases a held or quarantined item (`mixmta queue
+// release`): its stage failures are forgotten and it resumes where it was
+// (a waiting item waits for its send_after again).
+func (e *Engine) ReleaseItem(id queue.ID) error {
+	return e.resume(id, false)
+}
+
+// RequeueItem is ReleaseItem that also forgets the item's delivery
+// attempts (`mixmta queue requeue`, like postsuper -r): the backoff
+// schedule starts again. It works on items that are not held too.
+func (e *Engine) RequeueItem(id queue.ID) error {
+	return e.resume(id, true)
+}
+
+func (e *Engine) resume(id queue.ID, requeue bool) error {
+	e.mu.Lock()
+	busy, held := e.busy[id] > 0, e.held[id]
+	e.mu.Unlock()
+	if busy {
+		return ErrBusy
+	}
+	it, err := e.q.Get(id)
+	if err != nil {
+		return err
+	}
+	if !it.Held && !requeue {
+		return ErrNotHeld
+	}
+	inSched := e.sched.Remove(id)
+	if !held && !inSched {
+		return ErrBusy // handed to the workers right now
+	}
+	it.Held, it.Failures, it.Crashes, it.Reason = false, 0, 0, ""
+	if requeue {
+		if it.Attempts > 0 && it.Waiting {
+			// waiting out a backoff, not a sampled delay: due now
+			it.SendAfter = time.Now()
+		}
+		it.Attempts = 0
+	}
+	if err := e.q.Update(it); err != nil {
+		if inSched {
+			e.sched.Add(it)
+		}
+		return err
+	}
+	e.setHeld(id, false)
+	if it.Waiting {
+		e.sched.Add(it)
+	} else {
+		e.enqueue(it, false)
+	}
+	return nil
+}
+
+// WaitsFor names the stage a message item waits for: the stage its reason
+// names (the one that deferred or quarantined it), else for an item
+// waiting in the scheduler the deliverer its release runs to, else its
+// next stage.
+func (e *Engine) WaitsFor(it *queue.Item) string {
+	if name, _, ok := strings.Cut(it.Reason, ": "); ok && e.stageIndex(name) >= 0 {
+		return name
+	}
+	if it.Waiting {
+		if dlv := e.finalRun(it); dlv >= 0 {
+			return e.stages[dlv].Name
+		}
+	}
+	if it.Stage < len(e.stages) {
+		return e.stages[it.Stage].Name
+	}
+	return ""
 }
 
 // DeleteItem removes an item from the queue (`mixmta queue delete`). An
@@ -728,8 +1036,39 @@ func (e *Engine) DeleteItem(id queue.ID) error {
 	if err := e.q.Delete(it); err != nil {
 		return err
 	}
+	e.setHeld(id, false)
 	e.queued.Add(-1)
 	return nil
+}
+
+// DeleteAll removes every item that no worker is processing right now
+// (`mixmta queue delete ALL`) and returns how many it removed.
+func (e *Engine) DeleteAll() (int, error) {
+	var ids []queue.ID
+	if err := e.q.Items(func(it *queue.Item) error {
+		ids = append(ids, it.ID)
+		return nil
+	}); err != nil {
+		return 0, err
+	}
+	n := 0
+	for _, id := range ids {
+		e.mu.Lock()
+		busy := e.busy[id] > 0
+		e.mu.Unlock()
+		if busy {
+			continue
+		}
+		err := e.DeleteItem(id)
+		if errors.Is(err, queue.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }
 
 // Park persists it as waiting until it.SendAfter and hands it to the

@@ -105,6 +105,24 @@ func (s *Scheduler) Flush() int {
 	return n
 }
 
+// ReleaseAll releases every held item now, past the pool (`mixmta queue
+// flush`): the operator's override, which gives up the mixing of those
+// items. It returns how many it released.
+func (s *Scheduler) ReleaseAll() int {
+	s.mu.Lock()
+	out := append([]*queue.Item(nil), s.pooled...)
+	out = append(out, s.waiting...)
+	s.pooled, s.waiting = nil, nil
+	clear(s.flushed)
+	clear(s.members)
+	s.mu.Unlock()
+	s.released.Add(int64(len(out)))
+	for _, it := range out {
+		s.release(it)
+	}
+	return len(out)
+}
+
 // Remove drops an item (e.g. `mixmta queue delete`); false if not held or
 // already released.
 func (s *Scheduler) Remove(id queue.ID) bool {

@@ -1,6 +1,7 @@
 // Package pluginhost launches and supervises the pipeline's plugin
 // processes: one process per stage, started once and reused, restarted with
-// backoff when it crashes, with the in-flight call retried on the new
+// backoff when it fails to start; a call during which it crashed fails as a
+// *sdk.TransportError and the pipeline engine retries the item on the new
 // process so no item is lost.
 package pluginhost
 
@@ -10,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,6 +44,9 @@ func Resolve(dir, name string) (string, error) {
 	p := filepath.Join(dir, name)
 	fi, err := os.Stat(p)
 	if err != nil {
+		if near := closest(dir, name); near != "" {
+			return "", fmt.Errorf("plugin %q not found in %s; did you mean %q?", name, dir, near)
+		}
 		return "", fmt.Errorf("plugin %q not found in %s (run `make build`)", name, dir)
 	}
 	if fi.IsDir() || fi.Mode()&0o111 == 0 {
@@ -50,13 +55,10 @@ func Resolve(dir, name string) (string, error) {
 	return filepath.Abs(p)
 }
 
-// Backoff for restarts: 100 ms doubling to 10 s.
+// Backoff for restarts after failed launches: 100 ms doubling to 10 s.
 const (
 	restartBase = 100 * time.Millisecond
 	restartMax  = 10 * time.Second
-	// callRetries is how many times a call is retried on a fresh process
-	// after a transport failure before the failure is returned.
-	callRetries = 3
 )
 
 // Stage is a supervised plugin process serving one stage.
@@ -64,10 +66,11 @@ type Stage struct {
 	Spec Spec
 	Info sdk.Info
 
-	log      hclog.Logger
-	mu       sync.Mutex
-	client   *sdk.Client
-	gen      uint64
+	log    hclog.Logger
+	mu     sync.Mutex
+	client *sdk.Client
+	gen    uint64
+	// failures counts failed launches in a row (restart backoff).
 	failures int
 	restarts atomic.Int64
 	closed   bool
@@ -212,11 +215,15 @@ func (s *Stage) current(ctx context.Context) (*sdk.Client, uint64, error) {
 			s.failures++
 			s.log.Error("plugin restart failed", "stage", s.Spec.Stage, "attempt", s.failures, "error", err)
 			if s.failures >= 8 {
-				return nil, 0, &sdk.TransportError{Err: err}
+				// Not a crash on the item being called: the stage is down
+				// (Healthy reports false), so the engine does not count it
+				// against the item.
+				return nil, 0, sdk.Temporary(451, "3.0", "plugin %s cannot be started: %v", s.Spec.Plugin, err)
 			}
 			continue
 		}
 		s.client = c
+		s.failures = 0
 		s.gen++
 		s.restarts.Add(1)
 		s.log.Warn("plugin restarted", "stage", s.Spec.Stage, "pid", c.Pid())
@@ -225,45 +232,43 @@ func (s *Stage) current(ctx context.Context) (*sdk.Client, uint64, error) {
 }
 
 // markDead records that the client of generation gen failed at transport
-// level, so the next call restarts it.
+// level, so the next call restarts it. A crash during a call does not
+// advance the restart backoff: the engine counts it against the item that
+// was called (and quarantines an item that crashes the plugin again), so
+// one poison item costs at most a few restarts and never stalls the
+// others behind a growing backoff.
 func (s *Stage) markDead(gen uint64) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.gen == gen && s.client != nil {
 		s.client.Kill()
 		s.client = nil
-		s.failures++
 	}
 }
 
-func (s *Stage) markOK() {
-	s.mu.Lock()
-	s.failures = 0
-	s.mu.Unlock()
-}
-
-// call runs fn on the live client; on a transport failure (crash, kill) it
-// restarts the plugin and runs fn again, up to callRetries times.
+// call runs fn on the live client, restarting the process first if it is
+// gone. A transport failure during the call (the process crashed or was
+// killed) is returned, not retried here: the caller retries the item and
+// counts the crash against it. A call cut by ctx (timeout) fails with a
+// temporary *sdk.Error instead.
 func call[T any](ctx context.Context, s *Stage, fn func(*sdk.Client) (T, error)) (T, error) {
 	var zero T
-	var lastErr error
-	for i := 0; i <= callRetries; i++ {
-		c, gen, err := s.current(ctx)
-		if err != nil {
-			return zero, err
-		}
-		v, err := fn(c)
-		if err == nil || !sdk.IsTransport(err) || ctx.Err() != nil {
-			if err == nil {
-				s.markOK()
-			}
-			return v, err
-		}
-		lastErr = err
-		s.log.Warn("plugin call failed, restarting plugin", "stage", s.Spec.Stage, "error", err)
-		s.markDead(gen)
+	c, gen, err := s.current(ctx)
+	if err != nil {
+		return zero, err
 	}
-	return zero, lastErr
+	v, err := fn(c)
+	if err == nil || !sdk.IsTransport(err) {
+		return v, err
+	}
+	if ctx.Err() != nil {
+		// A timeout or cancel, not a crash: the process lives on, and the
+		// caller must not count this as a crash against the item.
+		return zero, sdk.Temporary(451, "4.0", "plugin %s: call ended: %v", s.Spec.Plugin, ctx.Err())
+	}
+	s.log.Warn("plugin call failed; the plugin restarts at the next call", "stage", s.Spec.Stage, "error", err)
+	s.markDead(gen)
+	return zero, err
 }
 
 // Check runs the stage as a checker.
@@ -315,4 +320,49 @@ func (s *Stage) Cover(ctx context.Context, k sdk.CoverKind) (*sdk.Packet, error)
 // Assemble asks the mixer to parse a reassembled message.
 func (s *Stage) Assemble(ctx context.Context, data []byte) (*sdk.Message, error) {
 	return call(ctx, s, func(c *sdk.Client) (*sdk.Message, error) { return c.Assemble(ctx, data) })
+}
+
+// closest returns the executable in dir whose name is nearest to name (at
+// most 3 edits, or one is a prefix of the other), or "".
+func closest(dir, name string) string {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return ""
+	}
+	best, bestD := "", 4
+	for _, e := range entries {
+		fi, err := e.Info()
+		if err != nil || fi.IsDir() || fi.Mode()&0o111 == 0 || e.Name() == "mixmta" {
+			continue
+		}
+		d := editDistance(strings.ToLower(name), strings.ToLower(e.Name()))
+		if strings.HasPrefix(e.Name(), name) || strings.HasPrefix(name, e.Name()) {
+			d = min(d, 1)
+		}
+		if d < bestD || (d == bestD && e.Name() < best) {
+			best, bestD = e.Name(), d
+		}
+	}
+	return best
+}
+
+// editDistance is the Levenshtein distance of a and b (bytes).
+func editDistance(a, b string) int {
+	prev := make([]int, len(b)+1)
+	cur := make([]int, len(b)+1)
+	for j := range prev {
+		prev[j] = j
+	}
+	for i := 1; i <= len(a); i++ {
+		cur[0] = i
+		for j := 1; j <= len(b); j++ {
+			cost := 1
+			if a[i-1] == b[j-1] {
+				cost = 0
+			}
+			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
+		}
+		prev, cur = cur, prev
+	}
+	return prev[len(b)]
 }

@@ -91,6 +91,18 @@ type Item struct {
 	// Waiting: the item waits for the scheduler (a delay was sampled or it
 	// reached its deliverer) rather than for a pipeline worker.
 	Waiting bool `json:"wait"`
+	// Failures counts failed calls of the stage at Stage on this item
+	// (errors and crashes, not delivery attempts: those are Attempts); it
+	// restarts at 0 when the item moves to the next stage. Crashes counts
+	// the failed calls during which the stage's plugin process died.
+	Failures int `json:"fails,omitempty"`
+	Crashes  int `json:"crashes,omitempty"`
+	// Held: quarantined by the engine or held by the operator; the engine
+	// leaves the item alone until it is released (`mixmta queue release`).
+	Held bool `json:"held,omitempty"`
+	// Reason says why the item waits or is held: the last deferral or the
+	// quarantine cause, as a stage name and a reply code, never an address.
+	Reason string `json:"reason,omitempty"`
 
 	// Kind says what the item is; packet items carry no envelope.
 	Kind Kind `json:"kind,omitempty"`

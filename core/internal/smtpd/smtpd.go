@@ -10,7 +10,6 @@
 package smtpd
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -19,7 +18,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -27,11 +25,11 @@ import (
 	"github.com/emersion/go-sasl"
 	"github.com/emersion/go-smtp"
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/crypto/bcrypt"
 
 	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/core/internal/stats"
+	"github.com/mixmta/mixmta/core/internal/users"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -61,7 +59,7 @@ type Server struct {
 	smtp     *smtp.Server
 	ln       net.Listener
 	blocks   *config.BlockList
-	users    map[string][]byte
+	users    map[string]users.Hash
 	limiter  *rateLimiter
 	sessions atomic.Int64
 	nextID   atomic.Uint64
@@ -90,11 +88,11 @@ func New(cfg config.Listener, hostname string, sink Sink, checkers []Checker, c 
 		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	if cfg.Auth != nil {
-		users, err := readUsers(cfg.Auth.UsersFile)
+		u, err := users.Read(cfg.Auth.UsersFile)
 		if err != nil {
 			return nil, fmt.Errorf("listener %s: auth: %w", cfg.Name, err)
 		}
-		s.users = users
+		s.users = u
 	}
 	if f := cfg.Relay.DestinationBlockFile; f != "" {
 		bl, err := config.ReadBlockList(f)
@@ -204,21 +202,19 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 		hash, ok := ss.s.users[username]
 		if !ok {
 			// Compare anyway so timing does not reveal which users exist.
-			_ = bcrypt.CompareHashAndPassword(dummyHash, []byte(password))
+			users.VerifyUnknown(password)
 			return ss.reject(smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid"), "AUTH")
 		}
 		if identity != "" && identity != username {
 			return ss.reject(smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "Authorization identity must match"), "AUTH")
 		}
-		if bcrypt.CompareHashAndPassword(hash, []byte(password)) != nil {
+		if !hash.Verify(password) {
 			return ss.reject(smtpErr(535, smtp.EnhancedCode{5, 7, 8}, "Authentication credentials invalid"), "AUTH")
 		}
 		ss.user = username
 		return nil
 	}), nil
 }
-
-var dummyHash, _ = bcrypt.GenerateFromPassword([]byte("mixmta-dummy"), bcrypt.MinCost)
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if from != "" {
@@ -230,6 +226,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	}
 	if ss.s.limiter != nil && !ss.s.limiter.allow(ss.ip, time.Now()) {
 		return ss.reject(smtpErr(450, smtp.EnhancedCode{4, 7, 1}, "Rate limit exceeded, try again later"), "MAIL")
+	}
+	if err := ss.checkSpace(mailSize(opts), "MAIL"); err != nil {
+		return err
 	}
 	ss.env = sdk.Envelope{MailFrom: from, BodyType: sdk.Body7Bit}
 	if opts != nil {
@@ -353,6 +352,9 @@ func (ss *session) Data(r io.Reader) error {
 			return ss.reject(toSMTP(err), "DATA")
 		}
 	}
+	if err := ss.checkSpace(int64(len(raw)), "DATA"); err != nil {
+		return err
+	}
 	it, err := ss.s.sink.Accept(ss.env, header, body, time.Now())
 	if err != nil {
 		ss.s.log.Error("[SMTP] queue write failed", "session", ss.id, "error", err)
@@ -454,40 +456,6 @@ func addressErr(err error, syntax smtp.EnhancedCode, who string) *smtp.SMTPError
 		return smtpErr(501, syntax, "Bad "+who+" address: not valid UTF-8")
 	}
 	return smtpErr(553, syntax, "Bad "+who+" address syntax")
-}
-
-// readUsers reads a users file: "user:bcrypt-hash" per line, # comments.
-// The file must not be readable by group or others.
-func readUsers(path string) (map[string][]byte, error) {
-	fi, err := os.Stat(path)
-	if err != nil {
-		return nil, err
-	}
-	if fi.Mode().Perm()&0o077 != 0 {
-		return nil, fmt.Errorf("%s: mode %o: must not be readable by group or others (chmod 600)", path, fi.Mode().Perm())
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		return nil, err
-	}
-	defer f.Close()
-	users := map[string][]byte{}
-	sc := bufio.NewScanner(f)
-	for n := 1; sc.Scan(); n++ {
-		line := strings.TrimSpace(sc.Text())
-		if line == "" || strings.HasPrefix(line, "#") {
-			continue
-		}
-		u, h, ok := strings.Cut(line, ":")
-		if !ok || u == "" {
-			return nil, fmt.Errorf("%s:%d: want user:bcrypt-hash", path, n)
-		}
-		if _, err := bcrypt.Cost([]byte(h)); err != nil {
-			return nil, fmt.Errorf("%s:%d: not a bcrypt hash", path, n)
-		}
-		users[u] = []byte(h)
-	}
-	return users, sc.Err()
 }
 
 type errorLog struct{ l hclog.Logger }

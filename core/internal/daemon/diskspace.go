@@ -1,0 +1,38 @@
+package daemon
+
+import (
+	"syscall"
+)
+
+// freeBytes returns the bytes an unprivileged writer may still use on the
+// filesystem holding dir (statfs f_bavail × f_bsize).
+func freeBytes(dir string) (int64, error) {
+	var st syscall.Statfs_t
+	if err := syscall.Statfs(dir, &st); err != nil {
+		return 0, err
+	}
+	return int64(st.Bavail) * int64(st.Bsize), nil
+}
+
+// HasSpace implements smtpd.SpaceChecker: size more bytes fit above
+// queue.free_space_reserve on the data dir's filesystem. The queue may
+// take about twice a message's size until value-log GC runs (the item and
+// the blobs a transform writes), hence the factor. A statfs error counts
+// as no space: refusing with 452 loses nothing, a write into a full
+// filesystem may crash the queue.
+func (d *Daemon) HasSpace(size int64) bool {
+	reserve := d.cfg.Queue.FreeSpaceReserve
+	if reserve <= 0 {
+		return true
+	}
+	free, err := freeBytes(d.cfg.DataDir)
+	low := err != nil || free < reserve
+	if d.spaceLow.Swap(low) != low {
+		if low {
+			d.log.Warn("[QUEUE] free space below the reserve; MAIL and DATA get 452 4.3.1, queued mail is still delivered", "free", free, "reserve", reserve, "error", err)
+		} else {
+			d.log.Info("[QUEUE] free space is above the reserve again; accepting mail", "free", free, "reserve", reserve)
+		}
+	}
+	return !low && free-2*size >= reserve
+}
