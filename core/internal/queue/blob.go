@@ -1,0 +1,317 @@
+package queue
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/dgraph-io/badger/v4"
+)
+
+// ChunkSize is the most content bytes one stored value holds (256 KiB). A
+// blob is a meta record (reference count and length) plus
+// ceil(length/ChunkSize) chunks, each sealed on its own, so a body is read
+// and written in bounded memory and no value approaches badger's
+// value-log file size.
+const ChunkSize = 256 << 10
+
+func chunkKey(blob ID, i uint32) []byte {
+	k := make([]byte, len(prefixBlob)+len(blob)+4)
+	copy(k, prefixBlob)
+	copy(k[len(prefixBlob):], blob[:])
+	binary.BigEndian.PutUint32(k[len(prefixBlob)+len(blob):], i)
+	return k
+}
+
+func chunks(length int64) uint32 { return uint32((length + ChunkSize - 1) / ChunkSize) }
+
+// blobMeta is a blob's meta record: how many items use it and its length
+// in bytes.
+type blobMeta struct {
+	refs   uint64
+	length int64
+}
+
+func (m blobMeta) encode() []byte {
+	return binary.AppendUvarint(binary.AppendUvarint(nil, m.refs), uint64(m.length))
+}
+
+func decodeMeta(b []byte) (blobMeta, error) {
+	refs, n := binary.Uvarint(b)
+	if n <= 0 {
+		return blobMeta{}, errors.New("queue: corrupt blob meta")
+	}
+	length, k := binary.Uvarint(b[n:])
+	if k <= 0 {
+		return blobMeta{}, errors.New("queue: corrupt blob meta")
+	}
+	return blobMeta{refs: refs, length: int64(length)}, nil
+}
+
+// wtx is one attempt of a read-write transaction: the keys it allocated
+// (destroyed if it does not commit) and the owners it deleted (whose keys
+// are destroyed once it has committed).
+type wtx struct {
+	q     *Queue
+	txn   *badger.Txn
+	alloc []ID
+	dead  []ID
+}
+
+func (w *wtx) newKey(owner ID) ([]byte, error) {
+	k, err := w.q.keys.alloc(owner)
+	if err != nil {
+		return nil, err
+	}
+	w.alloc = append(w.alloc, owner)
+	return k, nil
+}
+
+// putItem writes an item's record sealed under the item's key (a new key
+// for a new item).
+func (w *wtx) putItem(it *Item) error {
+	b, err := json.Marshal(it)
+	if err != nil {
+		return err
+	}
+	k := w.q.keys.key(it.ID)
+	if k == nil {
+		if k, err = w.newKey(it.ID); err != nil {
+			return err
+		}
+	}
+	return w.txn.Set(key(prefixItem, it.ID), seal(k, it.ID, partItem, b))
+}
+
+// putBlob stores data as a new blob with one reference.
+func (w *wtx) putBlob(data []byte) (ID, error) {
+	id := NewID()
+	k, err := w.newKey(id)
+	if err != nil {
+		return id, err
+	}
+	for i := uint32(0); int64(i) < int64(chunks(int64(len(data)))); i++ {
+		c := data[int(i)*ChunkSize : min(len(data), int(i+1)*ChunkSize)]
+		if err := w.txn.Set(chunkKey(id, i), seal(k, id, i, c)); err != nil {
+			return id, err
+		}
+	}
+	return id, w.txn.Set(key(prefixCount, id), seal(k, id, partMeta, blobMeta{refs: 1, length: int64(len(data))}.encode()))
+}
+
+// meta reads a blob's meta record in txn.
+func (q *Queue) meta(txn *badger.Txn, blob ID) (blobMeta, []byte, error) {
+	item, err := txn.Get(key(prefixCount, blob))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return blobMeta{}, nil, ErrNotFound
+	}
+	if err != nil {
+		return blobMeta{}, nil, err
+	}
+	k := q.keys.key(blob)
+	if k == nil {
+		return blobMeta{}, nil, ErrNotFound // deleted meanwhile
+	}
+	var m blobMeta
+	err = item.Value(func(v []byte) error {
+		plain, err := unseal(k, blob, partMeta, v)
+		if err != nil {
+			return err
+		}
+		m, err = decodeMeta(plain)
+		return err
+	})
+	return m, k, err
+}
+
+// addRef changes a blob's reference count; at zero the blob (meta and
+// chunks) is deleted and its key destroyed after the commit. Releasing a
+// blob that is already gone is not an error.
+func (w *wtx) addRef(blob ID, delta int) error {
+	if blob == (ID{}) {
+		return nil
+	}
+	m, k, err := w.q.meta(w.txn, blob)
+	if errors.Is(err, ErrNotFound) && delta < 0 {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("queue: blob %s: %w", blob, err)
+	}
+	next := int64(m.refs) + int64(delta)
+	if next > 0 {
+		m.refs = uint64(next)
+		return w.txn.Set(key(prefixCount, blob), seal(k, blob, partMeta, m.encode()))
+	}
+	for i := uint32(0); i < chunks(m.length); i++ {
+		if err := w.txn.Delete(chunkKey(blob, i)); err != nil {
+			return err
+		}
+	}
+	w.dead = append(w.dead, blob)
+	return w.txn.Delete(key(prefixCount, blob))
+}
+
+// deleteItem removes an item record and releases its blobs.
+func (w *wtx) deleteItem(it *Item) error {
+	if err := w.txn.Delete(key(prefixItem, it.ID)); err != nil {
+		return err
+	}
+	w.dead = append(w.dead, it.ID)
+	if err := w.addRef(it.Header, -1); err != nil {
+		return err
+	}
+	return w.addRef(it.Body, -1)
+}
+
+// openItem decodes item id's sealed record v into it.
+func (q *Queue) openItem(id ID, v []byte, it *Item) error {
+	k := q.keys.key(id)
+	if k == nil {
+		return ErrNotFound // deleted meanwhile, or its key is gone
+	}
+	plain, err := unseal(k, id, partItem, v)
+	if err != nil {
+		return fmt.Errorf("queue: item %s: %w", id, err)
+	}
+	return json.Unmarshal(plain, it)
+}
+
+// BlobLen returns a blob's length in bytes.
+func (q *Queue) BlobLen(id ID) (int64, error) {
+	if id == (ID{}) {
+		return 0, nil
+	}
+	var n int64
+	err := q.db.View(func(txn *badger.Txn) error {
+		m, _, err := q.meta(txn, id)
+		n = m.length
+		return err
+	})
+	return n, err
+}
+
+// Blob returns a copy of a content blob; the zero ID gives nil. Errors:
+// ErrNotFound for a blob that is not (or no longer) in the queue.
+func (q *Queue) Blob(id ID) ([]byte, error) {
+	if id == (ID{}) {
+		return nil, nil
+	}
+	var out []byte
+	err := q.db.View(func(txn *badger.Txn) error {
+		m, k, err := q.meta(txn, id)
+		if err != nil {
+			return err
+		}
+		out = make([]byte, 0, m.length)
+		for i := uint32(0); i < chunks(m.length); i++ {
+			if out, err = q.chunk(txn, k, id, i, out); err != nil {
+				return err
+			}
+		}
+		if int64(len(out)) != m.length {
+			return fmt.Errorf("queue: blob %s has %d bytes, meta says %d", id, len(out), m.length)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// chunk appends chunk i of blob id to dst.
+func (q *Queue) chunk(txn *badger.Txn, k []byte, id ID, i uint32, dst []byte) ([]byte, error) {
+	item, err := txn.Get(chunkKey(id, i))
+	if errors.Is(err, badger.ErrKeyNotFound) {
+		return dst, fmt.Errorf("queue: blob %s: chunk %d missing", id, i)
+	}
+	if err != nil {
+		return dst, err
+	}
+	err = item.Value(func(v []byte) error {
+		plain, err := unseal(k, id, i, v)
+		if err != nil {
+			return fmt.Errorf("queue: blob %s: %w", id, err)
+		}
+		dst = append(dst, plain...)
+		return nil
+	})
+	return dst, err
+}
+
+// sweep runs at Open, before anything else uses the queue: it removes what
+// a crash left half done. Keys whose owner has no record are destroyed (an
+// allocation whose transaction never committed, a delete whose key was
+// not yet zeroed); records whose key is gone are deleted (unreadable
+// anyway); chunks without a meta record (a body whose message was never
+// committed) are deleted.
+func (q *Queue) sweep() error {
+	live := map[ID]bool{}
+	var orphans [][]byte
+	err := q.db.View(func(txn *badger.Txn) error {
+		opts := badger.DefaultIteratorOptions
+		opts.PrefetchValues = false
+		it := txn.NewIterator(opts)
+		defer it.Close()
+		metas := map[ID]bool{}
+		var chunkKeys [][]byte
+		for it.Rewind(); it.Valid(); it.Next() {
+			k := it.Item().KeyCopy(nil)
+			var id ID
+			switch {
+			case len(k) == len(prefixItem)+len(id) && string(k[:2]) == string(prefixItem):
+				copy(id[:], k[2:])
+			case len(k) == len(prefixCount)+len(id) && string(k[:2]) == string(prefixCount):
+				copy(id[:], k[2:])
+				metas[id] = true
+			case string(k[:min(2, len(k))]) == string(prefixBlob):
+				chunkKeys = append(chunkKeys, k)
+				continue
+			default:
+				continue
+			}
+			if q.keys.key(id) == nil {
+				orphans = append(orphans, k)
+				continue
+			}
+			live[id] = true
+		}
+		for _, k := range chunkKeys {
+			var id ID
+			if len(k) == len(prefixBlob)+len(id)+4 {
+				copy(id[:], k[2:])
+			}
+			if !metas[id] || !live[id] {
+				orphans = append(orphans, k)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	var dead []ID
+	for _, o := range q.keys.owners() {
+		if !live[o] {
+			dead = append(dead, o)
+		}
+	}
+	q.keys.destroy(dead)
+	for len(orphans) > 0 {
+		n := min(len(orphans), 1000)
+		if err := q.db.Update(func(txn *badger.Txn) error {
+			for _, k := range orphans[:n] {
+				if err := txn.Delete(k); err != nil {
+					return err
+				}
+			}
+			return nil
+		}); err != nil {
+			return err
+		}
+		orphans = orphans[n:]
+	}
+	if len(dead) > 0 {
+		q.log.Info("[QUEUE] destroyed keys left by an interrupted change", "count", len(dead))
+	}
+	return nil
+}

@@ -1,0 +1,201 @@
+package queue
+
+import (
+	"bytes"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dgraph-io/badger/v4"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// plainText returns, for each token found in the raw bytes of some file
+// under dir, the names of those files.
+func plainText(t *testing.T, dir string, tokens ...string) map[string][]string {
+	t.Helper()
+	out := map[string][]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil || !d.Type().IsRegular() {
+			return err
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return err
+		}
+		for _, tok := range tokens {
+			if bytes.Contains(b, []byte(tok)) {
+				out[tok] = append(out[tok], filepath.Base(p))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// TestDeletedItemsCannotBeRecoveredWhileOthersStayQueued: messages, a
+// packet and a split message go through the queue and are deleted while
+// one message stays queued. After one sync, no file holds any of their
+// body or envelope tokens, and with every key slot on disk no sealed value
+// of theirs opens; the message still queued opens (the forensic method
+// works: the negative control).
+func TestDeletedItemsCannotBeRecoveredWhileOthersStayQueued(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, dir)
+	defer q.Close()
+
+	held, err := q.Accept(sdk.Envelope{MailFrom: "held-FROM@example.org", RcptTo: []string{"held-RCPT@example.net"}},
+		[]byte("Subject: held-SUBJECT\r\n\r\n"), bytes.Repeat([]byte("held-BODY "), 500), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var gone []string
+	for i, size := range []int{10, 5000, 3*ChunkSize + 17} {
+		tok := "gone" + string(rune('A'+i))
+		gone = append(gone, tok+"-FROM", tok+"-RCPT", tok+"-BODY", tok+"-SUBJECT", tok+"-NEWBODY", tok+"-PACKET")
+		body := bytes.Repeat([]byte(tok+"-BODY "), size/10+1)
+		it, err := q.Accept(sdk.Envelope{MailFrom: tok + "-FROM@example.org", RcptTo: []string{tok + "-RCPT@example.net", "x@y"}},
+			[]byte("Subject: "+tok+"-SUBJECT\r\n\r\n"), body, time.Now())
+		if err != nil {
+			t.Fatal(err)
+		}
+		it.Stage = 1
+		if err := q.Replace(it, nil, bytes.Repeat([]byte(tok+"-NEWBODY "), size/10+1)); err != nil {
+			t.Fatal(err)
+		}
+		kids, err := q.Split(it, []Child{{Envelope: it.Envelope, Stage: 2},
+			{Kind: KindPacketOut, Content: bytes.Repeat([]byte(tok+"-PACKET "), 7000)}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, k := range kids {
+			k.Attempts++
+			if err := q.Update(k); err != nil {
+				t.Fatal(err)
+			}
+			if err := q.Delete(k); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if err := q.Sync(); err != nil {
+		t.Fatal(err)
+	}
+
+	heldToks := []string{"held-FROM", "held-RCPT", "held-SUBJECT", "held-BODY"}
+	for tok, f := range plainText(t, dir, append(gone, heldToks...)...) {
+		t.Errorf("token %s is readable in plain text in %v", tok, f)
+	}
+	r, err := Recover(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tok := range gone {
+		if r.Contains([]byte(tok)) {
+			t.Errorf("token %s of a deleted item was recovered with the key file", tok)
+		}
+	}
+	for _, tok := range heldToks {
+		if !r.Contains([]byte(tok)) {
+			t.Errorf("negative control: token %s of the queued message not recovered (%d keys, %d sealed values, %d opened)", tok, r.Keys, r.Sealed, len(r.Opened))
+		}
+	}
+	if r.Keys != 3 { // the held item, its header and its body
+		t.Errorf("key file holds %d keys, want 3", r.Keys)
+	}
+	if _, err := q.Get(held.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestKeyFileAndDirArePrivate: the key file is 0600 inside a 0700 dir.
+func TestKeyFileAndDirArePrivate(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "q")
+	q := open(t, dir)
+	defer q.Close()
+	fi, err := os.Stat(filepath.Join(dir, keyFileName))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 {
+		t.Fatalf("key file mode %o, want 600", fi.Mode().Perm())
+	}
+}
+
+// TestCrashLeftoversAreSwept: a key allocated by a change that never
+// committed (the process died in between), a deleted item whose key slot
+// was not yet zeroed, and chunks of a body whose message was never
+// committed are all gone after the next Open; queued items still open.
+func TestCrashLeftoversAreSwept(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, dir)
+	kept, err := q.Accept(sdk.Envelope{RcptTo: []string{"a@b"}}, []byte("H: kept\r\n\r\n"), []byte("kept body"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	dropped, err := q.Accept(sdk.Envelope{RcptTo: []string{"a@b"}}, []byte("H: dropped\r\n\r\n"), []byte("dropped body"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A delete committed to badger, but the keys not yet destroyed.
+	if err := q.db.Update(func(txn *badger.Txn) error { return (&wtx{q: q, txn: txn}).deleteItem(dropped) }); err != nil {
+		t.Fatal(err)
+	}
+	// A key whose transaction never committed.
+	if _, err := q.keys.alloc(NewID()); err != nil {
+		t.Fatal(err)
+	}
+	// A chunk without its meta record.
+	orphan := NewID()
+	k, _ := q.keys.alloc(orphan)
+	if err := q.db.Update(func(txn *badger.Txn) error {
+		return txn.Set(chunkKey(orphan, 0), seal(k, orphan, 0, []byte("orphan-CHUNK")))
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := q.keys.syncAllocs(); err != nil {
+		t.Fatal(err)
+	}
+	before := len(q.keys.owners())
+	// Simulate the crash: close badger and the key file without any of
+	// the queue's own bookkeeping.
+	q.syncer.close()
+	q.db.Close()
+	q.keys.f.Close()
+	close(q.gcStop)
+	<-q.gcDone
+
+	q = open(t, dir)
+	defer q.Close()
+	after := q.keys.owners()
+	// dropped's item, header and body keys, the uncommitted key and the
+	// orphan chunk's key go; kept's three stay.
+	if before-len(after) != 5 || len(after) != 3 {
+		t.Errorf("sweep destroyed %d of %d keys, want 5 of 8", before-len(after), before)
+	}
+	if _, err := q.Get(kept.ID); err != nil {
+		t.Fatalf("kept item: %v", err)
+	}
+	if err := q.Sync(); err != nil {
+		t.Fatal(err)
+	}
+	r, err := Recover(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r.Contains([]byte("orphan-CHUNK")) {
+		t.Error("orphan chunk still opens after the sweep")
+	}
+	if !r.Contains([]byte("kept body")) {
+		t.Error("negative control: the queued body does not open")
+	}
+	if f := plainText(t, dir, "kept body"); len(f) > 0 {
+		t.Errorf("queued body stored in plain text: %v", f)
+	}
+}
