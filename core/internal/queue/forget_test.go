@@ -159,7 +159,7 @@ func TestCrashLeftoversAreSwept(t *testing.T) {
 	}); err != nil {
 		t.Fatal(err)
 	}
-	if err := q.keys.syncAllocs(); err != nil {
+	if err := q.keys.sync(); err != nil {
 		t.Fatal(err)
 	}
 	before := len(q.keys.owners())

@@ -19,20 +19,22 @@ import (
 // the first 60 bytes. An all-zero slot is free. 64 divides the page size,
 // so a slot never straddles a page and a torn write shows as a bad CRC.
 //
-// Life of a key: alloc writes the slot (page cache; Sync makes it durable
+// Life of a key: alloc writes the slot (page cache; sync makes it durable
 // before the 250, in the same group commit as badger); destroy drops the
-// key from memory at once and queues the slot; flushDead, run by the sync
-// loop after badger has synced the deletes, zeroes the slots on disk and
-// fsyncs, then frees them for reuse. A slot is never reused before its
-// zeroes are on disk.
+// key from memory at once and queues the slot; zeroDead, run by the sync
+// loop once badger has synced the deletes, overwrites the slots with
+// zeroes, and the next sync's fsync puts the zeroes on disk and frees the
+// slots for reuse. A slot is never reused before its zeroes are on disk,
+// and a key is never zeroed on disk before the deletes of its owner are.
 type keyStore struct {
-	mu    sync.Mutex
-	f     *os.File
-	owner map[ID]int // owner -> slot
-	keys  [][]byte   // slot -> key (nil: free or dead)
-	free  []int
-	dead  []int
-	dirty bool // allocations written since the last fsync
+	mu     sync.Mutex
+	f      *os.File
+	owner  map[ID]int // owner -> slot
+	keys   [][]byte   // slot -> key (nil: free or dead)
+	free   []int
+	dead   []int // destroyed, not yet zeroed on disk
+	zeroed []int // zeroed in the page cache, free after the next fsync
+	dirty  bool  // slots written since the last fsync
 }
 
 const (
@@ -129,7 +131,7 @@ func (ks *keyStore) alloc(owner ID) ([]byte, error) {
 }
 
 // destroy forgets the keys of owners: gone from memory now, zeroed on disk
-// by the next flushDead.
+// by the next zeroDead.
 func (ks *keyStore) destroy(owners []ID) {
 	if len(owners) == 0 {
 		return
@@ -148,19 +150,20 @@ func (ks *keyStore) destroy(owners []ID) {
 	}
 }
 
-// pending reports whether a sync has work: allocations to make durable or
-// dead slots to zero.
+// pending reports whether a sync has work: slots to make durable or dead
+// slots to zero.
 func (ks *keyStore) pending() bool {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
-	return ks.dirty || len(ks.dead) > 0
+	return ks.dirty || len(ks.dead) > 0 || len(ks.zeroed) > 0
 }
 
-// syncAllocs makes every allocation so far durable.
-func (ks *keyStore) syncAllocs() error {
+// sync makes every slot written so far durable (new keys, and zeroes
+// written by zeroDead) and frees the zeroed slots.
+func (ks *keyStore) sync() error {
 	ks.mu.Lock()
-	dirty := ks.dirty
-	ks.dirty = false
+	dirty, zeroed := ks.dirty, ks.zeroed
+	ks.dirty, ks.zeroed = false, nil
 	ks.mu.Unlock()
 	if !dirty {
 		return nil
@@ -168,14 +171,18 @@ func (ks *keyStore) syncAllocs() error {
 	if err := ks.f.Sync(); err != nil {
 		ks.mu.Lock()
 		ks.dirty = true
+		ks.zeroed = append(ks.zeroed, zeroed...)
 		ks.mu.Unlock()
 		return fmt.Errorf("queue: key file sync: %w", err)
 	}
+	ks.mu.Lock()
+	ks.free = append(ks.free, zeroed...)
+	ks.mu.Unlock()
 	return nil
 }
 
 // takeDead returns the slots destroyed so far; the caller syncs badger (so
-// the deletes that led to them are durable) and then calls flushDead.
+// the deletes that led to them are durable) and then calls zeroDead.
 func (ks *keyStore) takeDead() []int {
 	ks.mu.Lock()
 	defer ks.mu.Unlock()
@@ -184,26 +191,20 @@ func (ks *keyStore) takeDead() []int {
 	return d
 }
 
-// flushDead zeroes slots on disk, fsyncs and frees them. On a write error
-// the slots stay dead and are retried by the next flush.
-func (ks *keyStore) flushDead(slots []int) error {
-	if len(slots) == 0 {
-		return nil
-	}
+// zeroDead overwrites slots with zeroes (page cache; on disk at the next
+// sync). On a write error the remaining slots stay dead and are retried.
+func (ks *keyStore) zeroDead(slots []int) error {
 	var zero [slotSize]byte
-	for _, i := range slots {
+	for j, i := range slots {
 		if _, err := ks.f.WriteAt(zero[:], int64(i)*slotSize); err != nil {
-			ks.requeue(slots)
+			ks.requeue(slots[j:])
 			return fmt.Errorf("queue: key file: %w", err)
 		}
+		ks.mu.Lock()
+		ks.zeroed = append(ks.zeroed, i)
+		ks.dirty = true
+		ks.mu.Unlock()
 	}
-	if err := ks.f.Sync(); err != nil {
-		ks.requeue(slots)
-		return fmt.Errorf("queue: key file sync: %w", err)
-	}
-	ks.mu.Lock()
-	ks.free = append(ks.free, slots...)
-	ks.mu.Unlock()
 	return nil
 }
 

@@ -7,8 +7,8 @@
 // Storage forgets: every item record and every blob (header section, body,
 // packet, fragment) is sealed with AES-256-GCM under a key of its own, kept
 // in a slotted key file outside badger and zeroed in place when the item or
-// blob leaves (see keyStore, seal.go). Within FlushInterval (1 s) of an
-// item's delete its key is gone from the disk, and everything badger still
+// blob leaves (see keyStore, seal.go). Within two FlushIntervals (2 s) of
+// an item's delete its key is gone from the disk, and everything badger still
 // keeps of it (memtable, WAL, tables, value log) is ciphertext nobody can
 // open, whatever else is still queued.
 //
@@ -228,6 +228,9 @@ func (q *Queue) Close() error {
 		<-q.gcDone
 		q.syncer.close()
 		if e := q.syncer.syncAll(); e != nil {
+			err = e
+		}
+		if e := q.keys.sync(); e != nil && err == nil {
 			err = e
 		}
 		if e := q.db.Close(); e != nil && err == nil {
@@ -534,11 +537,13 @@ func (q *Queue) RunGC() int {
 }
 
 // groupSync batches syncs: every waiter whose commit happened before a
-// sync started is released by that sync. A sync makes new keys durable
-// first (a committed value must never outlive its key on disk), then
-// badger, then zeroes the slots of keys destroyed before it started (their
-// deletes are durable by then). It also runs every FlushInterval while
-// destroyed keys wait, which bounds how long a key outlives its item.
+// sync started is released by that sync. A sync first fsyncs the key file
+// (new keys: a committed value must never be on disk without its key; and
+// the zeroes written by the previous sync), then syncs badger, then
+// overwrites the slots of keys destroyed before it started with zeroes
+// (their deletes are durable by then), which the next sync puts on disk.
+// It also runs every FlushInterval while key slots wait, so a destroyed
+// key is zeroed in the file within one interval and on disk within two.
 type groupSync struct {
 	db   *badger.DB
 	keys *keyStore
@@ -547,9 +552,10 @@ type groupSync struct {
 	done chan struct{}
 }
 
-// FlushInterval is the longest a destroyed key's slot stays unzeroed on
-// disk when no sync runs in between (1 s): the queue forgets an item
-// within about this long after it left.
+// FlushInterval is the period of the key file's flushes when no group
+// commit runs (1 s): a destroyed key's slot is zeroed in the file within
+// one interval and the zeroes are on disk within two, so the queue forgets
+// an item within about 2 s after it left.
 const FlushInterval = time.Second
 
 func newGroupSync(db *badger.DB, keys *keyStore) *groupSync {
@@ -569,7 +575,7 @@ func (g *groupSync) wait() error {
 }
 
 func (g *groupSync) syncAll() error {
-	if err := g.keys.syncAllocs(); err != nil {
+	if err := g.keys.sync(); err != nil {
 		return err
 	}
 	dead := g.keys.takeDead()
@@ -577,7 +583,7 @@ func (g *groupSync) syncAll() error {
 		g.keys.requeue(dead)
 		return err
 	}
-	return g.keys.flushDead(dead)
+	return g.keys.zeroDead(dead)
 }
 
 func (g *groupSync) loop() {
