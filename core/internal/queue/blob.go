@@ -1,12 +1,17 @@
 package queue
 
 import (
+	"bytes"
 	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"time"
 
 	"github.com/dgraph-io/badger/v4"
+
+	"github.com/mixmta/mixmta/sdk"
 )
 
 // ChunkSize is the most content bytes one stored value holds (256 KiB). A
@@ -96,6 +101,7 @@ func (w *wtx) putBlob(data []byte) (ID, error) {
 		if err := w.txn.Set(chunkKey(id, i), seal(k, id, i, c)); err != nil {
 			return id, err
 		}
+		w.q.trim.note(len(c))
 	}
 	return id, w.txn.Set(key(prefixCount, id), seal(k, id, partMeta, blobMeta{refs: 1, length: int64(len(data))}.encode()))
 }
@@ -227,12 +233,13 @@ func (q *Queue) chunk(txn *badger.Txn, k []byte, id ID, i uint32, dst []byte) ([
 	if err != nil {
 		return dst, err
 	}
+	q.trim.note(int(item.ValueSize()))
 	err = item.Value(func(v []byte) error {
-		plain, err := unseal(k, id, i, v)
+		out, err := unsealAppend(dst, k, id, i, v)
 		if err != nil {
 			return fmt.Errorf("queue: blob %s: %w", id, err)
 		}
-		dst = append(dst, plain...)
+		dst = out
 		return nil
 	})
 	return dst, err
@@ -314,4 +321,181 @@ func (q *Queue) sweep() error {
 		q.log.Info("[QUEUE] destroyed keys left by an interrupted change", "count", len(dead))
 	}
 	return nil
+}
+
+// BodyWriter streams a message body into the queue in bounded memory: each
+// ChunkSize bytes are sealed and committed as one chunk as they arrive, so
+// a session holds one chunk, never the whole body. The body belongs to no
+// message until AcceptBody commits it (a crash before that leaves chunks
+// that the next Open sweeps away); Abort discards it.
+type BodyWriter struct {
+	q   *Queue
+	id  ID
+	key []byte
+	buf []byte
+	n   int64
+	err error
+}
+
+// NewBody starts a body. Errors: a key-file write error.
+func (q *Queue) NewBody() (*BodyWriter, error) {
+	id := NewID()
+	k, err := q.keys.alloc(id)
+	if err != nil {
+		return nil, err
+	}
+	return &BodyWriter{q: q, id: id, key: k}, nil
+}
+
+// Write appends p. An error is sticky: every later Write and AcceptBody
+// fail with it.
+func (w *BodyWriter) Write(p []byte) (int, error) {
+	if w.err != nil {
+		return 0, w.err
+	}
+	n := len(p)
+	for len(p) > 0 {
+		if w.buf == nil {
+			w.buf = make([]byte, 0, ChunkSize)
+		}
+		c := min(len(p), ChunkSize-len(w.buf))
+		w.buf, p = append(w.buf, p[:c]...), p[c:]
+		if len(w.buf) == ChunkSize {
+			if err := w.flush(); err != nil {
+				return n - len(p), err
+			}
+		}
+	}
+	return n, nil
+}
+
+// flush commits the buffered bytes as the next chunk.
+func (w *BodyWriter) flush() error {
+	if len(w.buf) == 0 {
+		return nil
+	}
+	i := chunks(w.n)
+	v := seal(w.key, w.id, i, w.buf)
+	if err := w.q.db.Update(func(txn *badger.Txn) error { return txn.Set(chunkKey(w.id, i), v) }); err != nil {
+		w.err = fmt.Errorf("queue: body chunk: %w", err)
+		return w.err
+	}
+	w.q.trim.note(len(w.buf))
+	w.n += int64(len(w.buf))
+	w.buf = w.buf[:0]
+	return nil
+}
+
+// Len is the number of bytes written so far.
+func (w *BodyWriter) Len() int64 { return w.n + int64(len(w.buf)) }
+
+// Open returns a reader of the bytes written so far (flushed first), e.g.
+// for a checker stage that reads the body before the message is accepted.
+func (w *BodyWriter) Open() (io.Reader, error) {
+	if err := w.flush(); err != nil {
+		return nil, err
+	}
+	return &blobReader{q: w.q, id: w.id, key: w.key, length: w.n}, nil
+}
+
+// Abort discards the body: its chunks are deleted and its key destroyed.
+func (w *BodyWriter) Abort() {
+	n := chunks(w.n)
+	for i := uint32(0); i < n; {
+		_ = w.q.db.Update(func(txn *badger.Txn) error {
+			for ; i < n; i++ {
+				if err := txn.Delete(chunkKey(w.id, i)); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if i < n { // an error other than a full transaction: the sweep at the next Open removes them
+			break
+		}
+	}
+	w.q.keys.destroy([]ID{w.id})
+	w.err = errors.New("queue: body aborted")
+}
+
+// AcceptBody is Accept for a body streamed with a BodyWriter: header blob,
+// the body's meta record and the item in one transaction, synced before it
+// returns (only then may the SMTP server answer 250).
+func (q *Queue) AcceptBody(env sdk.Envelope, header []byte, body *BodyWriter, received time.Time) (*Item, error) {
+	if err := body.flush(); err != nil {
+		return nil, err
+	}
+	if body.err != nil {
+		return nil, body.err
+	}
+	it := &Item{ID: NewID(), Envelope: env, Size: int64(len(header)) + body.n, Received: received, Deliverer: -1, Body: body.id}
+	it.Msg = it.ID
+	err := q.update(func(w *wtx) error {
+		var err error
+		if it.Header, err = w.putBlob(header); err != nil {
+			return err
+		}
+		if err := w.txn.Set(key(prefixCount, body.id), seal(body.key, body.id, partMeta, blobMeta{refs: 1, length: body.n}.encode())); err != nil {
+			return err
+		}
+		return w.putItem(it)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("queue: accept: %w", err)
+	}
+	body.err = errors.New("queue: body already accepted")
+	if err := q.Sync(); err != nil {
+		return nil, fmt.Errorf("queue: sync: %w", err)
+	}
+	return it, nil
+}
+
+// BlobReader returns a reader of a blob that loads one chunk at a time (the
+// zero ID reads as empty). Reading fails with ErrNotFound if the blob
+// leaves the queue meanwhile.
+func (q *Queue) BlobReader(id ID) (io.Reader, error) {
+	if id == (ID{}) {
+		return bytes.NewReader(nil), nil
+	}
+	r := &blobReader{q: q, id: id}
+	err := q.db.View(func(txn *badger.Txn) error {
+		m, k, err := q.meta(txn, id)
+		r.key, r.length = k, m.length
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return r, nil
+}
+
+type blobReader struct {
+	q      *Queue
+	id     ID
+	key    []byte
+	length int64
+	next   uint32
+	buf    []byte
+	cur    []byte
+}
+
+func (r *blobReader) Read(p []byte) (int, error) {
+	for len(r.cur) == 0 {
+		if r.next >= chunks(r.length) {
+			return 0, io.EOF
+		}
+		err := r.q.db.View(func(txn *badger.Txn) error {
+			var err error
+			r.buf, err = r.q.chunk(txn, r.key, r.id, r.next, r.buf[:0])
+			r.cur = r.buf
+			return err
+		})
+		if err != nil {
+			return 0, err
+		}
+		r.next++
+	}
+	n := copy(p, r.cur)
+	r.cur = r.cur[n:]
+	return n, nil
 }

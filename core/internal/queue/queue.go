@@ -150,6 +150,7 @@ var ErrNotFound = errors.New("queue: not found")
 type Queue struct {
 	db     *badger.DB
 	keys   *keyStore
+	trim   *trimmer
 	log    hclog.Logger
 	syncer *groupSync
 	gcStop chan struct{}
@@ -205,8 +206,9 @@ func Open(dir string, o Options) (*Queue, error) {
 		db.Close()
 		return nil, err
 	}
-	q := &Queue{db: db, keys: keys, log: log, gcStop: make(chan struct{}), gcDone: make(chan struct{})}
+	q := &Queue{db: db, keys: keys, log: log, gcStop: make(chan struct{}), gcDone: make(chan struct{}), trim: newTrimmer(dir)}
 	if err := q.sweep(); err != nil {
+		q.trim.close()
 		keys.close()
 		db.Close()
 		return nil, fmt.Errorf("queue: open %s: %w", dir, err)
@@ -239,6 +241,7 @@ func (q *Queue) Close() error {
 		if e := q.keys.close(); e != nil && err == nil {
 			err = e
 		}
+		q.trim.close()
 	})
 	return err
 }
@@ -537,13 +540,16 @@ func (q *Queue) RunGC() int {
 }
 
 // groupSync batches syncs: every waiter whose commit happened before a
-// sync started is released by that sync. A sync first fsyncs the key file
-// (new keys: a committed value must never be on disk without its key; and
-// the zeroes written by the previous sync), then syncs badger, then
-// overwrites the slots of keys destroyed before it started with zeroes
-// (their deletes are durable by then), which the next sync puts on disk.
-// It also runs every FlushInterval while key slots wait, so a destroyed
-// key is zeroed in the file within one interval and on disk within two.
+// sync started is released by that sync. A sync fsyncs the key file (new
+// keys, and the zeroes written by the previous sync) and syncs badger at
+// the same time: a waiter is released only when both are durable, and a
+// crash in between leaves a record without its key or a key without its
+// record, both unacknowledged and removed by the sweep at the next Open.
+// Then it overwrites the slots of keys destroyed before it started with
+// zeroes (their deletes are durable by then), which the next sync puts on
+// disk. It also runs every FlushInterval while key slots wait, so a
+// destroyed key is zeroed in the file within one interval and on disk
+// within two.
 type groupSync struct {
 	db   *badger.DB
 	keys *keyStore
@@ -575,11 +581,14 @@ func (g *groupSync) wait() error {
 }
 
 func (g *groupSync) syncAll() error {
-	if err := g.keys.sync(); err != nil {
-		return err
-	}
 	dead := g.keys.takeDead()
-	if err := g.db.Sync(); err != nil {
+	keysDone := make(chan error, 1)
+	go func() { keysDone <- g.keys.sync() }()
+	err := g.db.Sync()
+	if kerr := <-keysDone; err == nil {
+		err = kerr
+	}
+	if err != nil {
 		g.keys.requeue(dead)
 		return err
 	}

@@ -75,11 +75,16 @@ func seal(key []byte, owner ID, part uint32, plain []byte) []byte {
 // unseal opens a value sealed for (owner, part). Errors: errSealed for a
 // wrong key, owner or part, a damaged value or a foreign format.
 func unseal(key []byte, owner ID, part uint32, sealed []byte) ([]byte, error) {
+	return unsealAppend(nil, key, owner, part, sealed)
+}
+
+// unsealAppend is unseal appending the plaintext to dst.
+func unsealAppend(dst, key []byte, owner ID, part uint32, sealed []byte) ([]byte, error) {
 	o, p, n, ok := sealHeader(sealed)
 	if !ok || o != owner || p != part || n != len(sealed)-sealAADLen-sealNonceLen {
 		return nil, errSealed
 	}
-	out, err := newAEAD(key).Open(nil, sealed[sealAADLen:sealAADLen+sealNonceLen], sealed[sealAADLen+sealNonceLen:], sealed[:sealAADLen])
+	out, err := newAEAD(key).Open(dst, sealed[sealAADLen:sealAADLen+sealNonceLen], sealed[sealAADLen+sealNonceLen:], sealed[:sealAADLen])
 	if err != nil {
 		return nil, errSealed
 	}
