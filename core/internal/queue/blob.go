@@ -101,7 +101,6 @@ func (w *wtx) putBlob(data []byte) (ID, error) {
 		if err := w.txn.Set(chunkKey(id, i), seal(k, id, i, c)); err != nil {
 			return id, err
 		}
-		w.q.trim.note(len(c))
 	}
 	return id, w.txn.Set(key(prefixCount, id), seal(k, id, partMeta, blobMeta{refs: 1, length: int64(len(data))}.encode()))
 }
@@ -233,7 +232,6 @@ func (q *Queue) chunk(txn *badger.Txn, k []byte, id ID, i uint32, dst []byte) ([
 	if err != nil {
 		return dst, err
 	}
-	q.trim.note(int(item.ValueSize()))
 	err = item.Value(func(v []byte) error {
 		out, err := unsealAppend(dst, k, id, i, v)
 		if err != nil {
@@ -493,6 +491,7 @@ func (r *blobReader) Read(p []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		r.q.trim.note(len(r.buf))
 		r.next++
 	}
 	n := copy(p, r.cur)

@@ -26,8 +26,11 @@ import (
 // file when it rotates) is harmless: at worst some other memory is paged
 // out (anonymous memory only with swap).
 
-// trimEvery is how many value-log bytes the queue moves between trims (16
-// MiB); a trim also runs once a second while anything moved.
+// trimEvery is how many body bytes the queue streams (BodyWriter,
+// BlobReader) between trims (16 MiB); a trim also runs once a second while
+// anything moved. Small values (item records, packets, fragments) do not
+// count: a mix node's packets are read back soon after they are written,
+// and paging them out would only make those reads go to the disk.
 const trimEvery = 16 << 20
 
 type trimmer struct {
