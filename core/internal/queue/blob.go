@@ -327,12 +327,14 @@ func (q *Queue) sweep() error {
 // message until AcceptBody commits it (a crash before that leaves chunks
 // that the next Open sweeps away); Abort discards it.
 type BodyWriter struct {
-	q   *Queue
-	id  ID
-	key []byte
-	buf []byte
-	n   int64
-	err error
+	q        *Queue
+	id       ID
+	key      []byte
+	buf      []byte
+	n        int64
+	err      error
+	opened   bool // Open was called: no more writes
+	accepted bool // AcceptBody committed it: Abort does nothing
 }
 
 // NewBody starts a body. Errors: a key-file write error.
@@ -350,6 +352,9 @@ func (q *Queue) NewBody() (*BodyWriter, error) {
 func (w *BodyWriter) Write(p []byte) (int, error) {
 	if w.err != nil {
 		return 0, w.err
+	}
+	if w.opened {
+		return 0, errors.New("queue: body written after Open")
 	}
 	n := len(p)
 	for len(p) > 0 {
@@ -387,17 +392,23 @@ func (w *BodyWriter) flush() error {
 // Len is the number of bytes written so far.
 func (w *BodyWriter) Len() int64 { return w.n + int64(len(w.buf)) }
 
-// Open returns a reader of the bytes written so far (flushed first), e.g.
-// for a checker stage that reads the body before the message is accepted.
+// Open returns a reader of the whole body, e.g. for a checker stage that
+// reads it before the message is accepted; it may be called more than
+// once, and no Write may follow it (every chunk but the last is full).
 func (w *BodyWriter) Open() (io.Reader, error) {
 	if err := w.flush(); err != nil {
 		return nil, err
 	}
+	w.opened = true
 	return &blobReader{q: w.q, id: w.id, key: w.key, length: w.n}, nil
 }
 
 // Abort discards the body: its chunks are deleted and its key destroyed.
+// After AcceptBody committed the message it does nothing.
 func (w *BodyWriter) Abort() {
+	if w.accepted {
+		return
+	}
 	n := chunks(w.n)
 	for i := uint32(0); i < n; {
 		_ = w.q.db.Update(func(txn *badger.Txn) error {
@@ -413,6 +424,7 @@ func (w *BodyWriter) Abort() {
 		}
 	}
 	w.q.keys.destroy([]ID{w.id})
+	clear(w.key)
 	w.err = errors.New("queue: body aborted")
 }
 
@@ -441,7 +453,8 @@ func (q *Queue) AcceptBody(env sdk.Envelope, header []byte, body *BodyWriter, re
 	if err != nil {
 		return nil, fmt.Errorf("queue: accept: %w", err)
 	}
-	body.err = errors.New("queue: body already accepted")
+	body.err, body.accepted = errors.New("queue: body already accepted"), true
+	clear(body.key) // the queue's key store keeps the one copy that matters
 	if err := q.Sync(); err != nil {
 		return nil, fmt.Errorf("queue: sync: %w", err)
 	}
