@@ -2,6 +2,9 @@ package queue
 
 import (
 	"bytes"
+	"encoding/binary"
+	"encoding/json"
+	"errors"
 	"io"
 	"io/fs"
 	"os"
@@ -298,5 +301,69 @@ func TestStreamedBodyRoundTripsAndAbortForgets(t *testing.T) {
 	}
 	if r2.Keys != 3 {
 		t.Errorf("%d keys after the sweep, want 3 (item, header, body)", r2.Keys)
+	}
+}
+
+// TestOlderQueueIsSealedNotLost: items written in the layout used before
+// values were sealed (plain JSON records, one plain value per blob, plain
+// reference counts) are sealed at Open, read back whole, and keep their
+// shared blob's reference count.
+func TestOlderQueueIsSealedNotLost(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, dir)
+	header, body := []byte("Subject: legacy\r\n\r\n"), numberedBody(3, 300<<10)
+	h, b := NewID(), NewID()
+	var items []*Item
+	err := q.db.Update(func(txn *badger.Txn) error {
+		for i := 0; i < 2; i++ {
+			it := &Item{ID: NewID(), Envelope: sdk.Envelope{MailFrom: "legacy@example.org", RcptTo: []string{"r@example.net"}},
+				Header: h, Body: b, Size: int64(len(header) + len(body)), Deliverer: -1}
+			it.Msg = it.ID
+			raw, _ := json.Marshal(it)
+			if err := txn.Set(key(prefixItem, it.ID), raw); err != nil {
+				return err
+			}
+			items = append(items, it)
+		}
+		for _, kv := range [][2][]byte{
+			{key(prefixBlob, h), header}, {key(prefixCount, h), binary.AppendUvarint(nil, 2)},
+			{key(prefixBlob, b), body}, {key(prefixCount, b), binary.AppendUvarint(nil, 2)},
+		} {
+			if err := txn.Set(kv[0], kv[1]); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	q.Close()
+
+	q = open(t, dir)
+	defer q.Close()
+	for _, want := range items {
+		got, err := q.Get(want.ID)
+		if err != nil || got.Envelope.MailFrom != "legacy@example.org" || got.Body != b {
+			t.Fatalf("legacy item after Open: %+v, %v", got, err)
+		}
+	}
+	if got, err := q.Blob(b); err != nil || !bytes.Equal(got, body) {
+		t.Fatalf("legacy body: %d bytes, %v; want %d identical", len(got), err, len(body))
+	}
+	if got, err := q.Blob(h); err != nil || !bytes.Equal(got, header) {
+		t.Fatalf("legacy header: %q, %v", got, err)
+	}
+	if err := q.Delete(items[0]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Blob(b); err != nil {
+		t.Fatalf("shared body gone after one of its two items: %v", err)
+	}
+	if err := q.Delete(items[1]); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Blob(b); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("body still there after both items: %v", err)
 	}
 }

@@ -207,11 +207,18 @@ func Open(dir string, o Options) (*Queue, error) {
 		return nil, err
 	}
 	q := &Queue{db: db, keys: keys, log: log, gcStop: make(chan struct{}), gcDone: make(chan struct{}), trim: newTrimmer(dir)}
-	if err := q.sweep(); err != nil {
+	migrated, err := q.migrate()
+	if err == nil {
+		err = q.sweep()
+	}
+	if err != nil {
 		q.trim.close()
 		keys.close()
 		db.Close()
 		return nil, fmt.Errorf("queue: open %s: %w", dir, err)
+	}
+	if migrated > 0 {
+		log.Info("[QUEUE] sealed the items of a queue written by an older version", "items", migrated)
 	}
 	q.syncer = newGroupSync(db, keys)
 	interval := o.GCInterval
