@@ -194,30 +194,46 @@ func (c *Client) Configure(ctx context.Context, stage string, configJSON []byte)
 	return msg
 }
 
-func (c *Client) meta(m *Message) *pb.MessageMeta {
-	return metaToPB(m, c.info.Needs&NeedHeader != 0, c.info.Needs&NeedBody != 0)
-}
-
-func (c *Client) parts(m *Message) ([]byte, []byte) {
-	var h, b []byte
+// send writes m to s as frames, with the parts the plugin declared in
+// Needs. A body given as OpenBody is streamed from its reader in bounded
+// memory. Errors: a stream failure as a *TransportError, a failure to read
+// the body as is.
+func (c *Client) send(s frameSender, m *Message) error {
+	meta := metaToPB(m, c.info.Needs&NeedHeader != 0, c.info.Needs.Body())
+	var h []byte
 	if c.info.Needs&NeedHeader != 0 {
 		h = m.Header
 	}
-	if c.info.Needs&NeedBody != 0 {
-		b = m.Body
+	var err error
+	switch {
+	case !c.info.Needs.Body():
+		err = sendMessage(s, meta, h, nil)
+	case m.Body == nil && m.OpenBody != nil:
+		var r io.Reader
+		if r, err = m.OpenBody(); err != nil {
+			return err
+		}
+		err = sendStreamed(s, meta, h, r, m.BodyLen)
+	default:
+		err = sendMessage(s, meta, h, m.Body)
 	}
-	return h, b
+	var be *bodyReadError
+	if errors.As(err, &be) {
+		return be.err
+	}
+	return transport(err)
 }
 
 // Check runs a checker. nil accepts; an *Error rejects.
 func (c *Client) Check(ctx context.Context, m *Message) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	s, err := c.rpc.Check(ctx)
 	if err != nil {
 		return transport(err)
 	}
-	h, b := c.parts(m)
-	if err := sendMessage(s, c.meta(m), h, b); err != nil {
-		return transport(err)
+	if err := c.send(s, m); err != nil {
+		return err
 	}
 	r, err := s.CloseAndRecv()
 	if err != nil {
@@ -228,12 +244,13 @@ func (c *Client) Check(ctx context.Context, m *Message) error {
 
 // Transform runs a transformer and returns its Change (never nil on success).
 func (c *Client) Transform(ctx context.Context, m *Message) (*Change, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	s, err := c.rpc.Transform(ctx)
 	if err != nil {
 		return nil, transport(err)
 	}
-	h, b := c.parts(m)
-	meta, header, body, err := exchange(s, c.meta(m), h, b)
+	meta, header, body, err := exchange(s, func() error { return c.send(s, m) })
 	if err != nil {
 		return nil, err
 	}
@@ -253,12 +270,12 @@ type messageStream interface {
 	CloseSend() error
 }
 
-// exchange sends one framed message on s and reads the framed reply, whose
-// first frame carries the stage's status: a stage error is returned as is,
-// a stream failure as a *TransportError.
-func exchange(s messageStream, meta *pb.MessageMeta, header, body []byte) (*pb.MessageMeta, []byte, []byte, error) {
-	if err := sendMessage(s, meta, header, body); err != nil {
-		return nil, nil, nil, transport(err)
+// exchange sends one framed message on s with send and reads the framed
+// reply, whose first frame carries the stage's status: a stage error is
+// returned as is, a stream failure as a *TransportError.
+func exchange(s messageStream, send func() error) (*pb.MessageMeta, []byte, []byte, error) {
+	if err := send(); err != nil {
+		return nil, nil, nil, err
 	}
 	if err := s.CloseSend(); err != nil {
 		return nil, nil, nil, transport(err)
@@ -292,13 +309,14 @@ func (p *prepended) Recv() (*pb.MessageFrame, error) {
 
 // Route runs a router.
 func (c *Client) Route(ctx context.Context, m *Message) ([]Route, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	s, err := c.rpc.Route(ctx)
 	if err != nil {
 		return nil, transport(err)
 	}
-	h, b := c.parts(m)
-	if err := sendMessage(s, c.meta(m), h, b); err != nil {
-		return nil, transport(err)
+	if err := c.send(s, m); err != nil {
+		return nil, err
 	}
 	if err := s.CloseSend(); err != nil {
 		return nil, transport(err)
@@ -355,13 +373,14 @@ func (c *Client) Delay(ctx context.Context, req DelayRequest) ([]time.Duration, 
 
 // Deliver runs a deliverer. Recipients without a result should be retried.
 func (c *Client) Deliver(ctx context.Context, m *Message) ([]RcptResult, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	s, err := c.rpc.Deliver(ctx)
 	if err != nil {
 		return nil, transport(err)
 	}
-	h, b := c.parts(m)
-	if err := sendMessage(s, c.meta(m), h, b); err != nil {
-		return nil, transport(err)
+	if err := c.send(s, m); err != nil {
+		return nil, err
 	}
 	r, err := s.CloseAndRecv()
 	if err != nil {
@@ -434,7 +453,9 @@ func (c *Client) Assemble(ctx context.Context, data []byte) (*Message, error) {
 	if err != nil {
 		return nil, transport(err)
 	}
-	meta, header, body, err := exchange(s, &pb.MessageMeta{BodyPresent: true, BodyLen: int64(len(data))}, nil, data)
+	meta, header, body, err := exchange(s, func() error {
+		return transport(sendMessage(s, &pb.MessageMeta{BodyPresent: true, BodyLen: int64(len(data))}, nil, data))
+	})
 	if err != nil {
 		return nil, err
 	}

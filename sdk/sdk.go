@@ -19,13 +19,18 @@
 //     item stays queued and is retried), so a plugin bug never loses mail.
 //   - Stages see only what they declare in Needs: a stage without NeedBody
 //     gets Message.Body == nil, and a stage without NeedHeader gets
-//     Message.Header == nil. The envelope is always present.
+//     Message.Header == nil. The envelope is always present. A checker or
+//     deliverer that declares NeedBodyStream instead of NeedBody reads the
+//     body as it arrives (Message.OpenBody), so a big message never has to
+//     fit in its memory.
 //   - Logs go to the Logger from Env (hclog, routed through the core's
 //     logger). Never log an address, subject or content above Debug level.
 package sdk
 
 import (
+	"bytes"
 	"context"
+	"io"
 	"time"
 )
 
@@ -53,10 +58,19 @@ const (
 	NeedHeader Needs = 1 << iota
 	// NeedBody: the raw body (Message.Body).
 	NeedBody
+	// NeedBodyStream: the raw body as a stream (Message.OpenBody, with
+	// Body nil), read from the wire as the stage consumes it: memory per
+	// call stays bounded whatever the message size. It applies to Check
+	// and Deliver; a transformer or router that declares it gets Body as
+	// with NeedBody.
+	NeedBodyStream
 )
 
 // NeedAll is the full message.
 const NeedAll = NeedHeader | NeedBody
+
+// Body reports whether n asks for the body in any form.
+func (n Needs) Body() bool { return n&(NeedBody|NeedBodyStream) != 0 }
 
 // BodyType is the MAIL FROM BODY= parameter (RFC 6152, RFC 3030).
 type BodyType string
@@ -91,12 +105,40 @@ type Message struct {
 	// Body is the raw body after the empty line, CRLF line endings, dots
 	// unstuffed. Nil unless the stage declared NeedBody.
 	Body []byte
+	// OpenBody, when set, gives the body as a stream of BodyLen bytes
+	// instead of Body (then nil). A stage that declared NeedBodyStream gets
+	// it: the reader is valid until the stage's method returns and OpenBody
+	// works once per call (the bytes cross the wire once; a stage that
+	// needs them twice keeps them itself, see ReadBody). On the host side
+	// (the core) OpenBody reads the queue and may be called again to
+	// repeat a call.
+	OpenBody func() (io.Reader, error)
+	// BodyLen is the body's length in bytes when Body or OpenBody is set.
+	BodyLen int64
 	// Size is len(header)+len(body) in bytes, whether or not they were sent.
 	Size int64
 	// ReceivedAt is when the core acknowledged the message with 250.
 	ReceivedAt time.Time
 	// Attempt counts earlier delivery attempts of this item (0 on the first).
 	Attempt int
+}
+
+// ReadBody returns the body in memory: Body, or all of OpenBody (nil if the
+// stage got no body). Errors: the stream's (a truncated message).
+func (m *Message) ReadBody() ([]byte, error) {
+	if m.Body != nil || m.OpenBody == nil {
+		return m.Body, nil
+	}
+	r, err := m.OpenBody()
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, 0, m.BodyLen)
+	buf := bytes.NewBuffer(b)
+	if _, err := buf.ReadFrom(r); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
 }
 
 // Checker accepts or rejects mail. It is called once per RCPT TO with

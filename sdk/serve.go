@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"os"
 	"os/signal"
 	"slices"
@@ -243,15 +244,46 @@ func stageAs[T any, C any](s *stageServer[C], k Kind) (T, error) {
 	return (*p).(T), nil
 }
 
+// recv reads the message of a Check or Deliver call: in memory, or, for a
+// stage that declared NeedBodyStream, header in memory and the body as a
+// stream (done drains what the stage left unread, so the reply follows the
+// whole request).
+func (s *stageServer[C]) recv(stream frameReceiver) (m *Message, done func(), err error) {
+	if s.p.Needs&NeedBodyStream == 0 {
+		meta, h, b, err := recvMessage(stream, MaxCallBytes*1024)
+		if err != nil {
+			return nil, nil, err
+		}
+		return messageFromPB(meta, h, b), func() {}, nil
+	}
+	meta, h, body, err := recvStreamed(stream, MaxCallBytes*1024)
+	if err != nil {
+		return nil, nil, err
+	}
+	m = messageFromPB(meta, h, nil)
+	if meta.GetBodyPresent() {
+		m.BodyLen = meta.GetBodyLen()
+		var opened atomic.Bool
+		m.OpenBody = func() (io.Reader, error) {
+			if opened.Swap(true) {
+				return nil, errors.New("sdk: the body stream was already opened (it can be read once)")
+			}
+			return body, nil
+		}
+	}
+	return m, func() { _, _ = io.Copy(io.Discard, body) }, nil
+}
+
 func (s *stageServer[C]) Check(stream pb.Stage_CheckServer) error {
-	meta, h, b, err := recvMessage(stream, MaxCallBytes*1024)
+	m, done, err := s.recv(stream)
 	if err != nil {
 		return err
 	}
 	c, err := stageAs[Checker](s, KindChecker)
 	if err == nil {
-		err = c.Check(stream.Context(), messageFromPB(meta, h, b))
+		err = c.Check(stream.Context(), m)
 	}
+	done()
 	return stream.SendAndClose(&pb.CheckReply{Status: statusToPB(err)})
 }
 
@@ -345,15 +377,16 @@ func (s *stageServer[C]) Delay(ctx context.Context, req *pb.DelayRequest) (*pb.D
 }
 
 func (s *stageServer[C]) Deliver(stream pb.Stage_DeliverServer) error {
-	meta, h, b, err := recvMessage(stream, MaxCallBytes*1024)
+	m, done, err := s.recv(stream)
 	if err != nil {
 		return err
 	}
 	d, err := stageAs[Deliverer](s, KindDeliverer)
 	var res []RcptResult
 	if err == nil {
-		res, err = d.Deliver(stream.Context(), messageFromPB(meta, h, b))
+		res, err = d.Deliver(stream.Context(), m)
 	}
+	done()
 	reply := &pb.DeliverReply{Status: statusToPB(err)}
 	for _, r := range res {
 		reply.Results = append(reply.Results, &pb.RcptResult{Rcpt: r.Rcpt, Status: statusToPB(r.Err)})

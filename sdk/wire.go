@@ -2,6 +2,7 @@ package sdk
 
 import (
 	"fmt"
+	"io"
 	"time"
 
 	"github.com/mixmta/mixmta/sdk/internal/pb"
@@ -61,6 +62,111 @@ func sendMessage(s frameSender, meta *pb.MessageMeta, header, body []byte) error
 	return nil
 }
 
+// streamFrame is the body bytes per frame when a body is streamed (256
+// KiB): a call holds one frame of it, whatever the message size.
+const streamFrame = 256 << 10
+
+// bodyReadError is a failure to read the body being streamed (the core's
+// queue), as opposed to a failure of the stream itself.
+type bodyReadError struct{ err error }
+
+func (e *bodyReadError) Error() string { return "sdk: reading the body to send: " + e.err.Error() }
+func (e *bodyReadError) Unwrap() error { return e.err }
+
+// sendStreamed writes meta and header as frames, then n body bytes read
+// from r in frames of streamFrame bytes. A short body is a *bodyReadError.
+func sendStreamed(s frameSender, meta *pb.MessageMeta, header []byte, r io.Reader, n int64) error {
+	for _, f := range frames(meta, header, nil) {
+		if err := s.Send(f); err != nil {
+			return err
+		}
+	}
+	buf := make([]byte, min(n, streamFrame))
+	for n > 0 {
+		k, err := io.ReadFull(r, buf[:min(int64(len(buf)), n)])
+		if err != nil {
+			return &bodyReadError{err}
+		}
+		if err := s.Send(&pb.MessageFrame{Body: buf[:k]}); err != nil {
+			return err
+		}
+		n -= int64(k)
+	}
+	return nil
+}
+
+// recvStreamed reads one framed message's meta and header and returns a
+// reader for its body, which pulls the remaining frames as it is read.
+func recvStreamed(r frameReceiver, maxBytes int64) (*pb.MessageMeta, []byte, *frameBody, error) {
+	f, err := r.Recv()
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	meta := f.GetMeta()
+	if meta == nil {
+		return nil, nil, nil, fmt.Errorf("sdk: first frame has no meta")
+	}
+	hl, bl := meta.GetHeaderLen(), meta.GetBodyLen()
+	if hl < 0 || bl < 0 || hl+bl > maxBytes {
+		return nil, nil, nil, fmt.Errorf("sdk: message of %d bytes exceeds limit %d", hl+bl, maxBytes)
+	}
+	var header []byte
+	if meta.GetHeaderPresent() {
+		header = make([]byte, 0, hl)
+	}
+	for {
+		header = append(header, f.GetHeader()...)
+		if int64(len(header)) > hl {
+			return nil, nil, nil, fmt.Errorf("sdk: frames exceed announced lengths")
+		}
+		if int64(len(header)) == hl {
+			break
+		}
+		if len(f.GetBody()) > 0 {
+			return nil, nil, nil, fmt.Errorf("sdk: body before the end of the header")
+		}
+		if f, err = r.Recv(); err != nil {
+			return nil, nil, nil, fmt.Errorf("sdk: message truncated: %w", err)
+		}
+	}
+	return meta, header, &frameBody{r: r, cur: f.GetBody(), left: bl - int64(len(f.GetBody()))}, nil
+}
+
+// frameBody reads a body from the frames that follow the header.
+type frameBody struct {
+	r    frameReceiver
+	cur  []byte
+	left int64 // bytes not yet received
+	err  error
+}
+
+func (b *frameBody) Read(p []byte) (int, error) {
+	if b.left < 0 {
+		return 0, fmt.Errorf("sdk: frames exceed announced lengths")
+	}
+	for len(b.cur) == 0 {
+		if b.left == 0 {
+			return 0, io.EOF
+		}
+		if b.err != nil {
+			return 0, b.err
+		}
+		f, err := b.r.Recv()
+		if err != nil {
+			b.err = fmt.Errorf("sdk: message truncated: %w", err)
+			return 0, b.err
+		}
+		b.cur = f.GetBody()
+		b.left -= int64(len(b.cur))
+		if b.left < 0 {
+			return 0, fmt.Errorf("sdk: frames exceed announced lengths")
+		}
+	}
+	n := copy(p, b.cur)
+	b.cur = b.cur[n:]
+	return n, nil
+}
+
 // recvMessage reads one framed message: meta, then header and body bytes
 // up to the lengths meta announces. Lengths are bounded by maxBytes.
 func recvMessage(r frameReceiver, maxBytes int64) (*pb.MessageMeta, []byte, []byte, error) {
@@ -116,8 +222,11 @@ func metaToPB(m *Message, sendHeader, sendBody bool) *pb.MessageMeta {
 	if sendHeader && m.Header != nil {
 		meta.HeaderPresent, meta.HeaderLen = true, int64(len(m.Header))
 	}
-	if sendBody && m.Body != nil {
+	switch {
+	case sendBody && m.Body != nil:
 		meta.BodyPresent, meta.BodyLen = true, int64(len(m.Body))
+	case sendBody && m.OpenBody != nil:
+		meta.BodyPresent, meta.BodyLen = true, m.BodyLen
 	}
 	return meta
 }
@@ -126,6 +235,9 @@ func messageFromPB(meta *pb.MessageMeta, header, body []byte) *Message {
 	m := &Message{
 		ID: meta.GetId(), Envelope: envelopeFromPB(meta.GetEnvelope()), Size: meta.GetSize(),
 		Attempt: int(meta.GetAttempt()), Header: header, Body: body,
+	}
+	if body != nil {
+		m.BodyLen = int64(len(body))
 	}
 	if n := meta.GetReceivedUnixNano(); n != 0 {
 		m.ReceivedAt = time.Unix(0, n)

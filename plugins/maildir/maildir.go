@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path"
@@ -127,6 +128,26 @@ func (m *maildir) Deliver(ctx context.Context, msg *sdk.Message) ([]sdk.RcptResu
 		}
 		j.rcpts = append(j.rcpts, r)
 	}
+	body := &bodySource{mem: msg.Body}
+	if msg.Body == nil && msg.OpenBody != nil {
+		// The body streams in once: one Maildir file is written from the
+		// stream in bounded memory; several need it kept in memory.
+		var err error
+		if len(jobs) > 1 {
+			body.mem, err = msg.ReadBody()
+		} else {
+			body.stream, err = msg.OpenBody()
+		}
+		if err != nil {
+			err = sdk.Temporary(451, "4.3.0", "maildir: reading the message: %v", err)
+			for _, j := range jobs {
+				for _, r := range j.rcpts {
+					results = append(results, sdk.RcptResult{Rcpt: r, Err: err})
+				}
+			}
+			return results, nil
+		}
+	}
 	for _, j := range jobs {
 		var err error
 		if ctx.Err() != nil {
@@ -137,7 +158,7 @@ func (m *maildir) Deliver(ctx context.Context, msg *sdk.Message) ([]sdk.RcptResu
 				prefix = []byte("Delivered-To: " + j.rcpts[0] + "\r\n")
 			}
 			var name string
-			name, err = m.write(j.dir, prefix, msg.Header, msg.Body)
+			name, err = m.write(j.dir, prefix, msg.Header, body)
 			if err == nil {
 				m.log.Debug("delivered", "dir", j.dir, "file", name)
 			} else {
@@ -286,7 +307,7 @@ func (m *maildir) syncDirPath(dir string) error {
 // fsync, close; link it to new/NAME (a link never overwrites), unlink
 // tmp/NAME, fsync new/. The message counts as delivered only after all of
 // it. On any error nothing is left in new/.
-func (m *maildir) write(dir string, prefix, header, body []byte) (string, error) {
+func (m *maildir) write(dir string, prefix, header []byte, body *bodySource) (string, error) {
 	if err := m.ensure(dir); err != nil {
 		return "", ioError(err)
 	}
@@ -308,7 +329,10 @@ func (m *maildir) write(dir string, prefix, header, body []byte) (string, error)
 		if err != nil {
 			return "", ioError(err)
 		}
-		err = writeAll(f, prefix, header, body)
+		err = writeAll(f, prefix, header)
+		if err == nil {
+			err = body.writeTo(f)
+		}
 		if err == nil {
 			err = m.ops.syncFile(f)
 		}
@@ -334,6 +358,29 @@ func (m *maildir) write(dir string, prefix, header, body []byte) (string, error)
 		}
 		return name, nil
 	}
+}
+
+// bodySource is the body a delivery writes: in memory, or a stream that
+// can be written once.
+type bodySource struct {
+	mem    []byte
+	stream io.Reader
+	used   bool
+}
+
+var errStreamUsed = sdk.Temporary(451, "4.3.0", "maildir: the message stream was already written once; retry")
+
+func (b *bodySource) writeTo(f *os.File) error {
+	if b.stream == nil {
+		_, err := f.Write(b.mem)
+		return err
+	}
+	if b.used {
+		return errStreamUsed
+	}
+	b.used = true
+	_, err := io.Copy(f, b.stream)
+	return err
 }
 
 func writeAll(f *os.File, parts ...[]byte) error {

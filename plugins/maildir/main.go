@@ -20,7 +20,7 @@ func main() {
 		Version: "0.1.0",
 		Doc:     "deliver into Maildir directories (tmp/ -> fsync -> new/)",
 		Kinds:   []sdk.Kind{sdk.KindDeliverer},
-		Needs:   sdk.NeedAll,
+		Needs:   sdk.NeedHeader | sdk.NeedBodyStream,
 		Config:  defaults,
 		New: func(c Config, env sdk.Env) (any, error) {
 			return newMaildir(c, env.Logger)

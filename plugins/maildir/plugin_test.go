@@ -20,7 +20,7 @@ func TestPluginDeliversThroughTheRealHost(t *testing.T) {
 	root := filepath.Join(t.TempDir(), "var", "maildir")
 	cfg, _ := json.Marshal(map[string]any{"path": root, "local_domains": []string{"example.org"}})
 	p := plugintest.Start(t, pluginBinary(t), string(cfg))
-	if info := p.Info(); info.Needs != sdk.NeedAll || !info.Has(sdk.KindDeliverer) {
+	if info := p.Info(); info.Needs != sdk.NeedHeader|sdk.NeedBodyStream || !info.Has(sdk.KindDeliverer) {
 		t.Fatalf("plugin info %+v", info)
 	}
 	msg := loadMessage(t, "alice@example.org", "../x@example.org", "bob@example.net")

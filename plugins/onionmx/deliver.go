@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
 	"sync"
 	"time"
@@ -93,6 +94,17 @@ func (d *deliverer) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResu
 			order = append(order, dom)
 		}
 		groups[dom] = append(groups[dom], r)
+	}
+	if len(order) > 1 && m.Body == nil && m.OpenBody != nil {
+		// Several transactions need the body, which streams in once: keep
+		// it. A single destination (a relay host) streams it through.
+		b, err := m.ReadBody()
+		if err != nil {
+			return nil, sdk.Temporary(451, "4.3.0", "onionmx: reading the message: %v", err)
+		}
+		v := *m
+		v.Body, v.OpenBody = b, nil
+		m = &v
 	}
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -309,10 +321,15 @@ func (d *deliverer) transact(ctx context.Context, s *session, m *sdk.Message, rc
 	if m.Envelope.BodyType == sdk.BodyBinaryMIME {
 		return nil, sdk.Permanent(554, "5.6.3", "onionmx: BINARYMIME messages cannot be relayed with DATA (RFC 3030)"), true, false
 	}
-	if ok, _ := c.Extension("8BITMIME"); !ok && !needUTF8 && (has8Bit(m.Header) || has8Bit(m.Body)) {
-		return nil, sdk.Permanent(554, "5.6.3", "onionmx: 8-bit message and the server does not offer 8BITMIME (RFC 6152 §3)"), true, false
+	no8Bit := false
+	if ok, _ := c.Extension("8BITMIME"); !ok && !needUTF8 {
+		if has8Bit(m.Header) || has8Bit(m.Body) {
+			return nil, err8Bit, true, false
+		}
+		// A streamed body is checked as it is sent.
+		no8Bit = m.Body == nil && m.OpenBody != nil
 	}
-	size := int64(len(m.Header) + len(m.Body))
+	size := int64(len(m.Header)) + bodyLen(m)
 	if limit, ok := c.MaxMessageSize(); ok && limit > 0 && size > int64(limit) {
 		return nil, sdk.Permanent(552, "5.3.4", "onionmx: message larger than the server's SIZE limit (RFC 1870)"), true, false
 	}
@@ -378,10 +395,25 @@ func (d *deliverer) transact(ctx context.Context, s *session, m *sdk.Message, rc
 	_ = s.raw.SetDeadline(time.Now().Add(d.cfg.DataTimeout.D()))
 	_, err = w.Write(m.Header)
 	if err == nil {
-		_, err = w.Write(m.Body)
+		err = writeBody(w, m, no8Bit)
 	}
 	if err != nil {
-		failAccepted("DATA", err)
+		// Nothing was delivered: the final dot was never sent, and the
+		// connection is dropped.
+		var be *bodyError
+		switch {
+		case errors.Is(err, err8Bit):
+			for _, r := range accepted {
+				res[r] = err8Bit
+			}
+		case errors.As(err, &be):
+			e := sdk.Temporary(451, "4.3.0", "onionmx: reading the message: %v", be.err)
+			for _, r := range accepted {
+				res[r] = e
+			}
+		default:
+			failAccepted("DATA", err)
+		}
 		return res, nil, false, false
 	}
 	if err := w.Close(); err != nil {
@@ -486,6 +518,53 @@ func isASCII(s string) bool {
 		}
 	}
 	return true
+}
+
+var err8Bit = sdk.Permanent(554, "5.6.3", "onionmx: 8-bit message and the server does not offer 8BITMIME (RFC 6152 §3)")
+
+// bodyError is a failure to read the streamed body (not the peer's fault).
+type bodyError struct{ err error }
+
+func (e *bodyError) Error() string { return e.err.Error() }
+
+// bodyLen is the length of m's body, in memory or streamed.
+func bodyLen(m *sdk.Message) int64 {
+	if m.Body != nil {
+		return int64(len(m.Body))
+	}
+	return m.BodyLen
+}
+
+// writeBody writes m's body to w: from memory, or streamed from OpenBody in
+// bounded memory (once: the stream cannot be replayed for another host).
+// With no8Bit, a byte >= 0x80 stops the stream with err8Bit.
+func writeBody(w io.Writer, m *sdk.Message, no8Bit bool) error {
+	if m.Body != nil || m.OpenBody == nil {
+		_, err := w.Write(m.Body)
+		return err
+	}
+	r, err := m.OpenBody()
+	if err != nil {
+		return &bodyError{err}
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, rerr := r.Read(buf)
+		if no8Bit && has8Bit(buf[:n]) {
+			return err8Bit
+		}
+		if n > 0 {
+			if _, err := w.Write(buf[:n]); err != nil {
+				return err
+			}
+		}
+		if rerr == io.EOF {
+			return nil
+		}
+		if rerr != nil {
+			return &bodyError{rerr}
+		}
+	}
 }
 
 func has8Bit(b []byte) bool {

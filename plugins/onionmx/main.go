@@ -33,7 +33,7 @@ func main() {
 		Version: "0.1.0",
 		Doc:     "deliver over SMTP to a relay host or the recipient's MX, optionally through SOCKS5/Tor",
 		Kinds:   []sdk.Kind{sdk.KindDeliverer},
-		Needs:   sdk.NeedAll,
+		Needs:   sdk.NeedHeader | sdk.NeedBodyStream,
 		Config:  defaults,
 		New: func(c Config, env sdk.Env) (any, error) {
 			return newDeliverer(c, env.Logger)

@@ -242,15 +242,18 @@ func (n namedChecker) Check(ctx context.Context, m *sdk.Message) error {
 	if n.st.Needs&sdk.NeedHeader == 0 {
 		m.Header = nil
 	}
-	if n.st.Needs&sdk.NeedBody == 0 {
-		m.Body = nil
+	if !n.st.Needs.Body() {
+		m.Body, m.OpenBody, m.BodyLen = nil, nil, 0
 	}
 	return n.st.Impl.Check(ctx, m)
 }
 
-// Accept implements smtpd.Sink.
-func (d *Daemon) Accept(env sdk.Envelope, header, body []byte, received time.Time) (*queue.Item, error) {
-	return d.q.Accept(env, header, body, received)
+// NewBody implements smtpd.Sink.
+func (d *Daemon) NewBody() (*queue.BodyWriter, error) { return d.q.NewBody() }
+
+// AcceptBody implements smtpd.Sink.
+func (d *Daemon) AcceptBody(env sdk.Envelope, header []byte, body *queue.BodyWriter, received time.Time) (*queue.Item, error) {
+	return d.q.AcceptBody(env, header, body, received)
 }
 
 // Submit implements smtpd.Sink.

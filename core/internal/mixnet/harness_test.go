@@ -282,6 +282,11 @@ type recStage struct {
 }
 
 func (s *recStage) record(m *sdk.Message) {
+	if b, err := m.ReadBody(); err == nil && m.Body == nil && m.OpenBody != nil {
+		v := *m
+		v.Body, v.OpenBody = b, nil
+		m = &v
+	}
 	s.mu.Lock()
 	s.msgs = append(s.msgs, m)
 	s.mu.Unlock()

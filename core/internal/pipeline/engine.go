@@ -9,6 +9,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"regexp"
 	"strconv"
 	"strings"
@@ -298,6 +299,10 @@ func (e *Engine) worker(ctx context.Context) {
 }
 
 // message builds the stage's view of an item, loading only what it needs.
+// The header is loaded (it is bounded by the listener's limits); the body
+// is never loaded whole: OpenBody reads it from the queue chunk by chunk
+// while the SDK streams it to the plugin, so the core holds one chunk per
+// call whatever the message size.
 func (e *Engine) message(it *queue.Item, needs sdk.Needs) (*sdk.Message, error) {
 	m := &sdk.Message{ID: it.Msg.String(), Envelope: it.Envelope, Size: it.Size, ReceivedAt: it.Received, Attempt: it.Attempts}
 	var err error
@@ -309,13 +314,12 @@ func (e *Engine) message(it *queue.Item, needs sdk.Needs) (*sdk.Message, error) 
 			m.Header = []byte{}
 		}
 	}
-	if needs&sdk.NeedBody != 0 {
-		if m.Body, err = e.q.Blob(it.Body); err != nil {
+	if needs.Body() {
+		if m.BodyLen, err = e.q.BlobLen(it.Body); err != nil {
 			return nil, err
 		}
-		if m.Body == nil {
-			m.Body = []byte{}
-		}
+		body := it.Body
+		m.OpenBody = func() (io.Reader, error) { return e.q.BlobReader(body) }
 	}
 	return m, nil
 }
@@ -450,24 +454,26 @@ func (e *Engine) step(ctx context.Context, st Stage, it *queue.Item, released bo
 // body b (nil = unchanged); m holds the parts the stage was given, so the
 // old sizes are known without reading the queue in the common case.
 func (e *Engine) newSize(it *queue.Item, m *sdk.Message, h, b []byte) (int64, error) {
-	oldH, oldB := m.Header, m.Body
-	var err error
-	if h != nil && oldH == nil {
-		if oldH, err = e.q.Blob(it.Header); err != nil {
-			return 0, err
-		}
-	}
-	if b != nil && oldB == nil {
-		if oldB, err = e.q.Blob(it.Body); err != nil {
-			return 0, err
-		}
-	}
 	size := it.Size
 	if h != nil {
-		size += int64(len(h) - len(oldH))
+		oldH := int64(len(m.Header))
+		if m.Header == nil {
+			var err error
+			if oldH, err = e.q.BlobLen(it.Header); err != nil {
+				return 0, err
+			}
+		}
+		size += int64(len(h)) - oldH
 	}
 	if b != nil {
-		size += int64(len(b) - len(oldB))
+		oldB := m.BodyLen
+		if m.Body == nil && m.OpenBody == nil {
+			var err error
+			if oldB, err = e.q.BlobLen(it.Body); err != nil {
+				return 0, err
+			}
+		}
+		size += int64(len(b)) - oldB
 	}
 	return size, nil
 }
@@ -566,7 +572,9 @@ func (e *Engine) finalRun(it *queue.Item) int {
 }
 
 // transformAndDeliver runs the transformers from it.Stage on one in-memory
-// copy of the message and delivers the result with deliverer dlv.
+// copy of the message and delivers the result with deliverer dlv. The
+// body stays in the queue and is streamed to each stage that reads it,
+// unless a transformer replaced it.
 func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv int) {
 	m, err := e.message(it, sdk.NeedAll)
 	if err != nil {
@@ -578,19 +586,12 @@ func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv in
 		if st.Kind != sdk.KindTransformer {
 			continue
 		}
-		view := *m
-		if st.Needs&sdk.NeedHeader == 0 {
-			view.Header = nil
-		}
-		if st.Needs&sdk.NeedBody == 0 {
-			view.Body = nil
-		}
 		var ch *sdk.Change
 		alone := it.Crashes > 0
 		err := e.call(it, j, func() (err error) {
 			cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
 			defer cancel()
-			ch, err = st.Impl.Transform(cctx, &view)
+			ch, err = st.Impl.Transform(cctx, view(m, st.Needs))
 			return err
 		})
 		if err != nil {
@@ -605,27 +606,33 @@ func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv in
 				m.Header = ch.Header
 			}
 			if ch.Body != nil {
-				m.Body = ch.Body
+				m.Body, m.OpenBody, m.BodyLen = ch.Body, nil, int64(len(ch.Body))
 			}
 		}
 	}
-	m.Size = int64(len(m.Header) + len(m.Body))
+	m.Size = int64(len(m.Header)) + m.BodyLen
 	st := e.stages[dlv]
-	if st.Needs&sdk.NeedHeader == 0 {
-		m.Header = nil
-	}
-	if st.Needs&sdk.NeedBody == 0 {
-		m.Body = nil
-	}
 	alone := it.Crashes > 0
 	err = e.call(it, dlv, func() error {
 		cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
 		defer cancel()
-		return e.deliverMessage(cctx, st, dlv, it, m)
+		return e.deliverMessage(cctx, st, dlv, it, view(m, st.Needs))
 	})
 	if err != nil {
 		e.stageFailed(st, it, err, alone)
 	}
+}
+
+// view is m with only the parts needs asks for.
+func view(m *sdk.Message, needs sdk.Needs) *sdk.Message {
+	v := *m
+	if needs&sdk.NeedHeader == 0 {
+		v.Header = nil
+	}
+	if !needs.Body() {
+		v.Body, v.OpenBody, v.BodyLen = nil, nil, 0
+	}
+	return &v
 }
 
 // deliver runs a deliverer on the stored message.

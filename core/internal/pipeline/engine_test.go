@@ -23,11 +23,27 @@ type fakeStage struct {
 	delivered []*sdk.Message
 }
 
+// inMemory is m as a stage that declared NeedBody gets it: the body the
+// core streams (OpenBody) read into Body.
+func inMemory(m *sdk.Message) *sdk.Message {
+	v := *m
+	if v.Body == nil && v.OpenBody != nil {
+		b, err := v.ReadBody()
+		if err != nil {
+			panic(err)
+		}
+		v.Body, v.OpenBody = b, nil
+	}
+	return &v
+}
+
 func (f *fakeStage) Check(context.Context, *sdk.Message) error { return nil }
 func (f *fakeStage) Transform(_ context.Context, m *sdk.Message) (*sdk.Change, error) {
-	return f.transform(m)
+	return f.transform(inMemory(m))
 }
-func (f *fakeStage) Route(_ context.Context, m *sdk.Message) ([]sdk.Route, error) { return f.route(m) }
+func (f *fakeStage) Route(_ context.Context, m *sdk.Message) ([]sdk.Route, error) {
+	return f.route(inMemory(m))
+}
 func (f *fakeStage) Delay(_ context.Context, r sdk.DelayRequest) ([]time.Duration, error) {
 	out := make([]time.Duration, r.Count)
 	for i := range out {
@@ -36,6 +52,7 @@ func (f *fakeStage) Delay(_ context.Context, r sdk.DelayRequest) ([]time.Duratio
 	return out, nil
 }
 func (f *fakeStage) Deliver(_ context.Context, m *sdk.Message) ([]sdk.RcptResult, error) {
+	m = inMemory(m)
 	f.mu.Lock()
 	f.delivered = append(f.delivered, m)
 	f.mu.Unlock()

@@ -4,22 +4,32 @@
 // share syncs: group commit). Items are indexed in memory and rebuilt from
 // disk at start, so on restart each item resumes where it was.
 //
-// Layout (keys):
+// Storage forgets: every item record and every blob (header section, body,
+// packet, fragment) is sealed with AES-256-GCM under a key of its own, kept
+// in a slotted key file outside badger and zeroed in place when the item or
+// blob leaves (see keyStore, seal.go). Within two FlushIntervals (2 s) of
+// an item's delete its key is gone from the disk, and everything badger still
+// keeps of it (memtable, WAL, tables, value log) is ciphertext nobody can
+// open, whatever else is still queued.
 //
-//	i/<item id 16 B>  item record (JSON, see Item)
-//	c/<blob id 16 B>  content blob: a header section, a body or a packet
-//	n/<blob id 16 B>  reference count of the blob (uvarint)
-//	s/<name>          small persistent state owned by the core (counters)
+// Layout (keys; every value sealed unless noted):
+//
+//	i/<item id 16 B>             item record (JSON, see Item)
+//	n/<blob id 16 B>             blob meta: reference count, length
+//	c/<blob id 16 B><index 4 B>  blob chunk of at most ChunkSize bytes
+//	r/<key>                      replay tag or message-id mark (no value)
+//	s/<name>                     small state owned by the core (counters;
+//	                             not sealed, never message data)
+//	sealkeys (a file beside badger's) the key slots
 package queue
 
 import (
 	"crypto/rand"
-	"encoding/binary"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"sync"
 	"time"
 
@@ -151,6 +161,8 @@ var ErrNotFound = errors.New("queue: not found")
 // Queue is the durable queue. Its methods are safe for concurrent use.
 type Queue struct {
 	db     *badger.DB
+	keys   *keyStore
+	trim   *trimmer
 	log    hclog.Logger
 	syncer *groupSync
 	gcStop chan struct{}
@@ -201,7 +213,26 @@ func Open(dir string, o Options) (*Queue, error) {
 	if err != nil {
 		return nil, fmt.Errorf("queue: open %s: %w", dir, err)
 	}
-	q := &Queue{db: db, log: log, syncer: newGroupSync(db), gcStop: make(chan struct{}), gcDone: make(chan struct{})}
+	keys, err := openKeyStore(filepath.Join(dir, keyFileName))
+	if err != nil {
+		db.Close()
+		return nil, err
+	}
+	q := &Queue{db: db, keys: keys, log: log, gcStop: make(chan struct{}), gcDone: make(chan struct{}), trim: newTrimmer(dir)}
+	migrated, err := q.migrate()
+	if err == nil {
+		err = q.sweep()
+	}
+	if err != nil {
+		q.trim.close()
+		keys.close()
+		db.Close()
+		return nil, fmt.Errorf("queue: open %s: %w", dir, err)
+	}
+	if migrated > 0 {
+		log.Info("[QUEUE] sealed the items of a queue written by an older version", "items", migrated)
+	}
+	q.syncer = newGroupSync(db, keys)
 	interval := o.GCInterval
 	if interval <= 0 {
 		interval = 5 * time.Minute
@@ -217,12 +248,19 @@ func (q *Queue) Close() error {
 		close(q.gcStop)
 		<-q.gcDone
 		q.syncer.close()
-		if e := q.db.Sync(); e != nil {
+		if e := q.syncer.syncAll(); e != nil {
+			err = e
+		}
+		if e := q.keys.sync(); e != nil && err == nil {
 			err = e
 		}
 		if e := q.db.Close(); e != nil && err == nil {
 			err = e
 		}
+		if e := q.keys.close(); e != nil && err == nil {
+			err = e
+		}
+		q.trim.close()
 	})
 	return err
 }
@@ -231,64 +269,26 @@ func (q *Queue) Close() error {
 // Concurrent callers share one fsync (group commit).
 func (q *Queue) Sync() error { return q.syncer.wait() }
 
-// update runs fn in a read-write transaction, retrying on conflicts.
-func (q *Queue) update(fn func(txn *badger.Txn) error) error {
+// update runs fn in a read-write transaction, retrying on conflicts. Keys
+// allocated by an attempt that does not commit are destroyed; keys of
+// owners the transaction deleted are destroyed once it has committed.
+func (q *Queue) update(fn func(w *wtx) error) error {
 	for attempt := 0; ; attempt++ {
-		err := q.db.Update(fn)
-		if errors.Is(err, badger.ErrConflict) && attempt < 100 {
-			continue
+		w := &wtx{q: q}
+		err := q.db.Update(func(txn *badger.Txn) error {
+			w.txn = txn
+			return fn(w)
+		})
+		if err != nil {
+			q.keys.destroy(w.alloc)
+			if errors.Is(err, badger.ErrConflict) && attempt < 100 {
+				continue
+			}
+			return err
 		}
-		return err
-	}
-}
-
-func putItem(txn *badger.Txn, it *Item) error {
-	b, err := json.Marshal(it)
-	if err != nil {
-		return err
-	}
-	return txn.Set(key(prefixItem, it.ID), b)
-}
-
-func addRef(txn *badger.Txn, blob ID, delta int) error {
-	if blob == (ID{}) {
+		q.keys.destroy(w.dead)
 		return nil
 	}
-	k := key(prefixCount, blob)
-	var n uint64
-	item, err := txn.Get(k)
-	switch {
-	case err == nil:
-		if err := item.Value(func(v []byte) error {
-			var k int
-			n, k = binary.Uvarint(v)
-			if k <= 0 {
-				return fmt.Errorf("queue: corrupt refcount of blob %s", blob)
-			}
-			return nil
-		}); err != nil {
-			return err
-		}
-	case errors.Is(err, badger.ErrKeyNotFound):
-	default:
-		return err
-	}
-	next := int64(n) + int64(delta)
-	if next <= 0 {
-		if err := txn.Delete(k); err != nil {
-			return err
-		}
-		return txn.Delete(key(prefixBlob, blob))
-	}
-	return txn.Set(k, binary.AppendUvarint(nil, uint64(next)))
-}
-
-func putBlob(txn *badger.Txn, data []byte) (ID, error) {
-	id := NewID()
-	if err := txn.Set(key(prefixBlob, id), data); err != nil {
-		return id, err
-	}
-	return id, txn.Set(key(prefixCount, id), binary.AppendUvarint(nil, 1))
 }
 
 // Accept stores a newly received message as one item at stage 0 and
@@ -304,15 +304,15 @@ func (q *Queue) Accept(env sdk.Envelope, header, body []byte, received time.Time
 func (q *Queue) Insert(env sdk.Envelope, header, body []byte, received time.Time, stage int) (*Item, error) {
 	it := &Item{ID: NewID(), Envelope: env, Size: int64(len(header) + len(body)), Received: received, Deliverer: -1, Stage: stage}
 	it.Msg = it.ID
-	err := q.update(func(txn *badger.Txn) error {
+	err := q.update(func(w *wtx) error {
 		var err error
-		if it.Header, err = putBlob(txn, header); err != nil {
+		if it.Header, err = w.putBlob(header); err != nil {
 			return err
 		}
-		if it.Body, err = putBlob(txn, body); err != nil {
+		if it.Body, err = w.putBlob(body); err != nil {
 			return err
 		}
-		return putItem(txn, it)
+		return w.putItem(it)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: accept: %w", err)
@@ -326,13 +326,13 @@ func (q *Queue) Insert(env sdk.Envelope, header, body []byte, received time.Time
 // Put stores a new item whose content is one blob (e.g. a packet received
 // from another mix) and syncs it before returning, like Accept.
 func (q *Queue) Put(it *Item, content []byte) error {
-	err := q.update(func(txn *badger.Txn) error {
+	err := q.update(func(w *wtx) error {
 		var err error
-		if it.Body, err = putBlob(txn, content); err != nil {
+		if it.Body, err = w.putBlob(content); err != nil {
 			return err
 		}
 		it.Header = ID{}
-		return putItem(txn, it)
+		return w.putItem(it)
 	})
 	if err != nil {
 		return fmt.Errorf("queue: put: %w", err)
@@ -340,36 +340,16 @@ func (q *Queue) Put(it *Item, content []byte) error {
 	return q.Sync()
 }
 
-// Blob returns a copy of a content blob; the zero ID gives nil.
-func (q *Queue) Blob(id ID) ([]byte, error) {
-	if id == (ID{}) {
-		return nil, nil
-	}
-	var out []byte
-	err := q.db.View(func(txn *badger.Txn) error {
-		item, err := txn.Get(key(prefixBlob, id))
-		if errors.Is(err, badger.ErrKeyNotFound) {
-			return ErrNotFound
-		}
-		if err != nil {
-			return err
-		}
-		out, err = item.ValueCopy(nil)
-		return err
-	})
-	return out, err
-}
-
 // Update rewrites an item's record (stage, envelope, send_after, attempts).
 func (q *Queue) Update(it *Item) error {
-	return q.update(func(txn *badger.Txn) error {
-		if _, err := txn.Get(key(prefixItem, it.ID)); err != nil {
+	return q.update(func(w *wtx) error {
+		if _, err := w.txn.Get(key(prefixItem, it.ID)); err != nil {
 			if errors.Is(err, badger.ErrKeyNotFound) {
 				return ErrNotFound
 			}
 			return err
 		}
-		return putItem(txn, it)
+		return w.putItem(it)
 	})
 }
 
@@ -379,29 +359,29 @@ func (q *Queue) Update(it *Item) error {
 // caller).
 func (q *Queue) Replace(it *Item, header, body []byte) error {
 	next := *it
-	err := q.update(func(txn *badger.Txn) error {
+	err := q.update(func(w *wtx) error {
 		next = *it
 		if header != nil {
-			id, err := putBlob(txn, header)
+			id, err := w.putBlob(header)
 			if err != nil {
 				return err
 			}
-			if err := addRef(txn, it.Header, -1); err != nil {
+			if err := w.addRef(it.Header, -1); err != nil {
 				return err
 			}
 			next.Header = id
 		}
 		if body != nil {
-			id, err := putBlob(txn, body)
+			id, err := w.putBlob(body)
 			if err != nil {
 				return err
 			}
-			if err := addRef(txn, it.Body, -1); err != nil {
+			if err := w.addRef(it.Body, -1); err != nil {
 				return err
 			}
 			next.Body = id
 		}
-		return putItem(txn, &next)
+		return w.putItem(&next)
 	})
 	if err == nil {
 		*it = next
@@ -427,7 +407,7 @@ type Child struct {
 // parent's header and body blobs.
 func (q *Queue) Split(parent *Item, children []Child) ([]*Item, error) {
 	var out []*Item
-	err := q.update(func(txn *badger.Txn) error {
+	err := q.update(func(w *wtx) error {
 		out = out[:0]
 		for _, c := range children {
 			it := &Item{
@@ -439,26 +419,26 @@ func (q *Queue) Split(parent *Item, children []Child) ([]*Item, error) {
 				it.Msg = NewID() // packets of one message must not be linkable in the queue
 			}
 			if c.Content != nil {
-				id, err := putBlob(txn, c.Content)
+				id, err := w.putBlob(c.Content)
 				if err != nil {
 					return err
 				}
 				it.Body, it.Size = id, int64(len(c.Content))
 			} else {
 				it.Header, it.Body, it.Size = parent.Header, parent.Body, parent.Size
-				if err := addRef(txn, it.Header, 1); err != nil {
+				if err := w.addRef(it.Header, 1); err != nil {
 					return err
 				}
-				if err := addRef(txn, it.Body, 1); err != nil {
+				if err := w.addRef(it.Body, 1); err != nil {
 					return err
 				}
 			}
-			if err := putItem(txn, it); err != nil {
+			if err := w.putItem(it); err != nil {
 				return err
 			}
 			out = append(out, it)
 		}
-		return deleteItem(txn, parent)
+		return w.deleteItem(parent)
 	})
 	if err != nil {
 		return nil, fmt.Errorf("queue: split: %w", err)
@@ -466,26 +446,16 @@ func (q *Queue) Split(parent *Item, children []Child) ([]*Item, error) {
 	return out, nil
 }
 
-func deleteItem(txn *badger.Txn, it *Item) error {
-	if err := txn.Delete(key(prefixItem, it.ID)); err != nil {
-		return err
-	}
-	if err := addRef(txn, it.Header, -1); err != nil {
-		return err
-	}
-	return addRef(txn, it.Body, -1)
-}
-
 // Delete removes an item (delivered, or failed for good) and releases its
 // blobs in one transaction. Deleting a missing item is not an error.
 func (q *Queue) Delete(it *Item) error {
-	return q.update(func(txn *badger.Txn) error {
-		if _, err := txn.Get(key(prefixItem, it.ID)); errors.Is(err, badger.ErrKeyNotFound) {
+	return q.update(func(w *wtx) error {
+		if _, err := w.txn.Get(key(prefixItem, it.ID)); errors.Is(err, badger.ErrKeyNotFound) {
 			return nil
 		} else if err != nil {
 			return err
 		}
-		return deleteItem(txn, it)
+		return w.deleteItem(it)
 	})
 }
 
@@ -500,7 +470,7 @@ func (q *Queue) Get(id ID) (*Item, error) {
 		if err != nil {
 			return err
 		}
-		return item.Value(func(v []byte) error { return json.Unmarshal(v, &it) })
+		return item.Value(func(v []byte) error { return q.openItem(id, v, &it) })
 	})
 	if err != nil {
 		return nil, err
@@ -518,7 +488,9 @@ func (q *Queue) Items(fn func(*Item) error) error {
 		defer it.Close()
 		for it.Rewind(); it.Valid(); it.Next() {
 			var item Item
-			if err := it.Item().Value(func(v []byte) error { return json.Unmarshal(v, &item) }); err != nil {
+			var id ID
+			copy(id[:], it.Item().Key()[len(prefixItem):])
+			if err := it.Item().Value(func(v []byte) error { return q.openItem(id, v, &item) }); err != nil {
 				q.log.Error("skipping undecodable queue item", "error", err)
 				continue
 			}
@@ -549,8 +521,8 @@ func (q *Queue) State(name string) ([]byte, error) {
 
 // SetState writes a small persistent value.
 func (q *Queue) SetState(name string, v []byte) error {
-	return q.update(func(txn *badger.Txn) error {
-		return txn.Set(append(append([]byte{}, prefixState...), name...), v)
+	return q.update(func(w *wtx) error {
+		return w.txn.Set(append(append([]byte{}, prefixState...), name...), v)
 	})
 }
 
@@ -586,17 +558,33 @@ func (q *Queue) RunGC() int {
 	}
 }
 
-// groupSync batches db.Sync calls: every waiter whose commit happened
-// before a sync started is released by that sync.
+// groupSync batches syncs: every waiter whose commit happened before a
+// sync started is released by that sync. A sync fsyncs the key file (new
+// keys, and the zeroes written by the previous sync) and syncs badger at
+// the same time: a waiter is released only when both are durable, and a
+// crash in between leaves a record without its key or a key without its
+// record, both unacknowledged and removed by the sweep at the next Open.
+// Then it overwrites the slots of keys destroyed before it started with
+// zeroes (their deletes are durable by then), which the next sync puts on
+// disk. It also runs every FlushInterval while key slots wait, so a
+// destroyed key is zeroed in the file within one interval and on disk
+// within two.
 type groupSync struct {
 	db   *badger.DB
+	keys *keyStore
 	reqs chan chan error
 	stop chan struct{}
 	done chan struct{}
 }
 
-func newGroupSync(db *badger.DB) *groupSync {
-	g := &groupSync{db: db, reqs: make(chan chan error, 4096), stop: make(chan struct{}), done: make(chan struct{})}
+// FlushInterval is the period of the key file's flushes when no group
+// commit runs (1 s): a destroyed key's slot is zeroed in the file within
+// one interval and the zeroes are on disk within two, so the queue forgets
+// an item within about 2 s after it left.
+const FlushInterval = time.Second
+
+func newGroupSync(db *badger.DB, keys *keyStore) *groupSync {
+	g := &groupSync{db: db, keys: keys, reqs: make(chan chan error, 4096), stop: make(chan struct{}), done: make(chan struct{})}
 	go g.loop()
 	return g
 }
@@ -611,13 +599,34 @@ func (g *groupSync) wait() error {
 	return <-ch
 }
 
+func (g *groupSync) syncAll() error {
+	dead := g.keys.takeDead()
+	keysDone := make(chan error, 1)
+	go func() { keysDone <- g.keys.sync() }()
+	err := g.db.Sync()
+	if kerr := <-keysDone; err == nil {
+		err = kerr
+	}
+	if err != nil {
+		g.keys.requeue(dead)
+		return err
+	}
+	return g.keys.zeroDead(dead)
+}
+
 func (g *groupSync) loop() {
 	defer close(g.done)
 	batch := make([]chan error, 0, 256)
+	tick := time.NewTicker(FlushInterval)
+	defer tick.Stop()
 	for {
 		select {
 		case <-g.stop:
 			return
+		case <-tick.C:
+			if g.keys.pending() {
+				_ = g.syncAll() // retried at the next tick
+			}
 		case ch := <-g.reqs:
 			batch = append(batch[:0], ch)
 		drain:
@@ -629,7 +638,7 @@ func (g *groupSync) loop() {
 					break drain
 				}
 			}
-			err := g.db.Sync()
+			err := g.syncAll()
 			for _, c := range batch {
 				c <- err
 			}
@@ -662,12 +671,12 @@ func (b badgerLogger) Debugf(f string, a ...any)   { b.l.Trace(fmt.Sprintf(f, a.
 // a message). Its functions may run more than once (conflict retries): they
 // must not have effects outside the transaction.
 type Tx struct {
-	txn *badger.Txn
+	w *wtx
 }
 
 // Do runs fn in one read-write transaction, retrying on conflicts.
 func (q *Queue) Do(fn func(*Tx) error) error {
-	return q.update(func(txn *badger.Txn) error { return fn(&Tx{txn: txn}) })
+	return q.update(func(w *wtx) error { return fn(&Tx{w: w}) })
 }
 
 // Mark records key with a time to live and reports whether it was already
@@ -675,38 +684,38 @@ func (q *Queue) Do(fn func(*Tx) error) error {
 // badger's TTL has second resolution; the entry lives at least ttl.
 func (t *Tx) Mark(key []byte, ttl time.Duration) (seen bool, err error) {
 	k := append(append([]byte{}, prefixMark...), key...)
-	if _, err := t.txn.Get(k); err == nil {
+	if _, err := t.w.txn.Get(k); err == nil {
 		return true, nil
 	} else if !errors.Is(err, badger.ErrKeyNotFound) {
 		return false, err
 	}
-	return false, t.txn.SetEntry(badger.NewEntry(k, nil).WithTTL(ttl + time.Second))
+	return false, t.w.txn.SetEntry(badger.NewEntry(k, nil).WithTTL(ttl + time.Second))
 }
 
 // Put stores a new item whose content is one blob (nil: none).
 func (t *Tx) Put(it *Item, content []byte) error {
 	if content != nil {
-		id, err := putBlob(t.txn, content)
+		id, err := t.w.putBlob(content)
 		if err != nil {
 			return err
 		}
 		it.Body, it.Header, it.Size = id, ID{}, int64(len(content))
 	}
-	return putItem(t.txn, it)
+	return t.w.putItem(it)
 }
 
 // Insert stores a new message item with a header and a body blob.
 func (t *Tx) Insert(it *Item, header, body []byte) error {
 	var err error
-	if it.Header, err = putBlob(t.txn, header); err != nil {
+	if it.Header, err = t.w.putBlob(header); err != nil {
 		return err
 	}
-	if it.Body, err = putBlob(t.txn, body); err != nil {
+	if it.Body, err = t.w.putBlob(body); err != nil {
 		return err
 	}
 	it.Size = int64(len(header) + len(body))
-	return putItem(t.txn, it)
+	return t.w.putItem(it)
 }
 
 // Delete removes an item and releases its blobs.
-func (t *Tx) Delete(it *Item) error { return deleteItem(t.txn, it) }
+func (t *Tx) Delete(it *Item) error { return t.w.deleteItem(it) }

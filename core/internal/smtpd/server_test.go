@@ -3,6 +3,7 @@ package smtpd
 import (
 	"bufio"
 	"fmt"
+	"io"
 	"net"
 	"strings"
 	"sync"
@@ -17,10 +18,36 @@ import (
 	"github.com/mixmta/mixmta/sdk"
 )
 
-// memSink is a fake queue: it keeps what the server accepted.
+// memSink keeps what the server accepted in memory; bodies stream through a
+// real queue in a temp dir, as in the daemon.
 type memSink struct {
+	q    *queue.Queue
 	mu   sync.Mutex
 	msgs []accepted
+}
+
+func newMemSink(tb testing.TB) *memSink {
+	q, err := queue.Open(tb.TempDir(), queue.Options{})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { q.Close() })
+	return &memSink{q: q}
+}
+
+func (m *memSink) NewBody() (*queue.BodyWriter, error) { return m.q.NewBody() }
+
+func (m *memSink) AcceptBody(env sdk.Envelope, header []byte, body *queue.BodyWriter, t time.Time) (*queue.Item, error) {
+	r, err := body.Open()
+	if err != nil {
+		return nil, err
+	}
+	b, err := io.ReadAll(r)
+	body.Abort()
+	if err != nil {
+		return nil, err
+	}
+	return m.Accept(env, header, b, t)
 }
 
 type accepted struct {
@@ -64,7 +91,7 @@ func testListener(edit func(*config.Listener)) config.Listener {
 // startServer runs a real listener on a free loopback port.
 func startServer(tb testing.TB, l config.Listener) (*Server, *memSink) {
 	tb.Helper()
-	sink := &memSink{}
+	sink := newMemSink(tb)
 	s, err := New(l, "mx.test.invalid", sink, nil, &stats.Counters{}, hclog.NewNullLogger())
 	if err != nil {
 		tb.Fatal(err)

@@ -10,6 +10,7 @@
 package smtpd
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/tls"
@@ -20,6 +21,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/emersion/go-sasl"
@@ -41,8 +43,10 @@ type Checker interface {
 
 // Sink receives accepted messages.
 type Sink interface {
-	// Accept stores the message durably (synced) and returns its item.
-	Accept(env sdk.Envelope, header, body []byte, received time.Time) (*queue.Item, error)
+	// NewBody starts a body that DATA streams into the queue.
+	NewBody() (*queue.BodyWriter, error)
+	// AcceptBody stores the message durably (synced) and returns its item.
+	AcceptBody(env sdk.Envelope, header []byte, body *queue.BodyWriter, received time.Time) (*queue.Item, error)
 	// Submit hands the stored item to the pipeline.
 	Submit(it *queue.Item)
 }
@@ -323,6 +327,11 @@ func toSMTP(err error) *smtp.SMTPError {
 	return smtpErr(code, enh, msg)
 }
 
+// Data receives the message. Memory per session stays bounded whatever the
+// message size: the header section (at most max_header_bytes) is read into
+// memory, the body goes to the queue in sealed chunks as it arrives
+// (queue.BodyWriter), and checkers that read the body get it streamed back
+// from the queue.
 func (ss *session) Data(r io.Reader) error {
 	if ss.cc != nil {
 		ss.cc.beginData()
@@ -332,33 +341,61 @@ func (ss *session) Data(r io.Reader) error {
 		_, _ = io.Copy(io.Discard, r)
 		return ss.reject(smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "RCPT first"), "DATA")
 	}
-	raw, err := io.ReadAll(&lineEndReader{r: r})
-	if err == nil && ss.cc != nil && ss.cc.takeBare() {
-		err = errBareLineEnd
-	}
+	br := bufio.NewReaderSize(&lineEndReader{r: r}, 64<<10)
+	header, tooBig, err := readHeader(br, ss.s.cfg.MaxHeaderBytes)
 	if err != nil {
 		return ss.dataFailed(err)
 	}
-	header, body := SplitMessage(raw)
-	if int64(len(header)) > ss.s.cfg.MaxHeaderBytes {
+	if tooBig {
+		_, _ = io.Copy(io.Discard, br)
 		return ss.reject(smtpErr(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message header exceeds %d bytes", ss.s.cfg.MaxHeaderBytes)), "DATA")
 	}
 	if n := CountFields(header); n > ss.s.cfg.MaxHeaderFields {
+		_, _ = io.Copy(io.Discard, br)
 		return ss.reject(smtpErr(552, smtp.EnhancedCode{5, 3, 4}, fmt.Sprintf("Message header has more than %d fields", ss.s.cfg.MaxHeaderFields)), "DATA")
 	}
+	body, err := ss.s.sink.NewBody()
+	if err != nil {
+		_, _ = io.Copy(io.Discard, br)
+		return ss.queueFailed(err)
+	}
+	buf := make([]byte, 64<<10)
+	for {
+		n, rerr := br.Read(buf)
+		if n > 0 {
+			if _, werr := body.Write(buf[:n]); werr != nil {
+				body.Abort()
+				_, _ = io.Copy(io.Discard, br)
+				return ss.queueFailed(werr)
+			}
+		}
+		if rerr == io.EOF {
+			break
+		}
+		if rerr != nil {
+			body.Abort()
+			return ss.dataFailed(rerr)
+		}
+	}
+	if ss.cc != nil && ss.cc.takeBare() {
+		body.Abort()
+		return ss.dataFailed(errBareLineEnd)
+	}
 	for _, c := range ss.s.checkers {
-		m := &sdk.Message{Envelope: ss.env, Header: header, Body: body, Size: int64(len(raw))}
+		m := &sdk.Message{Envelope: ss.env, Header: header, Size: int64(len(header)) + body.Len(), BodyLen: body.Len(), OpenBody: body.Open}
 		if err := c.Check(context.Background(), m); err != nil {
+			body.Abort()
 			return ss.reject(toSMTP(err), "DATA")
 		}
 	}
-	if err := ss.checkSpace(int64(len(raw)), "DATA"); err != nil {
+	if err := ss.checkSpace(int64(len(header))+body.Len(), "DATA"); err != nil {
+		body.Abort()
 		return err
 	}
-	it, err := ss.s.sink.Accept(ss.env, header, body, time.Now())
+	it, err := ss.s.sink.AcceptBody(ss.env, header, body, time.Now())
 	if err != nil {
-		ss.s.log.Error("[SMTP] queue write failed", "session", ss.id, "error", err)
-		return ss.reject(smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Queue unavailable, try again later"), "DATA")
+		body.Abort()
+		return ss.queueFailed(err)
 	}
 	ss.s.c.Received.Add(1)
 	ss.s.log.Info("[SMTP] accepted", "session", ss.id, "item", it.ID.String(), "size", it.Size, "rcpts", len(ss.env.RcptTo))
@@ -398,6 +435,46 @@ func (ss *session) dataFailed(err error) error {
 		se = smtpErr(421, smtp.EnhancedCode{4, 4, 2}, "Connection error during message transfer, closing connection")
 	}
 	return ss.reject(se, "DATA")
+}
+
+// queueFailed answers a queue write that failed: nothing was accepted.
+func (ss *session) queueFailed(err error) error {
+	if errors.Is(err, syscall.ENOSPC) {
+		ss.s.c.SMTPFull.Add(1)
+		ss.s.log.Warn("[SMTP] queue write failed: disk full", "session", ss.id)
+		return ss.reject(smtpErr(452, smtp.EnhancedCode{4, 3, 1}, "Insufficient system storage, try again later"), "DATA")
+	}
+	ss.s.log.Error("[SMTP] queue write failed", "session", ss.id, "error", err)
+	return ss.reject(smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Queue unavailable, try again later"), "DATA")
+}
+
+// readHeader reads the header section from br: every line up to and
+// including the first empty line (RFC 5322 §2.1; CRLF, or a bare LF), or
+// everything when there is no empty line (the message is all header). It
+// stops with tooBig once more than limit bytes were read, so memory stays
+// bounded by limit; the rest of the data is then left in br.
+func readHeader(br *bufio.Reader, limit int64) (header []byte, tooBig bool, err error) {
+	lineStart := true
+	for {
+		piece, err := br.ReadSlice('\n')
+		header = append(header, piece...)
+		if int64(len(header)) > limit {
+			return header, true, nil
+		}
+		switch {
+		case err == bufio.ErrBufferFull:
+			lineStart = false
+			continue
+		case err == io.EOF:
+			return header, false, nil
+		case err != nil:
+			return nil, false, err
+		}
+		if lineStart && (string(piece) == "\r\n" || string(piece) == "\n") {
+			return header, false, nil
+		}
+		lineStart = true
+	}
 }
 
 func (ss *session) reset() {

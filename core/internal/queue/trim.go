@@ -1,0 +1,113 @@
+package queue
+
+import (
+	"bufio"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// badger writes and reads its value log through shared memory mappings
+// (there is no option to do otherwise in v4), so every page of a body the
+// core writes or reads stays mapped into the process, and the core's RSS
+// grows with the bytes it has moved (20 sessions of 24 MiB: 500 MiB of
+// RssFile) although the pages are page cache the kernel could drop. The
+// trimmer tells the kernel the queue no longer needs those pages
+// (madvise MADV_PAGEOUT on the value-log mappings, Linux 5.4+): dirty pages
+// are written back, the pages leave the process, and a later access reads
+// them again. RSS then reflects the working set: the chunks being moved
+// right now. MADV_PAGEOUT never loses data, so a mapping that changed
+// between reading /proc/self/maps and the call (badger remaps a value-log
+// file when it rotates) is harmless: at worst some other memory is paged
+// out (anonymous memory only with swap).
+
+// trimEvery is how many body bytes the queue streams (BodyWriter,
+// BlobReader) between trims (16 MiB); a trim also runs once a second while
+// anything moved. Small values (item records, packets, fragments) do not
+// count: a mix node's packets are read back soon after they are written,
+// and paging them out would only make those reads go to the disk.
+const trimEvery = 16 << 20
+
+type trimmer struct {
+	dir   string
+	moved atomic.Int64 // bytes since the last trim
+	kick  chan struct{}
+	stop  chan struct{}
+	done  chan struct{}
+}
+
+func newTrimmer(dir string) *trimmer {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		abs = dir
+	}
+	t := &trimmer{dir: abs, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	go t.loop()
+	return t
+}
+
+// note records n bytes written to or read from the value log.
+func (t *trimmer) note(n int) {
+	if t.moved.Add(int64(n)) >= trimEvery {
+		select {
+		case t.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+func (t *trimmer) loop() {
+	defer close(t.done)
+	tick := time.NewTicker(time.Second)
+	defer tick.Stop()
+	for {
+		select {
+		case <-t.stop:
+			return
+		case <-t.kick:
+		case <-tick.C:
+			if t.moved.Load() == 0 {
+				continue
+			}
+		}
+		t.moved.Store(0)
+		t.trim()
+	}
+}
+
+// trim releases this process's mappings of the queue's value-log files.
+func (t *trimmer) trim() {
+	f, err := os.Open("/proc/self/maps")
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		// "start-end perms offset dev inode path"
+		fs := strings.Fields(sc.Text())
+		if len(fs) < 6 || !strings.HasSuffix(fs[5], ".vlog") || filepath.Dir(fs[5]) != t.dir {
+			continue
+		}
+		lo, hi, ok := strings.Cut(fs[0], "-")
+		if !ok {
+			continue
+		}
+		start, err1 := strconv.ParseUint(lo, 16, 64)
+		end, err2 := strconv.ParseUint(hi, 16, 64)
+		if err1 != nil || err2 != nil || end <= start {
+			continue
+		}
+		_, _, _ = unix.Syscall(unix.SYS_MADVISE, uintptr(start), uintptr(end-start), unix.MADV_PAGEOUT)
+	}
+}
+
+func (t *trimmer) close() {
+	close(t.stop)
+	<-t.done
+}
