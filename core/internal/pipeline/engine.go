@@ -1,8 +1,8 @@
 // Package pipeline is mixmta's pipeline engine: it moves each queued item
 // through the configured stages in order (transform, route, delay, deliver),
 // one queue transaction per state change, and owns the scheduler that
-// releases delayed items in shuffled batches. See DESIGN.md, "The message's
-// life", steps 3 to 5.
+// releases delayed items in shuffled batches (README.md, "The life of a
+// message", steps 3 to 5).
 package pipeline
 
 import (

