@@ -53,7 +53,7 @@ func root() *cobra.Command {
 	}
 	cmd.PersistentFlags().StringVarP(&cfgPath, "config", "c", "mixmta.yaml", "pipeline file (YAML)")
 	load := func() (*config.Config, error) { return config.Load(cfgPath) }
-	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd())
+	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd(), simulateCmd(load))
 	cmd.AddCommand(nodesCommands(load)...)
 	return cmd
 }
