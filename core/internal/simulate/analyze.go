@@ -80,6 +80,30 @@ func EstimateModel(tr *Trace) Model {
 	return m
 }
 
+// ModelFor is the Model an adversary derives from a profile alone, for a
+// network of n nodes that all run it: mean delays in seconds (message
+// delay at the entry, hop delay, exit delay), each plus the mean wait in
+// the pool (half its window), and the cover packets a node creates per
+// second. It needs no ground truth, so it also serves traces of a real
+// network.
+func ModelFor(n int, msgMean, hopMean, exitMean, window, coverRate float64) Model {
+	rate := func(mean float64) float64 {
+		if mean += window / 2; mean <= 0 {
+			return maxRate
+		}
+		return min(1/mean, maxRate)
+	}
+	m := Model{
+		ForwardRate: make([]float64, n), SubmitRate: make([]float64, n),
+		ExitRate: make([]float64, n), CoverRate: make([]float64, n),
+	}
+	for i := range n {
+		m.ForwardRate[i], m.SubmitRate[i], m.ExitRate[i] = rate(hopMean), rate(msgMean), rate(exitMean)
+		m.CoverRate[i] = coverRate
+	}
+	return m
+}
+
 // Result is the adversary's verdict on one delivered message.
 type Result struct {
 	Msg int32

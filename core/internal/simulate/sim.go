@@ -48,8 +48,10 @@ type Network struct {
 	// delay stage), HopDelay the per-hop delay of every forwarded packet,
 	// ExitDelay the delay of a reassembled message at the exit. nil = 0.
 	MsgDelay, HopDelay, ExitDelay Sampler
-	// Pool is the timed pool every node runs (messages at the entry and
-	// forwarded packets alike).
+	// Pool is the timed pool every node runs: messages at the entry after
+	// their delay, forwarded packets after theirs, and reassembled messages
+	// at the exit before delivery all wait in it, as in the core's
+	// scheduler.
 	Pool Pool
 	// SendRate is the Loopix sending rate λ_P: a node sends its own new
 	// packets only on the ticks of a Poisson process of this rate, the next
@@ -79,8 +81,9 @@ type Workload struct {
 	Rate float64
 	// Size draws a message size in bytes.
 	Size func(r *rand.Rand) int
-	// Duration of the run and Warmup (not scored), seconds.
-	Duration, Warmup float64
+	// Duration of the run and Warmup (not scored), seconds. Until, if
+	// set, ends submissions earlier, so that the run drains.
+	Duration, Warmup, Until float64
 	// Seed makes a run repeatable.
 	Seed uint64
 	// OneEach: every user submits exactly one message, at a uniform time
@@ -149,7 +152,8 @@ const (
 	kindReal pktKind = iota
 	kindDrop
 	kindLoop
-	kindMsg // a whole message waiting at its entry, not yet packets
+	kindMsg     // a whole message waiting at its entry, not yet packets
+	kindExitMsg // a reassembled message waiting at its exit
 )
 
 type packet struct {
@@ -177,7 +181,7 @@ const (
 	evTick
 	evDrop
 	evLoop
-	evDeliver
+	evExitDue
 )
 
 type simEvent struct {
@@ -298,6 +302,9 @@ func (s *sim) record(e Event) int32 {
 func (s *sim) handle(e simEvent) {
 	switch e.kind {
 	case evSubmit:
+		if s.work.Until > 0 && e.t > s.work.Until {
+			return
+		}
 		if !s.work.OneEach {
 			s.push(simEvent{t: e.t + s.rng.ExpFloat64()/s.work.Rate, kind: evSubmit, node: e.node, user: e.user})
 		}
@@ -325,12 +332,16 @@ func (s *sim) handle(e simEvent) {
 	case evLoop:
 		s.every(evLoop, e.node, s.net.LoopRate, e.t)
 		s.send(e.t, e.node, s.cover(kindLoop, e.node))
-	case evDeliver:
-		m := &s.msgs[e.msg]
-		s.record(Event{T: e.t, Kind: Deliver, From: m.exit, To: -1, Cause: -1, Msg: e.msg})
-		s.cnt.Delivered++
-		s.cnt.Latency = append(s.cnt.Latency, e.t-m.submitted)
+	case evExitDue:
+		s.due(e.t, e.node, &packet{kind: kindExitMsg, msg: e.msg})
 	}
+}
+
+func (s *sim) deliver(t float64, msg int32) {
+	m := &s.msgs[msg]
+	s.record(Event{T: t, Kind: Deliver, From: m.exit, To: -1, Cause: -1, Msg: msg})
+	s.cnt.Delivered++
+	s.cnt.Latency = append(s.cnt.Latency, t-m.submitted)
 }
 
 func (s *sim) submit(t float64, node, user int32) {
@@ -371,7 +382,11 @@ func (s *sim) flush(t float64, node int32) {
 }
 
 func (s *sim) release(t float64, node int32, p *packet) {
-	if p.kind != kindMsg {
+	switch p.kind {
+	case kindExitMsg:
+		s.deliver(t, p.msg)
+		return
+	case kindReal, kindDrop, kindLoop:
 		s.send(t, node, p)
 		return
 	}
@@ -419,7 +434,7 @@ func (s *sim) send(t float64, node int32, p *packet) {
 	m := &s.msgs[p.msg]
 	s.tr.Fragments[p.msg] = append(s.tr.Fragments[p.msg], ev)
 	if m.arrived++; m.arrived == m.frags {
-		s.push(simEvent{t: t + s.delay(s.net.ExitDelay), kind: evDeliver, node: next, msg: p.msg})
+		s.push(simEvent{t: t + s.delay(s.net.ExitDelay), kind: evExitDue, node: next, msg: p.msg})
 	}
 }
 
