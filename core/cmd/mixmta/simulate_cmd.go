@@ -348,4 +348,3 @@ func plotSweep(path, param string, rs []simResult) error {
 		return fmt.Errorf("--plot %s: the file must end in .svg or .png", path)
 	}
 }
-
