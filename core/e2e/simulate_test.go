@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"encoding/json"
+	"math"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,6 +19,10 @@ type simReport struct {
 		Submitted, Delivered int
 		CoverOverhead        float64 `json:"cover_overhead"`
 	} `json:"costs"`
+	Messages [][]struct {
+		Entropy float64 `json:"entropy_bits"`
+		PSender float64 `json:"p_sender"`
+	} `json:"messages"`
 	Adversaries []struct {
 		Scenario    string  `json:"scenario"`
 		Messages    int     `json:"messages"`
@@ -47,7 +52,7 @@ func simulateRun(t *testing.T, cfg string, args ...string) []byte {
 func TestSimulateProfileMeasuresAnonymity(t *testing.T) {
 	cfg, _ := profile(t, "configs/fog.yaml", nil)
 	var r simReport
-	out := simulateRun(t, cfg, "--nodes", "10", "--duration", "72h", "--compromised", "0,0.3", "--json")
+	out := simulateRun(t, cfg, "--nodes", "10", "--duration", "72h", "--compromised", "0,0.3", "--json", "--messages")
 	if err := json.Unmarshal(out, &r); err != nil {
 		t.Fatalf("simulate --json printed no JSON report: %v\n%s", err, out)
 	}
@@ -56,6 +61,16 @@ func TestSimulateProfileMeasuresAnonymity(t *testing.T) {
 		t.Fatalf("want 3 hops (fog.yaml's sphinx stage), >= 100 deliveries and 2 adversaries; got %+v", r)
 	}
 	passive, comp := r.Adversaries[0], r.Adversaries[1]
+	if len(r.Messages) != 2 || len(r.Messages[0]) != passive.Messages {
+		t.Fatalf("--messages: want one result per scored message per adversary, got %d lists", len(r.Messages))
+	}
+	sum := 0.0
+	for _, m := range r.Messages[0] {
+		sum += m.Entropy
+	}
+	if mean := sum / float64(len(r.Messages[0])); math.Abs(mean-passive.EntropyMean) > 1e-9 {
+		t.Fatalf("per-message entropies average %.4f, the summary says %.4f", mean, passive.EntropyMean)
+	}
 	if passive.EntropyMean < 3 || passive.EntropyMean > passive.MaxEntropy {
 		t.Errorf("global passive observer: %.2f bits; fog's hour-long delays should hide a sender among many of %0.f users", passive.EntropyMean, passive.MaxEntropy)
 	}

@@ -33,6 +33,7 @@ type simOptions struct {
 	loopRate, delayScale      float64
 	sizeClasses               string
 	sharedPath, asJSON        bool
+	perMessage                bool
 	seed                      uint64
 	plot, sweep               string
 }
@@ -80,6 +81,7 @@ the mean entropy against it.`,
 	f.BoolVar(&o.sharedPath, "shared-path", false, "all fragments of a message take one path (default: one path each)")
 	f.Uint64Var(&o.seed, "seed", 1, "random seed (the same seed gives the same run)")
 	f.BoolVar(&o.asJSON, "json", false, "print JSON instead of text")
+	f.BoolVar(&o.perMessage, "messages", false, "with --json: also every scored message's entropy, its sender's probability and whether it was traced, per adversary")
 	f.StringVar(&o.plot, "plot", "", "write a plot of entropy against the --sweep parameter (.svg or .png)")
 	f.StringVar(&o.sweep, "sweep", "", "PARAM=V1,V2,...: one run per value")
 	return cmd
@@ -92,6 +94,8 @@ type simResult struct {
 	Network     simNetwork         `json:"network"`
 	Costs       simulate.Costs     `json:"costs"`
 	Adversaries []simulate.Summary `json:"adversaries"`
+	// Messages[i] are adversary i's per-message results (--messages).
+	Messages [][]simulate.Result `json:"messages,omitempty"`
 }
 
 // simNetwork is the part of the configuration a reader wants to see next
@@ -243,7 +247,11 @@ func simulateOnce(c *cobra.Command, cfg *config.Config, net simulate.Network, o 
 			}
 			name = fmt.Sprintf("global passive observer + %d of %d nodes compromised", k, net.Nodes)
 		}
-		r.Adversaries = append(r.Adversaries, simulate.Summarize(name, f, tr.Users, simulate.Analyze(tr, model, comp)))
+		rs := simulate.Analyze(tr, model, comp)
+		r.Adversaries = append(r.Adversaries, simulate.Summarize(name, f, tr.Users, rs))
+		if o.perMessage {
+			r.Messages = append(r.Messages, rs)
+		}
 	}
 	return r, nil
 }

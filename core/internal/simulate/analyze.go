@@ -106,13 +106,13 @@ func ModelFor(n int, msgMean, hopMean, exitMean, window, coverRate float64) Mode
 
 // Result is the adversary's verdict on one delivered message.
 type Result struct {
-	Msg int32
+	Msg int32 `json:"msg"`
 	// Entropy in bits of the adversary's distribution over senders.
-	Entropy float64
+	Entropy float64 `json:"entropy_bits"`
 	// PSender is the probability the adversary gives the true sender;
 	// Traced is PSender >= TracedThreshold.
-	PSender float64
-	Traced  bool
+	PSender float64 `json:"p_sender"`
+	Traced  bool    `json:"traced"`
 }
 
 // TracedThreshold: a message whose true sender gets at least this
