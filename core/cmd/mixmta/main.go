@@ -59,7 +59,7 @@ func root() *cobra.Command {
 	cmd.PersistentFlags().StringVarP(&cfgPath, "config", "c", "mixmta.yaml", "pipeline file (YAML)")
 	load := func() (*config.Config, error) { return config.Load(cfgPath) }
 	daemon.Version = version
-	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd(), versionCmd(), usersCmd(load), configCmd(load))
+	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd(), versionCmd(), usersCmd(load), configCmd(load), simulateCmd(load))
 	cmd.AddCommand(nodesCommands(load)...)
 	return cmd
 }

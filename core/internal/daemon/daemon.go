@@ -374,3 +374,11 @@ func (d *Daemon) Stop(ctx context.Context) {
 		d.log.Error("closing queue", "error", err)
 	}
 }
+
+// StartStage launches one stage's plugin, validates its config block
+// against the schema the plugin reports and configures it, as serve does;
+// for tools that run single stages (mixmta simulate samples the profile's
+// delay stages). Errors are FILE:LINE.
+func StartStage(ctx context.Context, cfg *config.Config, st config.Stage, log hclog.Logger) (*pluginhost.Stage, error) {
+	return startStage(ctx, cfg, st, log)
+}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/mixmta/mixmta/sdk"
 )
@@ -71,14 +72,16 @@ func (t *Direct) Stats() Stats {
 }
 
 // FrameLogWriter returns a Config.FrameLog that writes one line per frame
-// or word to w: "<dir> <64-hex node id> <size>\n" (e.g. "out 3f...9a
-// 65536"). Lines from concurrent calls do not interleave. For tests and
-// debugging: it names peers, so never point it at a production log.
+// or word to w: "<dir> <unix time in ns> <64-hex node id> <size>\n" (e.g.
+// "out 1764667200123456789 3f...9a 65536"): what an observer of the link
+// sees, with the time it saw it. Lines from concurrent calls do not
+// interleave. For tests, traces and debugging: it names peers, so never
+// point it at a production log.
 func FrameLogWriter(w io.Writer) func(Dir, sdk.NodeID, int) {
 	var mu sync.Mutex
 	return func(d Dir, peer sdk.NodeID, size int) {
 		mu.Lock()
 		defer mu.Unlock()
-		fmt.Fprintf(w, "%s %s %d\n", d, peer, size)
+		fmt.Fprintf(w, "%s %d %s %d\n", d, time.Now().UnixNano(), peer, size)
 	}
 }
