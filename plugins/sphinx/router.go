@@ -12,7 +12,8 @@ import (
 )
 
 // Route turns a message into Sphinx packets at the entry: it encodes the
-// envelope, header and body as an inner message (SPEC.md §14.1), cuts it
+// envelope (with the null sender as MAIL FROM), header and body as an
+// inner message (SPEC.md §14.1), cuts it
 // into fragments of PayloadSize - 25 bytes (65200 with 64 KiB packets; a
 // fragment header is 25 bytes, SPEC.md §14.2) under one random 16-byte
 // message id, chooses one exit for the message and for every fragment a
@@ -43,7 +44,12 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 		return nil, err
 	}
 	exit := first[len(first)-1]
-	im, err := encodeInner(m.Envelope, m.Header, m.Body)
+	// The packet carries the null sender whatever came in: the entry's
+	// sanitize stage should already have set it, and an exit must never
+	// learn a sender even from a pipeline that forgot to.
+	env := m.Envelope
+	env.MailFrom = ""
+	im, err := encodeInner(env, m.Header, m.Body)
 	if err != nil {
 		return nil, err
 	}

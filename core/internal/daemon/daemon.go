@@ -64,9 +64,14 @@ func StartStages(ctx context.Context, cfg *config.Config, log hclog.Logger) ([]*
 		if err != nil {
 			return fail(fmt.Errorf("%s:%d: stage %q: %w", cfg.Path, st.Line, st.Name, err))
 		}
-		stages = append(stages, pipeline.Stage{Name: st.Name, Kind: kind, Needs: ps.Info.Needs, Impl: ps})
+		stages = append(stages, pipeline.Stage{Name: st.Name, Kind: kind, Needs: ps.Info.Needs, Impl: ps,
+			Sanitizes: ps.Info.Can(sdk.CapSanitizes), Packets: kind == sdk.KindRouter && ps.Info.Has(sdk.KindMixer)})
 	}
 	if err := pipeline.ValidateOrder(stages); err != nil {
+		var oe *pipeline.OrderError
+		if errors.As(err, &oe) {
+			return fail(fmt.Errorf("%s:%d: pipeline: %w", cfg.Path, cfg.Pipeline[oe.Index].Line, err))
+		}
 		return fail(fmt.Errorf("%s: pipeline: %w", cfg.Path, err))
 	}
 	return started, stages, nil

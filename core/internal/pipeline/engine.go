@@ -36,7 +36,20 @@ type Stage struct {
 	Kind  sdk.Kind
 	Needs sdk.Needs
 	Impl  Impl
+	// Sanitizes: the plugin reports sdk.CapSanitizes.
+	Sanitizes bool
+	// Packets: a router whose plugin is also a mixer, so its routes are
+	// mixnet packets that leave this node.
+	Packets bool
 }
+
+// OrderError is a pipeline order rule broken at stage Index.
+type OrderError struct {
+	Index int
+	Msg   string
+}
+
+func (e *OrderError) Error() string { return e.Msg }
 
 // Options configure an Engine.
 type Options struct {
@@ -93,7 +106,8 @@ type work struct {
 
 // New validates the stage order and builds an engine. The order rules:
 // checkers first; at least one deliverer; nothing after the last
-// deliverer.
+// deliverer; a router that emits mixnet packets comes after a stage that
+// sanitizes (the sender's identity never leaves the entry node).
 func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 	if err := ValidateOrder(stages); err != nil {
 		return nil, err
@@ -126,11 +140,19 @@ func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 	return e, nil
 }
 
-// ValidateOrder checks the pipeline's stage order (see New).
+// ValidateOrder checks the pipeline's stage order (see New). A broken rule
+// that belongs to one stage is an *OrderError.
 func ValidateOrder(stages []Stage) error {
 	last := -1
 	seenOther := false
+	sanitized := false
 	for i, s := range stages {
+		if s.Kind == sdk.KindRouter && s.Packets && !sanitized {
+			return &OrderError{Index: i, Msg: fmt.Sprintf("stage %q turns messages into mixnet packets, but no stage before it sanitizes them (the exit would learn the sender): put a sanitize stage before it", s.Name)}
+		}
+		if s.Kind == sdk.KindTransformer && s.Sanitizes {
+			sanitized = true
+		}
 		switch s.Kind {
 		case sdk.KindChecker:
 			if seenOther {
