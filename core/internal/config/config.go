@@ -280,6 +280,14 @@ type Mix struct {
 	LoopTimeout sdk.Duration `yaml:"loop_timeout"`
 	// Cover traffic rates.
 	Cover MixCover `yaml:"cover"`
+	// SendRate is λ_P, packets per second (Loopix §4.2): this node sends
+	// its own packets at the ticks of a Poisson process of this rate, a
+	// drop cover packet at every tick with none waiting. Default 0.2.
+	SendRate float64 `yaml:"send_rate"`
+	// SendQueueLimit: own packets waiting for a tick at which new mail is
+	// refused with 452 4.3.1 and routing waits. 0 (default): ⌈send_rate ×
+	// grace⌉, so no packet outlives its epoch key while it waits.
+	SendQueueLimit int `yaml:"send_queue_limit"`
 	// FrameLog, if set, is a file that receives one line per frame on the
 	// mix links (direction, peer, size): a test and debugging aid.
 	FrameLog string `yaml:"frame_log"`

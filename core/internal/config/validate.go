@@ -147,6 +147,12 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 	if m.Cover.DropRate < 0 || m.Cover.LoopRate < 0 {
 		bad("mix.cover", "rates must not be negative")
 	}
+	if m.SendRate <= 0 {
+		bad("mix.send_rate", "must be positive (packets per second), got %g", m.SendRate)
+	}
+	if m.SendQueueLimit < 0 {
+		bad("mix.send_queue_limit", "must not be negative, got %d", m.SendQueueLimit)
+	}
 	if m.Mixer != "" {
 		found := false
 		for _, st := range c.Pipeline {

@@ -180,6 +180,9 @@ func Start(parent context.Context, cfg *config.Config, log hclog.Logger) (*Daemo
 		}
 	}
 	var checkers []smtpd.Checker
+	if d.mix != nil {
+		checkers = append(checkers, sendQueueChecker{d.mix.node})
+	}
 	for _, st := range d.engine.Checkers() {
 		checkers = append(checkers, namedChecker{st})
 	}
@@ -306,6 +309,9 @@ func (d *Daemon) startMetrics() error {
 	}
 	reg := prometheus.NewRegistry()
 	stats.Register(reg, d.counters, d.gauges())
+	if d.mix != nil {
+		d.mix.node.Register(reg)
+	}
 	ln, err := net.Listen("tcp", d.cfg.Metrics.Address)
 	if err != nil {
 		return fmt.Errorf("metrics: %w", err)

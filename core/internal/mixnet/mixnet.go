@@ -75,6 +75,15 @@ type Config struct {
 	LoopTimeout time.Duration
 	// DropRate and LoopRate: cover packets per second, Poisson (0: none).
 	DropRate, LoopRate float64
+	// SendRate is λ_P, packets per second: the Poisson rate at which this
+	// node sends its own packets, a drop cover packet filling every tick
+	// with none queued (sending.go). Default 0.2.
+	SendRate float64
+	// SendQueueLimit in packets: at this many own packets waiting, new
+	// mail gets 452 4.3.1 and routing waits. Default ⌈SendRate × Grace⌉
+	// (at least 1): a packet waits at most about Grace, so its epoch key
+	// is still valid at every hop when it leaves.
+	SendQueueLimit int
 	// FragmentTTL: an incomplete message is dropped after this (24 h).
 	FragmentTTL time.Duration
 	// MessageIDTTL: how long the exit remembers message ids (24 h).
@@ -98,12 +107,22 @@ func (c *Config) defaults() {
 	def(&c.LoopTimeout, 2*time.Minute)
 	def(&c.FragmentTTL, 24*time.Hour)
 	def(&c.MessageIDTTL, 24*time.Hour)
+	if c.SendRate <= 0 {
+		c.SendRate = 0.2
+	}
+	if c.SendQueueLimit <= 0 {
+		c.SendQueueLimit = max(1, int(math.Ceil(c.SendRate*c.Grace.Seconds())))
+	}
 }
 
 // Stats counts a mix node's events since start.
 type Stats struct {
 	Received, Forwarded, Exited, Replays, Dropped, CoverSent, CoverDropped atomic.Int64
 	LoopsSent, LoopsBack, LoopsLost, Assembled, Duplicates                 atomic.Int64
+	// OwnSent: own packets sent at a tick; TickDrops: drop packets sent
+	// at a tick with no own packet waiting; TicksMissed: ticks with
+	// neither sent (no path, link down).
+	OwnSent, TickDrops, TicksMissed atomic.Int64
 }
 
 // Node is the mixnet side of one mixmta daemon.
@@ -119,6 +138,7 @@ type Node struct {
 	log    hclog.Logger
 	Stats  Stats
 	health *health
+	sendq  *sendQueue
 
 	mu        sync.Mutex
 	fragments map[queue.ID]map[int]*queue.Item // message id -> index -> item
@@ -139,14 +159,15 @@ type loop struct {
 func New(cfg Config, self sdk.NodeID, eng *pipeline.Engine, mixer Mixer, delay Delayer, keys Keys, dir Directory, links Links, log hclog.Logger) *Node {
 	cfg.defaults()
 	return &Node{cfg: cfg, self: self, eng: eng, mixer: mixer, delay: delay, keys: keys, dir: dir, links: links,
-		log: log.Named("mix"), health: newHealth(), fragments: map[queue.ID]map[int]*queue.Item{}, loops: map[[16]byte]loop{}}
+		log: log.Named("mix"), health: newHealth(), sendq: newSendQueue(), fragments: map[queue.ID]map[int]*queue.Item{}, loops: map[[16]byte]loop{}}
 }
 
 // Run keeps keys, mix state, health and cover traffic going until ctx ends.
 func (n *Node) Run(ctx context.Context) {
 	n.refresh(ctx, true)
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(4)
+	go func() { defer wg.Done(); n.sendLoop(ctx) }()
 	go func() {
 		defer wg.Done()
 		n.every(ctx, min(n.cfg.EpochLength/10, 5*time.Second), func() { n.refresh(ctx, false) })
@@ -435,13 +456,14 @@ func (n *Node) retry(it *queue.Item) error {
 	return err
 }
 
-// send hands a released packet to the transport.
+// send hands a released packet to the transport. A packet that was not
+// released by the scheduler is one of this node's own (the router made it;
+// forwards, loops and retries always wait in the pool first): it joins the
+// send queue and leaves at a tick of the sending schedule.
 func (n *Node) send(ctx context.Context, it *queue.Item, released bool) error {
 	if !released {
-		if it.SendAfter.IsZero() {
-			it.SendAfter = time.Now()
-		}
-		return n.eng.Park(it)
+		n.sendq.push(it)
+		return nil
 	}
 	packet, err := n.eng.Queue().Blob(it.Body)
 	if err != nil {
@@ -731,9 +753,11 @@ func (n *Node) Fragments() int {
 func (n *Node) StatsLine() string {
 	s := &n.Stats
 	c := n.eng.Counters()
-	return fmt.Sprintf("sphinx_messages=%d sphinx_packets=%d mix_received=%d mix_forwarded=%d exit=%d assembled=%d replays=%d mix_dropped=%d cover_sent=%d cover_dropped=%d loops=%d/%d/%d healthy_nodes=%d",
+	oldest, _ := n.SendQueueWait()
+	return fmt.Sprintf("sphinx_messages=%d sphinx_packets=%d mix_received=%d mix_forwarded=%d exit=%d assembled=%d replays=%d mix_dropped=%d cover_sent=%d cover_dropped=%d loops=%d/%d/%d healthy_nodes=%d own_sent=%d tick_drops=%d send_queue=%d send_wait=%s",
 		c.SphinxMessages.Load(), c.SphinxPackets.Load(), s.Received.Load(), s.Forwarded.Load(), s.Exited.Load(), s.Assembled.Load(), s.Replays.Load(), s.Dropped.Load(),
-		s.CoverSent.Load(), s.CoverDropped.Load(), s.LoopsSent.Load(), s.LoopsBack.Load(), s.LoopsLost.Load(), n.HealthyNodes())
+		s.CoverSent.Load(), s.CoverDropped.Load(), s.LoopsSent.Load(), s.LoopsBack.Load(), s.LoopsLost.Load(), n.HealthyNodes(),
+		s.OwnSent.Load(), s.TickDrops.Load(), n.sendq.Len(), oldest.Round(time.Second))
 }
 
 // health tracks other nodes: unhealthy after a failed probe or send until a

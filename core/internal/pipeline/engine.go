@@ -81,6 +81,14 @@ type PacketHandler interface {
 	Process(ctx context.Context, it *queue.Item, released bool)
 }
 
+// Backlog is implemented by a PacketHandler whose own packets wait for a
+// sending schedule: while Backlogged returns an error, a message does not
+// enter a packet router (it waits a second and asks again), so packets
+// never pile up faster than the schedule sends them.
+type Backlog interface {
+	Backlogged() error
+}
+
 // Engine runs items through the stages.
 type Engine struct {
 	q      *queue.Queue
@@ -378,6 +386,15 @@ func (e *Engine) step(ctx context.Context, st Stage, it *queue.Item, released bo
 		return true, e.q.Replace(it, h, b)
 
 	case sdk.KindRouter:
+		if b, ok := e.opt.Packets.(Backlog); ok && st.Packets && b.Backlogged() != nil {
+			it.SendAfter = time.Now().Add(time.Second)
+			it.Waiting = true
+			if err := e.q.Update(it); err != nil {
+				return false, err
+			}
+			e.sched.Add(it)
+			return false, nil
+		}
 		m, err := e.message(it, st.Needs)
 		if err != nil {
 			return false, err
@@ -793,6 +810,9 @@ func (e *Engine) RetryPacket(it *queue.Item) (bool, error) {
 
 // Queue returns the engine's queue.
 func (e *Engine) Queue() *queue.Queue { return e.q }
+
+// Backoff returns the engine's retry schedule.
+func (e *Engine) Backoff() Backoff { return e.opt.Backoff }
 
 // Counters returns the engine's counters.
 func (e *Engine) Counters() *stats.Counters { return e.c }

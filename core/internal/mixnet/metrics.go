@@ -1,0 +1,31 @@
+package mixnet
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Register exports the mix node's figures to reg under the mixmta_mix_
+// prefix: counters and gauges only, no label that could name a node.
+func (n *Node) Register(reg prometheus.Registerer) {
+	gauge := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "mixmta_mix_" + name, Help: help}, f))
+	}
+	counter := func(name, help string, f func() float64) {
+		reg.MustRegister(prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "mixmta_mix_" + name, Help: help}, f))
+	}
+	gauge("send_queue_packets", "Own packets waiting for a tick of the sending schedule.", func() float64 { return float64(n.SendQueueLen()) })
+	gauge("send_queue_oldest_wait_seconds", "How long the oldest packet in the send queue has waited.", func() float64 {
+		o, _ := n.SendQueueWait()
+		return o.Seconds()
+	})
+	gauge("send_queue_last_wait_seconds", "How long the last own packet sent had waited in the send queue.", func() float64 {
+		_, l := n.SendQueueWait()
+		return l.Seconds()
+	})
+	gauge("healthy_nodes", "Other nodes now considered healthy.", func() float64 { return float64(n.HealthyNodes()) })
+	counter("own_packets_sent_total", "Own packets sent at a tick of the sending schedule.", func() float64 { return float64(n.Stats.OwnSent.Load()) })
+	counter("cover_packets_sent_total", "Drop and loop cover packets sent on their own schedules (drop_rate, loop_rate).", func() float64 { return float64(n.Stats.CoverSent.Load()) })
+	counter("tick_drops_sent_total", "Drop packets sent at ticks of the sending schedule with no own packet waiting.", func() float64 { return float64(n.Stats.TickDrops.Load()) })
+	counter("ticks_missed_total", "Ticks of the sending schedule at which nothing could be sent.", func() float64 { return float64(n.Stats.TicksMissed.Load()) })
+	counter("packets_forwarded_total", "Packets unwrapped and forwarded.", func() float64 { return float64(n.Stats.Forwarded.Load()) })
+}
