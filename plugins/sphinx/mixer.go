@@ -104,7 +104,6 @@ func (s *Stage) mixResult(st *mixState, epoch uint64, res *sphinx.Result) (*sdk.
 //     byte, a random non-zero 16-byte LoopID and random padding up to
 //     PayloadSize. Packet.Path lists the whole path in order, this node
 //     last; Packet.LoopID is what Mix returns when the loop comes back.
-//     With hops = 1 the loop is this node alone (NextHop = Self).
 //
 // Errors: temporary 451 4.4.0 when too few healthy nodes are known, 451
 // 4.3.0 before the first MixState or (loops) without an own key for the

@@ -120,6 +120,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 	cases := []struct{ config, key string }{
 		{`{"hops": 4}`, "hops"},
 		{`{"hops": 0}`, "hops"},
+		{`{"hops": 1}`, "hops"}, // the exit would see the sender
 		{`{"max_hops": 6}`, "max_hops"},
 		{`{"hops": 5, "max_hops": 4}`, "hops"},
 		{`{"packet_size": 512}`, "packet_size"},
