@@ -276,7 +276,8 @@ type Mix struct {
 	// ProbeInterval between link probes of every node. Default 30s.
 	ProbeInterval sdk.Duration `yaml:"probe_interval"`
 	// LoopTimeout: a loop packet not back by then counts against its
-	// path. Default 2m.
+	// path. 0 (default): derived from the hop delay stage, the 99.9 %
+	// quantile of a loop's total delay plus pool waits.
 	LoopTimeout sdk.Duration `yaml:"loop_timeout"`
 	// Cover traffic rates.
 	Cover MixCover `yaml:"cover"`

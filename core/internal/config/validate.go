@@ -137,7 +137,9 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 		bad("mix.keys_ahead", "must be between 1 and 1000 epochs, got %d", m.KeysAhead)
 	}
 	positive("mix.probe_interval", m.ProbeInterval)
-	positive("mix.loop_timeout", m.LoopTimeout)
+	if m.LoopTimeout < 0 {
+		bad("mix.loop_timeout", "must not be negative (0 or absent: derived from the hop delay)")
+	}
 	if m.Grace < 0 {
 		bad("mix.grace", "must not be negative")
 	}

@@ -123,6 +123,8 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 		DropRate:       m.Cover.DropRate,
 		LoopRate:       m.Cover.LoopRate,
 		SendRate:       m.SendRate,
+		PoolWindow:     d.cfg.Scheduler.Window.D(),
+		MinPool:        d.cfg.Scheduler.MinPool,
 		SendQueueLimit: m.SendQueueLimit,
 		ExitStage:      exitStage,
 	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &links{t: tr, dir: dir}, log)
@@ -170,7 +172,7 @@ type sendQueueChecker struct{ n *mixnet.Node }
 
 func (sendQueueChecker) Name() string { return "mix-send-queue" }
 
-func (c sendQueueChecker) Check(context.Context, *sdk.Message) error { return c.n.Backlogged() }
+func (c sendQueueChecker) Check(context.Context, *sdk.Message) error { return c.n.SendQueueFull() }
 
 // keyStore adapts *nodes.KeyStore to mixnet.Keys.
 type keyStore struct{ ks *nodes.KeyStore }

@@ -23,6 +23,13 @@ func (n *Node) Register(reg prometheus.Registerer) {
 		return l.Seconds()
 	})
 	gauge("healthy_nodes", "Other nodes now considered healthy.", func() float64 { return float64(n.HealthyNodes()) })
+	gauge("paths_available", "1 when enough healthy nodes are known for a full path, 0 while mail is held for want of them.", func() float64 {
+		if n.pathsDown.Load() {
+			return 0
+		}
+		return 1
+	})
+	counter("pool_dummies_total", "Drop packets added to a starving pool (Mixmaster dummies).", func() float64 { return float64(n.Stats.PoolDummies.Load()) })
 	counter("own_packets_sent_total", "Own packets sent at a tick of the sending schedule.", func() float64 { return float64(n.Stats.OwnSent.Load()) })
 	counter("cover_packets_sent_total", "Drop and loop cover packets sent on their own schedules (drop_rate, loop_rate).", func() float64 { return float64(n.Stats.CoverSent.Load()) })
 	counter("tick_drops_sent_total", "Drop packets sent at ticks of the sending schedule with no own packet waiting.", func() float64 { return float64(n.Stats.TickDrops.Load()) })

@@ -88,13 +88,25 @@ func (n *Node) SendQueueWait() (oldest, last time.Duration) {
 	return n.sendq.oldestWait(), last
 }
 
-// Backlogged reports whether the send queue holds SendQueueLimit packets
-// or more: new mail is refused with a temporary error (SMTP 452 4.3.1) and
-// messages wait before the router until it drains, so no packet waits
-// longer than its epoch key lives.
-func (n *Node) Backlogged() error {
+// SendQueueFull reports whether the send queue holds SendQueueLimit
+// packets or more: new mail is refused with this temporary error (SMTP 452
+// 4.3.1), so no packet waits longer than its epoch key lives.
+func (n *Node) SendQueueFull() error {
 	if l := n.sendq.Len(); l >= n.cfg.SendQueueLimit {
 		return sdk.Temporary(452, "3.1", "mixnet send queue full (%d packets), try again later", l)
+	}
+	return nil
+}
+
+// Backlogged implements pipeline.Backlog: a message waits before the
+// router while the send queue is full or while too few healthy nodes are
+// known for a full path (it is held, never sent on a shorter one).
+func (n *Node) Backlogged() error {
+	if err := n.SendQueueFull(); err != nil {
+		return err
+	}
+	if !n.PathsAvailable() {
+		return sdk.Temporary(451, "4.0", "too few healthy mix nodes for a full path")
 	}
 	return nil
 }
@@ -170,6 +182,7 @@ func (n *Node) sendDropTick(ctx context.Context) {
 		n.log.Debug("[MIX] no drop packet for an empty tick", "error", err)
 		return
 	}
+	n.learnPathLen(p)
 	if err := n.links.Send(ctx, p.NextHop, p.Data); err != nil {
 		n.health.fail(p.NextHop)
 		n.Stats.TicksMissed.Add(1)

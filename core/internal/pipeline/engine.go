@@ -43,6 +43,10 @@ type Stage struct {
 	Packets bool
 }
 
+// backlogRecheck is how long a message held by a Backlog waits before it
+// asks again: one queue write per held message each time.
+const backlogRecheck = 5 * time.Second
+
 // OrderError is a pipeline order rule broken at stage Index.
 type OrderError struct {
 	Index int
@@ -83,8 +87,8 @@ type PacketHandler interface {
 
 // Backlog is implemented by a PacketHandler whose own packets wait for a
 // sending schedule: while Backlogged returns an error, a message does not
-// enter a packet router (it waits a second and asks again), so packets
-// never pile up faster than the schedule sends them.
+// enter a packet router (it waits backlogRecheck and asks again), so
+// packets never pile up faster than the schedule sends them.
 type Backlog interface {
 	Backlogged() error
 }
@@ -387,7 +391,7 @@ func (e *Engine) step(ctx context.Context, st Stage, it *queue.Item, released bo
 
 	case sdk.KindRouter:
 		if b, ok := e.opt.Packets.(Backlog); ok && st.Packets && b.Backlogged() != nil {
-			it.SendAfter = time.Now().Add(time.Second)
+			it.SendAfter = time.Now().Add(backlogRecheck)
 			it.Waiting = true
 			if err := e.q.Update(it); err != nil {
 				return false, err
