@@ -4,9 +4,12 @@
 // tags of their epoch key, delayed by the hop delay stage, and released
 // through the scheduler's pool to the next hop; exit fragments are kept in
 // the queue until their message is complete and then re-enter the pipeline
-// after the router stage. It also keeps node health (link probes, loops),
-// sends cover traffic at Poisson rates, and pushes keys and directory to
-// the mixer at every epoch change.
+// after the router stage. It sends this node's own packets on a Poisson
+// schedule with drop packets in empty ticks (sending.go), keeps node
+// health (link probes, loops with timeouts derived from the delays; mail
+// held while no full path exists; health.go), sends loop and drop cover
+// at Poisson rates, feeds a starving pool with dummies, and pushes keys
+// and directory to the mixer at every epoch change.
 package mixnet
 
 import (
