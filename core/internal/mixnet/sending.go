@@ -43,19 +43,21 @@ func (s *sendQueue) push(it *queue.Item) {
 	s.items = append(s.items, it)
 }
 
-// pop takes the oldest packet, or nil.
-func (s *sendQueue) pop() *queue.Item {
+// pop takes the oldest packet that is due (a packet whose send failed
+// waits out its backoff in SendAfter), or nil.
+func (s *sendQueue) pop(now time.Time) *queue.Item {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if len(s.items) == 0 {
-		return nil
+	for i, it := range s.items {
+		if it.SendAfter.After(now) {
+			continue
+		}
+		s.items = append(s.items[:i], s.items[i+1:]...)
+		s.lastWait = time.Since(s.since[it.ID])
+		delete(s.since, it.ID)
+		return it
 	}
-	it := s.items[0]
-	s.items[0] = nil
-	s.items = s.items[1:]
-	s.lastWait = time.Since(s.since[it.ID])
-	delete(s.since, it.ID)
-	return it
+	return nil
 }
 
 // Len is the number of packets waiting.
@@ -124,7 +126,7 @@ func (n *Node) sendLoop(ctx context.Context) {
 			return
 		case <-time.After(wait):
 		}
-		it := n.sendq.pop()
+		it := n.sendq.pop(time.Now())
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -138,9 +140,9 @@ func (n *Node) sendLoop(ctx context.Context) {
 }
 
 // sendOwn sends one of this node's packets at its tick. A failed send
-// puts it back at the end of the send queue (it leaves at a later tick,
-// never outside the schedule) until the backoff schedule's attempts are
-// spent.
+// puts it back in the send queue, due after the backoff schedule's wait
+// (it leaves at a later tick, never outside the schedule), until the
+// schedule's attempts are spent.
 func (n *Node) sendOwn(ctx context.Context, it *queue.Item) {
 	packet, err := n.eng.Queue().Blob(it.Body)
 	if err == nil {
@@ -157,15 +159,17 @@ func (n *Node) sendOwn(ctx context.Context, it *queue.Item) {
 	if ctx.Err() != nil {
 		return // it resumes from the queue at the next start
 	}
+	wait, ok := n.eng.Backoff().Wait(it.Attempts)
 	it.Attempts++
-	if _, ok := n.eng.Backoff().Wait(it.Attempts - 1); !ok {
+	if !ok {
 		n.log.Warn("[MIX] own packet dropped after repeated send failures", "attempts", it.Attempts)
 		n.Stats.Dropped.Add(1)
 		n.eng.Counters().Dropped.Add(1)
 		_ = n.eng.Done(it)
 		return
 	}
-	n.log.Info("[MIX] send failed, will retry", "next", it.NextHop.Short(), "attempt", it.Attempts)
+	n.log.Info("[MIX] send failed, will retry", "next", it.NextHop.Short(), "attempt", it.Attempts, "retry_in", wait.Round(time.Second))
+	it.SendAfter = time.Now().Add(wait)
 	if err := n.eng.Queue().Update(it); err != nil {
 		n.log.Error("[MIX] cannot requeue a packet; it resumes at restart", "item", it.ID.String(), "error", err)
 		return
