@@ -2,6 +2,9 @@ package e2e
 
 import (
 	"fmt"
+	"os"
+	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -17,12 +20,13 @@ import (
 // on the smallest network it can use: 4 nodes, so that every path is the
 // other three. Low traffic (one message every few seconds) must not
 // starve the pool (it is fed with dummies), no node may be marked down on
-// a loaded machine, and every message is delivered.
+// a loaded machine, and every message is delivered, each at least the
+// exit delay's minimum (2 s here) after an exit assembled it.
 func TestFogProfileDeliversOnFourNodes(t *testing.T) {
 	sink := peers.SmtpSink(t)
 	m := startProfileMixnet(t, "configs/fog.yaml", 4, sink.Addr, map[string]any{
 		"pipeline.delay.config":      map[string]any{"mean": "4s", "min": "1s", "max": "24s"},
-		"pipeline.exit-delay.config": map[string]any{"mean": "3s", "max": "24s"},
+		"pipeline.exit-delay.config": map[string]any{"mean": "3s", "min": "2s", "max": "24s"},
 		"mix.hop_delay.config":       map[string]any{"mean": "300ms", "max": "6s"},
 		"scheduler.window":           "300ms",
 	})
@@ -53,4 +57,39 @@ func TestFogProfileDeliversOnFourNodes(t *testing.T) {
 		t.Errorf("no dummy fed a pool of min_pool 5 at this low traffic")
 	}
 	t.Logf("%d pool dummies; node1: %s", dummies, lastStats(m.nodes[0].log()))
+
+	// The exit holds each message for its own delay: sorted, the k-th
+	// delivery comes at least 2 s after the k-th assembly.
+	assembled := regexp.MustCompile(`(?m)^(\S+) \[INFO\]\s+\S+: \[MIX\] message assembled`)
+	var at, delivered []time.Time
+	for _, n := range m.nodes {
+		for _, mm := range assembled.FindAllStringSubmatch(n.log(), -1) {
+			ts, err := time.Parse("2006-01-02T15:04:05.000Z07:00", mm[1])
+			if err != nil {
+				t.Fatal(err)
+			}
+			at = append(at, ts)
+		}
+	}
+	files, err := sink.Messages()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range files {
+		fi, err := os.Stat(f.Path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		delivered = append(delivered, fi.ModTime())
+	}
+	if len(at) != msgs || len(delivered) != msgs {
+		t.Fatalf("%d messages assembled and %d delivered, want %d", len(at), len(delivered), msgs)
+	}
+	slices.SortFunc(at, time.Time.Compare)
+	slices.SortFunc(delivered, time.Time.Compare)
+	for k := range at {
+		if d := delivered[k].Sub(at[k]); d < 2*time.Second-100*time.Millisecond {
+			t.Errorf("delivery %d came %s after assembly %d: the exit did not hold it for its delay", k, d, k)
+		}
+	}
 }
