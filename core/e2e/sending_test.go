@@ -100,9 +100,11 @@ func slicesMax(xs []int) int {
 }
 
 // TestSendingRateIgnoresUserTraffic: the frames the entry node emits per
-// 500 ms window, before and after 50 messages are submitted to it at once,
-// cannot be told apart (no burst window, no shifted mean), and all 50
-// messages are delivered: its own packets wait in the send queue and leave
+// 500 ms window, before and after 50 small messages and one of 1.5 MiB
+// (25 fragments padded to its size class, 32 packets; 82 packets in all)
+// are submitted to it at once, cannot be
+// told apart (no burst window, no shifted mean), and all 51 messages are
+// delivered: its own packets wait in the send queue and leave
 // at the ticks of the λ_P Poisson process instead of the drop packets that
 // would have filled those ticks (Loopix §4.2). Negative control: the same
 // distinguisher flags the post-submission trace with the 50 packets added
@@ -120,9 +122,10 @@ func TestSendingRateIgnoresUserTraffic(t *testing.T) {
 	time.Sleep(3 * time.Second)
 	pre := frameCounts(t, log, window, windows, nil)
 
-	const msgs = 50
+	const msgs, bigPackets = 50, 32
+	big := append([]byte("Subject: big\r\n\r\n"), bytes.Repeat([]byte(strings.Repeat("x", 78)+"\r\n"), (3<<19)/80)...)
 	var wg sync.WaitGroup
-	errs := make(chan error, msgs)
+	errs := make(chan error, msgs+1)
 	submit := func() {
 		for i := 0; i < msgs; i++ {
 			wg.Add(1)
@@ -131,6 +134,11 @@ func TestSendingRateIgnoresUserTraffic(t *testing.T) {
 				errs <- sendRaw(m.smtp[0], "a@example.org", []string{fmt.Sprintf("r%d@example.net", i)}, []byte("Subject: s\r\n\r\nbody\r\n"), false)
 			}()
 		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- sendRaw(m.smtp[0], "a@example.org", []string{"big@example.net"}, big, false)
+		}()
 	}
 	post := frameCounts(t, log, window, windows, submit)
 	wg.Wait()
@@ -140,12 +148,12 @@ func TestSendingRateIgnoresUserTraffic(t *testing.T) {
 			t.Fatalf("submitting: %v", err)
 		}
 	}
-	if !eventuallyCount(func() int { return sink.Count() }, msgs, 60*time.Second) {
-		t.Fatalf("%d of %d messages delivered", sink.Count(), msgs)
+	if !eventuallyCount(func() int { return sink.Count() }, msgs+1, 60*time.Second) {
+		t.Fatalf("%d of %d messages delivered", sink.Count(), msgs+1)
 	}
 	st := lastStats(m.nodes[0].log())
-	if statValue(st, "own_sent") < msgs {
-		t.Fatalf("the entry sent %d own packets at ticks, want at least %d: %s", statValue(st, "own_sent"), msgs, st)
+	if statValue(st, "own_sent") < msgs+bigPackets || statValue(st, "sphinx_packets") != msgs+bigPackets {
+		t.Fatalf("the entry made %d packets and sent %d at ticks, want %d: %s", statValue(st, "sphinx_packets"), statValue(st, "own_sent"), msgs+bigPackets, st)
 	}
 	t.Logf("pre %v\npost %v", pre, post)
 
