@@ -30,6 +30,18 @@ type Info struct {
 	Kinds              []Kind
 	Needs              Needs
 	Schema             *Schema
+	// Capabilities the plugin reports (e.g. CapSanitizes).
+	Capabilities []Capability
+}
+
+// Can reports whether the plugin reports capability c.
+func (i Info) Can(c Capability) bool {
+	for _, x := range i.Capabilities {
+		if x == c {
+			return true
+		}
+	}
+	return false
 }
 
 // Has reports whether the plugin implements kind k.
@@ -144,6 +156,9 @@ func Launch(o LaunchOptions) (*Client, error) {
 	c.info = Info{Name: ir.GetName(), Version: ir.GetVersion(), Doc: ir.GetDoc(), Needs: Needs(ir.GetNeeds())}
 	for _, k := range ir.GetKinds() {
 		c.info.Kinds = append(c.info.Kinds, Kind(k))
+	}
+	for _, k := range ir.GetCapabilities() {
+		c.info.Capabilities = append(c.info.Capabilities, Capability(k))
 	}
 	c.info.Schema = new(Schema)
 	if err := json.Unmarshal([]byte(ir.GetConfigSchema()), c.info.Schema); err != nil {

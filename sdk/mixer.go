@@ -139,8 +139,9 @@ const (
 type Packet struct {
 	NextHop NodeID
 	Data    []byte
-	// LoopID and Path for loops: the core expects LoopID back and credits
-	// or blames the nodes on Path.
+	// LoopID for loops: the core expects it back. Path, in order (for a
+	// loop, this node last): the core credits or blames a loop's nodes,
+	// and learns the path length (`hops`) from any cover packet.
 	LoopID [16]byte
 	Path   []NodeID
 }

@@ -72,6 +72,19 @@ const NeedAll = NeedHeader | NeedBody
 // Body reports whether n asks for the body in any form.
 func (n Needs) Body() bool { return n&(NeedBody|NeedBodyStream) != 0 }
 
+// Capability is a promise a plugin makes about what its stage does, which
+// the core relies on when it checks a pipeline's order.
+type Capability string
+
+// CapSanitizes: the stage (a transformer) removes everything in the header
+// section and envelope that identifies the sender: it keeps only fields
+// known to be safe, replaces From, Date and Message-ID, drops Received, and
+// sets MAIL FROM to the null sender (or a configured address of its own).
+// A pipeline whose router emits mixnet packets must run such a stage before
+// that router, so that no sender-identifying value ever leaves the entry
+// node (mixmta refuses the pipeline otherwise).
+const CapSanitizes Capability = "sanitizes"
+
 // BodyType is the MAIL FROM BODY= parameter (RFC 6152, RFC 3030).
 type BodyType string
 

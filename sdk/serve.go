@@ -54,8 +54,11 @@ type Plugin[C any] struct {
 	// Kinds are the stage kinds the value returned by New implements.
 	Kinds []Kind
 	// Needs are the message parts the stage receives.
-	Needs  Needs
-	Config C
+	Needs Needs
+	// Capabilities are promises the stage keeps (e.g. CapSanitizes); the
+	// core checks pipeline order with them.
+	Capabilities []Capability
+	Config       C
 	// New builds the stage from a decoded, validated config. It returns a
 	// value implementing every interface in Kinds.
 	New func(cfg C, env Env) (any, error)
@@ -155,7 +158,11 @@ func (s *stageServer[C]) Info(context.Context, *pb.InfoRequest) (*pb.InfoReply, 
 	for i, k := range s.p.Kinds {
 		kinds[i] = string(k)
 	}
-	return &pb.InfoReply{Name: s.p.Name, Version: s.p.Version, Kinds: kinds, Needs: uint32(s.p.Needs), ConfigSchema: s.schema, Doc: s.p.Doc}, nil
+	caps := make([]string, len(s.p.Capabilities))
+	for i, c := range s.p.Capabilities {
+		caps[i] = string(c)
+	}
+	return &pb.InfoReply{Name: s.p.Name, Version: s.p.Version, Kinds: kinds, Needs: uint32(s.p.Needs), ConfigSchema: s.schema, Doc: s.p.Doc, Capabilities: caps}, nil
 }
 
 // DecodeConfig decodes a JSON config block into a copy of defaults, strictly

@@ -124,7 +124,8 @@ func relayOnce(b *testing.B, system string, msgs, size int) (rate float64, idle,
 
 // BenchmarkMixnetLatency measures what mixmta itself adds on the way
 // through a 5-node loopback mixnet with (nearly) zero configured delays
-// (message and hop delays 1 µs, pool window 1 ms): the time from the
+// (message, hop and exit delays 1 µs, pool window 1 ms; the sending
+// schedule at λ_P = 5/s adds its mean tick wait of 200 ms): the time from the
 // entry's 250 to the message's arrival at smtp-sink, sequentially, and per
 // hop (the path has 3 hops plus the exit's delivery). Run with
 //
@@ -136,8 +137,12 @@ func BenchmarkMixnetLatency(b *testing.B) {
 			"scheduler.window":      "1ms",
 			"pipeline.delay.config": map[string]any{"mean": "1us", "max": "1us"},
 			"mix.hop_delay.config":  map[string]any{"mean": "1us", "max": "1us"},
-			"mix.cover":             map[string]any{"drop_rate": 0, "loop_rate": 0},
-			"log.level":             "warn",
+			// The exit's own delay off; the entry's packets still wait for
+			// a tick of the sending schedule: 1/λ_P = 200 ms on average.
+			"pipeline.exit-delay.config": map[string]any{"mean": "1us", "max": "1us"},
+			"mix.send_rate":              5,
+			"mix.cover":                  map[string]any{"drop_rate": 0, "loop_rate": 0},
+			"log.level":                  "warn",
 		})
 		time.Sleep(3 * time.Second) // first probes
 		const n = 40

@@ -33,6 +33,13 @@ type mixnet struct {
 // with onionmx; patches apply to every node's config.
 func startMixnet(t testing.TB, n int, relayHost string, patches map[string]any) *mixnet {
 	t.Helper()
+	return startProfileMixnet(t, "configs/local-mixnet.yaml", n, relayHost, patches)
+}
+
+// startProfileMixnet is startMixnet with another profile (a path relative
+// to the repository root).
+func startProfileMixnet(t testing.TB, profileName string, n int, relayHost string, patches map[string]any) *mixnet {
+	t.Helper()
 	dir := t.TempDir()
 	smtpPort, mixPort := freeRange(t, n), freeRange(t, n)
 	all := map[string]any{
@@ -47,7 +54,7 @@ func startMixnet(t testing.TB, n int, relayHost string, patches map[string]any) 
 	for k, v := range patches {
 		all[k] = v
 	}
-	profile, err := os.ReadFile(filepath.Join(repoRoot, "configs/local-mixnet.yaml"))
+	profile, err := os.ReadFile(filepath.Join(repoRoot, profileName))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -31,7 +31,10 @@ func main() {
 		Doc:     "exit-node header sanitizer: allow-listed fields only; new From, Date, Message-ID and envelope sender",
 		Kinds:   []sdk.Kind{sdk.KindTransformer},
 		Needs:   sdk.NeedHeader,
-		Config:  defaults,
-		New:     newStage,
+		// The core runs this stage before a mixnet router only because
+		// it reports this.
+		Capabilities: []sdk.Capability{sdk.CapSanitizes},
+		Config:       defaults,
+		New:          newStage,
 	})
 }

@@ -12,7 +12,7 @@ import (
 // and sender of one mixnet must use the same two values, and packet_size
 // must equal the core's mix.packet_size (the transport's frame size).
 type Config struct {
-	Hops            int   `json:"hops" doc:"path length: mix nodes each packet crosses, the last one an exit (1..max_hops)"`
+	Hops            int   `json:"hops" doc:"path length: mix nodes each packet crosses, the last one an exit (2..max_hops; one hop would let the exit see the sender)"`
 	MaxHops         int   `json:"max_hops" doc:"Sphinx geometry: the longest path a packet can describe (1..5); the same on every node of the mixnet"`
 	PacketSize      int   `json:"packet_size" doc:"Sphinx geometry: bytes per packet, header included (1024..16777216); the same on every node and equal to mix.packet_size"`
 	MaxMessageBytes int64 `json:"max_message_bytes" doc:"largest message (header + body, bytes) the entry accepts and the exit reassembles (1..1073741824)"`
@@ -31,8 +31,11 @@ func (c *Config) Validate() error {
 	if c.MaxHops < 1 || c.MaxHops > sphinx.MaxHopsLimit {
 		return sdk.FieldErrorf("max_hops", "must be between 1 and %d, got %d", sphinx.MaxHopsLimit, c.MaxHops)
 	}
-	if c.Hops < 1 || c.Hops > c.MaxHops {
-		return sdk.FieldErrorf("hops", "must be between 1 and max_hops (%d), got %d", c.MaxHops, c.Hops)
+	// One hop is refused: that node would see both the entry that sent
+	// the packet and the message it delivers, so it alone would know who
+	// writes to whom.
+	if c.Hops < 2 || c.Hops > c.MaxHops {
+		return sdk.FieldErrorf("hops", "must be between 2 and max_hops (%d), got %d", c.MaxHops, c.Hops)
 	}
 	if c.PacketSize < minPacketSize || c.PacketSize > sphinx.MaxPacketSize {
 		return sdk.FieldErrorf("packet_size", "must be between %d and %d bytes, got %d", minPacketSize, sphinx.MaxPacketSize, c.PacketSize)

@@ -206,6 +206,12 @@ func concat(frags []*sdk.Fragment) []byte {
 
 // testMessage builds a message of about size bytes (header + body) with a
 // deterministic pseudo-random binary body.
+// padToClass appends the zero padding of inner's size class (SPEC.md §14.3).
+func padToClass(s *Stage, inner []byte) []byte {
+	count := (len(inner) + s.fragData - 1) / s.fragData
+	return append(bytes.Clone(inner), make([]byte, sizeClass(count, s.maxFragments)*s.fragData-len(inner))...)
+}
+
 func testMessage(size int, seed uint64) *sdk.Message {
 	header := []byte("From: a@example.org\r\nTo: b@example.net\r\nSubject: test\r\n\r\n")
 	body := make([]byte, max(size-len(header), 0))

@@ -244,6 +244,25 @@ func decodeInner(data []byte) (*sdk.Message, error) {
 	return &sdk.Message{Envelope: env, Header: header, Body: msgBody, Size: int64(len(header) + len(msgBody))}, nil
 }
 
+// innerLength reads the length fields at the start of an inner message
+// (SPEC.md §14.1) and returns its size, digest included, without checking
+// anything else; decodeInner does. It fails when the fields run past data.
+func innerLength(data []byte) (int64, error) {
+	r := reader{b: data}
+	r.bytes(3) // version, flags, body type
+	r.bytes(int(r.u16()))
+	for n := int(r.u16()); n > 0 && r.err == nil; n-- {
+		r.bytes(int(r.u16()))
+	}
+	r.bytes(int(r.u32()))
+	r.bytes(int(r.u32()))
+	r.bytes(digestSize)
+	if r.err != nil {
+		return 0, fmt.Errorf("%w: %v", errInner, r.err)
+	}
+	return int64(len(data) - len(r.b)), nil
+}
+
 // reader consumes big-endian fields from b; the first short read sets err
 // and makes every later read return zero values.
 type reader struct {

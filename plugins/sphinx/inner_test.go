@@ -125,8 +125,39 @@ func TestAssembleRejectsWrongOrderAndOversizedData(t *testing.T) {
 	cfg := testConfig()
 	cfg.MaxMessageBytes = 1000
 	s := newStageWith(cfg, nil, nil, nil)
-	_, err = s.Assemble(context.Background(), make([]byte, maxInnerSize(1000)+1))
+	m := testMessage(int(maxInnerSize(1000)), 5) // inner beyond what 1000 bytes allow
+	im, err := encodeInner(m.Envelope, m.Header, m.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Assemble(context.Background(), padToClass(s, im.bytes()))
 	wantPermanent(t, err, "exceeds")
+}
+
+// Assemble accepts an inner message only with exactly the zero padding of
+// its size class: other padding could carry a mark from the entry.
+func TestAssembleRejectsWrongPadding(t *testing.T) {
+	s := newStageWith(testConfig(), nil, nil, nil)
+	m := testMessage(100<<10, 6) // 2 fragments
+	im, err := encodeInner(m.Envelope, m.Header, m.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	good := padToClass(s, im.bytes())
+	if len(good) != 2*s.fragData {
+		t.Fatalf("a 100 KiB message padded to %d bytes, want 2 fragments", len(good))
+	}
+	if _, err := s.Assemble(context.Background(), good); err != nil {
+		t.Fatalf("the padded message: %v", err)
+	}
+	marked := bytes.Clone(good)
+	marked[len(marked)-1] = 1
+	_, err = s.Assemble(context.Background(), marked)
+	wantPermanent(t, err, "padding")
+	_, err = s.Assemble(context.Background(), im.bytes())
+	wantPermanent(t, err, "size class")
+	_, err = s.Assemble(context.Background(), append(bytes.Clone(good), make([]byte, s.fragData)...))
+	wantPermanent(t, err, "size class")
 }
 
 func TestEncodeInnerRejectsOversizedEnvelope(t *testing.T) {

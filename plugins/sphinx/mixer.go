@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 
 	"github.com/mixmta/mixmta/plugins/sphinx/internal/sphinx"
 	"github.com/mixmta/mixmta/sdk"
@@ -96,13 +97,13 @@ func (s *Stage) mixResult(st *mixState, epoch uint64, res *sphinx.Result) (*sdk.
 //
 //   - CoverDrop: `hops` distinct healthy nodes other than this one (any of
 //     them may be last, exit or not); the last hop's command is Drop and the
-//     payload is PayloadSize random bytes.
+//     payload is PayloadSize random bytes. Packet.Path lists the path
+//     (the core learns the path length from it).
 //   - CoverLoop: `hops`-1 distinct healthy nodes other than this one, then
 //     this node; the last command is Exit and the payload is the loop type
 //     byte, a random non-zero 16-byte LoopID and random padding up to
 //     PayloadSize. Packet.Path lists the whole path in order, this node
 //     last; Packet.LoopID is what Mix returns when the loop comes back.
-//     With hops = 1 the loop is this node alone (NextHop = Self).
 //
 // Errors: temporary 451 4.4.0 when too few healthy nodes are known, 451
 // 4.3.0 before the first MixState or (loops) without an own key for the
@@ -126,7 +127,7 @@ func (s *Stage) Cover(_ context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
 		if err != nil {
 			return nil, packetError(err)
 		}
-		return &sdk.Packet{NextHop: path[0].id, Data: pkt}, nil
+		return &sdk.Packet{NextHop: path[0].id, Data: pkt, Path: idsOf(path)}, nil
 	case sdk.CoverLoop:
 		if st.selfKey == nil {
 			return nil, sdk.Temporary(451, "3.0", "sphinx: no own mix key for the current epoch %d", st.epoch)
@@ -155,16 +156,28 @@ func (s *Stage) Cover(_ context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
 }
 
 // Assemble parses the concatenated Data of all fragments of one message, in
-// Index order, as an inner message (SPEC.md §14.1) and returns the message
-// with its inner envelope. Header and Body alias data. It needs no
-// MixState. Errors: permanent 554 5.6.0 for more than the inner size that
-// max_message_bytes allows, a wrong digest (fragments mixed up) or any
-// malformed field.
+// Index order, as an inner message (SPEC.md §14.1) followed by its zero
+// padding (§14.3) and returns the message with its inner envelope. Header
+// and Body alias data. It needs no MixState. Errors: permanent 554 5.6.0
+// for an inner message larger than max_message_bytes allows, padding that
+// is not zero or not exactly up to the message's size class, a wrong
+// digest (fragments mixed up) or any malformed field.
 func (s *Stage) Assemble(_ context.Context, data []byte) (*sdk.Message, error) {
-	if int64(len(data)) > s.maxInner {
-		return nil, errMalformed("sphinx: reassembled message of %d bytes exceeds the %d that max_message_bytes allows", len(data), s.maxInner)
+	n, err := innerLength(data)
+	if err != nil {
+		return nil, errMalformed("%v", err)
 	}
-	m, err := decodeInner(data)
+	if n > s.maxInner {
+		return nil, errMalformed("sphinx: reassembled message of %d bytes exceeds the %d that max_message_bytes allows", n, s.maxInner)
+	}
+	count := int((n + int64(s.fragData) - 1) / int64(s.fragData))
+	if want := int64(sizeClass(count, s.maxFragments)) * int64(s.fragData); int64(len(data)) != want {
+		return nil, errMalformed("sphinx: reassembled %d bytes for an inner message of %d, want %d (its size class)", len(data), n, want)
+	}
+	if slices.ContainsFunc(data[n:], func(b byte) bool { return b != 0 }) {
+		return nil, errMalformed("sphinx: padding after the inner message is not zero")
+	}
+	m, err := decodeInner(data[:n])
 	if err != nil {
 		return nil, errMalformed("%v", err)
 	}

@@ -73,33 +73,6 @@ func choosePath(cands []candidate, n int, needExit bool, r io.Reader) ([]candida
 	return path, nil
 }
 
-// choosePathTo picks a path of n distinct nodes ending at exit: the other
-// n-1 hops are drawn uniformly from cands without exit. All fragments of a
-// message use one exit (the exit reassembles them) while their other hops
-// differ.
-func choosePathTo(cands []candidate, n int, exit candidate, r io.Reader) ([]candidate, error) {
-	pool := make([]int, 0, len(cands))
-	for i, c := range cands {
-		if c.id != exit.id {
-			pool = append(pool, i)
-		}
-	}
-	if len(pool) < n-1 {
-		return nil, errTooFewNodes(len(cands), 1, n, true)
-	}
-	path := make([]candidate, n)
-	path[n-1] = exit
-	for i := 0; i < n-1; i++ {
-		j, err := randIntn(r, len(pool)-i)
-		if err != nil {
-			return nil, err
-		}
-		pool[i], pool[i+j] = pool[i+j], pool[i]
-		path[i] = cands[pool[i]]
-	}
-	return path, nil
-}
-
 // randIntn returns a uniform integer in [0, n), n >= 1, from 8-byte reads
 // of r with rejection sampling (no modulo bias).
 func randIntn(r io.Reader, n int) (int, error) {

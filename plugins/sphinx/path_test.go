@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
 	mrand "math/rand/v2"
@@ -188,34 +187,5 @@ func TestRealStagesDrawDifferentPaths(t *testing.T) {
 	}
 	if len(first) < 3 {
 		t.Fatalf("20 messages used only %d distinct first hops of 9", len(first))
-	}
-}
-
-func TestEveryFragmentOfAMessageGoesToOneExitByDifferentPaths(t *testing.T) {
-	cands := make([]candidate, 8)
-	for i := range cands {
-		cands[i] = candidate{id: sdk.NodeID{byte(i + 1)}, exit: true}
-	}
-	first, err := choosePath(cands, 3, true, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	exit := first[2]
-	seen := map[sdk.NodeID]bool{}
-	for i := 0; i < 200; i++ {
-		p, err := choosePathTo(cands, 3, exit, rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if p[2].id != exit.id || p[0].id == p[1].id || p[0].id == exit.id || p[1].id == exit.id {
-			t.Fatalf("path %x %x %x: want distinct hops ending at exit %x", p[0].id[:1], p[1].id[:1], p[2].id[:1], exit.id[:1])
-		}
-		seen[p[0].id] = true
-	}
-	if len(seen) < 6 {
-		t.Fatalf("first hops drawn from only %d nodes of 7: paths do not vary", len(seen))
-	}
-	if _, err := choosePathTo(cands[:2], 3, cands[0], rand.Reader); err == nil {
-		t.Fatal("a 3-hop path from 2 nodes was built")
 	}
 }

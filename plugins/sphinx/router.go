@@ -12,13 +12,16 @@ import (
 )
 
 // Route turns a message into Sphinx packets at the entry: it encodes the
-// envelope, header and body as an inner message (SPEC.md §14.1), cuts it
-// into fragments of PayloadSize - 25 bytes (65200 with 64 KiB packets; a
-// fragment header is 25 bytes, SPEC.md §14.2) under one random 16-byte
-// message id, chooses one exit for the message and for every fragment a
-// path of its own to that exit (choosePath, choosePathTo: `hops` distinct
-// healthy nodes with a key for the current epoch, the exit last, never this
-// node) and builds one packet per fragment with the current epoch's keys.
+// envelope (with the null sender as MAIL FROM), header and body as an
+// inner message (SPEC.md §14.1), pads it with zero bytes up to its size
+// class (sizeClass: a power of two of fragments), cuts it into fragments
+// of PayloadSize - 25 bytes (65200 with 64 KiB packets; a fragment header
+// is 25 bytes, SPEC.md §14.2) under one random 16-byte message id, chooses
+// one path for the whole message (choosePath: `hops` distinct healthy
+// nodes with a key for the current epoch, an exit last, never this node)
+// and builds one packet per fragment over it with the current epoch's
+// keys. One path per message keeps the chance that an adversary holding
+// the exit traces the message at that of one packet (SPEC.md §14.3).
 //
 // It returns one route per packet: Body is the packet (packet_size bytes),
 // NextHop its first hop, RcptTo every recipient of the message (the core's
@@ -36,18 +39,24 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	if size := int64(len(m.Header)) + int64(len(m.Body)); size > s.maxMessage {
 		return nil, sdk.Permanent(552, "3.4", "sphinx: message of %d bytes exceeds max_message_bytes (%d)", size, s.maxMessage)
 	}
-	// Fail before any work when no path exists. The first path's exit is
-	// every fragment's exit: it must hold all of them to reassemble.
+	// Fail before any work when no path exists. Every fragment takes this
+	// path: fragments on paths of their own would give an adversary who
+	// holds the exit one chance per fragment to hold the rest of a path.
+	// Its exit must deliver to every recipient (exitsFor: mail2news).
 	cands, err := exitsFor(st.candidates, s.needs(m.Envelope.RcptTo))
 	if err != nil {
 		return nil, err
 	}
-	first, err := choosePath(cands, s.hops, true, s.rand)
+	path, err := choosePath(cands, s.hops, true, s.rand)
 	if err != nil {
 		return nil, err
 	}
-	exit := first[len(first)-1]
-	im, err := encodeInner(m.Envelope, m.Header, m.Body)
+	// The packet carries the null sender whatever came in: the entry's
+	// sanitize stage should already have set it, and an exit must never
+	// learn a sender even from a pipeline that forgot to.
+	env := m.Envelope
+	env.MailFrom = ""
+	im, err := encodeInner(env, m.Header, m.Body)
 	if err != nil {
 		return nil, err
 	}
@@ -55,26 +64,20 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	if count > s.maxFragments { // only if maxEnvelopeBytes changed: keep the exit's bound true
 		return nil, sdk.Permanent(552, "3.4", "sphinx: message needs %d fragments, the limit is %d", count, s.maxFragments)
 	}
+	count = sizeClass(count, s.maxFragments)
 	var id [messageIDSize]byte
 	if _, err := io.ReadFull(s.rand, id[:]); err != nil {
 		return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
 	}
 	rcpts := slices.Clone(m.Envelope.RcptTo)
-	src := im.reader()
-	buf := make([]byte, fragmentHeaderSize+int(min(int64(s.fragData), im.size)))
+	padded := int64(count) * int64(s.fragData)
+	src := io.MultiReader(im.reader(), io.LimitReader(zeros{}, padded-im.size))
+	payload := make([]byte, fragmentHeaderSize+s.fragData)
 	routes := make([]sdk.Route, 0, count)
 	for i := range count {
 		if err := ctx.Err(); err != nil {
 			return nil, sdk.Temporary(451, "4.0", "sphinx: routing interrupted: %v", err)
 		}
-		path := first
-		if i > 0 {
-			if path, err = choosePathTo(cands, s.hops, exit, s.rand); err != nil {
-				return nil, err
-			}
-		}
-		n := int(min(int64(s.fragData), im.size-int64(i)*int64(s.fragData)))
-		payload := buf[:fragmentHeaderSize+n]
 		putFragmentHeader(payload, id, i, count)
 		if _, err := io.ReadFull(src, payload[fragmentHeaderSize:]); err != nil {
 			return nil, fmt.Errorf("sphinx: plugin bug: fragment %d: %w", i, err)
@@ -87,6 +90,28 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	}
 	s.log.Debug("message routed", "fragments", count, "hops", s.hops)
 	return routes, nil
+}
+
+// sizeClass is the number of fragments a message of n fragments is padded
+// to: the smallest power of two >= n, or limit (the exit's fragment limit)
+// when that is smaller. So the fragment count, the one thing about a
+// message's size that leaves the entry (as a number of packets), tells only
+// which of ~log2(limit)+1 classes it is in (11 with the defaults), at a
+// cost of less than twice the packets.
+func sizeClass(n, limit int) int {
+	c := 1
+	for c < n {
+		c *= 2
+	}
+	return min(c, limit)
+}
+
+// zeros reads as an endless run of zero bytes (the padding).
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
 
 // packetError classifies a NewPacket failure. ErrBadKey means a directory

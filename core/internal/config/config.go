@@ -316,10 +316,19 @@ type Mix struct {
 	// ProbeInterval between link probes of every node. Default 30s.
 	ProbeInterval sdk.Duration `yaml:"probe_interval"`
 	// LoopTimeout: a loop packet not back by then counts against its
-	// path. Default 2m.
+	// path. 0 (default): derived from the hop delay stage, the 99.9 %
+	// quantile of a loop's total delay plus pool waits.
 	LoopTimeout sdk.Duration `yaml:"loop_timeout"`
 	// Cover traffic rates.
 	Cover MixCover `yaml:"cover"`
+	// SendRate is λ_P, packets per second (Loopix §4.2): this node sends
+	// its own packets at the ticks of a Poisson process of this rate, a
+	// drop cover packet at every tick with none waiting. Default 0.2.
+	SendRate float64 `yaml:"send_rate"`
+	// SendQueueLimit: own packets waiting for a tick at which new mail is
+	// refused with 452 4.3.1 and routing waits. 0 (default): ⌈send_rate ×
+	// grace⌉, so no packet outlives its epoch key while it waits.
+	SendQueueLimit int `yaml:"send_queue_limit"`
 	// FrameLog, if set, is a file that receives one line per frame on the
 	// mix links (direction, peer, size): a test and debugging aid.
 	FrameLog string `yaml:"frame_log"`

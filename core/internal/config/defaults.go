@@ -62,7 +62,7 @@ func (c *Config) SetDefaults() {
 		c.dur(&m.Grace, "mix.grace", 10*time.Minute)
 		num(c, &m.KeysAhead, "mix.keys_ahead", 24)
 		c.dur(&m.ProbeInterval, "mix.probe_interval", 30*time.Second)
-		c.dur(&m.LoopTimeout, "mix.loop_timeout", 2*time.Minute)
+		num(c, &m.SendRate, "mix.send_rate", 0.2)
 		str(&m.HopDelay.Name, "hop-delay")
 	}
 

@@ -144,7 +144,9 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 		bad("mix.keys_ahead", "must be between 1 and 1000 epochs, got %d", m.KeysAhead)
 	}
 	positive("mix.probe_interval", m.ProbeInterval)
-	positive("mix.loop_timeout", m.LoopTimeout)
+	if m.LoopTimeout < 0 {
+		bad("mix.loop_timeout", "must not be negative (0 or absent: derived from the hop delay)")
+	}
 	if m.Grace < 0 {
 		bad("mix.grace", "must not be negative")
 	}
@@ -166,6 +168,12 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 	}
 	if len(m.Capabilities) > 15 {
 		bad("mix.capabilities", "at most 15, got %d", len(m.Capabilities))
+	}
+	if m.SendRate <= 0 {
+		bad("mix.send_rate", "must be positive (packets per second), got %g", m.SendRate)
+	}
+	if m.SendQueueLimit < 0 {
+		bad("mix.send_queue_limit", "must not be negative, got %d", m.SendQueueLimit)
 	}
 	if m.Mixer != "" {
 		found := false

@@ -73,9 +73,14 @@ func StartStages(ctx context.Context, cfg *config.Config, log hclog.Logger) ([]*
 		if err != nil {
 			return fail(fmt.Errorf("%s:%d: stage %q: %w", cfg.Path, st.Line, st.Name, err))
 		}
-		stages = append(stages, pipeline.Stage{Name: st.Name, Kind: kind, Needs: ps.Info.Needs, Impl: ps})
+		stages = append(stages, pipeline.Stage{Name: st.Name, Kind: kind, Needs: ps.Info.Needs, Impl: ps,
+			Sanitizes: ps.Info.Can(sdk.CapSanitizes), Packets: kind == sdk.KindRouter && ps.Info.Has(sdk.KindMixer)})
 	}
 	if err := pipeline.ValidateOrder(stages); err != nil {
+		var oe *pipeline.OrderError
+		if errors.As(err, &oe) {
+			return fail(fmt.Errorf("%s:%d: pipeline: %w", cfg.Path, cfg.Pipeline[oe.Index].Line, err))
+		}
 		return fail(fmt.Errorf("%s: pipeline: %w", cfg.Path, err))
 	}
 	return started, stages, nil
@@ -186,6 +191,9 @@ func Start(parent context.Context, cfg *config.Config, log hclog.Logger) (*Daemo
 		}
 	}
 	var checkers []smtpd.Checker
+	if d.mix != nil {
+		checkers = append(checkers, sendQueueChecker{d.mix.node})
+	}
 	for _, st := range d.engine.Checkers() {
 		checkers = append(checkers, namedChecker{st})
 	}
@@ -322,6 +330,7 @@ func (d *Daemon) startMetrics() error {
 		stats.RegisterMix(reg, stats.MixStats{Received: &s.Received, Forwarded: &s.Forwarded, Exited: &s.Exited, Replays: &s.Replays,
 			Dropped: &s.Dropped, CoverSent: &s.CoverSent, CoverDropped: &s.CoverDropped, LoopsSent: &s.LoopsSent, LoopsBack: &s.LoopsBack,
 			LoopsLost: &s.LoopsLost, Assembled: &s.Assembled, Duplicates: &s.Duplicates, HealthyNodes: d.mix.node.HealthyNodes})
+		d.mix.node.Register(reg)
 	}
 	ln, err := net.Listen("tcp", d.cfg.Metrics.Address)
 	if err != nil {

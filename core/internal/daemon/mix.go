@@ -117,14 +117,18 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 	parts.transport = tr
 	exitStage := mixIdx + 1
 	node := mixnet.New(mixnet.Config{
-		PacketSize:    m.PacketSize,
-		EpochLength:   m.Epoch.D(),
-		Grace:         m.Grace.D(),
-		ProbeInterval: m.ProbeInterval.D(),
-		LoopTimeout:   m.LoopTimeout.D(),
-		DropRate:      m.Cover.DropRate,
-		LoopRate:      m.Cover.LoopRate,
-		ExitStage:     exitStage,
+		PacketSize:     m.PacketSize,
+		EpochLength:    m.Epoch.D(),
+		Grace:          m.Grace.D(),
+		ProbeInterval:  m.ProbeInterval.D(),
+		LoopTimeout:    m.LoopTimeout.D(),
+		DropRate:       m.Cover.DropRate,
+		LoopRate:       m.Cover.LoopRate,
+		SendRate:       m.SendRate,
+		PoolWindow:     d.cfg.Scheduler.Window.D(),
+		MinPool:        d.cfg.Scheduler.MinPool,
+		SendQueueLimit: m.SendQueueLimit,
+		ExitStage:      exitStage,
 	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &links{t: tr, dir: dir}, log)
 	parts.node, parts.dir, parts.self = node, dir, id.ID()
 	d.engine.SetPacketHandler(node)
@@ -163,6 +167,14 @@ func (p *mixParts) close() {
 		p.frameLog.Close()
 	}
 }
+
+// sendQueueChecker refuses new mail (452 4.3.1 at RCPT TO) while the mix
+// node's send queue is full: its packets could not leave in time.
+type sendQueueChecker struct{ n *mixnet.Node }
+
+func (sendQueueChecker) Name() string { return "mix-send-queue" }
+
+func (c sendQueueChecker) Check(context.Context, *sdk.Message) error { return c.n.SendQueueFull() }
 
 // keyStore adapts *nodes.KeyStore to mixnet.Keys.
 type keyStore struct{ ks *nodes.KeyStore }

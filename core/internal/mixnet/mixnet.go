@@ -4,9 +4,12 @@
 // tags of their epoch key, delayed by the hop delay stage, and released
 // through the scheduler's pool to the next hop; exit fragments are kept in
 // the queue until their message is complete and then re-enter the pipeline
-// after the router stage. It also keeps node health (link probes, loops),
-// sends cover traffic at Poisson rates, and pushes keys and directory to
-// the mixer at every epoch change.
+// after the router stage. It sends this node's own packets on a Poisson
+// schedule with drop packets in empty ticks (sending.go), keeps node
+// health (link probes, loops with timeouts derived from the delays; mail
+// held while no full path exists; health.go), sends loop and drop cover
+// at Poisson rates, feeds a starving pool with dummies, and pushes keys
+// and directory to the mixer at every epoch change.
 package mixnet
 
 import (
@@ -71,10 +74,26 @@ type Config struct {
 	EpochLength, Grace time.Duration
 	// ProbeInterval between link probes of every node (30 s).
 	ProbeInterval time.Duration
-	// LoopTimeout: a loop not back by then counts against its path (2 min).
+	// LoopTimeout: a loop not back by then counts against its path. 0
+	// (default): derived per path length from the hop delay stage
+	// (health.go: the 99.9 % quantile of the loop's total delay).
 	LoopTimeout time.Duration
+	// PoolWindow and MinPool are the scheduler's pool settings: the loop
+	// timeout allows for pool waits, and with MinPool > 0 the pool is fed
+	// dummy drop packets so that it never starves (health.go).
+	PoolWindow time.Duration
+	MinPool    int
 	// DropRate and LoopRate: cover packets per second, Poisson (0: none).
 	DropRate, LoopRate float64
+	// SendRate is λ_P, packets per second: the Poisson rate at which this
+	// node sends its own packets, a drop cover packet filling every tick
+	// with none queued (sending.go). Default 0.2.
+	SendRate float64
+	// SendQueueLimit in packets: at this many own packets waiting, new
+	// mail gets 452 4.3.1 and routing waits. Default ⌈SendRate × Grace⌉
+	// (at least 1): a packet waits at most about Grace, so its epoch key
+	// is still valid at every hop when it leaves.
+	SendQueueLimit int
 	// FragmentTTL: an incomplete message is dropped after this (24 h).
 	FragmentTTL time.Duration
 	// MessageIDTTL: how long the exit remembers message ids (24 h).
@@ -95,15 +114,26 @@ func (c *Config) defaults() {
 	def(&c.EpochLength, time.Hour)
 	def(&c.Grace, 10*time.Minute)
 	def(&c.ProbeInterval, 30*time.Second)
-	def(&c.LoopTimeout, 2*time.Minute)
+	def(&c.PoolWindow, time.Second)
 	def(&c.FragmentTTL, 24*time.Hour)
 	def(&c.MessageIDTTL, 24*time.Hour)
+	if c.SendRate <= 0 {
+		c.SendRate = 0.2
+	}
+	if c.SendQueueLimit <= 0 {
+		c.SendQueueLimit = max(1, int(math.Ceil(c.SendRate*c.Grace.Seconds())))
+	}
 }
 
 // Stats counts a mix node's events since start.
 type Stats struct {
 	Received, Forwarded, Exited, Replays, Dropped, CoverSent, CoverDropped atomic.Int64
 	LoopsSent, LoopsBack, LoopsLost, Assembled, Duplicates                 atomic.Int64
+	// OwnSent: own packets sent at a tick; TickDrops: drop packets sent
+	// at a tick with no own packet waiting; TicksMissed: ticks with
+	// neither sent (no path, link down); PoolDummies: drop packets added
+	// to a starving pool.
+	OwnSent, TickDrops, TicksMissed, PoolDummies atomic.Int64
 }
 
 // Node is the mixnet side of one mixmta daemon.
@@ -119,10 +149,16 @@ type Node struct {
 	log    hclog.Logger
 	Stats  Stats
 	health *health
+	sendq  *sendQueue
+	// pathLen is the mixer's path length, learned from cover packets;
+	// pathsDown is set while too few healthy nodes are known for it.
+	pathLen   atomic.Int32
+	pathsDown atomic.Bool
 
 	mu        sync.Mutex
 	fragments map[queue.ID]map[int]*queue.Item // message id -> index -> item
 	loops     map[[16]byte]loop
+	loopTO    loopTimeouts
 	lastState string
 	// refreshMu serializes refresh: the epoch ticker, the probe loop and
 	// the sweep all call it, and an older state must never be pushed after
@@ -131,22 +167,28 @@ type Node struct {
 }
 
 type loop struct {
-	sent time.Time
-	path []sdk.NodeID
+	deadline time.Time
+	path     []sdk.NodeID
 }
 
 // New builds a mix node. Start it after the engine has started.
 func New(cfg Config, self sdk.NodeID, eng *pipeline.Engine, mixer Mixer, delay Delayer, keys Keys, dir Directory, links Links, log hclog.Logger) *Node {
 	cfg.defaults()
 	return &Node{cfg: cfg, self: self, eng: eng, mixer: mixer, delay: delay, keys: keys, dir: dir, links: links,
-		log: log.Named("mix"), health: newHealth(), fragments: map[queue.ID]map[int]*queue.Item{}, loops: map[[16]byte]loop{}}
+		log: log.Named("mix"), health: newHealth(), sendq: newSendQueue(), fragments: map[queue.ID]map[int]*queue.Item{}, loops: map[[16]byte]loop{}}
 }
 
 // Run keeps keys, mix state, health and cover traffic going until ctx ends.
 func (n *Node) Run(ctx context.Context) {
 	n.refresh(ctx, true)
 	var wg sync.WaitGroup
-	wg.Add(3)
+	wg.Add(5)
+	go func() { defer wg.Done(); n.sendLoop(ctx) }()
+	go func() { defer wg.Done(); n.refreshLoopTimeouts(ctx) }()
+	if n.cfg.MinPool > 0 {
+		wg.Add(1)
+		go func() { defer wg.Done(); n.feedPool(ctx) }()
+	}
 	go func() {
 		defer wg.Done()
 		n.every(ctx, min(n.cfg.EpochLength/10, 5*time.Second), func() { n.refresh(ctx, false) })
@@ -190,6 +232,7 @@ func (n *Node) refresh(ctx context.Context, force bool) {
 		n.log.Error("[MIX] key rotation failed", "error", err)
 	}
 	n.push(ctx, now, false)
+	n.checkPaths()
 }
 
 func (n *Node) push(ctx context.Context, now time.Time, force bool) {
@@ -435,13 +478,14 @@ func (n *Node) retry(it *queue.Item) error {
 	return err
 }
 
-// send hands a released packet to the transport.
+// send hands a released packet to the transport. A packet that was not
+// released by the scheduler is one of this node's own (the router made it;
+// forwards, loops and retries always wait in the pool first): it joins the
+// send queue and leaves at a tick of the sending schedule.
 func (n *Node) send(ctx context.Context, it *queue.Item, released bool) error {
 	if !released {
-		if it.SendAfter.IsZero() {
-			it.SendAfter = time.Now()
-		}
-		return n.eng.Park(it)
+		n.sendq.push(it)
+		return nil
 	}
 	packet, err := n.eng.Queue().Blob(it.Body)
 	if err != nil {
@@ -597,28 +641,32 @@ func (n *Node) coverLoop(ctx context.Context, k sdk.CoverKind, rate float64) {
 			return
 		case <-time.After(wait):
 		}
-		if err := n.sendCover(ctx, k); err != nil {
+		if err := n.queueCover(ctx, k, &n.Stats.CoverSent); err != nil {
 			n.log.Debug("[MIX] no cover packet", "error", err)
 		}
 	}
 }
 
-func (n *Node) sendCover(ctx context.Context, k sdk.CoverKind) error {
+// queueCover builds a cover packet of kind k and queues it for the pool,
+// counting it in sent.
+func (n *Node) queueCover(ctx context.Context, k sdk.CoverKind, sent *atomic.Int64) error {
 	p, err := n.mixer.Cover(ctx, k)
 	if err != nil {
 		return err
 	}
+	n.learnPathLen(p)
 	it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketOut, NextHop: p.NextHop,
 		Received: time.Now(), SendAfter: time.Now(), Waiting: true, Deliverer: -1}
 	if err := n.eng.Queue().Do(func(tx *queue.Tx) error { return tx.Put(it, p.Data) }); err != nil {
 		return err
 	}
 	n.eng.Forget(-1)
-	n.Stats.CoverSent.Add(1)
+	sent.Add(1)
 	if k == sdk.CoverLoop {
 		n.Stats.LoopsSent.Add(1)
+		d := time.Now().Add(n.loopTimeout(p.Path))
 		n.mu.Lock()
-		n.loops[p.LoopID] = loop{sent: time.Now(), path: p.Path}
+		n.loops[p.LoopID] = loop{deadline: d, path: p.Path}
 		n.mu.Unlock()
 	}
 	n.eng.Hold(it)
@@ -641,12 +689,12 @@ func (n *Node) loopBack(id [16]byte) {
 
 // sweepLoop expires lost loops and stale fragments.
 func (n *Node) sweepLoop(ctx context.Context) {
-	n.every(ctx, max(n.cfg.LoopTimeout/4, time.Second), func() {
+	n.every(ctx, time.Second, func() {
 		now := time.Now()
 		var lost [][]sdk.NodeID
 		n.mu.Lock()
 		for id, l := range n.loops {
-			if now.Sub(l.sent) > n.cfg.LoopTimeout {
+			if now.After(l.deadline) {
 				lost = append(lost, l.path)
 				delete(n.loops, id)
 			}
@@ -731,25 +779,34 @@ func (n *Node) Fragments() int {
 func (n *Node) StatsLine() string {
 	s := &n.Stats
 	c := n.eng.Counters()
-	return fmt.Sprintf("sphinx_messages=%d sphinx_packets=%d mix_received=%d mix_forwarded=%d exit=%d assembled=%d replays=%d mix_dropped=%d cover_sent=%d cover_dropped=%d loops=%d/%d/%d healthy_nodes=%d",
+	oldest, _ := n.SendQueueWait()
+	return fmt.Sprintf("sphinx_messages=%d sphinx_packets=%d mix_received=%d mix_forwarded=%d exit=%d assembled=%d replays=%d mix_dropped=%d cover_sent=%d cover_dropped=%d loops=%d/%d/%d healthy_nodes=%d paths=%s own_sent=%d tick_drops=%d pool_dummies=%d send_queue=%d send_wait=%s",
 		c.SphinxMessages.Load(), c.SphinxPackets.Load(), s.Received.Load(), s.Forwarded.Load(), s.Exited.Load(), s.Assembled.Load(), s.Replays.Load(), s.Dropped.Load(),
-		s.CoverSent.Load(), s.CoverDropped.Load(), s.LoopsSent.Load(), s.LoopsBack.Load(), s.LoopsLost.Load(), n.HealthyNodes())
+		s.CoverSent.Load(), s.CoverDropped.Load(), s.LoopsSent.Load(), s.LoopsBack.Load(), s.LoopsLost.Load(), n.HealthyNodes(), map[bool]string{false: "ok", true: "held"}[n.pathsDown.Load()],
+		s.OwnSent.Load(), s.TickDrops.Load(), s.PoolDummies.Load(), n.sendq.Len(), oldest.Round(time.Second))
 }
 
-// health tracks other nodes: unhealthy after a failed probe or send until a
-// probe succeeds; unhealthy after loopFailLimit lost loops on paths through
-// it without a returned loop in between.
+// health tracks other nodes. A node is healthy once a probe succeeded, and
+// stays so until there is repeated evidence against it: probeFailLimit
+// failed probes or sends in a row (one lost TCP connection is not enough),
+// or loopFailLimit lost loops on paths through it without a returned loop
+// in between. A successful probe clears the probe failures; a returned
+// loop clears the lost loops.
 type health struct {
 	mu    sync.Mutex
 	nodes map[sdk.NodeID]*nodeHealth
 }
 
 type nodeHealth struct {
-	probeOK   bool
-	lostLoops int
+	probed     bool // a probe succeeded at least once
+	probeFails int  // failed probes and sends since the last success
+	lostLoops  int
 }
 
-const loopFailLimit = 3
+const (
+	probeFailLimit = 3
+	loopFailLimit  = 3
+)
 
 func newHealth() *health { return &health{nodes: map[sdk.NodeID]*nodeHealth{}} }
 
@@ -766,18 +823,19 @@ func (h *health) healthy(id sdk.NodeID) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	nh := h.get(id)
-	return nh.probeOK && nh.lostLoops < loopFailLimit
+	return nh.probed && nh.probeFails < probeFailLimit && nh.lostLoops < loopFailLimit
 }
 
 func (h *health) probeOK(id sdk.NodeID) {
 	h.mu.Lock()
-	h.get(id).probeOK = true
+	nh := h.get(id)
+	nh.probed, nh.probeFails = true, 0
 	h.mu.Unlock()
 }
 
 func (h *health) fail(id sdk.NodeID) {
 	h.mu.Lock()
-	h.get(id).probeOK = false
+	h.get(id).probeFails++
 	h.mu.Unlock()
 }
 

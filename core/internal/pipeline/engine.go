@@ -40,7 +40,24 @@ type Stage struct {
 	Kind  sdk.Kind
 	Needs sdk.Needs
 	Impl  Impl
+	// Sanitizes: the plugin reports sdk.CapSanitizes.
+	Sanitizes bool
+	// Packets: a router whose plugin is also a mixer, so its routes are
+	// mixnet packets that leave this node.
+	Packets bool
 }
+
+// backlogRecheck is how long a message held by a Backlog waits before it
+// asks again: one queue write per held message each time.
+const backlogRecheck = 5 * time.Second
+
+// OrderError is a pipeline order rule broken at stage Index.
+type OrderError struct {
+	Index int
+	Msg   string
+}
+
+func (e *OrderError) Error() string { return e.Msg }
 
 // Options configure an Engine.
 type Options struct {
@@ -82,6 +99,14 @@ type PacketHandler interface {
 	Process(ctx context.Context, it *queue.Item, released bool)
 }
 
+// Backlog is implemented by a PacketHandler whose own packets wait for a
+// sending schedule: while Backlogged returns an error, a message does not
+// enter a packet router (it waits backlogRecheck and asks again), so
+// packets never pile up faster than the schedule sends them.
+type Backlog interface {
+	Backlogged() error
+}
+
 // Engine runs items through the stages.
 type Engine struct {
 	q      *queue.Queue
@@ -115,7 +140,8 @@ type work struct {
 
 // New validates the stage order and builds an engine. The order rules:
 // checkers first; at least one deliverer; nothing after the last
-// deliverer.
+// deliverer; a router that emits mixnet packets comes after a stage that
+// sanitizes (the sender's identity never leaves the entry node).
 func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 	if err := ValidateOrder(stages); err != nil {
 		return nil, err
@@ -156,11 +182,19 @@ func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 	return e, nil
 }
 
-// ValidateOrder checks the pipeline's stage order (see New).
+// ValidateOrder checks the pipeline's stage order (see New). A broken rule
+// that belongs to one stage is an *OrderError.
 func ValidateOrder(stages []Stage) error {
 	last := -1
 	seenOther := false
+	sanitized := false
 	for i, s := range stages {
+		if s.Kind == sdk.KindRouter && s.Packets && !sanitized {
+			return &OrderError{Index: i, Msg: fmt.Sprintf("stage %q turns messages into mixnet packets, but no stage before it sanitizes them (the exit would learn the sender): put a sanitize stage before it", s.Name)}
+		}
+		if s.Kind == sdk.KindTransformer && s.Sanitizes {
+			sanitized = true
+		}
 		switch s.Kind {
 		case sdk.KindChecker:
 			if seenOther {
@@ -405,6 +439,15 @@ func (e *Engine) step(ctx context.Context, st Stage, it *queue.Item, released bo
 		return true, e.q.Replace(it, h, b)
 
 	case sdk.KindRouter:
+		if b, ok := e.opt.Packets.(Backlog); ok && st.Packets && b.Backlogged() != nil {
+			it.SendAfter = time.Now().Add(backlogRecheck)
+			it.Waiting = true
+			if err := e.q.Update(it); err != nil {
+				return false, err
+			}
+			e.sched.Add(it)
+			return false, nil
+		}
 		m, err := e.message(it, st.Needs)
 		if err != nil {
 			return false, err
@@ -1117,6 +1160,9 @@ func (e *Engine) RetryPacket(it *queue.Item) (bool, error) {
 
 // Queue returns the engine's queue.
 func (e *Engine) Queue() *queue.Queue { return e.q }
+
+// Backoff returns the engine's retry schedule.
+func (e *Engine) Backoff() Backoff { return e.opt.Backoff }
 
 // Counters returns the engine's counters.
 func (e *Engine) Counters() *stats.Counters { return e.c }

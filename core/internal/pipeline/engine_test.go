@@ -309,6 +309,37 @@ func TestValidateOrder(t *testing.T) {
 	}
 }
 
+// A router that emits mixnet packets needs a sanitizing transformer before
+// it; the error names that router's index.
+func TestValidateOrderWantsSanitizingBeforePacketRouter(t *testing.T) {
+	san := Stage{Name: "sanitize", Kind: sdk.KindTransformer, Sanitizes: true}
+	other := Stage{Name: "dkim", Kind: sdk.KindTransformer}
+	sphinx := Stage{Name: "sphinx", Kind: sdk.KindRouter, Packets: true}
+	plainRouter := Stage{Name: "route", Kind: sdk.KindRouter}
+	delay := Stage{Name: "delay", Kind: sdk.KindDelayer}
+	dlv := Stage{Name: "deliver", Kind: sdk.KindDeliverer}
+	cases := []struct {
+		name   string
+		stages []Stage
+		bad    int // index of the refused stage, -1 when valid
+	}{
+		{"sanitize, delay, router", []Stage{san, delay, sphinx, san, dlv}, -1},
+		{"sanitize only after the router", []Stage{delay, sphinx, san, dlv}, 1},
+		{"a transformer that does not sanitize", []Stage{other, delay, sphinx, san, dlv}, 2},
+		{"a router without packets needs none", []Stage{plainRouter, dlv}, -1},
+	}
+	for _, c := range cases {
+		err := ValidateOrder(c.stages)
+		var oe *OrderError
+		switch {
+		case c.bad < 0 && err != nil:
+			t.Errorf("%s: %v", c.name, err)
+		case c.bad >= 0 && (!errors.As(err, &oe) || oe.Index != c.bad || !strings.Contains(err.Error(), "sanitize")):
+			t.Errorf("%s: err=%v, want an OrderError at stage %d", c.name, err, c.bad)
+		}
+	}
+}
+
 func TestBounceOnlyWhenConfiguredAndNeverForNullSender(t *testing.T) {
 	for _, c := range []struct {
 		name     string

@@ -73,8 +73,10 @@ type InfoReply struct {
 	Kinds   []string               `protobuf:"bytes,3,rep,name=kinds,proto3" json:"kinds,omitempty"`
 	Needs   uint32                 `protobuf:"varint,4,opt,name=needs,proto3" json:"needs,omitempty"`
 	// JSON Schema (subset) of the stage's config block.
-	ConfigSchema  string `protobuf:"bytes,5,opt,name=config_schema,json=configSchema,proto3" json:"config_schema,omitempty"`
-	Doc           string `protobuf:"bytes,6,opt,name=doc,proto3" json:"doc,omitempty"`
+	ConfigSchema string `protobuf:"bytes,5,opt,name=config_schema,json=configSchema,proto3" json:"config_schema,omitempty"`
+	Doc          string `protobuf:"bytes,6,opt,name=doc,proto3" json:"doc,omitempty"`
+	// Promises the stage keeps (e.g. "sanitizes"); see sdk.Capability.
+	Capabilities  []string `protobuf:"bytes,7,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -149,6 +151,13 @@ func (x *InfoReply) GetDoc() string {
 		return x.Doc
 	}
 	return ""
+}
+
+func (x *InfoReply) GetCapabilities() []string {
+	if x != nil {
+		return x.Capabilities
+	}
+	return nil
 }
 
 type ConfigureRequest struct {
@@ -1505,14 +1514,15 @@ var File_stage_proto protoreflect.FileDescriptor
 const file_stage_proto_rawDesc = "" +
 	"\n" +
 	"\vstage.proto\x12\rmixmta.sdk.v1\"\r\n" +
-	"\vInfoRequest\"\x9c\x01\n" +
+	"\vInfoRequest\"\xc0\x01\n" +
 	"\tInfoReply\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
 	"\x05kinds\x18\x03 \x03(\tR\x05kinds\x12\x14\n" +
 	"\x05needs\x18\x04 \x01(\rR\x05needs\x12#\n" +
 	"\rconfig_schema\x18\x05 \x01(\tR\fconfigSchema\x12\x10\n" +
-	"\x03doc\x18\x06 \x01(\tR\x03doc\"I\n" +
+	"\x03doc\x18\x06 \x01(\tR\x03doc\x12\"\n" +
+	"\fcapabilities\x18\a \x03(\tR\fcapabilities\"I\n" +
 	"\x10ConfigureRequest\x12\x14\n" +
 	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x1f\n" +
 	"\vconfig_json\x18\x02 \x01(\fR\n" +

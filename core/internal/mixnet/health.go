@@ -1,0 +1,168 @@
+package mixnet
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"slices"
+	"time"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// Loop timeouts follow from the configured delays: a loop of k hops is
+// lost only when it is later than the 99.9 % quantile of its total delay,
+// so that on a healthy network about one loop in a thousand is blamed
+// wrongly (and a node needs loopFailLimit lost loops in a row, with no
+// returned loop between them, before it is marked down).
+const (
+	loopQuantile      = 0.999
+	loopDelaySamples  = 4000  // hop delays drawn from the hop delay stage
+	loopSums          = 20000 // Monte Carlo sums per path length
+	loopTimeoutMargin = 10 * time.Second
+)
+
+// maxPathLen is the longest Sphinx path (the sphinx plugin's max_hops cap).
+const maxPathLen = 5
+
+// loopTimeouts holds the derived timeout for each path length 1..maxPathLen.
+type loopTimeouts [maxPathLen + 1]time.Duration
+
+// deriveLoopTimeouts samples the hop delay stage and computes, for every
+// path length k, the 99.9 % quantile of the sum of k hop delays, plus two
+// pool windows per hop and one for the sender's own pool (a packet waits
+// for the next flush at each node, and with fog's min_pool sometimes for
+// one more), plus a margin of 10 s for links and unwrapping. The quantile
+// comes from the stage itself, so it is right for any delay plugin.
+func deriveLoopTimeouts(ctx context.Context, d Delayer, packetSize int, window time.Duration) (loopTimeouts, error) {
+	var out loopTimeouts
+	ds, err := d.Delay(ctx, sdk.DelayRequest{Size: int64(packetSize), Count: loopDelaySamples})
+	if err != nil {
+		return out, err
+	}
+	if len(ds) == 0 {
+		return out, errNoSamples
+	}
+	sums := make([]time.Duration, loopSums)
+	for k := 1; k < len(out); k++ {
+		for i := range sums {
+			var s time.Duration
+			for range k {
+				s += ds[rand.IntN(len(ds))]
+			}
+			sums[i] = s
+		}
+		slices.Sort(sums)
+		q := sums[min(len(sums)-1, int(loopQuantile*float64(len(sums))))]
+		out[k] = q + time.Duration(2*(k+1))*window + loopTimeoutMargin
+	}
+	return out, nil
+}
+
+var errNoSamples = errors.New("hop delay stage returned no delays")
+
+// loopTimeout is the time after which a loop over path (this node last) is
+// lost: mix.loop_timeout when configured, else the derived quantile.
+func (n *Node) loopTimeout(path []sdk.NodeID) time.Duration {
+	if n.cfg.LoopTimeout > 0 {
+		return n.cfg.LoopTimeout
+	}
+	k := min(max(len(path), 1), maxPathLen)
+	n.mu.Lock()
+	d := n.loopTO[k]
+	n.mu.Unlock()
+	if d <= 0 {
+		return fallbackLoopTimeout
+	}
+	return d
+}
+
+// fallbackLoopTimeout is used until the hop delay stage has answered.
+const fallbackLoopTimeout = 10 * time.Minute
+
+// refreshLoopTimeouts derives the loop timeouts, retrying every minute
+// until the hop delay stage answers, then once an hour (a plugin restart
+// may come with another config).
+func (n *Node) refreshLoopTimeouts(ctx context.Context) {
+	for {
+		wait := time.Hour
+		lt, err := deriveLoopTimeouts(ctx, n.delay, n.cfg.PacketSize, n.cfg.PoolWindow)
+		if err != nil {
+			n.log.Warn("[HEALTH] cannot derive loop timeouts from the hop delay stage; using the fallback", "fallback", fallbackLoopTimeout, "error", err)
+			wait = time.Minute
+		} else {
+			n.mu.Lock()
+			changed := n.loopTO != lt
+			n.loopTO = lt
+			n.mu.Unlock()
+			if changed {
+				n.log.Info("[HEALTH] loop timeouts derived from the hop delay", "hops_2", lt[2].Round(time.Second), "hops_3", lt[3].Round(time.Second))
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+// pathLen is the path length the mixer builds (mix hops), learned from the
+// cover packets it returns; 0 until the first one.
+func (n *Node) learnPathLen(p *sdk.Packet) {
+	if l := len(p.Path); l > 0 {
+		n.pathLen.Store(int32(l))
+	}
+}
+
+// PathsAvailable reports whether enough healthy nodes are known for a
+// path of the mixer's length (other nodes only, one of them an exit). When
+// not, mail is held before the router and this is logged and exported: it
+// is never sent on a shorter path.
+func (n *Node) PathsAvailable() bool {
+	hops := int(n.pathLen.Load())
+	if hops == 0 {
+		return true // not known yet: the router decides
+	}
+	healthy, exits := 0, 0
+	for _, d := range n.dir.Nodes() {
+		if d.ID == n.self || !n.health.healthy(d.ID) {
+			continue
+		}
+		healthy++
+		if d.Exit {
+			exits++
+		}
+	}
+	return healthy >= hops && exits > 0
+}
+
+// checkPaths logs when paths become unavailable and when they are back.
+func (n *Node) checkPaths() {
+	ok := n.PathsAvailable()
+	if n.pathsDown.Swap(!ok) == !ok {
+		return
+	}
+	if ok {
+		n.log.Info("[HEALTH] enough healthy nodes for full paths again; held mail is routed", "hops", n.pathLen.Load(), "healthy_nodes", n.HealthyNodes())
+	} else {
+		n.log.Warn("[HEALTH] too few healthy nodes for full paths; mail is held, never sent on a shorter path", "hops", n.pathLen.Load(), "healthy_nodes", n.HealthyNodes())
+	}
+}
+
+// feedPool keeps the scheduler's pool from starving (Mixmaster's dummy
+// messages): once per pool window, when the pool holds no more than
+// min_pool items, drop cover packets are added until it holds one more, so
+// at least one item leaves each window and a real packet or message is
+// never held indefinitely for want of traffic.
+func (n *Node) feedPool(ctx context.Context) {
+	n.every(ctx, n.cfg.PoolWindow, func() {
+		_, pooled := n.eng.Scheduler().Len()
+		for i := pooled; i <= n.cfg.MinPool; i++ {
+			if err := n.queueCover(ctx, sdk.CoverDrop, &n.Stats.PoolDummies); err != nil {
+				n.log.Debug("[POOL] no dummy for the pool", "error", err)
+				return
+			}
+		}
+	})
+}

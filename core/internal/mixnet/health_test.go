@@ -1,0 +1,168 @@
+package mixnet
+
+import (
+	"context"
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// expDelayer draws exponential delays of mean `mean` capped at max, like
+// the delay-exponential plugin (the hop delay of configs/fog.yaml: mean
+// 30s, max 10m).
+type expDelayer struct{ mean, max time.Duration }
+
+func (e expDelayer) Delay(_ context.Context, req sdk.DelayRequest) ([]time.Duration, error) {
+	out := make([]time.Duration, req.Count)
+	for i := range out {
+		out[i] = min(time.Duration(rand.ExpFloat64()*float64(e.mean)), e.max)
+	}
+	return out, nil
+}
+
+// loopDelays draws n total delays of a k-hop loop, fresh: k hop delays
+// plus, at the sender and at each hop, a wait for the next pool flush
+// (uniform over one window).
+func loopDelays(d expDelayer, k, n int, window time.Duration) []time.Duration {
+	ds, _ := d.Delay(context.Background(), sdk.DelayRequest{Count: n * k})
+	out := make([]time.Duration, n)
+	for i := range out {
+		for j := range k {
+			out[i] += ds[i*k+j]
+		}
+		for range k + 1 {
+			out[i] += time.Duration(rand.Int64N(int64(window)))
+		}
+	}
+	return out
+}
+
+func fractionWithin(xs []time.Duration, d time.Duration) float64 {
+	c := 0
+	for _, x := range xs {
+		if x <= d {
+			c++
+		}
+	}
+	return float64(c) / float64(len(xs))
+}
+
+// With fog's hop delay (mean 30 s, max 10 min), its 30 s pool window and
+// 3 hops, only about a third of loops are back within the old fixed
+// 2-minute timeout (a third was seen on a real fog network); the derived
+// timeout lets at least 99.9 % of them come back in time, and its hop
+// delay part is close to the Gamma(3) 99.9 % quantile, 11.23 × 30 s.
+func TestLoopTimeoutIsAHighQuantileOfTheLoopDelay(t *testing.T) {
+	fog := expDelayer{mean: 30 * time.Second, max: 10 * time.Minute}
+	window := 30 * time.Second
+	lt, err := deriveLoopTimeouts(context.Background(), fog, 65536, window)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh := loopDelays(fog, 3, 100000, window)
+	if f := fractionWithin(fresh, 2*time.Minute); f > 0.45 || f < 0.25 {
+		t.Fatalf("%.0f %% of fog loops back within 2 min, expected about a third: the test's delays are off", 100*f)
+	}
+	hopOnly := lt[3] - time.Duration(2*(3+1))*window - loopTimeoutMargin
+	if f := fractionWithin(fresh, lt[3]); f < 0.999 {
+		t.Errorf("derived 3-hop timeout %s covers %.2f %% of loops, want >= 99.9 %%", lt[3], 100*f)
+	}
+	theory := time.Duration(11.229 * 30 * float64(time.Second))
+	if math.Abs(float64(hopOnly-theory)) > 0.15*float64(theory) {
+		t.Errorf("derived hop-delay quantile %s, Gamma(3, 30 s) 99.9 %% quantile %s", hopOnly, theory)
+	}
+	if !slices.IsSorted(lt[1:]) {
+		t.Errorf("timeouts do not grow with the path length: %v", lt)
+	}
+	t.Logf("fog, 3 hops: %.0f %% of loops within 2 min; derived timeout %s", 100*fractionWithin(fresh, 2*time.Minute), lt[3].Round(time.Second))
+}
+
+// One failed probe or send does not mark a node down; three in a row do;
+// a successful probe clears them. Three lost loops in a row mark it down;
+// a returned loop clears them.
+func TestNodeMarkedDownOnRepeatedEvidenceOnly(t *testing.T) {
+	h := newHealth()
+	id := sdk.NodeID{7}
+	if h.healthy(id) {
+		t.Fatal("a node never probed is healthy")
+	}
+	h.probeOK(id)
+	for i := 1; i < probeFailLimit; i++ {
+		h.fail(id)
+		if !h.healthy(id) {
+			t.Fatalf("down after %d failed probe(s)", i)
+		}
+	}
+	h.fail(id)
+	if h.healthy(id) {
+		t.Fatalf("still healthy after %d failed probes in a row", probeFailLimit)
+	}
+	h.probeOK(id)
+	if !h.healthy(id) {
+		t.Fatal("a successful probe did not bring it back")
+	}
+	for i := 1; i < loopFailLimit; i++ {
+		h.lostLoop(id)
+	}
+	h.ok(id)
+	h.lostLoop(id)
+	if !h.healthy(id) {
+		t.Fatal("lost loops separated by a returned one marked it down")
+	}
+	for i := 1; i < loopFailLimit; i++ {
+		h.lostLoop(id)
+	}
+	if h.healthy(id) {
+		t.Fatalf("still healthy after %d lost loops in a row", loopFailLimit)
+	}
+}
+
+type fixedDir []sdk.DirectoryNode
+
+func (d fixedDir) Nodes() []sdk.DirectoryNode { return d }
+
+// Mail is held (the router gate says so) while fewer healthy other nodes
+// than the path length are known, or no healthy exit among them; never a
+// shorter path.
+func TestMailHeldWhileTooFewHealthyNodesForAFullPath(t *testing.T) {
+	self := sdk.NodeID{1}
+	dir := fixedDir{{ID: self, Exit: true}, {ID: sdk.NodeID{2}}, {ID: sdk.NodeID{3}}, {ID: sdk.NodeID{4}, Exit: true}}
+	cfg := Config{}
+	cfg.defaults()
+	n := &Node{cfg: cfg, self: self, dir: dir, health: newHealth(), sendq: newSendQueue(), log: hclog.NewNullLogger()}
+	if !n.PathsAvailable() {
+		t.Fatal("held before the path length is known")
+	}
+	n.learnPathLen(&sdk.Packet{Path: make([]sdk.NodeID, 3)})
+	for _, id := range []sdk.NodeID{{2}, {3}, {4}} {
+		n.health.probeOK(id)
+	}
+	n.checkPaths()
+	if !n.PathsAvailable() || n.Backlogged() != nil || n.pathsDown.Load() {
+		t.Fatal("held with three healthy others for three hops")
+	}
+	for range probeFailLimit {
+		n.health.fail(sdk.NodeID{3})
+	}
+	n.checkPaths()
+	err := n.Backlogged()
+	if n.PathsAvailable() || err == nil || !n.pathsDown.Load() {
+		t.Fatalf("two healthy others for three hops: not held (err %v)", err)
+	}
+	if e := sdk.AsError(err); e.SMTPCode()/100 != 4 {
+		t.Fatalf("held with %v, want a temporary error", err)
+	}
+	n.health.probeOK(sdk.NodeID{3})
+	for range probeFailLimit {
+		n.health.fail(sdk.NodeID{4}) // the only exit
+	}
+	if n.PathsAvailable() {
+		t.Fatal("no healthy exit: not held")
+	}
+}
