@@ -239,33 +239,23 @@ func stateSignature(st sdk.MixState) string {
 	return string(h.Sum(nil))
 }
 
-// Receive is the transport's handler. The packet is unwrapped at once and
-// its outcome (a forward item, a fragment, or nothing for a drop, a loop or
-// a replay) is stored with its replay tag in one synced transaction; only
-// when the mixer or the hop delay cannot answer now is the raw packet
-// stored instead, to be unwrapped later. Either way Receive returns, and
-// the transport acknowledges, only after the packet is on disk: one queue
-// write per packet instead of storing, reading and deleting it first.
+// Receive is the transport's handler. It stores the raw packet durably
+// (synced, group commit) and returns, so the transport acknowledges it;
+// the packet is unwrapped afterwards by an engine worker. The work before
+// the ack is the same whatever the packet's fate (forward, exit, drop,
+// loop, replay, malformed): an ack that came sooner for a drop would tell
+// the previous hop which packets were cover, and a first hop that it is
+// first. The replay check still precedes any forwarding (apply).
 func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) error {
 	if len(packet) != n.cfg.PacketSize {
 		n.Stats.Dropped.Add(1)
 		return fmt.Errorf("packet of %d bytes, want %d", len(packet), n.cfg.PacketSize)
 	}
-	n.Stats.Received.Add(1)
-	res, err := n.mixer.Mix(ctx, packet)
-	if err == nil {
-		done, err := n.apply(ctx, nil, res)
-		if done || err != nil {
-			return err // a queue error nacks: the sender tries again
-		}
-	} else if sdk.IsPermanent(err) {
-		n.dropped(err)
-		return nil
-	}
 	it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketIn, Received: time.Now(), Deliverer: -1}
 	if err := n.eng.Queue().Put(it, packet); err != nil {
-		return err
+		return err // a queue error nacks: the sender tries again
 	}
+	n.Stats.Received.Add(1)
 	n.eng.Forget(-1)
 	n.eng.Enqueue(it)
 	return nil
@@ -307,8 +297,8 @@ func (n *Node) tagTTL(epoch uint64) time.Duration {
 	return max(time.Until(end), time.Minute)
 }
 
-// unwrap runs the mixer on a packet stored by Receive (the mixer could not
-// answer then) and applies the result.
+// unwrap runs the mixer on a packet stored by Receive and applies the
+// result.
 func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
 	packet, err := n.eng.Queue().Blob(it.Body)
 	if err != nil {
@@ -329,37 +319,34 @@ func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
 	return err
 }
 
-// apply turns a mix result, in one queue transaction with its replay tag,
-// into a forward item, a fragment, or nothing (drop, loop back, replay),
-// deleting the stored packet in (nil for a packet just received, whose
-// transaction is then synced before returning). done is false when the
-// hop delay cannot be sampled now: nothing was changed.
+// apply turns a mix result, in one queue transaction with its replay tag
+// that also deletes the stored packet in, into a forward item, a fragment,
+// or nothing (drop, loop back, replay). The transaction is synced before a
+// forward item reaches the scheduler, so a packet never leaves before its
+// replay tag is on disk (a crash cannot make it leave twice). done is false
+// when the hop delay cannot be sampled now: nothing was changed.
 func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (done bool, err error) {
 	q := n.eng.Queue()
-	received := time.Now()
-	if in != nil {
-		received = in.Received
-	}
 	var out *queue.Item
 	var outData []byte
 	switch res.Action {
 	case sdk.MixForward:
 		if len(res.Packet) != n.cfg.PacketSize {
 			n.dropped(sdk.Permanent(554, "6.0", "mixer returned a packet of %d bytes", len(res.Packet)))
-			return true, n.finishIf(in)
+			return true, n.finish(in)
 		}
 		ds, err := n.delay.Delay(ctx, sdk.DelayRequest{Size: int64(len(res.Packet)), Count: 1})
 		if err != nil || len(ds) != 1 {
 			return false, nil
 		}
 		out = &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketOut, NextHop: res.NextHop,
-			Received: received, SendAfter: time.Now().Add(ds[0]), Waiting: true, Deliverer: -1}
+			Received: in.Received, SendAfter: time.Now().Add(ds[0]), Waiting: true, Deliverer: -1}
 		outData = res.Packet
 	case sdk.MixExit:
 		if f := res.Fragment; f != nil {
 			if f.Count < 1 || f.Index < 0 || f.Index >= f.Count {
 				n.dropped(sdk.Permanent(554, "6.0", "fragment %d of %d", f.Index, f.Count))
-				return true, n.finishIf(in)
+				return true, n.finish(in)
 			}
 			out = &queue.Item{ID: queue.NewID(), Msg: queue.ID(f.MessageID), Kind: queue.KindFragment,
 				FragIndex: f.Index, FragCount: f.Count, Received: time.Now(), Deliverer: -1}
@@ -378,25 +365,17 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 				return err
 			}
 		}
-		if in != nil {
-			return tx.Delete(in)
-		}
-		return nil
+		return tx.Delete(in)
 	})
-	if err == nil && in == nil {
+	if err == nil {
 		err = q.Sync()
 	}
 	if err != nil {
 		return true, err
 	}
-	delta := 0 // items added minus items deleted, for the queued gauge
-	if in != nil {
-		delta--
+	if replay || out == nil {
+		n.eng.Forget(1) // the packet deleted, nothing added
 	}
-	if !replay && out != nil {
-		delta++
-	}
-	n.eng.Forget(-delta)
 	switch {
 	case replay:
 		n.Stats.Replays.Add(1)
@@ -414,14 +393,6 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 		n.addFragment(ctx, out)
 	}
 	return true, nil
-}
-
-// finishIf deletes a stored packet, if there is one.
-func (n *Node) finishIf(in *queue.Item) error {
-	if in == nil {
-		return nil
-	}
-	return n.finish(in)
 }
 
 func (n *Node) finish(it *queue.Item) error { return n.eng.Done(it) }
