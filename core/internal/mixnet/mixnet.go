@@ -44,8 +44,13 @@ type Delayer interface {
 type Keys interface {
 	// Ensure creates missing keys and deletes expired ones.
 	Ensure(now time.Time) error
-	// Keys returns this node's valid epoch keys (with private halves).
+	// Keys returns this node's valid epoch keys (public halves).
 	Keys(now time.Time) []sdk.EpochKey
+	// Dir is the key directory, where the mixer reads the private halves.
+	Dir() string
+	// NotAfter is when the key of epoch e stops serving packets (its
+	// file's Not-After), and whether that key exists.
+	NotAfter(e uint64) (time.Time, bool)
 }
 
 // Directory is the verified nodes file.
@@ -66,8 +71,9 @@ type Links interface {
 type Config struct {
 	// PacketSize in bytes (65536).
 	PacketSize int
-	// EpochLength (1 h) and Grace (10 min): a key serves packets until its
-	// epoch ends plus Grace; replay tags live as long.
+	// EpochLength (1 h) and Grace (10 min) of the keys created now. A key
+	// serves packets until the Not-After written in its file, and its
+	// replay tags live as long, whatever these say later.
 	EpochLength, Grace time.Duration
 	// ProbeInterval between link probes of every node (30 s).
 	ProbeInterval time.Duration
@@ -193,7 +199,7 @@ func (n *Node) refresh(ctx context.Context, force bool) {
 }
 
 func (n *Node) push(ctx context.Context, now time.Time, force bool) {
-	st := sdk.MixState{Epoch: uint64(now.Unix()) / uint64(n.cfg.EpochLength.Seconds()), Keys: n.keys.Keys(now), Self: n.self}
+	st := sdk.MixState{Epoch: uint64(now.Unix()) / uint64(n.cfg.EpochLength.Seconds()), Keys: n.keys.Keys(now), Self: n.self, KeyDir: n.keys.Dir()}
 	for _, d := range n.dir.Nodes() {
 		d.Healthy = d.ID == n.self || n.health.healthy(d.ID)
 		st.Nodes = append(st.Nodes, d)
@@ -290,11 +296,19 @@ func epochKey(epoch uint64, tag [32]byte) []byte {
 	return append(k, tag[:]...)
 }
 
-// tagTTL is how long a replay tag of epoch e must be kept: until the key
-// of e is deleted (end of epoch + grace).
+// tagTTL is how long a replay tag of epoch e must be kept: as long as the
+// key of e accepts packets, that is until the Not-After in its file (plus
+// a minute for clock steps). It is not computed from the configured epoch
+// length: after the operator changes it, keys made under the old length
+// still serve packets until their own end, and a tag that expired sooner
+// would let a replay through. A key already gone (deleted between the
+// unwrap and now) can unwrap nothing more: a minute is enough.
 func (n *Node) tagTTL(epoch uint64) time.Duration {
-	end := time.Unix(int64(epoch+1)*int64(n.cfg.EpochLength.Seconds()), 0).Add(n.cfg.Grace)
-	return max(time.Until(end), time.Minute)
+	end, ok := n.keys.NotAfter(epoch)
+	if !ok {
+		return time.Minute
+	}
+	return max(time.Until(end), 0) + time.Minute
 }
 
 // unwrap runs the mixer on a packet stored by Receive and applies the
