@@ -10,6 +10,7 @@
 package mixnet
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -125,6 +126,12 @@ type Node struct {
 	log    hclog.Logger
 	Stats  Stats
 	health *health
+
+	// pending holds a copy of packets Receive stored, by item id, until a
+	// worker unwraps them, so the common path does not read them back from
+	// the queue; at most maxPending (the rest are read back).
+	pending  sync.Map // queue.ID -> []byte
+	nPending atomic.Int64
 
 	mu        sync.Mutex
 	fragments map[queue.ID]map[int]*queue.Item // message id -> index -> item
@@ -262,10 +269,20 @@ func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) erro
 		return err // a queue error nacks: the sender tries again
 	}
 	n.Stats.Received.Add(1)
+	if n.nPending.Add(1) <= maxPending {
+		n.pending.Store(it.ID, bytes.Clone(packet)) // the transport reuses its buffer
+	} else {
+		n.nPending.Add(-1)
+	}
 	n.eng.Forget(-1)
 	n.eng.Enqueue(it)
 	return nil
 }
+
+// maxPending bounds the packets held in memory between Receive and their
+// unwrap (16 MiB of 64 KiB packets): a backlog beyond it costs a queue
+// read each, not memory.
+const maxPending = 256
 
 func (n *Node) dropped(err error) {
 	n.Stats.Dropped.Add(1)
@@ -314,9 +331,15 @@ func (n *Node) tagTTL(epoch uint64) time.Duration {
 // unwrap runs the mixer on a packet stored by Receive and applies the
 // result.
 func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
-	packet, err := n.eng.Queue().Blob(it.Body)
-	if err != nil {
-		return err
+	var packet []byte
+	if p, ok := n.pending.LoadAndDelete(it.ID); ok {
+		n.nPending.Add(-1)
+		packet = p.([]byte)
+	} else {
+		var err error
+		if packet, err = n.eng.Queue().Blob(it.Body); err != nil {
+			return err
+		}
 	}
 	res, err := n.mixer.Mix(ctx, packet)
 	if err != nil {
@@ -336,8 +359,10 @@ func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
 // apply turns a mix result, in one queue transaction with its replay tag
 // that also deletes the stored packet in, into a forward item, a fragment,
 // or nothing (drop, loop back, replay). The transaction is synced before a
-// forward item reaches the scheduler, so a packet never leaves before its
-// replay tag is on disk (a crash cannot make it leave twice). done is false
+// forward item reaches the scheduler or a fragment can complete a message,
+// so nothing leaves before its replay tag is on disk (a crash cannot make
+// it leave twice). Without an item out it need not be: lost in a crash,
+// the stored packet is unwrapped again with the same result. done is false
 // when the hop delay cannot be sampled now: nothing was changed.
 func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (done bool, err error) {
 	q := n.eng.Queue()
@@ -381,7 +406,7 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 		}
 		return tx.Delete(in)
 	})
-	if err == nil {
+	if err == nil && !replay && out != nil {
 		err = q.Sync()
 	}
 	if err != nil {
