@@ -361,9 +361,11 @@ func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
 // or nothing (drop, loop back, replay). The transaction is synced before a
 // forward item reaches the scheduler or a fragment can complete a message,
 // so nothing leaves before its replay tag is on disk (a crash cannot make
-// it leave twice). Without an item out it need not be: lost in a crash,
-// the stored packet is unwrapped again with the same result. done is false
-// when the hop delay cannot be sampled now: nothing was changed.
+// it leave twice). A drop, loop or replay is synced too, though nothing
+// leaves: every packet then costs one sync after its ack, whatever its
+// fate, and the group commit that the next packets' acks wait for does not
+// tell the previous hop whether this one was a drop. done is false when
+// the hop delay cannot be sampled now: nothing was changed.
 func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (done bool, err error) {
 	q := n.eng.Queue()
 	var out *queue.Item
@@ -406,7 +408,7 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 		}
 		return tx.Delete(in)
 	})
-	if err == nil && !replay && out != nil {
+	if err == nil {
 		err = q.Sync()
 	}
 	if err != nil {
