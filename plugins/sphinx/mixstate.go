@@ -33,7 +33,6 @@ type mixState struct {
 // ownKey is one of this node's epoch keys.
 type ownKey struct {
 	epoch    uint64
-	public   []byte
 	notAfter time.Time
 }
 
@@ -68,7 +67,7 @@ func newMixState(s sdk.MixState) (*mixState, error) {
 		if k.NotAfter.Unix() <= 0 {
 			return nil, fmt.Errorf("own key for epoch %d has no NotAfter", k.Epoch)
 		}
-		st.keys = append(st.keys, ownKey{epoch: k.Epoch, public: bytes.Clone(k.Public), notAfter: k.NotAfter})
+		st.keys = append(st.keys, ownKey{epoch: k.Epoch, notAfter: k.NotAfter})
 		if k.Epoch == s.Epoch {
 			st.selfKey = bytes.Clone(k.Public)
 		}
