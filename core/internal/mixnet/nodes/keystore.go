@@ -45,7 +45,10 @@ func secondsOf(length time.Duration) int64 {
 }
 
 // KeyStore holds this node's X25519 mix keys (RFC 7748), one per epoch, in
-// the key directory as mix-<epoch>.key (see the package comment). It is
+// the key directory as mix-<epoch>.key (see the package comment). In
+// memory it keeps only their public halves and validity: a private key
+// exists here from its generation to its file's write, then it is wiped;
+// the mixer reads it from the file (sdk.MixState.KeyDir). It is
 // safe for concurrent use, and several KeyStores (in several processes) may
 // share a directory: changes happen under the directory's flock.
 //
@@ -196,11 +199,10 @@ func (s *KeyStore) Ensure(now time.Time) (Changes, error) {
 	return ch, nil
 }
 
-// Keys returns this node's mix public keys that are valid at now or
-// start within the next epoch, by epoch: the
-// previous epoch's while in its grace period, the current and the next
-// one: the keys a mixer needs. Only keys loaded by Open or the last Ensure
-// are returned.
+// Keys returns this node's mix keys (public halves) that are valid at now
+// or start within the next epoch, by epoch: the previous epoch's while in
+// its grace period, the current and the next one: the keys a mixer needs.
+// Only keys loaded by Open or the last Ensure are returned.
 func (s *KeyStore) Keys(now time.Time) []sdk.EpochKey {
 	return s.keysUntil(now, 2)
 }
