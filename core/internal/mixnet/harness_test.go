@@ -418,6 +418,8 @@ type nodeOptions struct {
 	// length and grace, and keys its key store (a configuration change).
 	epochLength, grace time.Duration
 	keys               *nodes.KeyStore
+	// ackTime is Config.AckTime (0: the default).
+	ackTime time.Duration
 }
 
 // harness is the node under test: engine, queue, mixer, node.
@@ -490,6 +492,7 @@ func (h *harness) start() {
 		Grace:         grace,
 		ProbeInterval: h.opt.probe,
 		ExitStage:     1,
+		AckTime:       h.opt.ackTime,
 	}
 	ks := h.self.ks
 	if h.opt.epochLength != 0 {

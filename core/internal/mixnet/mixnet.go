@@ -88,6 +88,14 @@ type Config struct {
 	MessageIDTTL time.Duration
 	// ExitStage is the pipeline stage index an assembled message resumes at.
 	ExitStage int
+	// AckTime is how long after a packet's arrival its ack is sent (20 ms):
+	// Receive stores the packet, then waits out the rest, so the ack's
+	// timing depends neither on this packet's fate nor on the work after
+	// the ack of the packets before it (a forward costs the queue more
+	// than a drop, and the next packet's sync would wait on it). A store
+	// that takes longer is acked at once and counted (Stats.LateAcks).
+	// Negative: ack as soon as the packet is stored (tests only).
+	AckTime time.Duration
 }
 
 func (c *Config) defaults() {
@@ -105,12 +113,17 @@ func (c *Config) defaults() {
 	def(&c.LoopTimeout, 2*time.Minute)
 	def(&c.FragmentTTL, 24*time.Hour)
 	def(&c.MessageIDTTL, 24*time.Hour)
+	if c.AckTime == 0 {
+		c.AckTime = 20 * time.Millisecond
+	}
 }
 
 // Stats counts a mix node's events since start.
 type Stats struct {
 	Received, Forwarded, Exited, Replays, Dropped, CoverSent, CoverDropped atomic.Int64
 	LoopsSent, LoopsBack, LoopsLost, Assembled, Duplicates                 atomic.Int64
+	// LateAcks counts packets whose store took longer than Config.AckTime.
+	LateAcks atomic.Int64
 }
 
 // Node is the mixnet side of one mixmta daemon.
@@ -253,13 +266,17 @@ func stateSignature(st sdk.MixState) string {
 }
 
 // Receive is the transport's handler. It stores the raw packet durably
-// (synced, group commit) and returns, so the transport acknowledges it;
-// the packet is unwrapped afterwards by an engine worker. The work before
-// the ack is the same whatever the packet's fate (forward, exit, drop,
-// loop, replay, malformed): an ack that came sooner for a drop would tell
-// the previous hop which packets were cover, and a first hop that it is
-// first. The replay check still precedes any forwarding (apply).
+// (synced, group commit) and returns Config.AckTime after it was called,
+// so the transport acknowledges it then; the packet is unwrapped
+// afterwards by an engine worker. The work before the ack is the same
+// whatever the packet's fate (forward, exit, drop, loop, replay,
+// malformed): an ack that came sooner for a drop would tell the previous
+// hop which packets were cover, and a first hop that it is first. The
+// fixed ack time also hides the fate-dependent work done after the acks of
+// earlier packets, which the store of this one would otherwise wait on.
+// The replay check still precedes any forwarding (apply).
 func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) error {
+	arrived := time.Now()
 	if len(packet) != n.cfg.PacketSize {
 		n.Stats.Dropped.Add(1)
 		return fmt.Errorf("packet of %d bytes, want %d", len(packet), n.cfg.PacketSize)
@@ -276,7 +293,27 @@ func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) erro
 	}
 	n.eng.Forget(-1)
 	n.eng.Enqueue(it)
+	n.waitAck(ctx, arrived)
 	return nil
+}
+
+// waitAck returns Config.AckTime after arrived (at once if that has
+// passed: counted as late).
+func (n *Node) waitAck(ctx context.Context, arrived time.Time) {
+	if n.cfg.AckTime < 0 {
+		return
+	}
+	wait := n.cfg.AckTime - time.Since(arrived)
+	if wait <= 0 {
+		n.Stats.LateAcks.Add(1)
+		return
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
 }
 
 // maxPending bounds the packets held in memory between Receive and their
