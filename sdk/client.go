@@ -410,7 +410,7 @@ func (c *Client) Deliver(ctx context.Context, m *Message) ([]RcptResult, error) 
 
 // SetMixState runs a mixer's SetMixState.
 func (c *Client) SetMixState(ctx context.Context, st MixState) error {
-	req := &pb.MixState{Epoch: st.Epoch, Keys: keysToPB(st.Keys), Self: st.Self[:]}
+	req := &pb.MixState{Epoch: st.Epoch, Keys: keysToPB(st.Keys), Self: st.Self[:], KeyDir: st.KeyDir}
 	for _, n := range st.Nodes {
 		req.Nodes = append(req.Nodes, &pb.DirectoryNode{Id: append([]byte(nil), n.ID[:]...), Name: n.Name, Exit: n.Exit, Healthy: n.Healthy, Keys: keysToPB(n.Keys), Capabilities: n.Capabilities})
 	}

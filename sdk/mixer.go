@@ -34,12 +34,11 @@ func (n *NodeID) UnmarshalText(b []byte) error {
 // Short is the first 8 hex digits, for logs.
 func (n NodeID) Short() string { return hex.EncodeToString(n[:4]) }
 
-// EpochKey is one epoch's X25519 mix key. Private is 32 bytes and is set
-// only for this node's own keys; Public is the 32-byte public key. A key is
-// valid for packets in [NotBefore, NotAfter) (the epoch plus its grace).
+// EpochKey is one epoch's X25519 mix public key (32 bytes). A key is valid
+// for packets in [NotBefore, NotAfter) (the epoch plus its grace). Private
+// keys never travel: see MixState.KeyDir.
 type EpochKey struct {
 	Epoch     uint64
-	Private   []byte
 	Public    []byte
 	NotBefore time.Time
 	NotAfter  time.Time
@@ -52,7 +51,7 @@ type DirectoryNode struct {
 	Name    string
 	Exit    bool
 	Healthy bool
-	// Keys are the node's public epoch keys (Private empty).
+	// Keys are the node's public epoch keys.
 	Keys []EpochKey
 	// Capabilities are the signed descriptor's capabilities, sorted:
 	// "exit" (then Exit is true), "mail2news" (the exit posts news), and
@@ -79,11 +78,20 @@ func (n DirectoryNode) Has(c string) bool {
 // this node's own keys (current, next, and previous ones still in their
 // grace period: the core removes a key here before it deletes the key
 // file), this node's id, and the directory.
+//
+// Keys of one's own carry only the public half. The private key of epoch
+// E is the file KeyDir/mix-<E>.key (sdk/mixkey's format), which the mixer
+// reads itself: it is then the one process holding the private key, in a
+// mixkey.Key it wipes as soon as the key is no longer in Keys (retired).
+// The core never keeps a private key after writing its file, and private
+// keys never cross the plugin protocol (gRPC buffers cannot be zeroed).
 type MixState struct {
 	Epoch uint64
 	Keys  []EpochKey
 	Self  NodeID
 	Nodes []DirectoryNode
+	// KeyDir is the absolute path of this node's key directory.
+	KeyDir string
 }
 
 // MixAction is what to do with a packet.

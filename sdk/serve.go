@@ -404,7 +404,7 @@ func (s *stageServer[C]) Deliver(stream pb.Stage_DeliverServer) error {
 func (s *stageServer[C]) SetMixState(ctx context.Context, req *pb.MixState) (*pb.Status, error) {
 	m, err := stageAs[Mixer](s, KindMixer)
 	if err == nil {
-		st := MixState{Epoch: req.GetEpoch(), Keys: keysFromPB(req.GetKeys())}
+		st := MixState{Epoch: req.GetEpoch(), Keys: keysFromPB(req.GetKeys()), KeyDir: req.GetKeyDir()}
 		copy(st.Self[:], req.GetSelf())
 		for _, n := range req.GetNodes() {
 			dn := DirectoryNode{Name: n.GetName(), Exit: n.GetExit(), Healthy: n.GetHealthy(), Keys: keysFromPB(n.GetKeys()), Capabilities: n.GetCapabilities()}
@@ -478,7 +478,7 @@ func (s *stageServer[C]) Assemble(stream pb.Stage_AssembleServer) error {
 func keysFromPB(ks []*pb.EpochKey) []EpochKey {
 	out := make([]EpochKey, 0, len(ks))
 	for _, k := range ks {
-		out = append(out, EpochKey{Epoch: k.GetEpoch(), Private: k.GetPrivateKey(), Public: k.GetPublicKey(),
+		out = append(out, EpochKey{Epoch: k.GetEpoch(), Public: k.GetPublicKey(),
 			NotBefore: time.Unix(k.GetNotBeforeUnix(), 0), NotAfter: time.Unix(k.GetNotAfterUnix(), 0)})
 	}
 	return out
@@ -487,7 +487,7 @@ func keysFromPB(ks []*pb.EpochKey) []EpochKey {
 func keysToPB(ks []EpochKey) []*pb.EpochKey {
 	out := make([]*pb.EpochKey, 0, len(ks))
 	for _, k := range ks {
-		out = append(out, &pb.EpochKey{Epoch: k.Epoch, PrivateKey: k.Private, PublicKey: k.Public,
+		out = append(out, &pb.EpochKey{Epoch: k.Epoch, PublicKey: k.Public,
 			NotBeforeUnix: k.NotBefore.Unix(), NotAfterUnix: k.NotAfter.Unix()})
 	}
 	return out

@@ -9,12 +9,15 @@ import (
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mixmta/mixmta/plugins/sphinx/internal/sphinx"
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // testEpoch is the current epoch of a test network; epochs are one hour.
@@ -32,6 +35,9 @@ type testNode struct {
 	healthy bool
 	keys    map[uint64]*ecdh.PrivateKey
 	stage   *Stage
+	// dir is the node's key directory: stateOf writes its key files there
+	// (the core's job), the stage reads them (MixState.KeyDir).
+	dir string
 }
 
 // testNet is a directory of fake nodes with generated keys for the epochs
@@ -72,6 +78,7 @@ func newTestNetAt(t testing.TB, epoch uint64, n int, cfg Config, exits ...int) *
 	for i := range n {
 		nd := &testNode{name: fmt.Sprintf("node%d", i), exit: isExit[i], healthy: true, keys: map[uint64]*ecdh.PrivateKey{}}
 		nd.id = sha256.Sum256([]byte(nd.name))
+		nd.dir = t.TempDir()
 		for e := epoch - 1; e <= epoch+1; e++ {
 			k, err := ecdh.X25519().GenerateKey(rand.Reader)
 			if err != nil {
@@ -87,16 +94,28 @@ func newTestNetAt(t testing.TB, epoch uint64, n int, cfg Config, exits ...int) *
 	return net
 }
 
-// epochKey is node nd's key of epoch e as the directory (or, with priv, the
-// node itself) sees it: valid from the epoch's start to its end plus a
-// 10-minute grace.
-func (nd *testNode) epochKey(e uint64, priv bool) sdk.EpochKey {
+// epochKey is node nd's key of epoch e as the directory and the node see
+// it: valid from the epoch's start to its end plus a 10-minute grace.
+func (nd *testNode) epochKey(e uint64) sdk.EpochKey {
 	k := nd.keys[e]
-	ek := sdk.EpochKey{Epoch: e, Public: k.PublicKey().Bytes(), NotBefore: epochStart(e), NotAfter: epochStart(e + 1).Add(10 * time.Minute)}
-	if priv {
-		ek.Private = k.Bytes()
+	return sdk.EpochKey{Epoch: e, Public: k.PublicKey().Bytes(), NotBefore: epochStart(e), NotAfter: epochStart(e + 1).Add(10 * time.Minute)}
+}
+
+// writeKeys writes nd's private keys to its key directory, as the core's
+// key store does.
+func (nd *testNode) writeKeys(t testing.TB) {
+	t.Helper()
+	for e, k := range nd.keys {
+		key, err := mixkey.New(k.Bytes())
+		if err != nil {
+			t.Fatal(err)
+		}
+		ek := nd.epochKey(e)
+		data := mixkey.Encode(key, mixkey.Meta{Epoch: e, NotBefore: ek.NotBefore, NotAfter: ek.NotAfter})
+		if err := os.WriteFile(filepath.Join(nd.dir, fmt.Sprintf("mix-%d.key", e)), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
 	}
-	return ek
 }
 
 // directory is the directory every node gets.
@@ -105,7 +124,7 @@ func (net *testNet) directory() []sdk.DirectoryNode {
 	for _, nd := range net.nodes {
 		dn := sdk.DirectoryNode{ID: nd.id, Name: nd.name, Exit: nd.exit, Healthy: nd.healthy}
 		for e := range nd.keys {
-			dn.Keys = append(dn.Keys, nd.epochKey(e, false))
+			dn.Keys = append(dn.Keys, nd.epochKey(e))
 		}
 		dir = append(dir, dn)
 	}
@@ -114,9 +133,10 @@ func (net *testNet) directory() []sdk.DirectoryNode {
 
 // stateOf is node nd's MixState: its keys of every epoch it holds.
 func (net *testNet) stateOf(nd *testNode) sdk.MixState {
-	st := sdk.MixState{Epoch: net.epoch, Self: nd.id, Nodes: net.directory()}
+	nd.writeKeys(net.t)
+	st := sdk.MixState{Epoch: net.epoch, Self: nd.id, Nodes: net.directory(), KeyDir: nd.dir}
 	for e := range nd.keys {
-		st.Keys = append(st.Keys, nd.epochKey(e, true))
+		st.Keys = append(st.Keys, nd.epochKey(e))
 	}
 	return st
 }

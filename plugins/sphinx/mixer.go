@@ -49,12 +49,15 @@ func (s *Stage) Mix(_ context.Context, packet []byte) (*sdk.MixResult, error) {
 	buf := bytes.Clone(packet)
 	now := s.now()
 	tried := 0
+	s.ring.mu.RLock()
+	defer s.ring.mu.RUnlock()
 	for _, k := range st.keys {
-		if !now.Before(k.notAfter) {
+		priv := s.ring.keys[k.epoch]
+		if priv == nil || !now.Before(k.notAfter) {
 			continue
 		}
 		tried++
-		res, err := sphinx.Unwrap(s.geo, k.priv, buf)
+		res, err := sphinx.Unwrap(s.geo, priv, buf)
 		if errors.Is(err, sphinx.ErrBadMAC) {
 			continue
 		}

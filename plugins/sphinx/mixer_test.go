@@ -4,7 +4,10 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"fmt"
 	"math"
+	"os"
+	"path/filepath"
 	"testing"
 	"time"
 
@@ -191,8 +194,8 @@ func TestSetMixStateRejectsUnusableOwnKeys(t *testing.T) {
 		want string
 	}{
 		{"zero self", func(s *sdk.MixState) { s.Self = sdk.NodeID{} }, "Self is the zero node id"},
-		{"short private key", func(s *sdk.MixState) { s.Keys[0].Private = s.Keys[0].Private[:31] }, "private key of 31 bytes"},
-		{"public key of another", func(s *sdk.MixState) { s.Keys[0].Public = s.Keys[1].Public }, "does not match"},
+		{"short public key", func(s *sdk.MixState) { s.Keys[0].Public = s.Keys[0].Public[:31] }, "public key of 31 bytes"},
+		{"public key of another", func(s *sdk.MixState) { s.Keys[0].Public = s.Keys[1].Public }, "holds another key"},
 		{"no NotAfter", func(s *sdk.MixState) { s.Keys[0].NotAfter = time.Time{} }, "has no NotAfter"},
 		{"NotAfter at the Unix epoch", func(s *sdk.MixState) { s.Keys[0].NotAfter = time.Unix(0, 0) }, "has no NotAfter"},
 		{"epoch twice", func(s *sdk.MixState) { s.Keys[1].Epoch = s.Keys[0].Epoch }, "given twice"},
@@ -209,6 +212,85 @@ func TestSetMixStateRejectsUnusableOwnKeys(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A fresh mixer reads its private keys from the key directory the state
+// names, and refuses a state whose keys it cannot read safely: no
+// directory, no key files, key files open to others.
+func TestSetMixStateReadsOwnKeysFromKeyDir(t *testing.T) {
+	net := newTestNet(t, 4, testConfig(), 3)
+	nd := net.nodes[1]
+	fresh := func() *Stage {
+		return newStageWith(net.cfg, rand.Reader, func() time.Time { return net.now }, nil)
+	}
+	exposed := t.TempDir()
+	for e := range nd.keys {
+		name := fmt.Sprintf("mix-%d.key", e)
+		data, err := os.ReadFile(filepath.Join(nd.dir, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(exposed, name), data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Chmod(filepath.Join(exposed, name), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, c := range []struct{ name, dir, want string }{
+		{"no key directory", "", "no key directory"},
+		{"no key files", t.TempDir(), "no such file"},
+		{"key files open to others", exposed, "readable or writable by group or others"},
+	} {
+		st := net.stateOf(nd)
+		st.KeyDir = c.dir
+		stage := fresh()
+		wantPermanent(t, stage.SetMixState(context.Background(), st), c.want)
+		if n := stage.ring.held(); n != 0 {
+			t.Errorf("%s: %d keys held after a refused state, want 0", c.name, n)
+		}
+	}
+	stage := fresh()
+	if err := stage.SetMixState(context.Background(), net.stateOf(nd)); err != nil {
+		t.Fatal(err)
+	}
+	if n := stage.ring.held(); n != len(nd.keys) {
+		t.Errorf("%d keys held, want %d", n, len(nd.keys))
+	}
+	nd.stage = stage
+	for {
+		r := onePacket(t, net)
+		if r.NextHop == nd.id {
+			if _, err := stage.Mix(context.Background(), r.Body); err != nil {
+				t.Fatalf("Mix with the keys read from the key directory: %v", err)
+			}
+			break
+		}
+	}
+}
+
+// A key no longer listed in the state is wiped: its buffer is all zero and
+// the ring no longer holds it.
+func TestKeyLeavingTheStateIsWiped(t *testing.T) {
+	net := newTestNet(t, 4, testConfig(), 3)
+	nd := net.nodes[1]
+	stage := nd.stage
+	stage.ring.mu.RLock()
+	old := stage.ring.keys[testEpoch-1]
+	stage.ring.mu.RUnlock()
+	if old == nil || *old.Scalar() == ([32]byte{}) {
+		t.Fatalf("the ring does not hold the key of epoch %d", testEpoch-1)
+	}
+	delete(nd.keys, testEpoch-1)
+	if err := stage.SetMixState(context.Background(), net.stateOf(nd)); err != nil {
+		t.Fatal(err)
+	}
+	if *old.Scalar() != ([32]byte{}) {
+		t.Errorf("the retired key's buffer was not zeroed")
+	}
+	if n := stage.ring.held(); n != len(nd.keys) {
+		t.Errorf("%d keys held, want %d", n, len(nd.keys))
 	}
 }
 

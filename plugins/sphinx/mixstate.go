@@ -3,12 +3,12 @@ package main
 import (
 	"bytes"
 	"cmp"
-	"crypto/ecdh"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // mixState is the core's sdk.MixState, checked and indexed once per
@@ -22,8 +22,8 @@ type mixState struct {
 	// selfKey is this node's own public key for the current epoch (the last
 	// hop of its loops); nil when it has none.
 	selfKey []byte
-	// keys are this node's private keys in the order Mix tries them
-	// (keyOrder).
+	// keys are this node's own keys in the order Mix tries them
+	// (keyOrder); their private halves are in the Stage's keyring.
 	keys []ownKey
 	// candidates are the nodes a path may use: healthy, not Self, with a
 	// 32-byte public key for the current epoch; no id twice.
@@ -33,7 +33,6 @@ type mixState struct {
 // ownKey is one of this node's epoch keys.
 type ownKey struct {
 	epoch    uint64
-	priv     *ecdh.PrivateKey
 	notAfter time.Time
 }
 
@@ -48,8 +47,9 @@ type candidate struct {
 
 // newMixState checks s and indexes it. It fails (and the stage keeps its
 // previous state) when Self is zero or one of this node's own keys is
-// unusable: a private key that is not 32 bytes, a public key that does not
-// belong to it, no NotAfter, or one epoch twice. Directory entries are
+// unusable: a public key that is not 32 bytes, no NotAfter, or one epoch
+// twice. (That the key file holds the private key of that public key is
+// checked when the keyring loads it.) Directory entries are
 // filtered, never an error: an unhealthy node, a node without a key for
 // the current epoch and a repeated node id are left out of paths.
 func newMixState(s sdk.MixState) (*mixState, error) {
@@ -63,20 +63,15 @@ func newMixState(s sdk.MixState) (*mixState, error) {
 			return nil, fmt.Errorf("own key for epoch %d given twice", k.Epoch)
 		}
 		seen[k.Epoch] = true
-		priv, err := ecdh.X25519().NewPrivateKey(k.Private)
-		if err != nil {
-			return nil, fmt.Errorf("own key for epoch %d: private key of %d bytes, want 32", k.Epoch, len(k.Private))
-		}
-		pub := priv.PublicKey().Bytes()
-		if len(k.Public) != 0 && !bytes.Equal(k.Public, pub) {
-			return nil, fmt.Errorf("own key for epoch %d: public key does not match the private key", k.Epoch)
+		if len(k.Public) != mixkey.Size {
+			return nil, fmt.Errorf("own key for epoch %d: public key of %d bytes, want %d", k.Epoch, len(k.Public), mixkey.Size)
 		}
 		if k.NotAfter.Unix() <= 0 {
 			return nil, fmt.Errorf("own key for epoch %d has no NotAfter", k.Epoch)
 		}
-		st.keys = append(st.keys, ownKey{epoch: k.Epoch, priv: priv, notAfter: k.NotAfter})
+		st.keys = append(st.keys, ownKey{epoch: k.Epoch, notAfter: k.NotAfter})
 		if k.Epoch == s.Epoch {
-			st.selfKey = pub
+			st.selfKey = bytes.Clone(k.Public)
 		}
 	}
 	slices.SortFunc(st.keys, func(a, b ownKey) int { return keyOrder(s.Epoch, a.epoch, b.epoch) })

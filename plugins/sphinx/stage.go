@@ -15,7 +15,8 @@ import (
 
 // Stage is the sphinx plugin's stage value: the entry's Router (router.go)
 // and the mix node's Mixer (mixer.go). It keeps no state besides the last
-// MixState the core pushed; it is safe for concurrent use.
+// MixState the core pushed and the private keys it lists (keyring); it is
+// safe for concurrent use.
 type Stage struct {
 	geo  sphinx.Geometry
 	hops int
@@ -29,6 +30,7 @@ type Stage struct {
 	now          func() time.Time
 	log          hclog.Logger
 	state        atomic.Pointer[mixState]
+	ring         keyring
 
 	// newsPrefix: recipients with this local-part prefix need an exit with
 	// the mail2news capability ("" = none).
@@ -65,6 +67,9 @@ func newStageWith(c Config, r io.Reader, now func() time.Time, log hclog.Logger)
 // permanent: the core sent a state this node cannot use.
 func (s *Stage) SetMixState(_ context.Context, ms sdk.MixState) error {
 	st, err := newMixState(ms)
+	if err == nil {
+		err = s.ring.update(ms.KeyDir, ms.Keys)
+	}
 	if err != nil {
 		return sdk.Permanent(554, "3.5", "sphinx: mix state rejected: %v", err)
 	}

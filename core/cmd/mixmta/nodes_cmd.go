@@ -55,7 +55,7 @@ func defaultNodeSettings() nodeSettings {
 		NodesFile:   "nodes.json",
 		EpochLength: time.Hour,
 		Grace:       10 * time.Minute,
-		KeysAhead:   24,
+		KeysAhead:   1,
 	}
 }
 

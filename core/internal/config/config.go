@@ -311,7 +311,9 @@ type Mix struct {
 	// epoch, then it is deleted. Default 10m.
 	Grace sdk.Duration `yaml:"grace"`
 	// KeysAhead: epochs after the current one that already have keys in
-	// the descriptor, so a nodes file stays usable that long. Default 24.
+	// the descriptor, so a nodes file stays usable that long. Every key
+	// ahead is a private key on disk that whoever seizes the node can use
+	// on the traffic of its epoch. Default 1 (the next epoch only).
 	KeysAhead int `yaml:"keys_ahead"`
 	// ProbeInterval between link probes of every node. Default 30s.
 	ProbeInterval sdk.Duration `yaml:"probe_interval"`

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,6 +186,17 @@ func (k keyStore) Ensure(now time.Time) error {
 }
 
 func (k keyStore) Keys(now time.Time) []sdk.EpochKey { return k.ks.Keys(now) }
+
+// Dir is absolute: the mixer plugin may not share the core's working
+// directory.
+func (k keyStore) Dir() string {
+	if abs, err := filepath.Abs(k.ks.Dir()); err == nil {
+		return abs
+	}
+	return k.ks.Dir()
+}
+
+func (k keyStore) NotAfter(e uint64) (time.Time, bool) { return k.ks.NotAfter(e) }
 
 // liveDirectory is the nodes file, reloaded when it changes on disk. A
 // changed file that does not verify is refused (and logged); the last good

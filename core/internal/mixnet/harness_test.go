@@ -13,6 +13,9 @@ package mixnet_test
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
+	"crypto/x509"
+	"encoding/pem"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -162,7 +165,7 @@ func (s *simNet) node(name string) *simNode {
 // stateFor is the MixState a node's core would push at now: its own keys,
 // and the directory with exactly the healthy nodes marked healthy.
 func (s *simNet) stateFor(self *simNode, now time.Time, healthy ...*simNode) sdk.MixState {
-	st := sdk.MixState{Epoch: nodes.Epoch(now, epochLength), Keys: self.ks.Keys(now), Self: self.ID()}
+	st := sdk.MixState{Epoch: nodes.Epoch(now, epochLength), Keys: self.ks.Keys(now), Self: self.ID(), KeyDir: self.dir}
 	for _, d := range s.dir.Nodes(now) {
 		d.Healthy = slices.ContainsFunc(healthy, func(h *simNode) bool { return h.ID() == d.ID })
 		st.Nodes = append(st.Nodes, d)
@@ -197,6 +200,10 @@ func (k clockKeys) Ensure(time.Time) error {
 }
 
 func (k clockKeys) Keys(time.Time) []sdk.EpochKey { return k.ks.Keys(k.c.now()) }
+
+func (k clockKeys) Dir() string { return k.ks.Dir() }
+
+func (k clockKeys) NotAfter(e uint64) (time.Time, bool) { return k.ks.NotAfter(e) }
 
 // sent is one packet handed to the links.
 type sent struct {
@@ -412,6 +419,12 @@ type nodeOptions struct {
 	quiet bool
 	// links, if set, replaces the recording links.
 	links *fakeLinks
+	// epochLength and grace, if set, replace the node's configured epoch
+	// length and grace, and keys its key store (a configuration change).
+	epochLength, grace time.Duration
+	keys               *nodes.KeyStore
+	// ackTime is Config.AckTime (0: the default).
+	ackTime time.Duration
 }
 
 // harness is the node under test: engine, queue, mixer, node.
@@ -478,13 +491,19 @@ func (h *harness) start() {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	node := mixnet.New(mixnet.Config{
+	cfg := mixnet.Config{
 		PacketSize:    packetSize,
 		EpochLength:   epochLength,
 		Grace:         grace,
 		ProbeInterval: h.opt.probe,
 		ExitStage:     1,
-	}, h.self.ID(), eng, h.mixer, fixedDelay{h.opt.hopDelay}, clockKeys{h.self.ks, h.clock}, directory{h.net.dir}, h.links, h.log)
+		AckTime:       h.opt.ackTime,
+	}
+	ks := h.self.ks
+	if h.opt.epochLength != 0 {
+		cfg.EpochLength, cfg.Grace, ks = h.opt.epochLength, h.opt.grace, h.opt.keys
+	}
+	node := mixnet.New(cfg, h.self.ID(), eng, h.mixer, fixedDelay{h.opt.hopDelay}, clockKeys{ks, h.clock}, directory{h.net.dir}, h.links, h.log)
 	eng.SetPacketHandler(node)
 	ctx, cancel := context.WithCancel(context.Background())
 	if err := eng.Start(ctx); err != nil {
@@ -579,4 +598,27 @@ func mixKeyFiles(tb testing.TB, dir string) []uint64 {
 	}
 	slices.Sort(out)
 	return out
+}
+
+// privateKeyOf reads the private key of epoch e from its file in dir with
+// the standard library (PEM, PKCS#8), as someone who seized the disk would.
+func privateKeyOf(tb testing.TB, dir string, e uint64) []byte {
+	tb.Helper()
+	data, err := os.ReadFile(filepath.Join(dir, fmt.Sprintf("mix-%d.key", e)))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	block, _ := pem.Decode(data)
+	if block == nil {
+		tb.Fatalf("mix key file of epoch %d is not PEM", e)
+	}
+	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	if err != nil {
+		tb.Fatalf("mix key file of epoch %d: %v", e, err)
+	}
+	p, ok := k.(*ecdh.PrivateKey)
+	if !ok || len(p.Bytes()) != 32 {
+		tb.Fatalf("mix key file of epoch %d holds a %T", e, k)
+	}
+	return p.Bytes()
 }

@@ -13,6 +13,7 @@
 package mixnet
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -47,8 +48,13 @@ type Delayer interface {
 type Keys interface {
 	// Ensure creates missing keys and deletes expired ones.
 	Ensure(now time.Time) error
-	// Keys returns this node's valid epoch keys (with private halves).
+	// Keys returns this node's valid epoch keys (public halves).
 	Keys(now time.Time) []sdk.EpochKey
+	// Dir is the key directory, where the mixer reads the private halves.
+	Dir() string
+	// NotAfter is when the key of epoch e stops serving packets (its
+	// file's Not-After), and whether that key exists.
+	NotAfter(e uint64) (time.Time, bool)
 }
 
 // Directory is the verified nodes file.
@@ -69,8 +75,9 @@ type Links interface {
 type Config struct {
 	// PacketSize in bytes (65536).
 	PacketSize int
-	// EpochLength (1 h) and Grace (10 min): a key serves packets until its
-	// epoch ends plus Grace; replay tags live as long.
+	// EpochLength (1 h) and Grace (10 min) of the keys created now. A key
+	// serves packets until the Not-After written in its file, and its
+	// replay tags live as long, whatever these say later.
 	EpochLength, Grace time.Duration
 	// ProbeInterval between link probes of every node (30 s).
 	ProbeInterval time.Duration
@@ -100,6 +107,14 @@ type Config struct {
 	MessageIDTTL time.Duration
 	// ExitStage is the pipeline stage index an assembled message resumes at.
 	ExitStage int
+	// AckTime is how long after a packet's arrival its ack is sent (20 ms):
+	// Receive stores the packet, then waits out the rest, so the ack's
+	// timing depends neither on this packet's fate nor on the work after
+	// the ack of the packets before it (a forward costs the queue more
+	// than a drop, and the next packet's sync would wait on it). A store
+	// that takes longer is acked at once and counted (Stats.LateAcks).
+	// Negative: ack as soon as the packet is stored (tests only).
+	AckTime time.Duration
 }
 
 func (c *Config) defaults() {
@@ -123,6 +138,9 @@ func (c *Config) defaults() {
 	if c.SendQueueLimit <= 0 {
 		c.SendQueueLimit = max(1, int(math.Ceil(c.SendRate*c.Grace.Seconds())))
 	}
+	if c.AckTime == 0 {
+		c.AckTime = 20 * time.Millisecond
+	}
 }
 
 // Stats counts a mix node's events since start.
@@ -134,6 +152,8 @@ type Stats struct {
 	// neither sent (no path, link down); PoolDummies: drop packets added
 	// to a starving pool.
 	OwnSent, TickDrops, TicksMissed, PoolDummies atomic.Int64
+	// LateAcks counts packets whose store took longer than Config.AckTime.
+	LateAcks atomic.Int64
 }
 
 // Node is the mixnet side of one mixmta daemon.
@@ -154,6 +174,12 @@ type Node struct {
 	// pathsDown is set while too few healthy nodes are known for it.
 	pathLen   atomic.Int32
 	pathsDown atomic.Bool
+
+	// pending holds a copy of packets Receive stored, by item id, until a
+	// worker unwraps them, so the common path does not read them back from
+	// the queue; at most maxPending (the rest are read back).
+	pending  sync.Map // queue.ID -> []byte
+	nPending atomic.Int64
 
 	mu        sync.Mutex
 	fragments map[queue.ID]map[int]*queue.Item // message id -> index -> item
@@ -236,7 +262,7 @@ func (n *Node) refresh(ctx context.Context, force bool) {
 }
 
 func (n *Node) push(ctx context.Context, now time.Time, force bool) {
-	st := sdk.MixState{Epoch: uint64(now.Unix()) / uint64(n.cfg.EpochLength.Seconds()), Keys: n.keys.Keys(now), Self: n.self}
+	st := sdk.MixState{Epoch: uint64(now.Unix()) / uint64(n.cfg.EpochLength.Seconds()), Keys: n.keys.Keys(now), Self: n.self, KeyDir: n.keys.Dir()}
 	for _, d := range n.dir.Nodes() {
 		d.Healthy = d.ID == n.self || n.health.healthy(d.ID)
 		st.Nodes = append(st.Nodes, d)
@@ -282,37 +308,61 @@ func stateSignature(st sdk.MixState) string {
 	return string(h.Sum(nil))
 }
 
-// Receive is the transport's handler. The packet is unwrapped at once and
-// its outcome (a forward item, a fragment, or nothing for a drop, a loop or
-// a replay) is stored with its replay tag in one synced transaction; only
-// when the mixer or the hop delay cannot answer now is the raw packet
-// stored instead, to be unwrapped later. Either way Receive returns, and
-// the transport acknowledges, only after the packet is on disk: one queue
-// write per packet instead of storing, reading and deleting it first.
+// Receive is the transport's handler. It stores the raw packet durably
+// (synced, group commit) and returns Config.AckTime after it was called,
+// so the transport acknowledges it then; the packet is unwrapped
+// afterwards by an engine worker. The work before the ack is the same
+// whatever the packet's fate (forward, exit, drop, loop, replay,
+// malformed): an ack that came sooner for a drop would tell the previous
+// hop which packets were cover, and a first hop that it is first. The
+// fixed ack time also hides the fate-dependent work done after the acks of
+// earlier packets, which the store of this one would otherwise wait on.
+// The replay check still precedes any forwarding (apply).
 func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) error {
+	arrived := time.Now()
 	if len(packet) != n.cfg.PacketSize {
 		n.Stats.Dropped.Add(1)
 		return fmt.Errorf("packet of %d bytes, want %d", len(packet), n.cfg.PacketSize)
 	}
-	n.Stats.Received.Add(1)
-	res, err := n.mixer.Mix(ctx, packet)
-	if err == nil {
-		done, err := n.apply(ctx, nil, res)
-		if done || err != nil {
-			return err // a queue error nacks: the sender tries again
-		}
-	} else if sdk.IsPermanent(err) {
-		n.dropped(err)
-		return nil
-	}
 	it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketIn, Received: time.Now(), Deliverer: -1}
 	if err := n.eng.Queue().Put(it, packet); err != nil {
-		return err
+		return err // a queue error nacks: the sender tries again
+	}
+	n.Stats.Received.Add(1)
+	if n.nPending.Add(1) <= maxPending {
+		n.pending.Store(it.ID, bytes.Clone(packet)) // the transport reuses its buffer
+	} else {
+		n.nPending.Add(-1)
 	}
 	n.eng.Forget(-1)
 	n.eng.Enqueue(it)
+	n.waitAck(ctx, arrived)
 	return nil
 }
+
+// waitAck returns Config.AckTime after arrived (at once if that has
+// passed: counted as late).
+func (n *Node) waitAck(ctx context.Context, arrived time.Time) {
+	if n.cfg.AckTime < 0 {
+		return
+	}
+	wait := n.cfg.AckTime - time.Since(arrived)
+	if wait <= 0 {
+		n.Stats.LateAcks.Add(1)
+		return
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}
+
+// maxPending bounds the packets held in memory between Receive and their
+// unwrap (16 MiB of 64 KiB packets): a backlog beyond it costs a queue
+// read each, not memory.
+const maxPending = 256
 
 func (n *Node) dropped(err error) {
 	n.Stats.Dropped.Add(1)
@@ -343,19 +393,33 @@ func epochKey(epoch uint64, tag [32]byte) []byte {
 	return append(k, tag[:]...)
 }
 
-// tagTTL is how long a replay tag of epoch e must be kept: until the key
-// of e is deleted (end of epoch + grace).
+// tagTTL is how long a replay tag of epoch e must be kept: as long as the
+// key of e accepts packets, that is until the Not-After in its file (plus
+// a minute for clock steps). It is not computed from the configured epoch
+// length: after the operator changes it, keys made under the old length
+// still serve packets until their own end, and a tag that expired sooner
+// would let a replay through. A key already gone (deleted between the
+// unwrap and now) can unwrap nothing more: a minute is enough.
 func (n *Node) tagTTL(epoch uint64) time.Duration {
-	end := time.Unix(int64(epoch+1)*int64(n.cfg.EpochLength.Seconds()), 0).Add(n.cfg.Grace)
-	return max(time.Until(end), time.Minute)
+	end, ok := n.keys.NotAfter(epoch)
+	if !ok {
+		return time.Minute
+	}
+	return max(time.Until(end), 0) + time.Minute
 }
 
-// unwrap runs the mixer on a packet stored by Receive (the mixer could not
-// answer then) and applies the result.
+// unwrap runs the mixer on a packet stored by Receive and applies the
+// result.
 func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
-	packet, err := n.eng.Queue().Blob(it.Body)
-	if err != nil {
-		return err
+	var packet []byte
+	if p, ok := n.pending.LoadAndDelete(it.ID); ok {
+		n.nPending.Add(-1)
+		packet = p.([]byte)
+	} else {
+		var err error
+		if packet, err = n.eng.Queue().Blob(it.Body); err != nil {
+			return err
+		}
 	}
 	res, err := n.mixer.Mix(ctx, packet)
 	if err != nil {
@@ -372,37 +436,38 @@ func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
 	return err
 }
 
-// apply turns a mix result, in one queue transaction with its replay tag,
-// into a forward item, a fragment, or nothing (drop, loop back, replay),
-// deleting the stored packet in (nil for a packet just received, whose
-// transaction is then synced before returning). done is false when the
-// hop delay cannot be sampled now: nothing was changed.
+// apply turns a mix result, in one queue transaction with its replay tag
+// that also deletes the stored packet in, into a forward item, a fragment,
+// or nothing (drop, loop back, replay). The transaction is synced before a
+// forward item reaches the scheduler or a fragment can complete a message,
+// so nothing leaves before its replay tag is on disk (a crash cannot make
+// it leave twice). A drop, loop or replay is synced too, though nothing
+// leaves: every packet then costs one sync after its ack, whatever its
+// fate, and the group commit that the next packets' acks wait for does not
+// tell the previous hop whether this one was a drop. done is false when
+// the hop delay cannot be sampled now: nothing was changed.
 func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (done bool, err error) {
 	q := n.eng.Queue()
-	received := time.Now()
-	if in != nil {
-		received = in.Received
-	}
 	var out *queue.Item
 	var outData []byte
 	switch res.Action {
 	case sdk.MixForward:
 		if len(res.Packet) != n.cfg.PacketSize {
 			n.dropped(sdk.Permanent(554, "6.0", "mixer returned a packet of %d bytes", len(res.Packet)))
-			return true, n.finishIf(in)
+			return true, n.finish(in)
 		}
 		ds, err := n.delay.Delay(ctx, sdk.DelayRequest{Size: int64(len(res.Packet)), Count: 1})
 		if err != nil || len(ds) != 1 {
 			return false, nil
 		}
 		out = &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketOut, NextHop: res.NextHop,
-			Received: received, SendAfter: time.Now().Add(ds[0]), Waiting: true, Deliverer: -1}
+			Received: in.Received, SendAfter: time.Now().Add(ds[0]), Waiting: true, Deliverer: -1}
 		outData = res.Packet
 	case sdk.MixExit:
 		if f := res.Fragment; f != nil {
 			if f.Count < 1 || f.Index < 0 || f.Index >= f.Count {
 				n.dropped(sdk.Permanent(554, "6.0", "fragment %d of %d", f.Index, f.Count))
-				return true, n.finishIf(in)
+				return true, n.finish(in)
 			}
 			out = &queue.Item{ID: queue.NewID(), Msg: queue.ID(f.MessageID), Kind: queue.KindFragment,
 				FragIndex: f.Index, FragCount: f.Count, Received: time.Now(), Deliverer: -1}
@@ -421,25 +486,17 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 				return err
 			}
 		}
-		if in != nil {
-			return tx.Delete(in)
-		}
-		return nil
+		return tx.Delete(in)
 	})
-	if err == nil && in == nil {
+	if err == nil {
 		err = q.Sync()
 	}
 	if err != nil {
 		return true, err
 	}
-	delta := 0 // items added minus items deleted, for the queued gauge
-	if in != nil {
-		delta--
+	if replay || out == nil {
+		n.eng.Forget(1) // the packet deleted, nothing added
 	}
-	if !replay && out != nil {
-		delta++
-	}
-	n.eng.Forget(-delta)
 	switch {
 	case replay:
 		n.Stats.Replays.Add(1)
@@ -457,14 +514,6 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 		n.addFragment(ctx, out)
 	}
 	return true, nil
-}
-
-// finishIf deletes a stored packet, if there is one.
-func (n *Node) finishIf(in *queue.Item) error {
-	if in == nil {
-		return nil
-	}
-	return n.finish(in)
 }
 
 func (n *Node) finish(it *queue.Item) error { return n.eng.Done(it) }

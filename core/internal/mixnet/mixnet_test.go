@@ -262,8 +262,8 @@ func TestPacketForExpiredEpochIsDropped(t *testing.T) {
 
 	h.clock.setNow(end.Add(time.Second))
 	waitState("a mix state without e's key", func(st sdk.MixState) bool { return !hasKey(st, e) && hasKey(st, e+1) })
-	// The key leaves the mixer first, then its file is deleted (refresh).
-	eventually(t, fmt.Sprintf("key file of epoch %d deleted after its grace", e), func() bool {
+	// The state without the key is pushed first, then the file is deleted.
+	eventually(t, fmt.Sprintf("the key file of epoch %d deleted after its grace", e), func() bool {
 		_, err := os.Stat(filepath.Join(u.dir, fmt.Sprintf("mix-%d.key", e)))
 		return errors.Is(err, fs.ErrNotExist)
 	})
@@ -313,19 +313,11 @@ func TestForwardSecrecyRecordedPacketUnreadableAfterGrace(t *testing.T) {
 	net, s, u, x := threeNodes(t, now)
 	sender := peer(t, net, s, 2, now, u, x)
 	recorded := route(t, sender, testMessage(2000), u.ID())[0]
-	var priv []byte
-	for _, k := range u.ks.Keys(now) {
-		if k.Epoch == e {
-			priv = k.Private
-		}
-	}
-	if len(priv) != 32 {
-		t.Fatalf("no private key of epoch %d", e)
-	}
+	priv := privateKeyOf(t, u.dir, e)
 	ctx := context.Background()
 	seize := func(epoch uint64) *pluginhost.Stage {
 		p := launchSphinx(t, "seized", sphinxCfg, newLogger(t, true))
-		st := sdk.MixState{Epoch: epoch, Keys: keysOnDisk(t, u.dir), Self: u.ID(), Nodes: net.dir.Nodes(now)}
+		st := sdk.MixState{Epoch: epoch, Keys: keysOnDisk(t, u.dir), Self: u.ID(), Nodes: net.dir.Nodes(now), KeyDir: u.dir}
 		if err := p.SetMixState(ctx, st); err != nil {
 			t.Fatal(err)
 		}
@@ -483,6 +475,46 @@ func TestFragmentsReassembleAtExit(t *testing.T) {
 	}
 	if n := len(h.links.all()); n != 0 {
 		t.Fatalf("%d packets sent by an exit, want 0", n)
+	}
+	h.settled()
+}
+
+// Replay tags live as long as the key they belong to, whatever the
+// configuration says now. The node's keys were made with 1-hour epochs;
+// the operator then changes mix.epoch to 2 minutes (grace 1 minute) and
+// restarts. A packet for the old key, still valid until the Not-After in
+// its file, is forwarded once, and again 62 s later it is a replay: its
+// tag's lifetime came from the key's file, not from the new epoch length
+// (which would have given the one-minute floor). A packet forwarded before
+// the change is a replay after it too.
+func TestReplayTagsOutliveAnEpochLengthChange(t *testing.T) {
+	now := time.Now()
+	net, s, u, x := threeNodes(t, now)
+	h := startNode(t, net, u, nodeOptions{})
+	sender := peer(t, net, s, 2, now, u, x)
+	before := route(t, sender, testMessage(100), u.ID())[0]
+	after := route(t, sender, testMessage(200), u.ID())[0]
+	sentCount := func() int { return len(h.links.all()) }
+	h.receive(s, before)
+	eventually(t, "the packet before the change forwarded", func() bool { return sentCount() == 1 })
+
+	const newLength, newGrace = 2 * time.Minute, time.Minute
+	ks, err := nodes.Open(u.dir, newLength, newGrace)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.opt.epochLength, h.opt.grace, h.opt.keys = newLength, newGrace, ks
+	h.restart()
+	h.receive(s, after)
+	eventually(t, "the packet after the change forwarded", func() bool { return sentCount() == 2 })
+
+	time.Sleep(62 * time.Second) // past a one-minute tag (badger TTLs have second resolution)
+	h.receive(s, after)
+	h.receive(s, before)
+	eventually(t, "both replays counted", func() bool { return h.node.Stats.Replays.Load() == 2 })
+	quiet()
+	if n, f := sentCount(), h.node.Stats.Forwarded.Load(); n != 2 || f != 1 {
+		t.Fatalf("after the replays: %d packets sent in all (want 2), %d forwarded since the restart (want 1); %s", n, f, h.node.StatsLine())
 	}
 	h.settled()
 }

@@ -996,7 +996,6 @@ func (x *DeliverReply) GetResults() []*RcptResult {
 type EpochKey struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Epoch         uint64                 `protobuf:"varint,1,opt,name=epoch,proto3" json:"epoch,omitempty"`
-	PrivateKey    []byte                 `protobuf:"bytes,2,opt,name=private_key,json=privateKey,proto3" json:"private_key,omitempty"`
 	PublicKey     []byte                 `protobuf:"bytes,3,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
 	NotBeforeUnix int64                  `protobuf:"varint,4,opt,name=not_before_unix,json=notBeforeUnix,proto3" json:"not_before_unix,omitempty"`
 	NotAfterUnix  int64                  `protobuf:"varint,5,opt,name=not_after_unix,json=notAfterUnix,proto3" json:"not_after_unix,omitempty"`
@@ -1039,13 +1038,6 @@ func (x *EpochKey) GetEpoch() uint64 {
 		return x.Epoch
 	}
 	return 0
-}
-
-func (x *EpochKey) GetPrivateKey() []byte {
-	if x != nil {
-		return x.PrivateKey
-	}
-	return nil
 }
 
 func (x *EpochKey) GetPublicKey() []byte {
@@ -1159,6 +1151,7 @@ type MixState struct {
 	Keys          []*EpochKey            `protobuf:"bytes,2,rep,name=keys,proto3" json:"keys,omitempty"`
 	Self          []byte                 `protobuf:"bytes,3,opt,name=self,proto3" json:"self,omitempty"`
 	Nodes         []*DirectoryNode       `protobuf:"bytes,4,rep,name=nodes,proto3" json:"nodes,omitempty"`
+	KeyDir        string                 `protobuf:"bytes,5,opt,name=key_dir,json=keyDir,proto3" json:"key_dir,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1219,6 +1212,13 @@ func (x *MixState) GetNodes() []*DirectoryNode {
 		return x.Nodes
 	}
 	return nil
+}
+
+func (x *MixState) GetKeyDir() string {
+	if x != nil {
+		return x.KeyDir
+	}
+	return ""
 }
 
 type MixRequest struct {
@@ -1586,27 +1586,26 @@ const file_stage_proto_rawDesc = "" +
 	"\x06status\x18\x02 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\"r\n" +
 	"\fDeliverReply\x12-\n" +
 	"\x06status\x18\x01 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\x123\n" +
-	"\aresults\x18\x02 \x03(\v2\x19.mixmta.sdk.v1.RcptResultR\aresults\"\xae\x01\n" +
+	"\aresults\x18\x02 \x03(\v2\x19.mixmta.sdk.v1.RcptResultR\aresults\"\x93\x01\n" +
 	"\bEpochKey\x12\x14\n" +
-	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1f\n" +
-	"\vprivate_key\x18\x02 \x01(\fR\n" +
-	"privateKey\x12\x1d\n" +
+	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x03 \x01(\fR\tpublicKey\x12&\n" +
 	"\x0fnot_before_unix\x18\x04 \x01(\x03R\rnotBeforeUnix\x12$\n" +
-	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnix\"\xb2\x01\n" +
+	"\x0enot_after_unix\x18\x05 \x01(\x03R\fnotAfterUnixJ\x04\b\x02\x10\x03\"\xb2\x01\n" +
 	"\rDirectoryNode\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\fR\x02id\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
 	"\x04exit\x18\x03 \x01(\bR\x04exit\x12\x18\n" +
 	"\ahealthy\x18\x04 \x01(\bR\ahealthy\x12+\n" +
 	"\x04keys\x18\x05 \x03(\v2\x17.mixmta.sdk.v1.EpochKeyR\x04keys\x12\"\n" +
-	"\fcapabilities\x18\x06 \x03(\tR\fcapabilities\"\x95\x01\n" +
+	"\fcapabilities\x18\x06 \x03(\tR\fcapabilities\"\xae\x01\n" +
 	"\bMixState\x12\x14\n" +
 	"\x05epoch\x18\x01 \x01(\x04R\x05epoch\x12+\n" +
 	"\x04keys\x18\x02 \x03(\v2\x17.mixmta.sdk.v1.EpochKeyR\x04keys\x12\x12\n" +
 	"\x04self\x18\x03 \x01(\fR\x04self\x122\n" +
-	"\x05nodes\x18\x04 \x03(\v2\x1c.mixmta.sdk.v1.DirectoryNodeR\x05nodes\"$\n" +
+	"\x05nodes\x18\x04 \x03(\v2\x1c.mixmta.sdk.v1.DirectoryNodeR\x05nodes\x12\x17\n" +
+	"\akey_dir\x18\x05 \x01(\tR\x06keyDir\"$\n" +
 	"\n" +
 	"MixRequest\x12\x16\n" +
 	"\x06packet\x18\x01 \x01(\fR\x06packet\"\xf5\x02\n" +

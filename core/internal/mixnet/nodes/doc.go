@@ -12,8 +12,10 @@
 //
 //	identity.key   Ed25519 identity key, PKCS#8 PEM ("PRIVATE KEY"), mode 0600
 //	mix-<E>.key    X25519 mix key of epoch E (decimal), PKCS#8 PEM with the
-//	               PEM headers Epoch, Not-Before and Not-After (RFC 3339,
-//	               UTC, whole seconds), mode 0600
+//	               PEM headers Epoch, Not-After, Not-Before (RFC 3339,
+//	               UTC, whole seconds) and Public-Key (base64), mode 0600;
+//	               written and read by sdk/mixkey. The KeyStore reads only
+//	               the public half; the mixer plugin reads the private key.
 //	.lock          empty; flock(2) serializes every change between processes
 //
 // A key file readable or writable by group or others, or that is not a

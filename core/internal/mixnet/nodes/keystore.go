@@ -2,10 +2,7 @@ package nodes
 
 import (
 	"cmp"
-	"crypto/ecdh"
 	"crypto/rand"
-	"crypto/x509"
-	"encoding/pem"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -18,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // Epoch is the epoch number of t: floor(unix seconds of t / length), with
@@ -47,7 +45,10 @@ func secondsOf(length time.Duration) int64 {
 }
 
 // KeyStore holds this node's X25519 mix keys (RFC 7748), one per epoch, in
-// the key directory as mix-<epoch>.key (see the package comment). It is
+// the key directory as mix-<epoch>.key (see the package comment). In
+// memory it keeps only their public halves and validity: a private key
+// exists here from its generation to its file's write, then it is wiped;
+// the mixer reads it from the file (sdk.MixState.KeyDir). It is
 // safe for concurrent use, and several KeyStores (in several processes) may
 // share a directory: changes happen under the directory's flock.
 //
@@ -68,9 +69,12 @@ type KeyStore struct {
 	keys map[uint64]*ownKey
 }
 
+// ownKey is one of this node's mix keys as the core knows it: public half
+// and validity only. The private half is in its file alone; the mixer
+// reads it from there (sdk.MixState.KeyDir).
 type ownKey struct {
 	epoch     uint64
-	priv, pub []byte
+	pub       []byte
 	notBefore time.Time
 	notAfter  time.Time
 }
@@ -170,7 +174,6 @@ func (s *KeyStore) Ensure(now time.Time) (Changes, error) {
 		if err := wipe(filepath.Join(s.dir, mixKeyName(e))); err != nil {
 			return ch, err
 		}
-		zero(k.priv)
 		delete(keys, e)
 		ch.Deleted = append(ch.Deleted, e)
 	}
@@ -192,20 +195,30 @@ func (s *KeyStore) Ensure(now time.Time) (Changes, error) {
 		ch.Created = append(ch.Created, e)
 	}
 	slices.Sort(ch.Deleted)
-	for _, k := range s.keys {
-		zero(k.priv)
-	}
 	s.keys = keys
 	return ch, nil
 }
 
-// Keys returns copies of this node's mix keys that are valid at now or
-// start within the next epoch (Private and Public set), by epoch: the
-// previous epoch's while in its grace period, the current and the next
-// one: the keys a mixer needs. Only keys loaded by Open or the last Ensure
-// are returned.
+// Keys returns this node's mix keys (public halves) that are valid at now
+// or start within the next epoch, by epoch: the previous epoch's while in
+// its grace period, the current and the next one: the keys a mixer needs.
+// Only keys loaded by Open or the last Ensure are returned.
 func (s *KeyStore) Keys(now time.Time) []sdk.EpochKey {
 	return s.keysUntil(now, 2)
+}
+
+// NotAfter is the end of the validity of this node's key of epoch e, as
+// its file says (not as the current epoch length would compute it), and
+// whether that key is loaded: replay tags must live that long whatever the
+// configuration says now.
+func (s *KeyStore) NotAfter(e uint64) (time.Time, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	k := s.keys[e]
+	if k == nil {
+		return time.Time{}, false
+	}
+	return k.notAfter, true
 }
 
 // Published returns the keys to put in this node's descriptor: those of
@@ -228,7 +241,6 @@ func (s *KeyStore) keysUntil(now time.Time, epochs uint64) []sdk.EpochKey {
 		}
 		out = append(out, sdk.EpochKey{
 			Epoch:     k.epoch,
-			Private:   slices.Clone(k.priv),
 			Public:    slices.Clone(k.pub),
 			NotBefore: k.notBefore,
 			NotAfter:  k.notAfter,
@@ -262,33 +274,22 @@ func (s *KeyStore) load() (map[uint64]*ownKey, error) {
 	return keys, nil
 }
 
-// create generates the key of epoch e and writes it.
+// create generates the key of epoch e and writes it. The private key
+// exists in this process only between its generation and the write: its
+// buffers are wiped before create returns.
 func (s *KeyStore) create(e uint64) (*ownKey, error) {
-	priv, err := ecdh.X25519().GenerateKey(rand.Reader)
+	priv, err := mixkey.Generate(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("nodes: mix key: %w", err)
 	}
+	defer priv.Wipe()
 	k := &ownKey{
 		epoch:     e,
-		priv:      priv.Bytes(),
-		pub:       priv.PublicKey().Bytes(),
+		pub:       priv.Public(),
 		notBefore: EpochStart(e, s.length),
 		notAfter:  EpochStart(e+1, s.length).Add(s.grace),
 	}
-	der, err := x509.MarshalPKCS8PrivateKey(priv)
-	if err != nil {
-		return nil, fmt.Errorf("nodes: mix key: %w", err)
-	}
-	data := pem.EncodeToMemory(&pem.Block{
-		Type: "PRIVATE KEY",
-		Headers: map[string]string{
-			"Epoch":      strconv.FormatUint(e, 10),
-			"Not-Before": k.notBefore.Format(time.RFC3339),
-			"Not-After":  k.notAfter.Format(time.RFC3339),
-		},
-		Bytes: der,
-	})
-	zero(der)
+	data := mixkey.Encode(priv, mixkey.Meta{Epoch: e, NotBefore: k.notBefore, NotAfter: k.notAfter})
 	defer zero(data)
 	if err := writeNew(s.dir, mixKeyName(e), data); err != nil {
 		return nil, err
@@ -314,41 +315,21 @@ func parseMixKeyName(name string) (uint64, bool) {
 	return e, true
 }
 
-// readMixKey reads one mix key file and checks that its Epoch header
-// matches its name.
+// readMixKey reads the public half of one mix key file (the private half
+// is not decoded, see mixkey.DecodePublic) and checks that its Epoch
+// header matches its name.
 func readMixKey(path string, epoch uint64) (*ownKey, error) {
 	data, err := readSecret(path)
 	if err != nil {
 		return nil, err
 	}
 	defer zero(data)
-	bad := func(what string) error { return fmt.Errorf("nodes: mix key file %s: %s", path, what) }
-	block, rest := pem.Decode(data)
-	if block == nil || block.Type != "PRIVATE KEY" || len(strings.TrimSpace(string(rest))) != 0 {
-		return nil, bad(`not one PEM "PRIVATE KEY" block`)
-	}
-	defer zero(block.Bytes)
-	if block.Headers["Epoch"] != strconv.FormatUint(epoch, 10) {
-		return nil, bad(fmt.Sprintf("Epoch header %q does not match the file name", block.Headers["Epoch"]))
-	}
-	nb, err1 := time.Parse(time.RFC3339, block.Headers["Not-Before"])
-	na, err2 := time.Parse(time.RFC3339, block.Headers["Not-After"])
-	if err1 != nil || err2 != nil || !nb.Before(na) {
-		return nil, bad("bad Not-Before or Not-After header")
-	}
-	k, err := x509.ParsePKCS8PrivateKey(block.Bytes)
+	m, err := mixkey.DecodePublic(data)
 	if err != nil {
-		return nil, bad(err.Error())
+		return nil, fmt.Errorf("nodes: mix key file %s: %w", path, err)
 	}
-	priv, ok := k.(*ecdh.PrivateKey)
-	if !ok || priv.Curve() != ecdh.X25519() {
-		return nil, bad("not an X25519 key")
+	if m.Epoch != epoch {
+		return nil, fmt.Errorf("nodes: mix key file %s: Epoch header %d does not match the file name", path, m.Epoch)
 	}
-	return &ownKey{
-		epoch:     epoch,
-		priv:      priv.Bytes(),
-		pub:       priv.PublicKey().Bytes(),
-		notBefore: nb.UTC(),
-		notAfter:  na.UTC(),
-	}, nil
+	return &ownKey{epoch: epoch, pub: m.Public, notBefore: m.NotBefore, notAfter: m.NotAfter}, nil
 }

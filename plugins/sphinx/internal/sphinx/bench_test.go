@@ -63,7 +63,7 @@ func BenchmarkUnwrap(b *testing.B) {
 	m := startCPUMeter(b)
 	for b.Loop() {
 		copy(buf, pkt)
-		res, err := Unwrap(g, nodes[0].priv, buf)
+		res, err := Unwrap(g, mk(nodes[0].priv), buf)
 		if err != nil || res.Action != Forward {
 			b.Fatal(err)
 		}
@@ -85,7 +85,7 @@ func BenchmarkUnwrapExit(b *testing.B) {
 	m := startCPUMeter(b)
 	for b.Loop() {
 		copy(buf, pkt)
-		if res, err := Unwrap(g, nodes[0].priv, buf); err != nil || res.Action != Exit {
+		if res, err := Unwrap(g, mk(nodes[0].priv), buf); err != nil || res.Action != Exit {
 			b.Fatal(err)
 		}
 	}

@@ -2,7 +2,8 @@ package sphinx
 
 import (
 	"filippo.io/edwards25519"
-	"filippo.io/edwards25519/field"
+
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // Group arithmetic (SPEC.md §4).
@@ -26,21 +27,14 @@ import (
 // has u-coordinate u. Constant time. Used by a hop for the blinding, where
 // crypto/ecdh would first compute a public key for the scalar (a second,
 // useless, scalar multiplication).
-func x25519(dst, k, u *[32]byte) {
-	e := *k
-	e[0] &= 248
-	e[31] &= 127
-	e[31] |= 64
-	ladder(dst, &e, u)
-	clear(e[:])
-}
+func x25519(dst, k, u *[32]byte) { mixkey.X25519(dst, k, u) }
 
 // scalarMult sets dst = u(k·P) for a scalar k in [0, ℓ), not clamped: the
 // sender's variable-base multiplication. Constant time.
 func scalarMult(dst *[32]byte, k *edwards25519.Scalar, u *[32]byte) {
 	var e [32]byte
 	copy(e[:], k.Bytes())
-	ladder(dst, &e, u)
+	mixkey.Ladder(dst, &e, u)
 	clear(e[:])
 }
 
@@ -49,55 +43,6 @@ func scalarMult(dst *[32]byte, k *edwards25519.Scalar, u *[32]byte) {
 func scalarBaseMult(dst *[32]byte, k *edwards25519.Scalar) {
 	var p edwards25519.Point
 	copy(dst[:], p.ScalarBaseMult(k).BytesMontgomery())
-}
-
-// ladder is the Montgomery ladder of RFC 7748 §5 (as in Go's crypto/ecdh,
-// same field arithmetic), over bits 254..0 of the little-endian scalar e,
-// taken as is (bit 255 ignored). u is decoded as in RFC 7748 (bit 255
-// ignored, non-canonical values reduced). Constant time in e and u.
-func ladder(dst, e, u *[32]byte) {
-	var x1, x2, z2, x3, z3, tmp0, tmp1 field.Element
-	if _, err := x1.SetBytes(u[:]); err != nil {
-		panic("sphinx: internal error: field decoding of 32 bytes failed")
-	}
-	x2.One()
-	x3.Set(&x1)
-	z3.One()
-
-	swap := 0
-	for pos := 254; pos >= 0; pos-- {
-		b := int(e[pos/8]>>uint(pos&7)) & 1
-		swap ^= b
-		x2.Swap(&x3, swap)
-		z2.Swap(&z3, swap)
-		swap = b
-
-		tmp0.Subtract(&x3, &z3)
-		tmp1.Subtract(&x2, &z2)
-		x2.Add(&x2, &z2)
-		z2.Add(&x3, &z3)
-		z3.Multiply(&tmp0, &x2)
-		z2.Multiply(&z2, &tmp1)
-		tmp0.Square(&tmp1)
-		tmp1.Square(&x2)
-		x3.Add(&z3, &z2)
-		z2.Subtract(&z3, &z2)
-		x2.Multiply(&tmp1, &tmp0)
-		tmp1.Subtract(&tmp1, &tmp0)
-		z2.Square(&z2)
-
-		z3.Mult32(&tmp1, 121666)
-		x3.Square(&x3)
-		tmp0.Add(&tmp0, &z3)
-		z3.Multiply(&x1, &z2)
-		z2.Multiply(&tmp1, &tmp0)
-	}
-	x2.Swap(&x3, swap)
-	z2.Swap(&z3, swap)
-
-	z2.Invert(&z2) // 0 for the point at infinity, giving u = 0
-	x2.Multiply(&x2, &z2)
-	copy(dst[:], x2.Bytes())
 }
 
 // isZero32 reports whether b is all zero, in time independent of b's

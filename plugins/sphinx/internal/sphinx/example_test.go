@@ -1,12 +1,12 @@
 package sphinx_test
 
 import (
-	"crypto/ecdh"
 	"crypto/rand"
 	"crypto/sha256"
 	"fmt"
 
 	"github.com/mixmta/mixmta/plugins/sphinx/internal/sphinx"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // A sender builds a 3-hop packet; each node unwraps it in turn, checks the
@@ -16,11 +16,11 @@ func Example() {
 
 	// Three mix nodes with their epoch keys; node ids are the SHA-256 of the
 	// public key here (the format does not care how ids are made).
-	keys := make(map[[32]byte]*ecdh.PrivateKey)
+	keys := make(map[[32]byte]*mixkey.Key)
 	var path []sphinx.Hop
 	for range 3 {
-		priv, _ := ecdh.X25519().GenerateKey(rand.Reader)
-		pub := priv.PublicKey().Bytes()
+		priv, _ := mixkey.Generate(rand.Reader)
+		pub := priv.Public()
 		id := sha256.Sum256(pub)
 		keys[id] = priv
 		path = append(path, sphinx.Hop{NodeID: id, MixKey: pub})

@@ -39,7 +39,7 @@ func FuzzUnwrap(f *testing.F) {
 	f.Add(make([]byte, g.PacketSize))
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := clone(data)
-		res, err := Unwrap(g, priv, in)
+		res, err := Unwrap(g, mk(priv), in)
 		if err != nil {
 			if res != nil {
 				t.Fatalf("error %v with a non-nil result", err)

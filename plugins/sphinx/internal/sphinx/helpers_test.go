@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"io"
 	"testing"
+
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // detReader is the deterministic randomness of the test vectors (SPEC.md
@@ -77,7 +79,7 @@ func travel(tb testing.TB, g Geometry, nodes []testNode, pkt []byte) hopTrace {
 	cur := clone(pkt)
 	for i, n := range nodes {
 		tr.inputs = append(tr.inputs, clone(cur))
-		res, err := Unwrap(g, n.priv, cur)
+		res, err := Unwrap(g, mk(n.priv), cur)
 		if err != nil {
 			tb.Fatalf("hop %d/%d: Unwrap: %v", i, len(nodes), err)
 		}
@@ -134,4 +136,17 @@ func longestZeroRun(b []byte) int {
 		}
 	}
 	return best
+}
+
+// mk is the mixkey.Key of an X25519 crypto/ecdh key, nil for nil or
+// another curve (what Unwrap refuses with ErrBadKey).
+func mk(p *ecdh.PrivateKey) *mixkey.Key {
+	if p == nil || p.Curve() != ecdh.X25519() {
+		return nil
+	}
+	k, err := mixkey.New(p.Bytes())
+	if err != nil {
+		panic(err)
+	}
+	return k
 }

@@ -33,7 +33,7 @@ var (
 	// ErrBadCommand: NewPacket got a final command other than Exit or Drop.
 	ErrBadCommand = errors.New("sphinx: final command must be Exit or Drop")
 	// ErrBadKey: a mix public key is not 32 bytes or is a low-order point, or
-	// Unwrap got a nil or non-X25519 private key.
+	// Unwrap got a nil private key.
 	ErrBadKey = errors.New("sphinx: invalid mix key")
 )
 

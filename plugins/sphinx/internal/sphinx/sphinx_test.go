@@ -220,7 +220,7 @@ func TestHeaderBitFlipFailsMAC(t *testing.T) {
 				flipped := clone(in)
 				flipped[bit/8] ^= 1 << (bit % 8)
 				p := clone(flipped)
-				res, err := Unwrap(g, nodes[hop].priv, p)
+				res, err := Unwrap(g, mk(nodes[hop].priv), p)
 				if !errors.Is(err, ErrBadMAC) {
 					t.Fatalf("%+v: hop %d, header bit %d flipped: got (%v, %v), want ErrBadMAC", g, hop, pos, res, err)
 				}
@@ -255,7 +255,7 @@ func TestPayloadBitFlipDetectedAtNextHop(t *testing.T) {
 				for _, bit := range bits {
 					p := clone(in)
 					p[bit/8] ^= 1 << (bit % 8)
-					res, err := Unwrap(g, nodes[hop].priv, p)
+					res, err := Unwrap(g, mk(nodes[hop].priv), p)
 					if !errors.Is(err, ErrPayloadAuth) {
 						t.Fatalf("%+v %v: payload bit %d flipped before hop %d: got (%v, %v), want ErrPayloadAuth",
 							g, final, bit, hop, res, err)
@@ -275,13 +275,13 @@ func TestWrongKeyFailsMAC(t *testing.T) {
 	}
 	other, _ := ecdh.X25519().GenerateKey(rand.Reader)
 	for _, priv := range []*ecdh.PrivateKey{nodes[1].priv, nodes[2].priv, nodes[3].priv, other} {
-		if _, err := Unwrap(g, priv, clone(pkt)); !errors.Is(err, ErrBadMAC) {
+		if _, err := Unwrap(g, mk(priv), clone(pkt)); !errors.Is(err, ErrBadMAC) {
 			t.Fatalf("Unwrap with a wrong key: %v, want ErrBadMAC", err)
 		}
 	}
 	// The next hop's packet is not processable by the hop that made it.
 	tr := travel(t, g, nodes[:3], pkt)
-	if _, err := Unwrap(g, nodes[0].priv, clone(tr.inputs[1])); !errors.Is(err, ErrBadMAC) {
+	if _, err := Unwrap(g, mk(nodes[0].priv), clone(tr.inputs[1])); !errors.Is(err, ErrBadMAC) {
 		t.Fatalf("hop 0 unwrapping its own output: %v, want ErrBadMAC", err)
 	}
 }
@@ -294,11 +294,11 @@ func TestWrongGeometryFails(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, other := range []Geometry{{PacketSize: 65536, MaxHops: 5}, {PacketSize: 65536, MaxHops: 2}} {
-		if _, err := Unwrap(other, nodes[0].priv, clone(pkt)); !errors.Is(err, ErrBadMAC) {
+		if _, err := Unwrap(other, mk(nodes[0].priv), clone(pkt)); !errors.Is(err, ErrBadMAC) {
 			t.Fatalf("Unwrap with geometry %+v: %v, want ErrBadMAC", other, err)
 		}
 	}
-	if _, err := Unwrap(Geometry{PacketSize: 4096, MaxHops: 3}, nodes[0].priv, clone(pkt)); !errors.Is(err, ErrBadSize) {
+	if _, err := Unwrap(Geometry{PacketSize: 4096, MaxHops: 3}, mk(nodes[0].priv), clone(pkt)); !errors.Is(err, ErrBadSize) {
 		t.Fatalf("Unwrap with another packet size: %v, want ErrBadSize", err)
 	}
 }
@@ -388,7 +388,7 @@ func TestUnwrapRejectsBadInput(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			before := clone(c.packet)
-			res, err := Unwrap(c.g, c.priv, c.packet)
+			res, err := Unwrap(c.g, mk(c.priv), c.packet)
 			if !errors.Is(err, c.want) || res != nil {
 				t.Fatalf("Unwrap = (%v, %v), want (nil, %v)", res, err, c.want)
 			}
@@ -454,7 +454,7 @@ func TestAuthenticMalformedPacketsRejected(t *testing.T) {
 				t.Fatal(err)
 			}
 			before := clone(pkt)
-			if _, err := Unwrap(g, nodes[0].priv, pkt); !errors.Is(err, ErrBadRouting) {
+			if _, err := Unwrap(g, mk(nodes[0].priv), pkt); !errors.Is(err, ErrBadRouting) {
 				t.Fatalf("command %v: %v, want ErrBadRouting", cmd, err)
 			}
 			if !bytes.Equal(before, pkt) {
@@ -473,11 +473,11 @@ func TestAuthenticMalformedPacketsRejected(t *testing.T) {
 			if err := build(g, pathOf(nodes[:2]), Exit, pkt, rand.Reader); err != nil {
 				t.Fatal(err)
 			}
-			res, err := Unwrap(g, nodes[0].priv, pkt)
+			res, err := Unwrap(g, mk(nodes[0].priv), pkt)
 			if err != nil {
 				t.Fatal(err)
 			}
-			if _, err := Unwrap(g, nodes[1].priv, res.Packet); !errors.Is(err, ErrBadPayload) {
+			if _, err := Unwrap(g, mk(nodes[1].priv), res.Packet); !errors.Is(err, ErrBadPayload) {
 				t.Fatalf("%v, want ErrBadPayload", err)
 			}
 		})
@@ -508,7 +508,7 @@ func TestConcurrentUse(t *testing.T) {
 					return
 				}
 				for _, n := range nodes {
-					res, err := Unwrap(g, n.priv, pkt)
+					res, err := Unwrap(g, mk(n.priv), pkt)
 					if err != nil {
 						done <- err
 						return

@@ -1,8 +1,9 @@
 package sphinx
 
 import (
-	"crypto/ecdh"
 	"crypto/hmac"
+
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // Unwrap processes packet at a mix node whose X25519 mix private key for the
@@ -25,7 +26,7 @@ import (
 // seen under priv and drop a repeat before acting on the result.
 //
 // Errors: ErrBadGeometry, ErrBadSize (len(packet) != g.PacketSize), ErrBadKey
-// (priv is nil or not X25519), ErrBadMAC (header modified, wrong key or
+// (priv is nil), ErrBadMAC (header modified, wrong key or
 // wrong geometry), ErrBadRouting, ErrPayloadAuth (payload tagged),
 // ErrBadPayload (malformed exit payload). Unwrap never panics on any packet
 // content and is safe for concurrent use with distinct packet buffers.
@@ -33,14 +34,17 @@ import (
 // Cost: two X25519-size scalar multiplications (the ECDH and the blinding;
 // none is computed for Exit and Drop beyond the ECDH), one AES-256-GCM
 // decryption of the payload, and a few hashes over less than 1 KiB.
-func Unwrap(g Geometry, priv *ecdh.PrivateKey, packet []byte) (*Result, error) {
+//
+// priv is used in place (mixkey.Key.ECDH): Unwrap leaves no copy of the
+// private key behind, so a key wiped at retirement is gone.
+func Unwrap(g Geometry, priv *mixkey.Key, packet []byte) (*Result, error) {
 	if err := g.Validate(); err != nil {
 		return nil, err
 	}
 	if len(packet) != g.PacketSize {
 		return nil, ErrBadSize
 	}
-	if priv == nil || priv.Curve() != ecdh.X25519() {
+	if priv == nil {
 		return nil, ErrBadKey
 	}
 	const t = SlotSize
@@ -52,19 +56,12 @@ func Unwrap(g Geometry, priv *ecdh.PrivateKey, packet []byte) (*Result, error) {
 	beta := hdr[GroupElementSize : GroupElementSize+R]
 	gamma := hdr[GroupElementSize+R:]
 
-	// s = X25519(y, α). NewPublicKey only checks the length; ECDH fails on
-	// a low-order α (all-zero output), which is a tampered header.
-	pub, err := ecdh.X25519().NewPublicKey(alpha[:])
-	if err != nil {
-		return nil, ErrBadMAC
-	}
-	ss, err := priv.ECDH(pub)
-	if err != nil || len(ss) != 32 {
-		return nil, ErrBadMAC
-	}
+	// s = X25519(y, α); an all-zero s comes from a low-order α, a
+	// tampered header.
 	var s [32]byte
-	copy(s[:], ss)
-	clear(ss)
+	if !priv.ECDH(&s, &alpha) {
+		return nil, ErrBadMAC
+	}
 	var k hopKeys
 	deriveKeys(&k, &alpha, &s)
 	clear(s[:])
