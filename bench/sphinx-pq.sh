@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Both Sphinx packet formats side by side (X25519; KEM = X-Wing, i.e.
+# ML-KEM-768 + X25519), each against the sum of the primitives it is made
+# of, in CPU time of the benchmark thread (cpu-ns/op, steady on a loaded
+# machine), medians of 3 runs:
+#   create 3 hops  X25519: 3 x (X25519 key generation + X25519 + GCM seal)
+#                  KEM:    3 x (ML-KEM-768 encapsulation + X25519 key generation + X25519 + GCM seal)
+#   unwrap a hop   X25519: 2 x X25519 + GCM open
+#                  KEM:    ML-KEM-768 decapsulation + X25519 + GCM open
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=$(go test -run '^$' -count 3 -benchtime 1s \
+  -bench '^Benchmark(NewPacket|Unwrap|KEMNewPacket|KEMUnwrap|PayloadLayer|PayloadSeal|Primitive.*)$' \
+  ./plugins/sphinx/internal/sphinx/)
+python3 - "$out" <<'PY'
+import re, statistics, sys
+runs = {}
+for line in sys.argv[1].splitlines():
+    m = re.match(r'Benchmark(\S+?)-\d+\s+\d+\s+.*?([\d.]+) cpu-ns/op', line)
+    if m:
+        runs.setdefault(m.group(1), []).append(float(m.group(2)) / 1000)
+us = {k: statistics.median(v) for k, v in runs.items()}
+kg, dh, seal, opn = us["PrimitiveX25519KeyGen"], us["PrimitiveX25519ECDH"], us["PayloadSeal"], us["PayloadLayer"]
+enc, dec = us["PrimitiveMLKEM768Encapsulate"], us["PrimitiveMLKEM768Decapsulate"]
+rows = [
+    ("X25519 create, 3 hops", us["NewPacket"], 3 * (kg + dh + seal)),
+    ("KEM    create, 3 hops", us["KEMNewPacket"], 3 * (enc + kg + dh + seal)),
+    ("X25519 unwrap, 1 hop ", us["Unwrap"], 2 * dh + opn),
+    ("KEM    unwrap, 1 hop ", us["KEMUnwrap"], dec + dh + opn),
+]
+print("primitives (us CPU): X25519 keygen %.1f, X25519 %.1f, ML-KEM-768 encaps %.1f, decaps %.1f, GCM seal %.1f, open %.1f" % (kg, dh, enc, dec, seal, opn))
+for name, got, s in rows:
+    print(f"{name}: {got:7.1f} us CPU, sum of primitives {s:7.1f} us, ratio {got/s:.2f}")
+PY
