@@ -106,6 +106,7 @@ func (c *Config) validate(e *errs) {
 	c.validateListeners(bad, atLeast, positive)
 	c.validatePipeline(e, bad)
 	c.validateMix(bad, positive)
+	c.validateTor(bad, positive)
 }
 
 func (c *Config) validateMix(bad func(string, string, ...any), positive func(string, sdk.Duration)) {
@@ -320,6 +321,9 @@ func (c *Config) checkFiles() error {
 				}
 			}
 		}
+	}
+	if c.Tor != nil && c.Tor.PasswordFile != "" {
+		read("tor.password_file", c.Tor.PasswordFile)
 	}
 	return e.list.err()
 }

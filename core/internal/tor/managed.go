@@ -26,6 +26,16 @@ type ManagedOptions struct {
 	// SocksPort on 127.0.0.1; 0 picks a free port at the first start,
 	// kept across restarts (stages were configured with it).
 	SocksPort int
+	// ControlAddress is the ControlPort to open: "127.0.0.1:port" or
+	// "unix:/path". Default unix:DATADIR/control (a socket only mixmta can
+	// reach: the directory is 0700).
+	ControlAddress string
+	// CookieFile is where tor writes its control cookie. Default
+	// DATADIR/control_auth_cookie.
+	CookieFile string
+	// Password, if set, is also accepted on the ControlPort (its hash
+	// from `tor --hash-password` goes into HashedControlPassword).
+	Password string
 	// Torrc are extra torrc lines (e.g. a private network's DirAuthority).
 	Torrc []string
 	// BootstrapTimeout bounds the wait for "Bootstrapped 100%" (default 3m).
@@ -44,9 +54,10 @@ type Managed struct {
 	opts ManagedOptions
 	// SocksAddr is "127.0.0.1:port" of its SocksPort.
 	SocksAddr string
-	// ControlAddr is "unix:DATADIR/control" (a socket only mixmta can
-	// reach: the directory is 0700).
+	// ControlAddr is its ControlPort (ManagedOptions.ControlAddress).
 	ControlAddr string
+
+	hashedPassword string
 
 	mu       sync.Mutex
 	cmd      *exec.Cmd
@@ -93,11 +104,26 @@ func StartManaged(ctx context.Context, o ManagedOptions) (*Managed, error) {
 		o.SocksPort = l.Addr().(*net.TCPAddr).Port
 		l.Close()
 	}
+	if o.ControlAddress == "" {
+		o.ControlAddress = "unix:" + filepath.Join(o.DataDir, "control")
+	}
+	if o.CookieFile == "" {
+		o.CookieFile = filepath.Join(o.DataDir, "control_auth_cookie")
+	}
 	m := &Managed{
 		opts:        o,
 		SocksAddr:   net.JoinHostPort("127.0.0.1", strconv.Itoa(o.SocksPort)),
-		ControlAddr: "unix:" + filepath.Join(o.DataDir, "control"),
+		ControlAddr: o.ControlAddress,
 		done:        make(chan struct{}),
+	}
+	if o.Password != "" {
+		// tor reads the password only from its command line: it is visible
+		// in /proc for the instant the hashing takes.
+		out, err := exec.Command(bin, "--quiet", "--hash-password", o.Password).Output()
+		if err != nil {
+			return nil, fmt.Errorf("tor: --hash-password: %w", err)
+		}
+		m.hashedPassword = strings.TrimSpace(string(out))
 	}
 	if err := m.start(ctx); err != nil {
 		return nil, err
@@ -114,15 +140,18 @@ func (m *Managed) torrc() string {
 		"DataDirectory " + o.DataDir,
 		"RunAsDaemon 0",
 		"SocksPort 127.0.0.1:" + strconv.Itoa(o.SocksPort) + " ExtendedErrors IsolateSOCKSAuth",
-		"ControlPort " + m.ControlAddr + " RelaxDirModeCheck",
+		"ControlPort " + m.ControlAddr + unixFlags(m.ControlAddr),
 		"CookieAuthentication 1",
-		"CookieAuthFile " + filepath.Join(o.DataDir, "control_auth_cookie"),
+		"CookieAuthFile " + o.CookieFile,
 		"Log notice file " + filepath.Join(o.DataDir, "notice.log"),
 		"SafeLogging 1",
 		"__OwningControllerProcess " + strconv.Itoa(os.Getpid()),
 		// Defaults of a client: no relaying, no DNSPort, no TransPort.
 		"ClientOnly 1",
 		"DNSPort 0",
+	}
+	if m.hashedPassword != "" {
+		lines = append(lines, "HashedControlPassword "+m.hashedPassword)
 	}
 	return strings.Join(append(lines, o.Torrc...), "\n") + "\n"
 }
@@ -134,7 +163,9 @@ func (m *Managed) start(ctx context.Context) error {
 	if err := os.WriteFile(torrc, []byte(m.torrc()), 0o600); err != nil {
 		return err
 	}
-	_ = os.Remove(filepath.Join(o.DataDir, "control"))
+	if p, ok := strings.CutPrefix(m.ControlAddr, "unix:"); ok {
+		_ = os.Remove(p)
+	}
 	none := filepath.Join(o.DataDir, "torrc-defaults")
 	if err := os.WriteFile(none, nil, 0o600); err != nil {
 		return err
@@ -166,7 +197,7 @@ func (m *Managed) start(ctx context.Context) error {
 	deadline := time.Now().Add(o.BootstrapTimeout)
 	var ctl *Control
 	for ctl == nil {
-		c, err := DialControl(m.ControlAddr, Auth{CookieFile: filepath.Join(o.DataDir, "control_auth_cookie")}, 5*time.Second)
+		c, err := DialControl(m.ControlAddr, Auth{CookieFile: o.CookieFile}, 5*time.Second)
 		if err == nil {
 			ctl = c
 			break
@@ -325,4 +356,14 @@ func (m *Managed) kill(cmd *exec.Cmd, exited chan struct{}) {
 		_ = syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		<-exited
 	}
+}
+
+// unixFlags: a unix ControlPort in the 0700 DataDirectory would fail
+// tor's check that its directory is not group-accessible in other
+// layouts; the directory's own mode protects it.
+func unixFlags(addr string) string {
+	if strings.HasPrefix(addr, "unix:") {
+		return " RelaxDirModeCheck"
+	}
+	return ""
 }

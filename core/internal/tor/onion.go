@@ -86,11 +86,9 @@ type Port struct {
 
 // Publish adds the onion service on c (ADD_ONION, control-spec §3.27)
 // without Detach: the service lives as long as the control connection, so
-// it disappears with mixmta. If wait > 0 it then waits up to wait for
-// tor to report the descriptor uploaded to an HSDir (HS_DESC UPLOADED),
-// after which clients can reach it; a timeout is returned as an error but
-// the service stays published (tor keeps retrying the upload).
-func Publish(c *Control, key *OnionKey, ports []Port, wait time.Duration) (string, error) {
+// it disappears with mixmta. It subscribes c to HS_DESC events first, so
+// WaitUploaded on c sees the upload; use c for nothing else afterwards.
+func Publish(c *Control, key *OnionKey, ports []Port) (string, error) {
 	if len(ports) == 0 {
 		return "", errors.New("tor: onion service without ports")
 	}
@@ -101,10 +99,8 @@ func Publish(c *Control, key *OnionKey, ports []Port, wait time.Duration) (strin
 	}
 	addr := key.Address()
 	id := strings.TrimSuffix(addr, onion.Suffix)
-	if wait > 0 {
-		if _, err := c.Cmd("SETEVENTS HS_DESC"); err != nil {
-			return "", err
-		}
+	if _, err := c.Cmd("SETEVENTS HS_DESC"); err != nil {
+		return "", err
 	}
 	lines, err := c.Cmd(b.String())
 	if err != nil {
@@ -113,21 +109,28 @@ func Publish(c *Control, key *OnionKey, ports []Port, wait time.Duration) (strin
 	if !contains(lines, "ServiceID="+id) {
 		return "", fmt.Errorf("%w: ADD_ONION answered %q, want ServiceID=%s", ErrControl, lines, id)
 	}
-	if wait > 0 {
-		_, err := c.WaitEvent(func(ev string) bool {
-			f := strings.Fields(ev)
-			return len(f) >= 3 && f[0] == "HS_DESC" && f[1] == "UPLOADED" && f[2] == id
-		}, wait)
-		// Unsubscribe: nobody reads this connection from now on, and tor
-		// would queue events for it without bound.
-		if _, uerr := c.Cmd("SETEVENTS"); uerr != nil && err == nil {
-			err = uerr
-		}
-		if err != nil {
-			return addr, fmt.Errorf("tor: onion service %s: descriptor not uploaded within %s: %w", addr, wait, err)
-		}
-	}
 	return addr, nil
+}
+
+// WaitUploaded waits up to timeout until tor reports the descriptor of
+// the onion service addr (published on c) uploaded to an HSDir
+// (HS_DESC UPLOADED): from then on clients can reach it. A timeout is an
+// error, but the service stays published (tor keeps trying). It then
+// unsubscribes c from events: nobody reads c any more, and tor would
+// queue events for it without bound.
+func WaitUploaded(c *Control, addr string, timeout time.Duration) error {
+	id := strings.TrimSuffix(addr, onion.Suffix)
+	_, err := c.WaitEvent(func(ev string) bool {
+		f := strings.Fields(ev)
+		return len(f) >= 3 && f[0] == "HS_DESC" && f[1] == "UPLOADED" && f[2] == id
+	}, timeout)
+	if _, uerr := c.Cmd("SETEVENTS"); uerr != nil && err == nil {
+		err = uerr
+	}
+	if err != nil {
+		return fmt.Errorf("tor: onion service %s: descriptor not uploaded within %s: %w", addr, timeout, err)
+	}
+	return nil
 }
 
 func contains(lines []string, s string) bool {

@@ -102,7 +102,10 @@ func TestManagedTorPublishesStableOnionAndDials(t *testing.T) {
 	if fi, _ := os.Stat(keyFile); fi.Mode().Perm() != 0o600 {
 		t.Fatalf("key file mode %v, want 0600", fi.Mode().Perm())
 	}
-	addr, err := Publish(m.Control(), key, []Port{{Virtual: 25, Target: local}}, time.Minute)
+	addr, err := Publish(m.Control(), key, []Port{{Virtual: 25, Target: local}})
+	if err == nil {
+		err = WaitUploaded(m.Control(), addr, time.Minute)
+	}
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +124,7 @@ func TestManagedTorPublishesStableOnionAndDials(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr2, err := Publish(m2.Control(), key2, []Port{{Virtual: 25, Target: local}}, time.Minute)
+	addr2, err := Publish(m2.Control(), key2, []Port{{Virtual: 25, Target: local}})
 	if err != nil || addr2 != addr {
 		t.Fatalf("after restart: %q, %v; want %q", addr2, err, addr)
 	}
