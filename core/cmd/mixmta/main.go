@@ -55,6 +55,7 @@ func root() *cobra.Command {
 	load := func() (*config.Config, error) { return config.Load(cfgPath) }
 	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd())
 	cmd.AddCommand(nodesCommands(load)...)
+	cmd.AddCommand(onionCmd(load))
 	return cmd
 }
 
