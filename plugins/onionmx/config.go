@@ -24,6 +24,9 @@ type Config struct {
 	TLSVerify bool   `json:"tls_verify" doc:"with tls: require, verify the server certificate against the MX host name (or relay host)"`
 	TLSCAFile string `json:"tls_ca_file" doc:"PEM file of CA certificates for tls_verify; empty: the system roots"`
 	HELO      string `json:"helo" doc:"name sent in EHLO/HELO; set it to this node's public name or onion address"`
+	OnionMap  string `json:"onion_map" doc:"static onion map in onionmx's map.yml format (onion -> list of domains), re-read when it changes; empty: none"`
+	SRV       bool   `json:"srv" doc:"look up SRV _onion-mx._tcp.DOMAIN (through Tor with socks5); the target must be a v3 onion"`
+	Clearnet  string `json:"clearnet" doc:"a domain with no onion route: refuse, tor (MX through a Tor exit; needs socks5) or direct (MX without Tor); empty: refuse with socks5, direct without"`
 
 	ConnectTimeout sdk.Duration `json:"connect_timeout" doc:"TCP (or SOCKS) connect, including a Tor circuit"`
 	CommandTimeout sdk.Duration `json:"command_timeout" doc:"each reply: greeting, EHLO, STARTTLS and TLS handshake, MAIL, RCPT, DATA, RSET"`
@@ -31,6 +34,22 @@ type Config struct {
 	DNSTimeout     sdk.Duration `json:"dns_timeout" doc:"one DNS query over TCP, connect included"`
 	IdleTimeout    sdk.Duration `json:"idle_timeout" doc:"how long an idle connection is kept for reuse"`
 	MaxIdle        int          `json:"max_idle" doc:"idle connections kept per destination host:port; 0 disables reuse"`
+}
+
+// clearnet is the effective clearnet policy.
+func (c *Config) clearnet() string {
+	switch {
+	case c.Clearnet != "":
+		return c.Clearnet
+	case c.SOCKS5 != "":
+		return clearnetRefuse
+	}
+	return clearnetDirect
+}
+
+// needsDNS: MX mode with SRV lookups or clearnet MX delivery.
+func (c *Config) needsDNS() bool {
+	return c.RelayHost == "" && (c.SRV || c.clearnet() != clearnetRefuse)
 }
 
 // TLS policies.
@@ -65,8 +84,30 @@ func (c *Config) Validate() error {
 		}
 		// DNS must never bypass the proxy: without an explicit resolver
 		// the system resolver would ask over the clear net.
-		if c.RelayHost == "" && c.Resolver == "" {
-			return sdk.FieldErrorf("resolver", "required with socks5 in MX mode: DNS goes over TCP through the proxy to this server, never around it")
+		if c.needsDNS() && c.Resolver == "" {
+			return sdk.FieldErrorf("resolver", "required with socks5 for SRV or MX lookups: DNS goes over TCP through the proxy to this server, never around it (or set srv: false and clearnet: refuse)")
+		}
+	}
+	switch c.Clearnet {
+	case "", clearnetRefuse:
+	case clearnetTor:
+		if c.SOCKS5 == "" {
+			return sdk.FieldErrorf("clearnet", "tor needs socks5 (MX delivery through a Tor exit)")
+		}
+	case clearnetDirect:
+		if c.SOCKS5 != "" {
+			return sdk.FieldErrorf("clearnet", "direct would bypass the SOCKS5 proxy (Tor); use tor or refuse")
+		}
+	default:
+		return sdk.FieldErrorf("clearnet", "must be refuse, tor or direct, got %q", c.Clearnet)
+	}
+	if c.OnionMap != "" {
+		b, err := os.ReadFile(c.OnionMap)
+		if err == nil {
+			_, _, err = parseOnionMap(b)
+		}
+		if err != nil {
+			return sdk.FieldErrorf("onion_map", "%v", err)
 		}
 	}
 	switch c.TLS {

@@ -36,7 +36,7 @@ func newDeliverer(cfg Config, log hclog.Logger) (*deliverer, error) {
 		log = hclog.NewNullLogger()
 	}
 	d := &deliverer{cfg: cfg, log: log, net: newNetwork(cfg.SOCKS5, cfg.ConnectTimeout.D())}
-	needDNS := cfg.RelayHost == "" || cfg.Resolver != ""
+	needDNS := cfg.needsDNS() || cfg.Resolver != ""
 	if cfg.RelayHost != "" && cfg.SOCKS5 == "" {
 		if h, _, _ := splitHostPort(cfg.RelayHost, 25); !isIP(h) {
 			needDNS = true
@@ -56,7 +56,15 @@ func newDeliverer(cfg Config, log hclog.Logger) (*deliverer, error) {
 		}
 		d.roots = roots
 	}
-	d.resolver = newChain(cfg, d.dns)
+	var omap *onionMap
+	if cfg.OnionMap != "" && cfg.RelayHost == "" {
+		m, err := newOnionMap(cfg.OnionMap, log)
+		if err != nil {
+			return nil, fmt.Errorf("onionmx: %w", err)
+		}
+		omap = m
+	}
+	d.resolver = newChain(cfg, d.dns, omap)
 	d.pool = newPool(cfg.MaxIdle, cfg.IdleTimeout.D())
 	return d, nil
 }

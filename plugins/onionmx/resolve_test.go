@@ -260,6 +260,7 @@ func TestSOCKSCarriesHostNamesAndIsolatesDestinations(t *testing.T) {
 	cfg.SOCKS5 = proxy.Addr
 	cfg.Resolver = resolver
 	cfg.MaxIdle = 0
+	cfg.Clearnet = clearnetTor
 	d := newTestDeliverer(t, cfg)
 	for i := 0; i < 2; i++ {
 		got := deliver(t, d, testMessage("s@example.org", "x@a.test", "y@b.test"))
@@ -267,8 +268,8 @@ func TestSOCKSCarriesHostNamesAndIsolatesDestinations(t *testing.T) {
 		wantResult(t, got, "y@b.test", false, 0, "")
 	}
 	for _, q := range z.queries() {
-		if !strings.HasSuffix(q, " MX") {
-			t.Fatalf("DNS query %q: with SOCKS only MX may be looked up, host names go to the proxy", q)
+		if !strings.HasSuffix(q, " MX") && !(strings.HasPrefix(q, "_onion-mx._tcp.") && strings.HasSuffix(q, " SRV")) {
+			t.Fatalf("DNS query %q: with SOCKS only SRV _onion-mx and MX may be looked up, host names go to the proxy", q)
 		}
 	}
 	users := map[string]map[string]bool{} // dest -> usernames
