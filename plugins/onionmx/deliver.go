@@ -22,6 +22,7 @@ type deliverer struct {
 	cfg      Config
 	log      hclog.Logger
 	net      *network
+	direct   *network   // no proxy: only for local_relay, a loopback address
 	dns      *dnsClient // nil in relay mode with an IP relay host and no resolver
 	resolver chain
 	pool     *pool
@@ -35,7 +36,7 @@ func newDeliverer(cfg Config, log hclog.Logger) (*deliverer, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	d := &deliverer{cfg: cfg, log: log, net: newNetwork(cfg.SOCKS5, cfg.ConnectTimeout.D())}
+	d := &deliverer{cfg: cfg, log: log, net: newNetwork(cfg.SOCKS5, cfg.ConnectTimeout.D()), direct: newNetwork("", cfg.ConnectTimeout.D())}
 	needDNS := cfg.needsDNS() || cfg.Resolver != ""
 	if cfg.RelayHost != "" && cfg.SOCKS5 == "" {
 		if h, _, _ := splitHostPort(cfg.RelayHost, 25); !isIP(h) {
@@ -248,7 +249,11 @@ func (d *deliverer) connectOnce(ctx context.Context, t target, domain, policy st
 		}
 		return d.dns.lookupHost(ctx, domain, host)
 	}
-	raw, err := d.net.dialHost(ctx, t.host, t.port, lookup)
+	dial := d.net.dialHost
+	if t.local {
+		dial = d.direct.dialHost
+	}
+	raw, err := dial(ctx, t.host, t.port, lookup)
 	if err != nil {
 		return nil, err
 	}

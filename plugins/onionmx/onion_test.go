@@ -212,3 +212,30 @@ func typo(o string) string {
 	}
 	return o[:10] + string(c) + o[11:]
 }
+
+// TestLocalDomainsGoToTheSiteMTADirectly: the site's own domains go to
+// local_relay on loopback without the proxy; everything else still goes
+// through it.
+func TestLocalDomainsGoToTheSiteMTADirectly(t *testing.T) {
+	s := newOnionSetup(t)
+	c := s.config()
+	c.LocalRelay = s.mx.Addr
+	c.LocalDomains = []string{"Site.Test", s.litOnion}
+	d := newTestDeliverer(t, c)
+	for _, rcpt := range []string{"x@site.test", "y@" + s.litOnion} {
+		got := deliver(t, d, testMessage("s@example.org", rcpt))
+		wantResult(t, got, rcpt, false, 0, "")
+	}
+	if n := len(s.proxy.connects()); n != 0 {
+		t.Fatalf("local delivery used the proxy %d times", n)
+	}
+	got := deliver(t, d, testMessage("s@example.org", "z@srv.test"))
+	wantResult(t, got, "z@srv.test", false, 0, "")
+	if s.dests() != s.srvOnion+":2525" {
+		t.Fatalf("remote delivery went to %q", s.dests())
+	}
+	c.LocalRelay = "192.0.2.1:25"
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("non-loopback local_relay: %v", err)
+	}
+}

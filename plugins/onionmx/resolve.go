@@ -28,6 +28,9 @@ type target struct {
 	// host is a DNS name without the trailing dot, or an IP literal.
 	host string
 	port int
+	// local: the site's own MTA on loopback (local_relay), dialled
+	// directly: it never leaves the host, so it needs no Tor.
+	local bool
 }
 
 func (t target) String() string { return net.JoinHostPort(t.host, fmt.Sprint(t.port)) }
@@ -72,7 +75,12 @@ func newChain(cfg Config, dc *dnsClient, omap *onionMap) chain {
 		host, port, _ := splitHostPort(cfg.RelayHost, 25)
 		return chain{relayResolver{target{host: host, port: port}}}
 	}
-	c := chain{literalOnion{}}
+	c := chain{}
+	if cfg.LocalRelay != "" {
+		host, port, _ := splitHostPort(cfg.LocalRelay, 25)
+		c = append(c, localResolver{domains: cfg.localDomains(), t: target{host: host, port: port, local: true}})
+	}
+	c = append(c, literalOnion{})
 	tried := []string{"not a literal onion"}
 	if omap != nil {
 		c = append(c, omap)
@@ -86,6 +94,19 @@ func newChain(cfg Config, dc *dnsClient, omap *onionMap) chain {
 		return append(c, refuseClearnet{tried: strings.Join(tried, ", ")})
 	}
 	return append(c, &mxResolver{dns: dc, port: cfg.Port})
+}
+
+// localResolver sends the site's own domains (local_domains) to its MTA.
+type localResolver struct {
+	domains map[string]bool
+	t       target
+}
+
+func (r localResolver) resolve(_ context.Context, domain string) ([]target, bool, error) {
+	if r.domains[domain] {
+		return []target{r.t}, true, nil
+	}
+	return nil, false, nil
 }
 
 // relayResolver sends everything to the configured smarthost.
