@@ -27,6 +27,7 @@ type deliverer struct {
 	resolver chain
 	pool     *pool
 	roots    *x509.CertPool // for tls_verify; nil: system roots
+	lookup   *lookupServer  // Postfix socketmap, if lookup_listen is set
 }
 
 var _ sdk.Deliverer = (*deliverer)(nil)
@@ -66,6 +67,13 @@ func newDeliverer(cfg Config, log hclog.Logger) (*deliverer, error) {
 		omap = m
 	}
 	d.resolver = newChain(cfg, d.dns, omap)
+	if cfg.LookupListen != "" {
+		ls, err := startLookupServer(cfg.LookupListen, cfg.LookupTransport, onionOnly(cfg, d.dns, omap), cfg.DNSTimeout.D()+cfg.ConnectTimeout.D(), log)
+		if err != nil {
+			return nil, err
+		}
+		d.lookup = ls
+	}
 	d.pool = newPool(cfg.MaxIdle, cfg.IdleTimeout.D())
 	return d, nil
 }

@@ -1,7 +1,10 @@
 package main
 
 import (
+	"bufio"
 	"crypto/ed25519"
+	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -237,5 +240,40 @@ func TestLocalDomainsGoToTheSiteMTADirectly(t *testing.T) {
 	c.LocalRelay = "192.0.2.1:25"
 	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "loopback") {
 		t.Fatalf("non-loopback local_relay: %v", err)
+	}
+}
+
+// TestSocketmapAnswersOnionDomains speaks Postfix's socketmap protocol
+// (netstrings) to the lookup server.
+func TestSocketmapAnswersOnionDomains(t *testing.T) {
+	s := newOnionSetup(t)
+	c := s.config()
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	c.LookupListen = l.Addr().String()
+	l.Close()
+	c.LookupTransport = "smtp:[127.0.0.1]:10025"
+	d := newTestDeliverer(t, c)
+	conn, err := net.Dial("tcp", d.lookup.l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	r := bufio.NewReader(conn)
+	for key, want := range map[string]string{
+		"map.test":               "OK smtp:[127.0.0.1]:10025",
+		"srv.test":               "OK smtp:[127.0.0.1]:10025",
+		s.litOnion:               "OK smtp:[127.0.0.1]:10025",
+		"plain.test":             "NOTFOUND ",
+		"a@map.test":             "OK smtp:[127.0.0.1]:10025",
+		"a@plain.test":           "NOTFOUND ",
+		".map.test":              "NOTFOUND ",
+		"expyuzz4wqqyqhjn.onion": "NOTFOUND ",
+	} {
+		req := "transport " + key
+		fmt.Fprintf(conn, "%d:%s,", len(req), req)
+		got, err := readNetstring(r)
+		if err != nil || got != want {
+			t.Errorf("lookup %q = %q (%v), want %q", key, got, err, want)
+		}
 	}
 }
