@@ -3,9 +3,9 @@ package config
 import (
 	"fmt"
 	"net"
+	"path/filepath"
 	"strconv"
 	"strings"
-	"path/filepath"
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"

@@ -2,9 +2,11 @@ package peers
 
 import (
 	"context"
+	"fmt"
 	"io"
 	"net"
 	"os"
+	"strings"
 	"testing"
 	"time"
 )
@@ -59,4 +61,45 @@ func TestMain(m *testing.M) {
 	code := m.Run()
 	StopTor()
 	os.Exit(code)
+}
+
+// TestConnOwnerTellsTorFromDirect: a stream through an exit is owned by a
+// tor process; a direct connection by this test process.
+func TestConnOwnerTellsTorFromDirect(t *testing.T) {
+	tn := Tor(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	owners := make(chan string, 2)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			comm, pid, err := ConnOwner(c)
+			owners <- fmt.Sprintf("%s/%d/%v", comm, pid, err)
+			c.Close()
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := tn.DialSocks(ctx, l.Addr().String(), "x", "y")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := <-owners; !strings.HasPrefix(got, "tor/") {
+		t.Fatalf("through Tor the owner is %s, want tor", got)
+	}
+	d, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if got, want := <-owners, fmt.Sprintf("/%d/<nil>", os.Getpid()); !strings.HasSuffix(got, want) {
+		t.Fatalf("direct owner %s, want this process (%d)", got, os.Getpid())
+	}
 }
