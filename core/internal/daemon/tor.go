@@ -8,10 +8,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
 	"github.com/mixmta/mixmta/core/internal/tor"
 	"github.com/mixmta/mixmta/sdk"
 )
@@ -275,4 +277,18 @@ func (d *Daemon) Onions() map[string]string {
 		out[k] = v
 	}
 	return out
+}
+
+// torMix makes the mix transport dial through Tor when a tor: section is
+// set: each peer's onion address (links.peer) on its own circuit (the
+// dialer isolates by destination), the pinned TLS running inside the
+// Tor stream. The handshake timeout covers an onion circuit.
+func (d *Daemon) torMix(c *transport.Config) {
+	if d.tor == nil {
+		return
+	}
+	c.Dialer = d.tor.dialer
+	if c.HandshakeTimeout < time.Minute {
+		c.HandshakeTimeout = time.Minute
+	}
 }
