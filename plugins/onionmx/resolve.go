@@ -73,7 +73,9 @@ func (c chain) resolve(ctx context.Context, domain string) ([]target, error) {
 func newChain(cfg Config, dc *dnsClient, omap *onionMap) chain {
 	if cfg.RelayHost != "" {
 		host, port, _ := splitHostPort(cfg.RelayHost, 25)
-		return chain{relayResolver{target{host: host, port: port}}}
+		// A relay host on loopback (the node's own MTA) is local delivery:
+		// dialled directly, since a Tor exit cannot reach this host.
+		return chain{relayResolver{target{host: host, port: port, local: isLoopbackIP(host)}}}
 	}
 	c := chain{}
 	if cfg.LocalRelay != "" {
@@ -94,6 +96,11 @@ func newChain(cfg Config, dc *dnsClient, omap *onionMap) chain {
 		return append(c, refuseClearnet{tried: strings.Join(tried, ", ")})
 	}
 	return append(c, &mxResolver{dns: dc, port: cfg.Port})
+}
+
+func isLoopbackIP(h string) bool {
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.IsLoopback()
 }
 
 // localResolver sends the site's own domains (local_domains) to its MTA.

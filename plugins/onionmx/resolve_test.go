@@ -307,7 +307,10 @@ func TestSOCKSProxyDownIsTemporaryAndNeverDirect(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := l.Addr().String()
 	l.Close()
-	cfg := testConfig(f.Addr)
+	// A relay host by name: only the proxy could reach it. (A loopback
+	// IP relay host is local delivery, dialled directly: see
+	// TestLoopbackRelayHostIsLocal.)
+	cfg := testConfig("relay.test:" + f.Addr[strings.LastIndex(f.Addr, ":")+1:])
 	cfg.SOCKS5 = dead
 	d := newTestDeliverer(t, cfg)
 	got := deliver(t, d, testMessage("s@example.org", "a@example.net"))
@@ -331,4 +334,18 @@ func TestSOCKSReplyIsReportedWithoutAddresses(t *testing.T) {
 	if !strings.Contains(msg, "host unreachable") || strings.Contains(msg, "secret") || strings.Contains(msg, strconv.Itoa(25)+")") {
 		t.Fatalf("error message %q: want the SOCKS reason without host names", msg)
 	}
+}
+
+// TestLoopbackRelayHostIsLocal: the node's own MTA on a loopback IP is
+// reached directly even with a proxy (a Tor exit cannot reach this host).
+func TestLoopbackRelayHostIsLocal(t *testing.T) {
+	f := startFakeMX(t, fakeOpts{})
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := l.Addr().String()
+	l.Close()
+	cfg := testConfig(f.Addr)
+	cfg.SOCKS5 = dead
+	d := newTestDeliverer(t, cfg)
+	got := deliver(t, d, testMessage("s@example.org", "a@example.net"))
+	wantResult(t, got, "a@example.net", false, 0, "")
 }
