@@ -31,9 +31,8 @@ type torParts struct {
 	dialer  *tor.Dialer
 	log     hclog.Logger
 
-	mu    sync.Mutex
-	ctls  []*tor.Control // one per published onion service
-	onion map[string]string
+	mu   sync.Mutex
+	ctls []*tor.Control // one per published onion service
 }
 
 // startTor starts or connects the tor of cfg's tor: section. For a
@@ -41,7 +40,7 @@ type torParts struct {
 // the stages are then configured with.
 func startTor(ctx context.Context, cfg *config.Config, log hclog.Logger) (*torParts, error) {
 	tc := cfg.Tor
-	tp := &torParts{log: log.Named("tor"), onion: map[string]string{}}
+	tp := &torParts{log: log.Named("tor")}
 	if tc.Managed {
 		o := tor.ManagedOptions{
 			Binary:           tc.Binary,
@@ -132,7 +131,7 @@ func (tp *torParts) publishOnions(cfg *config.Config, targets map[string]string)
 			if tp.managed != nil {
 				addr = tp.managed.ControlAddr
 			}
-			c, err := tor.DialControl(addr, auth, cfg.Tor.PublishTimeout.D())
+			c, err := tor.DialControl(addr, auth, 30*time.Second)
 			if err != nil {
 				return err
 			}
@@ -143,7 +142,6 @@ func (tp *torParts) publishOnions(cfg *config.Config, targets map[string]string)
 			}
 			tp.mu.Lock()
 			tp.ctls = append(tp.ctls, c)
-			tp.onion[o.Listener] = fmt.Sprintf("%s:%d", onion, port)
 			tp.mu.Unlock()
 			go func() {
 				if err := tor.WaitUploaded(c, onion, cfg.Tor.PublishTimeout.D()); err != nil {
@@ -240,7 +238,7 @@ func torStageConfig(cfg *config.Config, st config.Stage, schema *sdk.Schema, js 
 	}
 	if v, ok := m[SOCKSKey]; ok {
 		var set string
-		if json.Unmarshal(v, &set) != nil || set != socks && !(cfg.Tor.Managed && cfg.Tor.SocksAddress == "") {
+		if json.Unmarshal(v, &set) != nil || set != cfg.Tor.SocksAddress {
 			return nil, fmt.Errorf("%s:%d: stage %q: %s is set by the tor: section (all traffic goes through Tor); remove it from the stage", cfg.Path, st.KeyLine(SOCKSKey), st.Name, SOCKSKey)
 		}
 	}
@@ -262,21 +260,6 @@ func (d *Daemon) publishOnions() error {
 		targets[config.MixOnion] = d.cfg.Mix.Address
 	}
 	return d.tor.publishOnions(d.cfg, targets)
-}
-
-// Onions returns the published onion services: listener name (or "mix")
-// -> "<56 chars>.onion:PORT".
-func (d *Daemon) Onions() map[string]string {
-	out := map[string]string{}
-	if d.tor == nil {
-		return out
-	}
-	d.tor.mu.Lock()
-	defer d.tor.mu.Unlock()
-	for k, v := range d.tor.onion {
-		out[k] = v
-	}
-	return out
 }
 
 // torMix makes the mix transport dial through Tor when a tor: section is
