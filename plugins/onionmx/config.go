@@ -28,6 +28,7 @@ type Config struct {
 	LocalRelay      string   `json:"local_relay" doc:"the site's MTA for local_domains, loopback IP:port (dialled directly: it never leaves the host)"`
 	LookupListen    string   `json:"lookup_listen" doc:"loopback IP:port where Postfix's socketmap lookups are answered: onion-reachable domains get lookup_transport, others NOTFOUND; empty: off"`
 	LookupTransport string   `json:"lookup_transport" doc:"the Postfix transport returned for onion-reachable domains, e.g. smtp:[127.0.0.1]:10025 (this gateway's listener)"`
+	Circuits        int      `json:"circuits" doc:"Tor circuits (SOCKS identities) per destination, used in turn by new connections (1-64); destinations never share one"`
 	OnionMap        string   `json:"onion_map" doc:"static onion map in onionmx's map.yml format (onion -> list of domains), re-read when it changes; empty: none"`
 	SRV             bool     `json:"srv" doc:"look up SRV _onion-mx._tcp.DOMAIN (through Tor with socks5); the target must be a v3 onion"`
 	Clearnet        string   `json:"clearnet" doc:"a domain with no onion route: refuse, tor (MX through a Tor exit; needs socks5) or direct (MX without Tor); empty: refuse with socks5, direct without"`
@@ -186,6 +187,9 @@ func (c *Config) Validate() error {
 		if d.v.D() < time.Second {
 			return sdk.FieldErrorf(d.key, "must be at least 1s, got %s", d.v)
 		}
+	}
+	if c.Circuits < 1 || c.Circuits > 64 {
+		return sdk.FieldErrorf("circuits", "must be 1-64, got %d", c.Circuits)
 	}
 	if c.MaxIdle < 0 {
 		return sdk.FieldErrorf("max_idle", "must be >= 0, got %d", c.MaxIdle)

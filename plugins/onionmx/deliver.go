@@ -37,7 +37,7 @@ func newDeliverer(cfg Config, log hclog.Logger) (*deliverer, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	d := &deliverer{cfg: cfg, log: log, net: newNetwork(cfg.SOCKS5, cfg.ConnectTimeout.D()), direct: newNetwork("", cfg.ConnectTimeout.D())}
+	d := &deliverer{cfg: cfg, log: log, net: newNetwork(cfg.SOCKS5, cfg.ConnectTimeout.D(), cfg.Circuits), direct: newNetwork("", cfg.ConnectTimeout.D(), 1)}
 	needDNS := cfg.needsDNS() || cfg.Resolver != ""
 	if cfg.RelayHost != "" && cfg.SOCKS5 == "" {
 		if h, _, _ := splitHostPort(cfg.RelayHost, 25); !isIP(h) {

@@ -26,6 +26,7 @@ var defaults = Config{
 	IdleTimeout:    sdk.Duration(30 * time.Second),
 	MaxIdle:        2,
 	SRV:            true,
+	Circuits:       1,
 }
 
 func main() {

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/hashicorp/go-hclog"
 
@@ -275,5 +276,30 @@ func TestSocketmapAnswersOnionDomains(t *testing.T) {
 		if err != nil || got != want {
 			t.Errorf("lookup %q = %q (%v), want %q", key, got, err, want)
 		}
+	}
+}
+
+// TestCircuitsPerDestination: with circuits: 3 new connections to one
+// destination take three SOCKS identities in turn; another destination
+// never gets one of them.
+func TestCircuitsPerDestination(t *testing.T) {
+	n := newNetwork("127.0.0.1:9", time.Second, 3)
+	seen := map[string]map[string]bool{}
+	for _, dest := range []string{"a.onion:25", "b.onion:25"} {
+		seen[dest] = map[string]bool{}
+		for range 9 {
+			seen[dest][n.isolation(dest).User] = true
+		}
+		if len(seen[dest]) != 3 {
+			t.Fatalf("%s used %d identities, want 3", dest, len(seen[dest]))
+		}
+	}
+	for u := range seen["a.onion:25"] {
+		if seen["b.onion:25"][u] {
+			t.Fatalf("identity %s shared by two destinations", u)
+		}
+	}
+	if one := newNetwork("127.0.0.1:9", time.Second, 1); one.isolation("a.onion:25").User != one.isolation("a.onion:25").User {
+		t.Fatal("circuits: 1 gave a destination two identities")
 	}
 }

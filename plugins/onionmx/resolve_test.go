@@ -151,7 +151,7 @@ func (z *zone) queries() []string {
 func mxResolverFor(t *testing.T, z *zone) *mxResolver {
 	t.Helper()
 	addr := fakeDNS(t, z.handle)
-	dc, err := newDNSClient(addr, newNetwork("", 2*time.Second), 2*time.Second)
+	dc, err := newDNSClient(addr, newNetwork("", 2*time.Second, 1), 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestDNSServerDownIsTemporary(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	dc, err := newDNSClient(addr, newNetwork("", time.Second), time.Second)
+	dc, err := newDNSClient(addr, newNetwork("", time.Second, 1), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
