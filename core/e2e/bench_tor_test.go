@@ -128,7 +128,6 @@ func BenchmarkOnionDeliveryVsTorsocks(b *testing.B) {
 			line = append(line, fmt.Sprintf("%s p50 %.3f s p90 %.3f s", s.name, lat[10].Seconds(), lat[18].Seconds()))
 		}
 		fmt.Printf("latency 1 KiB, warm circuits, sequential: %s\n", strings.Join(line, "  "))
-		fmt.Printf("mixmta %s\n", lastStats(gw.log()))
 		gw.stop()
 	}
 }

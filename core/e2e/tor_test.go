@@ -174,4 +174,3 @@ func asSMTP(err error, se **smtp.SMTPError) bool {
 	}
 	return ok
 }
-
