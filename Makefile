@@ -11,7 +11,7 @@ BIN     := bin
 CONFIG  ?= configs/local.yaml
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # Debian packages the tests start as real peers.
-TEST_PKGS := swaks postfix dnsmasq-base tor libnet-ssleay-perl libio-socket-inet6-perl libnet-dns-perl
+TEST_PKGS := swaks postfix dnsmasq-base tor torsocks python3-dkim libnet-ssleay-perl libio-socket-inet6-perl libnet-dns-perl
 GOTEST_TIMEOUT ?= 25m
 
 .PHONY: build run run-single test test-deps bench proto fmt vet clean

@@ -5,9 +5,9 @@
 //
 // The control-port client is written here on net/textproto rather than
 // taken from a library: github.com/cretz/bine, the Go library for it, has
-// had no commit since 2022 (go.mod go 1.15), and mixmta needs five
-// commands of a line-based protocol (PROTOCOLINFO, AUTHENTICATE, GETINFO,
-// ADD_ONION, DEL_ONION, TAKEOWNERSHIP), which fit in this file.
+// had no commit since 2022 (go.mod go 1.15), and mixmta needs a handful
+// of commands of a line-based protocol (PROTOCOLINFO, AUTHENTICATE,
+// GETINFO, SETEVENTS, ADD_ONION, TAKEOWNERSHIP), which fit in this file.
 package tor
 
 import (

@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -139,7 +140,7 @@ func TestManagedTorRestartsAfterCrash(t *testing.T) {
 	tn := peers.Tor(t)
 	m := managed(t, tn, filepath.Join(t.TempDir(), "tor"))
 	old := m.Pid()
-	if err := syscallKill(old); err != nil {
+	if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 		t.Fatal(err)
 	}
 	deadline := time.Now().Add(2 * time.Minute)
