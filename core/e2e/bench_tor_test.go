@@ -131,3 +131,76 @@ func BenchmarkOnionDeliveryVsTorsocks(b *testing.B) {
 		gw.stop()
 	}
 }
+
+// BenchmarkMixnetLatencyDirectVsTor: end-to-end latency of a 5-node
+// mixnet with (nearly) zero configured delays, links over direct TCP and
+// then over onion services on the Tor test network, side by side in one
+// run: 20 sequential 1-packet messages each, from the entry's 250 to the
+// exit's delivery at smtp-sink, and per hop (3 hops + the exit's
+// delivery).
+//
+//	go test -run '^$' -bench MixnetLatencyDirectVsTor -benchtime 1x ./core/e2e/
+func BenchmarkMixnetLatencyDirectVsTor(b *testing.B) {
+	tn := peers.Tor(b)
+	for i := 0; i < b.N; i++ {
+		var line []string
+		for _, overTor := range []bool{false, true} {
+			sink := peers.SmtpSink(b)
+			patches := map[string]any{
+				"scheduler.window":      "1ms",
+				"pipeline.delay.config": map[string]any{"mean": "1us", "max": "1us"},
+				"mix.hop_delay.config":  map[string]any{"mean": "1us", "max": "1us"},
+				"mix.cover":             map[string]any{"drop_rate": 0, "loop_rate": 0},
+			}
+			name := "direct TCP"
+			if overTor {
+				name = "onion services"
+				patches["tor"] = map[string]any{
+					"socks_address":   tn.SocksAddr,
+					"control_address": tn.ControlAddr,
+					"cookie_file":     tn.ControlCookie,
+					"onion_services":  []map[string]any{{"listener": "mix"}},
+				}
+			}
+			m := startMixnet(b, 5, sink.Addr, patches)
+			want := fmt.Sprintf("healthy_nodes=%d", len(m.nodes)-1)
+			deadline := time.Now().Add(3 * time.Minute)
+			for _, n := range m.nodes {
+				for !strings.Contains(lastStats(n.log()), want) {
+					if time.Now().After(deadline) {
+						b.Fatalf("%s: node not healthy: %s", name, lastStats(n.log()))
+					}
+					time.Sleep(200 * time.Millisecond)
+				}
+			}
+			// Warm: one message from each entry (circuits to every peer).
+			for j := range 5 {
+				if err := sendRaw(m.smtp[j], "a@example.org", []string{"w@example.net"}, []byte("Subject: w\r\n\r\nwarm\r\n"), false); err != nil {
+					b.Fatal(err)
+				}
+			}
+			if !sink.WaitCount(5, 2*time.Minute) {
+				b.Fatalf("%s: warm-up not delivered", name)
+			}
+			const n = 20
+			var total time.Duration
+			for j := range n {
+				start := time.Now()
+				if err := sendRaw(m.smtp[j%5], "a@example.org", []string{"lat@example.net"}, []byte("Subject: l\r\n\r\nlatency\r\n"), false); err != nil {
+					b.Fatal(err)
+				}
+				if !sink.WaitCount(5+j+1, time.Minute) {
+					b.Fatalf("%s: message %d not delivered", name, j)
+				}
+				total += time.Since(start)
+			}
+			mean := total / n
+			b.ReportMetric(float64((mean / 4).Microseconds()), strings.ReplaceAll(name, " ", "-")+"-us/hop")
+			line = append(line, fmt.Sprintf("%s %v per message, %v per hop", name, mean.Round(time.Millisecond), (mean/4).Round(time.Millisecond)))
+			for _, nd := range m.nodes {
+				nd.stop()
+			}
+		}
+		fmt.Printf("mixnet latency, 5 nodes, 3 hops, zero delays: %s\n", strings.Join(line, "; "))
+	}
+}
