@@ -48,6 +48,7 @@ func TestMain(m *testing.M) {
 	}
 	binDir = dir
 	code := m.Run()
+	peers.StopTor()
 	os.RemoveAll(dir)
 	os.Exit(code)
 }

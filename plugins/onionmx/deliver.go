@@ -23,10 +23,12 @@ type deliverer struct {
 	cfg      Config
 	log      hclog.Logger
 	net      *network
+	direct   *network   // no proxy: only for local_relay, a loopback address
 	dns      *dnsClient // nil in relay mode with an IP relay host and no resolver
 	resolver chain
 	pool     *pool
 	roots    *x509.CertPool // for tls_verify; nil: system roots
+	lookup   *lookupServer  // Postfix socketmap, if lookup_listen is set
 }
 
 var _ sdk.Deliverer = (*deliverer)(nil)
@@ -36,8 +38,8 @@ func newDeliverer(cfg Config, log hclog.Logger) (*deliverer, error) {
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	d := &deliverer{cfg: cfg, log: log, net: newNetwork(cfg.SOCKS5, cfg.ConnectTimeout.D())}
-	needDNS := cfg.RelayHost == "" || cfg.Resolver != ""
+	d := &deliverer{cfg: cfg, log: log, net: newNetwork(cfg.SOCKS5, cfg.ConnectTimeout.D(), cfg.Circuits), direct: newNetwork("", cfg.ConnectTimeout.D(), 1)}
+	needDNS := cfg.needsDNS() || cfg.Resolver != ""
 	if cfg.RelayHost != "" && cfg.SOCKS5 == "" {
 		if h, _, _ := splitHostPort(cfg.RelayHost, 25); !isIP(h) {
 			needDNS = true
@@ -57,7 +59,22 @@ func newDeliverer(cfg Config, log hclog.Logger) (*deliverer, error) {
 		}
 		d.roots = roots
 	}
-	d.resolver = newChain(cfg, d.dns)
+	var omap *onionMap
+	if cfg.OnionMap != "" && cfg.RelayHost == "" {
+		m, err := newOnionMap(cfg.OnionMap, log)
+		if err != nil {
+			return nil, fmt.Errorf("onionmx: %w", err)
+		}
+		omap = m
+	}
+	d.resolver = newChain(cfg, d.dns, omap)
+	if cfg.LookupListen != "" {
+		ls, err := startLookupServer(cfg.LookupListen, cfg.LookupTransport, onionOnly(cfg, d.dns, omap), cfg.DNSTimeout.D()+cfg.ConnectTimeout.D(), log)
+		if err != nil {
+			return nil, err
+		}
+		d.lookup = ls
+	}
 	d.pool = newPool(cfg.MaxIdle, cfg.IdleTimeout.D())
 	return d, nil
 }
@@ -252,7 +269,11 @@ func (d *deliverer) connectOnce(ctx context.Context, t target, domain, policy st
 		}
 		return d.dns.lookupHost(ctx, domain, host)
 	}
-	raw, err := d.net.dialHost(ctx, t.host, t.port, lookup)
+	dial := d.net.dialHost
+	if t.local {
+		dial = d.direct.dialHost
+	}
+	raw, err := dial(ctx, t.host, t.port, lookup)
 	if err != nil {
 		return nil, err
 	}

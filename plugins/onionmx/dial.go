@@ -7,11 +7,14 @@ import (
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -31,20 +34,35 @@ type network struct {
 	// process while staying stable per destination (so pooled connections
 	// to one destination share a circuit and different ones do not).
 	isolationKey [32]byte
+	// circuits is the number of SOCKS identities (so Tor circuits) per
+	// destination; new connections take them in turn. Tor limits each
+	// circuit by its flow-control window, so parallel deliveries to one
+	// onion service need more than one circuit to use the bandwidth.
+	circuits int
+	turn     sync.Map // destination -> *atomic.Uint32
 }
 
-func newNetwork(socks string, timeout time.Duration) *network {
-	n := &network{socks: socks, timeout: timeout}
+func newNetwork(socks string, timeout time.Duration, circuits int) *network {
+	n := &network{socks: socks, timeout: timeout, circuits: max(circuits, 1)}
 	_, _ = rand.Read(n.isolationKey[:])
 	return n
 }
 
 // isolation returns the SOCKS username and password for a destination
 // (an SMTP "host:port", or "dns SERVER DOMAIN"): 16 hex digits of
-// HMAC-SHA256(key, destination) each.
+// HMAC-SHA256(key, destination | circuit number) each, the circuit number
+// taken in turn from 0..circuits-1.
 func (n *network) isolation(isolate string) *proxy.Auth {
+	slot := uint32(0)
+	if n.circuits > 1 {
+		v, _ := n.turn.LoadOrStore(isolate, new(atomic.Uint32))
+		slot = v.(*atomic.Uint32).Add(1) % uint32(n.circuits)
+	}
 	m := hmac.New(sha256.New, n.isolationKey[:])
 	m.Write([]byte(isolate))
+	if slot > 0 {
+		fmt.Fprintf(m, "\x00%d", slot)
+	}
 	sum := hex.EncodeToString(m.Sum(nil))
 	return &proxy.Auth{User: "mixmta-" + sum[:16], Password: sum[16:32]}
 }

@@ -25,6 +25,8 @@ var defaults = Config{
 	DNSTimeout:     sdk.Duration(30 * time.Second),
 	IdleTimeout:    sdk.Duration(30 * time.Second),
 	MaxIdle:        2,
+	SRV:            true,
+	Circuits:       1,
 }
 
 func main() {

@@ -3,6 +3,7 @@ package main
 import (
 	"cmp"
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -27,6 +28,9 @@ type target struct {
 	// host is a DNS name without the trailing dot, or an IP literal.
 	host string
 	port int
+	// local: the site's own MTA on loopback (local_relay), dialled
+	// directly: it never leaves the host, so it needs no Tor.
+	local bool
 }
 
 func (t target) String() string { return net.JoinHostPort(t.host, fmt.Sprint(t.port)) }
@@ -40,18 +44,23 @@ type resolver interface {
 }
 
 // chain asks its resolvers in order; the first that handles a domain wins.
-//
-// The onion-MX issue adds three resolvers in front of the MX resolver, in
-// the order DESIGN.md gives: a literal v3 .onion recipient domain
-// (checksum and version byte validated), the static map (onion -> list of
-// domains), and SRV _onion-mx._tcp.DOMAIN whose target must be a v3 onion.
-// They slot into newChain below; each returns handled=false for domains it
-// does not know, and a policy switch can then refuse clearnet MX.
+// In MX mode the order is the onionmx one: a literal v3 .onion recipient
+// domain, the static onion map, SRV _onion-mx._tcp.DOMAIN, then the
+// clearnet policy (MX, or refused).
 type chain []resolver
 
 func (c chain) resolve(ctx context.Context, domain string) ([]target, error) {
+	var notes []string
 	for _, r := range c {
 		ts, ok, err := r.resolve(ctx, domain)
+		var m miss
+		if errors.As(err, &m) {
+			notes = append(notes, string(m))
+			continue
+		}
+		if rc, refuse := r.(refuseClearnet); refuse {
+			return nil, rc.err(notes)
+		}
 		if ok || err != nil {
 			return ts, err
 		}
@@ -59,14 +68,52 @@ func (c chain) resolve(ctx context.Context, domain string) ([]target, error) {
 	return nil, sdk.Permanent(550, "5.1.2", "onionmx: no route to the recipient domain")
 }
 
-// newChain builds the resolver chain for cfg.
-func newChain(cfg Config, dc *dnsClient) chain {
+// newChain builds the resolver chain for cfg; omap is the loaded static
+// map (nil if none).
+func newChain(cfg Config, dc *dnsClient, omap *onionMap) chain {
 	if cfg.RelayHost != "" {
 		host, port, _ := splitHostPort(cfg.RelayHost, 25)
-		return chain{relayResolver{target{host: host, port: port}}}
+		// A relay host on loopback (the node's own MTA) is local delivery:
+		// dialled directly, since a Tor exit cannot reach this host.
+		return chain{relayResolver{target{host: host, port: port, local: isLoopbackIP(host)}}}
 	}
-	// Onion resolvers go here, before the MX resolver (see chain).
-	return chain{&mxResolver{dns: dc, port: cfg.Port}}
+	c := chain{}
+	if cfg.LocalRelay != "" {
+		host, port, _ := splitHostPort(cfg.LocalRelay, 25)
+		c = append(c, localResolver{domains: cfg.localDomains(), t: target{host: host, port: port, local: true}})
+	}
+	c = append(c, literalOnion{})
+	tried := []string{"not a literal onion"}
+	if omap != nil {
+		c = append(c, omap)
+		tried = append(tried, "not in the onion map")
+	}
+	if cfg.SRV {
+		c = append(c, srvResolver{dns: dc})
+		tried = append(tried, "no _onion-mx SRV record")
+	}
+	if cfg.clearnet() == clearnetRefuse {
+		return append(c, refuseClearnet{tried: strings.Join(tried, ", ")})
+	}
+	return append(c, &mxResolver{dns: dc, port: cfg.Port})
+}
+
+func isLoopbackIP(h string) bool {
+	ip, err := netip.ParseAddr(h)
+	return err == nil && ip.IsLoopback()
+}
+
+// localResolver sends the site's own domains (local_domains) to its MTA.
+type localResolver struct {
+	domains map[string]bool
+	t       target
+}
+
+func (r localResolver) resolve(_ context.Context, domain string) ([]target, bool, error) {
+	if r.domains[domain] {
+		return []target{r.t}, true, nil
+	}
+	return nil, false, nil
 }
 
 // relayResolver sends everything to the configured smarthost.

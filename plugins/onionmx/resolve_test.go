@@ -151,7 +151,7 @@ func (z *zone) queries() []string {
 func mxResolverFor(t *testing.T, z *zone) *mxResolver {
 	t.Helper()
 	addr := fakeDNS(t, z.handle)
-	dc, err := newDNSClient(addr, newNetwork("", 2*time.Second), 2*time.Second)
+	dc, err := newDNSClient(addr, newNetwork("", 2*time.Second, 1), 2*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -201,7 +201,7 @@ func TestDNSServerDownIsTemporary(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	addr := l.Addr().String()
 	l.Close()
-	dc, err := newDNSClient(addr, newNetwork("", time.Second), time.Second)
+	dc, err := newDNSClient(addr, newNetwork("", time.Second, 1), time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -260,6 +260,7 @@ func TestSOCKSCarriesHostNamesAndIsolatesDestinations(t *testing.T) {
 	cfg.SOCKS5 = proxy.Addr
 	cfg.Resolver = resolver
 	cfg.MaxIdle = 0
+	cfg.Clearnet = clearnetTor
 	d := newTestDeliverer(t, cfg)
 	for i := 0; i < 2; i++ {
 		got := deliver(t, d, testMessage("s@example.org", "x@a.test", "y@b.test"))
@@ -267,8 +268,8 @@ func TestSOCKSCarriesHostNamesAndIsolatesDestinations(t *testing.T) {
 		wantResult(t, got, "y@b.test", false, 0, "")
 	}
 	for _, q := range z.queries() {
-		if !strings.HasSuffix(q, " MX") {
-			t.Fatalf("DNS query %q: with SOCKS only MX may be looked up, host names go to the proxy", q)
+		if !strings.HasSuffix(q, " MX") && !(strings.HasPrefix(q, "_onion-mx._tcp.") && strings.HasSuffix(q, " SRV")) {
+			t.Fatalf("DNS query %q: with SOCKS only SRV _onion-mx and MX may be looked up, host names go to the proxy", q)
 		}
 	}
 	users := map[string]map[string]bool{} // dest -> usernames
@@ -306,7 +307,10 @@ func TestSOCKSProxyDownIsTemporaryAndNeverDirect(t *testing.T) {
 	l, _ := net.Listen("tcp", "127.0.0.1:0")
 	dead := l.Addr().String()
 	l.Close()
-	cfg := testConfig(f.Addr)
+	// A relay host by name: only the proxy could reach it. (A loopback
+	// IP relay host is local delivery, dialled directly: see
+	// TestLoopbackRelayHostIsLocal.)
+	cfg := testConfig("relay.test:" + f.Addr[strings.LastIndex(f.Addr, ":")+1:])
 	cfg.SOCKS5 = dead
 	d := newTestDeliverer(t, cfg)
 	got := deliver(t, d, testMessage("s@example.org", "a@example.net"))
@@ -330,4 +334,18 @@ func TestSOCKSReplyIsReportedWithoutAddresses(t *testing.T) {
 	if !strings.Contains(msg, "host unreachable") || strings.Contains(msg, "secret") || strings.Contains(msg, strconv.Itoa(25)+")") {
 		t.Fatalf("error message %q: want the SOCKS reason without host names", msg)
 	}
+}
+
+// TestLoopbackRelayHostIsLocal: the node's own MTA on a loopback IP is
+// reached directly even with a proxy (a Tor exit cannot reach this host).
+func TestLoopbackRelayHostIsLocal(t *testing.T) {
+	f := startFakeMX(t, fakeOpts{})
+	l, _ := net.Listen("tcp", "127.0.0.1:0")
+	dead := l.Addr().String()
+	l.Close()
+	cfg := testConfig(f.Addr)
+	cfg.SOCKS5 = dead
+	d := newTestDeliverer(t, cfg)
+	got := deliver(t, d, testMessage("s@example.org", "a@example.net"))
+	wantResult(t, got, "a@example.net", false, 0, "")
 }

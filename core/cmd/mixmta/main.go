@@ -61,6 +61,7 @@ func root() *cobra.Command {
 	daemon.Version = version
 	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd(), versionCmd(), usersCmd(load), configCmd(load), simulateCmd(load))
 	cmd.AddCommand(nodesCommands(load)...)
+	cmd.AddCommand(onionCmd(load))
 	return cmd
 }
 

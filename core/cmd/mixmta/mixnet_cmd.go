@@ -109,6 +109,9 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 		}
 		s := defaultNodeSettings()
 		s.fromConfig(cfg)
+		if s.OnionAddress, err = mixOnion(cfg); err != nil {
+			return err
+		}
 		id, _, err := nodes.LoadOrCreateIdentity(s.KeyDir)
 		if err != nil {
 			return err

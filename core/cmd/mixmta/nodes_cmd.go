@@ -113,6 +113,9 @@ func resolveNodeSettings(c *cobra.Command, load func() (*config.Config, error), 
 			return s, err
 		}
 		s.fromConfig(cfg)
+		if s.OnionAddress, err = mixOnion(cfg); err != nil {
+			return s, err
+		}
 	}
 	set := func(name string, apply func()) {
 		if c.Flags().Changed(name) {

@@ -55,6 +55,10 @@ type Config struct {
 	// is not one.
 	Mix *Mix `yaml:"mix"`
 
+	// Tor makes Tor a component: outbound connections through it, onion
+	// services for listeners (tor.go, docs/tor.md); absent, no Tor.
+	Tor *Tor `yaml:"tor"`
+
 	// lines maps the path of every key written in the file
 	// ("listeners[0].relay.anyone", "pipeline[2]") to its line, to locate
 	// errors; unset holds those written with no value. Together they tell

@@ -66,6 +66,8 @@ func (c *Config) SetDefaults() {
 		str(&m.HopDelay.Name, "hop-delay")
 	}
 
+	c.torDefaults()
+
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
 		p := fmt.Sprintf("listeners[%d].", i)

@@ -109,6 +109,7 @@ func (c *Config) validate(e *errs) {
 	c.validateListeners(bad, atLeast, positive)
 	c.validatePipeline(e, bad)
 	c.validateMix(bad, positive)
+	c.validateTor(bad, positive)
 }
 
 // capabilityRE is a descriptor capability (the nodes package checks the
@@ -356,6 +357,9 @@ func (c *Config) checkFiles() error {
 				}
 			}
 		}
+	}
+	if c.Tor != nil && c.Tor.PasswordFile != "" {
+		read("tor.password_file", c.Tor.PasswordFile)
 	}
 	return e.list.err()
 }

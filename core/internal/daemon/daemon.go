@@ -42,6 +42,7 @@ type Daemon struct {
 	listeners []*smtpd.Server
 	counters  *stats.Counters
 	mix       *mixParts
+	tor       *torParts
 	// cancel stops the engine, the mix node and the stats loop.
 	cancel  context.CancelFunc
 	admin   *http.Server
@@ -105,6 +106,9 @@ func startStage(ctx context.Context, cfg *config.Config, st config.Stage, log hc
 		return nil, err
 	}
 	js, err := config.BlockJSON(st)
+	if err == nil {
+		js, err = torStageConfig(cfg, st, ps.Info.Schema, js)
+	}
 	if err != nil {
 		ps.Close()
 		return nil, fmt.Errorf("%s: %w", where, err)
@@ -144,10 +148,18 @@ func Start(parent context.Context, cfg *config.Config, log hclog.Logger) (*Daemo
 	defer func() {
 		if !ok {
 			cancel()
+			d.tor.close()
 		}
 	}()
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, err
+	}
+	if cfg.Tor != nil {
+		tp, err := startTor(ctx, cfg, log)
+		if err != nil {
+			return nil, err
+		}
+		d.tor = tp
 	}
 	q, err := queue.Open(filepath.Join(cfg.DataDir, "queue"), queue.Options{GCInterval: cfg.Queue.GCInterval.D(), Logger: log.Named("queue")})
 	if err != nil {
@@ -222,6 +234,10 @@ func Start(parent context.Context, cfg *config.Config, log hclog.Logger) (*Daemo
 			d.Stop(context.Background())
 			return nil, err
 		}
+	}
+	if err := d.publishOnions(); err != nil {
+		d.Stop(context.Background())
+		return nil, err
 	}
 	for _, l := range d.listeners {
 		go func() {
@@ -379,6 +395,7 @@ func (d *Daemon) Stop(ctx context.Context) {
 	}
 	d.mix.close()
 	d.closeStages()
+	d.tor.close()
 	if err := d.q.Close(); err != nil {
 		d.log.Error("closing queue", "error", err)
 	}

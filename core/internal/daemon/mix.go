@@ -110,6 +110,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 		parts.frameLog = f
 		tcfg.FrameLog = transport.FrameLogWriter(f)
 	}
+	d.torMix(&tcfg)
 	tr, err := transport.NewDirect(tcfg)
 	if err != nil {
 		hd.Close()
@@ -130,7 +131,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 		MinPool:        d.cfg.Scheduler.MinPool,
 		SendQueueLimit: m.SendQueueLimit,
 		ExitStage:      exitStage,
-	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &links{t: tr, dir: dir}, log)
+	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &links{t: tr, dir: dir, onion: d.tor != nil}, log)
 	parts.node, parts.dir, parts.self = node, dir, id.ID()
 	d.engine.SetPacketHandler(node)
 	d.mix = parts
@@ -259,6 +260,8 @@ func (l *liveDirectory) watch(ctx context.Context) {
 type links struct {
 	t   transport.Transport
 	dir *liveDirectory
+	// onion: Tor is configured, links go to the peers' onion addresses.
+	onion bool
 }
 
 func (l *links) peer(id sdk.NodeID) (transport.Peer, error) {
@@ -266,7 +269,13 @@ func (l *links) peer(id sdk.NodeID) (transport.Peer, error) {
 	if !ok {
 		return transport.Peer{}, fmt.Errorf("node %s not in the nodes file", id.Short())
 	}
-	return transport.Peer{ID: n.ID, Address: n.MixAddress, Identity: n.Identity}, nil
+	addr := n.MixAddress
+	if l.onion {
+		if addr = n.OnionAddress; addr == "" {
+			return transport.Peer{}, fmt.Errorf("node %s has no onion address in its descriptor; with a tor: section mix links go to onion services only", id.Short())
+		}
+	}
+	return transport.Peer{ID: n.ID, Address: addr, Identity: n.Identity}, nil
 }
 
 func (l *links) Send(ctx context.Context, id sdk.NodeID, packet []byte) error {

@@ -651,6 +651,9 @@ func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv in
 			if ch.Body != nil {
 				m.Body, m.OpenBody, m.BodyLen = ch.Body, nil, int64(len(ch.Body))
 			}
+			// The next transformer sees the size of what it gets (pad
+			// computes its padding from it).
+			m.Size = int64(len(m.Header) + len(m.Body))
 		}
 	}
 	m.Size = int64(len(m.Header)) + m.BodyLen

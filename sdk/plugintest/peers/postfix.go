@@ -26,6 +26,9 @@ type PostfixConfig struct {
 	TLS string
 	// Main holds extra main.cf settings, "name = value" each, applied last.
 	Main []string
+	// Master holds extra master.cf services, "name/type = line" each
+	// (postconf -M syntax), e.g. a transport run under torsocks.
+	Master []string
 }
 
 // PostfixPeer is a running temp-dir Postfix acting as a receiving MX: every
@@ -214,6 +217,11 @@ func startPostfix(t testing.TB, c PostfixConfig) (*PostfixPeer, error) {
 		{"-F", "*/*/chroot = n"},
 	} {
 		if err := postconf(args...); err != nil {
+			return nil, err
+		}
+	}
+	for _, m := range c.Master {
+		if err := postconf("-M", m); err != nil {
 			return nil, err
 		}
 	}
