@@ -403,7 +403,7 @@ func (c *Client) Deliver(ctx context.Context, m *Message) ([]RcptResult, error) 
 	}
 	out := make([]RcptResult, 0, len(r.GetResults()))
 	for _, x := range r.GetResults() {
-		out = append(out, RcptResult{Rcpt: x.GetRcpt(), Err: statusFromPB(x.GetStatus())})
+		out = append(out, RcptResult{Rcpt: x.GetRcpt(), Err: statusFromPB(x.GetStatus()), Relay: x.GetRelay()})
 	}
 	return out, statusFromPB(r.GetStatus())
 }

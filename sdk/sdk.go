@@ -226,6 +226,11 @@ type Delayer interface {
 type RcptResult struct {
 	Rcpt string
 	Err  error
+	// Relay names the peer that took or refused the recipient, as
+	// "host:port" (an SMTP or LMTP server), or "" when there is none (a
+	// Maildir) or no peer answered. The core logs it with each delivery
+	// attempt, as Postfix's relay=.
+	Relay string
 }
 
 // Deliverer hands a message to its destination (an SMTP peer, a Maildir, a

@@ -396,7 +396,7 @@ func (s *stageServer[C]) Deliver(stream pb.Stage_DeliverServer) error {
 	done()
 	reply := &pb.DeliverReply{Status: statusToPB(err)}
 	for _, r := range res {
-		reply.Results = append(reply.Results, &pb.RcptResult{Rcpt: r.Rcpt, Status: statusToPB(r.Err)})
+		reply.Results = append(reply.Results, &pb.RcptResult{Rcpt: r.Rcpt, Status: statusToPB(r.Err), Relay: r.Relay})
 	}
 	return stream.SendAndClose(reply)
 }

@@ -90,7 +90,7 @@ func TestDeliveryLogLinesAndQueueOperations(t *testing.T) {
 		items = queueLs(t, cfg)
 		return len(items) == 2 && items[0].Attempts == 1 && items[1].Attempts == 1
 	})
-	deferLine := regexp.MustCompile(`\[DELIVER\] deferred: id=[0-9a-f]{32} msg=[0-9a-f]{32} stage=deliver status=deferred reply="4\d\d 4\.\d\.\d [^"]*" rcpts=1 delay=[0-9.]+ delays=[0-9.]+/[0-9.]+/[0-9.]+ attempt=1`)
+	deferLine := regexp.MustCompile(`\[DELIVER\] deferred: id=[0-9a-f]{32} msg=[0-9a-f]{32} stage=deliver status=deferred reply="4\d\d 4\.\d\.\d [^"]*" relay=none rcpts=1 delay=[0-9.]+ delays=[0-9.]+/[0-9.]+/[0-9.]+ attempt=1`)
 	if !deferLine.MatchString(n.log()) {
 		t.Fatalf("no [DELIVER] deferred line with status, reply and delays:\n%s", tailLines(n.log(), 20))
 	}
@@ -153,7 +153,7 @@ func TestDeliveryLogLinesAndQueueOperations(t *testing.T) {
 	if !sink.WaitCount(2, 20*time.Second) {
 		t.Fatalf("flushed items not delivered: sink has %d", sink.Count())
 	}
-	sentLine := regexp.MustCompile(`\[DELIVER\] sent: id=[0-9a-f]{32} msg=[0-9a-f]{32} stage=deliver status=sent reply="250 2\.0\.0 ok" rcpts=1 delay=[0-9.]+ delays=[0-9.]+/[0-9.]+/[0-9.]+`)
+	sentLine := regexp.MustCompile(`\[DELIVER\] sent: id=[0-9a-f]{32} msg=[0-9a-f]{32} stage=deliver status=sent reply="250 2\.0\.0 ok" relay=` + regexp.QuoteMeta(sink.Addr) + ` rcpts=1 delay=[0-9.]+ delays=[0-9.]+/[0-9.]+/[0-9.]+`)
 	waitFor(t, 10*time.Second, "2 [DELIVER] sent lines", func() bool { return len(sentLine.FindAllString(n.log(), -1)) == 2 })
 	for _, l := range sentLine.FindAllString(n.log(), -1) {
 		// flushed an hour early: it waited in the queue seconds, not 3600

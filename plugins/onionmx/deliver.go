@@ -165,7 +165,7 @@ func (d *deliverer) deliverGroup(ctx context.Context, m *sdk.Message, domain str
 					// Never report delivery without a 250 for it.
 					err = sdk.Temporary(451, "4.3.0", "onionmx: no result for recipient (bug)")
 				}
-				out[i] = sdk.RcptResult{Rcpt: r, Err: err}
+				out[i] = sdk.RcptResult{Rcpt: r, Err: err, Relay: t.String()}
 			}
 			return out
 		}

@@ -10,6 +10,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
+	"net/netip"
 	"regexp"
 	"strconv"
 	"strings"
@@ -708,14 +710,16 @@ func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queu
 	it.Failures, it.Crashes = 0, 0
 	byRcpt := map[string]error{}
 	seen := map[string]bool{}
+	relayOf := map[string]string{}
 	for _, r := range results {
-		byRcpt[r.Rcpt], seen[r.Rcpt] = r.Err, true
+		byRcpt[r.Rcpt], seen[r.Rcpt], relayOf[r.Rcpt] = r.Err, true, r.Relay
 	}
 	var retry []string
 	var lastTemp error
 	var failed []failure
 	outcome := map[string][]string{} // status -> recipients
 	var firstErr = map[string]error{}
+	relays := map[string]string{} // status -> the first recipient's relay
 	for _, rc := range it.Envelope.RcptTo {
 		err, ok := byRcpt[rc], seen[rc]
 		if !ok {
@@ -741,14 +745,14 @@ func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queu
 			e.log.Debug("[DELIVER] temporary failure detail", "rcpt", rc, "error", err)
 		}
 		if _, ok := firstErr[status]; !ok {
-			firstErr[status] = err
+			firstErr[status], relays[status] = err, relayOf[rc]
 		}
 		outcome[status] = append(outcome[status], rc)
 	}
 	e.c.ObserveDelivery(time.Since(it.Received))
 	for _, status := range []string{"sent", "deferred", "bounced"} {
 		if rcpts := outcome[status]; len(rcpts) > 0 {
-			e.logAttempt(it, st, status, firstErr[status], rcpts, start)
+			e.logAttempt(it, st, status, firstErr[status], relays[status], rcpts, start)
 		}
 	}
 	e.bounce(it, failed)
@@ -762,18 +766,19 @@ func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queu
 
 // logAttempt writes the info line of one delivery attempt for the
 // recipients rcpts that share one status: queue id, stage, status, reply
-// code and text (addresses in the text are masked), the delays in seconds
+// code and text (addresses in the text are masked), the relay that answered
+// (see relayField), the delays in seconds
 // split as queue (until send_after: delay and backoff), pool (due until the
 // attempt started) and delivery (the attempt itself), and the total since
 // acceptance. Addresses only when LogAddresses is set.
-func (e *Engine) logAttempt(it *queue.Item, st Stage, status string, err error, rcpts []string, start time.Time) {
+func (e *Engine) logAttempt(it *queue.Item, st Stage, status string, err error, relay string, rcpts []string, start time.Time) {
 	due := it.SendAfter
 	if due.IsZero() || due.After(start) { // never delayed, or flushed early
 		due = start
 	}
 	queued, pooled := max(due.Sub(it.Received), 0), start.Sub(due)
 	args := []any{"id", it.ID.String(), "msg", it.Msg.String(), "stage", st.Name, "status", status,
-		"reply", reply(err), "rcpts", len(rcpts),
+		"reply", reply(err), "relay", e.relayField(relay), "rcpts", len(rcpts),
 		"delay", secs(time.Since(it.Received)),
 		"delays", secs(queued) + "/" + secs(pooled) + "/" + secs(time.Since(start)),
 		"attempt", it.Attempts + 1}
@@ -781,6 +786,24 @@ func (e *Engine) logAttempt(it *queue.Item, st Stage, status string, err error, 
 		args = append(args, "from", it.Envelope.MailFrom, "to", strings.Join(rcpts, ","))
 	}
 	e.log.Info("[DELIVER] "+status, args...)
+}
+
+// relayField is the relay as logged: "none" when the stage names none; an
+// IP literal (a smarthost, the site's MTA, a local LMTP server) as given; a
+// host name or onion address only with log.addresses, since it names the
+// recipient's domain, else "***".
+func (e *Engine) relayField(relay string) string {
+	if relay == "" {
+		return "none"
+	}
+	host, _, err := net.SplitHostPort(relay)
+	if err != nil {
+		host = relay
+	}
+	if _, err := netip.ParseAddr(host); err == nil || e.opt.LogAddresses {
+		return relay
+	}
+	return "***"
 }
 
 func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', 2, 64) }

@@ -427,3 +427,26 @@ func TestFinalTransformRunsInMemoryAndAgainOnRetry(t *testing.T) {
 		t.Fatalf("failed=%d", c.Failed.Load())
 	}
 }
+
+// TestRelayFieldNamesOnlyWhatNamesNoRecipient: a relay given as an IP
+// literal (a smarthost, the site's MTA) is logged as is; a host name or an
+// onion address names the recipient's domain and is logged only with
+// log.addresses.
+func TestRelayFieldNamesOnlyWhatNamesNoRecipient(t *testing.T) {
+	e := &Engine{}
+	for relay, want := range map[string]string{
+		"":                          "none",
+		"127.0.0.1:25":              "127.0.0.1:25",
+		"[::1]:2525":                "[::1]:2525",
+		"mx.example.net:25":         "***",
+		"abcdefghijklmnop.onion:25": "***",
+	} {
+		if got := e.relayField(relay); got != want {
+			t.Errorf("relayField(%q) = %q, want %q", relay, got, want)
+		}
+	}
+	e.opt.LogAddresses = true
+	if got := e.relayField("mx.example.net:25"); got != "mx.example.net:25" {
+		t.Errorf("with log.addresses: %q", got)
+	}
+}

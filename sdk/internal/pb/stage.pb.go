@@ -893,6 +893,7 @@ type RcptResult struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Rcpt          string                 `protobuf:"bytes,1,opt,name=rcpt,proto3" json:"rcpt,omitempty"`
 	Status        *Status                `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	Relay         string                 `protobuf:"bytes,3,opt,name=relay,proto3" json:"relay,omitempty"` // the peer that answered, host:port, or ""
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -939,6 +940,13 @@ func (x *RcptResult) GetStatus() *Status {
 		return x.Status
 	}
 	return nil
+}
+
+func (x *RcptResult) GetRelay() string {
+	if x != nil {
+		return x.Relay
+	}
+	return ""
 }
 
 type DeliverReply struct {
@@ -1579,11 +1587,12 @@ const file_stage_proto_rawDesc = "" +
 	"\n" +
 	"DelayReply\x12-\n" +
 	"\x06status\x18\x01 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\x12\x1b\n" +
-	"\tdelays_ns\x18\x02 \x03(\x03R\bdelaysNs\"O\n" +
+	"\tdelays_ns\x18\x02 \x03(\x03R\bdelaysNs\"e\n" +
 	"\n" +
 	"RcptResult\x12\x12\n" +
 	"\x04rcpt\x18\x01 \x01(\tR\x04rcpt\x12-\n" +
-	"\x06status\x18\x02 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\"r\n" +
+	"\x06status\x18\x02 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\x12\x14\n" +
+	"\x05relay\x18\x03 \x01(\tR\x05relay\"r\n" +
 	"\fDeliverReply\x12-\n" +
 	"\x06status\x18\x01 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\x123\n" +
 	"\aresults\x18\x02 \x03(\v2\x19.mixmta.sdk.v1.RcptResultR\aresults\"\x93\x01\n" +
