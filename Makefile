@@ -55,7 +55,8 @@ FUZZTIME ?= 10m
 FUZZ_TARGETS := ./core/internal/smtpd:FuzzSession ./plugins/sanitize:FuzzSanitize \
 	./plugins/sphinx/internal/sphinx:FuzzUnwrap ./plugins/sphinx/internal/sphinx:FuzzParse \
 	./plugins/sphinx:FuzzAssemble ./plugins/sphinx:FuzzParsePayload ./plugins/sphinx:FuzzMix \
-	./core/internal/config:FuzzParse
+	./core/internal/config:FuzzParse ./plugins/sphinx/internal/sphinx:FuzzUnwrapKEM \
+	./plugins/mail2news:FuzzBuildArticle
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

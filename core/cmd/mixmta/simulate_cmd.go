@@ -32,7 +32,7 @@ type simOptions struct {
 	sendRate, dropRate        float64
 	loopRate, delayScale      float64
 	sizeClasses               string
-	sharedPath, asJSON        bool
+	pathPerFragment, asJSON   bool
 	perMessage                bool
 	seed                      uint64
 	plot, sweep               string
@@ -77,8 +77,8 @@ the mean entropy against it.`,
 	f.Float64Var(&o.dropRate, "drop-rate", 0, "override mix.cover.drop_rate, packets/s")
 	f.Float64Var(&o.loopRate, "loop-rate", 0, "override mix.cover.loop_rate, packets/s")
 	f.Float64Var(&o.delayScale, "delay-scale", 1, "multiply every sampled delay")
-	f.StringVar(&o.sizeClasses, "size-classes", "", "message size classes in bytes, comma-separated (messages are padded to the next class)")
-	f.BoolVar(&o.sharedPath, "shared-path", false, "all fragments of a message take one path (default: one path each)")
+	f.StringVar(&o.sizeClasses, "size-classes", "", "override the size classes: bytes, comma-separated, ascending (messages are padded to the next class; \"none\": no padding)")
+	f.BoolVar(&o.pathPerFragment, "path-per-fragment", false, "every fragment takes a path of its own to the message's exit (the profile's router uses one path per message)")
 	f.Uint64Var(&o.seed, "seed", 1, "random seed (the same seed gives the same run)")
 	f.BoolVar(&o.asJSON, "json", false, "print JSON instead of text")
 	f.BoolVar(&o.perMessage, "messages", false, "with --json: also every scored message's entropy, its sender's probability and whether it was traced, per adversary")
@@ -136,9 +136,11 @@ func runSimulate(c *cobra.Command, cfg *config.Config, o simOptions, w io.Writer
 			return fmt.Errorf("--sizes: %w", err)
 		}
 	}
-	classes, err := parseInts(o.sizeClasses)
-	if err != nil {
-		return fmt.Errorf("--size-classes: %w", err)
+	var classes []int
+	if o.sizeClasses != "" && o.sizeClasses != "none" {
+		if classes, err = parseInts(o.sizeClasses); err != nil {
+			return fmt.Errorf("--size-classes: %w", err)
+		}
 	}
 	ctx := context.Background()
 	log := newLogger("warn")
@@ -215,8 +217,12 @@ func simulateOnce(c *cobra.Command, cfg *config.Config, net simulate.Network, o 
 	if changed("loop-rate") || o.loopRate > 0 {
 		net.LoopRate = o.loopRate
 	}
-	net.SizeClasses = classes
-	net.SharedPath = o.sharedPath
+	if o.sizeClasses != "" {
+		net.SizeClasses = classes
+	}
+	if o.pathPerFragment {
+		net.SharedPath = false
+	}
 	warm := o.warmup
 	if warm == 0 {
 		warm = o.duration / 5

@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"math"
 	"math/rand/v2"
@@ -66,9 +65,11 @@ func (p *Profile) Close() {
 }
 
 // LoadProfile reads what a simulation needs from a mix node's pipeline
-// file: the hops of its router stage, its delay stages (the one before the
-// router is the message delay, one after it the exit's delay), mix.hop_delay,
-// the scheduler's pool and mix.cover. Every node of the simulated network
+// file: the hops of its router stage and the size classes its
+// max_message_bytes implies (one path per message, as the sphinx router
+// does), its delay stages (the one before the router is the message delay,
+// one after it the exit's delay), mix.hop_delay, the scheduler's pool,
+// mix.send_rate (λ_P) and mix.cover. Every node of the simulated network
 // runs this profile. delayScale multiplies every sampled delay (1 = as
 // configured). Errors: no mix section, no router, a plugin that cannot
 // start.
@@ -80,6 +81,7 @@ func LoadProfile(ctx context.Context, cfg *config.Config, delayScale float64, lo
 	net := &p.Network
 	net.Pool = Pool{Window: cfg.Scheduler.Window.D().Seconds(), MinPool: cfg.Scheduler.MinPool, SendFraction: cfg.Scheduler.SendFraction}
 	net.DropRate, net.LoopRate = cfg.Mix.Cover.DropRate, cfg.Mix.Cover.LoopRate
+	net.SendRate = cfg.Mix.SendRate
 	net.FragmentPayload = DefaultFragmentPayload
 	start := func(st config.Stage) (*pluginhost.Stage, error) {
 		s, err := daemon.StartStage(ctx, cfg, st, log)
@@ -101,12 +103,19 @@ func LoadProfile(ctx context.Context, cfg *config.Config, delayScale float64, lo
 		switch {
 		case slices.Contains(s.Info.Kinds, sdk.KindRouter):
 			routed = true
-			h, err := hopsOf(st, s.Info.Schema)
+			h, err := routerInt(st, s.Info.Schema, "hops")
 			if err != nil {
 				p.Close()
 				return nil, fmt.Errorf("%s:%d: stage %q: %w", cfg.Path, st.Line, st.Name, err)
 			}
 			net.Hops = h
+			// The sphinx router pads a message to a power of two of
+			// fragments, at most what the exit accepts, and sends every
+			// fragment of it over one path.
+			if m, err := routerInt(st, s.Info.Schema, "max_message_bytes"); err == nil {
+				net.SizeClasses = fragmentClasses(int64(m))
+			}
+			net.SharedPath = true
 		case slices.Contains(s.Info.Kinds, sdk.KindDelayer) && !routed:
 			net.MsgDelay = sampler(s)
 		case slices.Contains(s.Info.Kinds, sdk.KindDelayer):
@@ -130,8 +139,24 @@ func LoadProfile(ctx context.Context, cfg *config.Config, delayScale float64, lo
 	return p, nil
 }
 
-// hopsOf reads the router's "hops" key, or its default from the schema.
-func hopsOf(st config.Stage, schema *sdk.Schema) (int, error) {
+// fragmentClasses are the sizes (bytes of fragment payload) the sphinx
+// router pads a message to: 1, 2, 4, ... fragments, up to the fragments of
+// the largest inner message an exit accepts (max_message_bytes plus the
+// envelope allowance of 1 MiB and 47 bytes of fields).
+func fragmentClasses(maxMessage int64) []int {
+	limit := int((maxMessage + 1<<20 + 47 + DefaultFragmentPayload - 1) / DefaultFragmentPayload)
+	var out []int
+	for c := 1; ; c *= 2 {
+		out = append(out, min(c, limit)*DefaultFragmentPayload)
+		if c >= limit {
+			return out
+		}
+	}
+}
+
+// routerInt reads an integer key of the router's config block, or its
+// default from the schema.
+func routerInt(st config.Stage, schema *sdk.Schema, key string) (int, error) {
 	js, err := config.BlockJSON(st)
 	if err != nil {
 		return 0, err
@@ -142,13 +167,13 @@ func hopsOf(st config.Stage, schema *sdk.Schema) (int, error) {
 			return 0, err
 		}
 	}
-	v, ok := block["hops"]
-	if !ok && schema != nil && schema.Properties["hops"] != nil {
-		v = schema.Properties["hops"].Default
+	v, ok := block[key]
+	if !ok && schema != nil && schema.Properties[key] != nil {
+		v = schema.Properties[key].Default
 	}
 	h, ok := v.(float64)
 	if !ok || h < 1 || h != math.Trunc(h) {
-		return 0, errors.New(`the router has no "hops" (an integer >= 1): simulate cannot tell the path length`)
+		return 0, fmt.Errorf("the router has no %q (an integer >= 1)", key)
 	}
 	return int(h), nil
 }
