@@ -655,7 +655,7 @@ func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv in
 			}
 			// The next transformer sees the size of what it gets (pad
 			// computes its padding from it).
-			m.Size = int64(len(m.Header) + len(m.Body))
+			m.Size = int64(len(m.Header)) + m.BodyLen
 		}
 	}
 	m.Size = int64(len(m.Header)) + m.BodyLen
