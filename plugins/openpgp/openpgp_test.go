@@ -274,3 +274,34 @@ func TestKeysDirWritableByOthersIsNotTrusted(t *testing.T) {
 		t.Fatalf("keys_dir 0777: want the key ignored (5.7.0 under reject), got %v", err)
 	}
 }
+
+// TestProtectedSubjectLeavesNoCopyOutside: with protect_subject, the
+// fields that repeat or describe the Subject (Outlook's Thread-Topic,
+// Keywords, Comments, Summary) are not left readable in the outer header,
+// whatever their spelling, and travel inside with the Subject.
+func TestProtectedSubjectLeavesNoCopyOutside(t *testing.T) {
+	keys := t.TempDir()
+	bob := goKey(t, keys, "bob@example.net", nil)
+	s := newTestStage(t, keys, policyReject, true)
+	m := &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"bob@example.net"}},
+		Header: []byte("From: a@example.org\r\nSubject: SECRET-1\r\nThread-Topic: SECRET-2\r\nkeywords: SECRET-3\r\n" +
+			"COMMENTS: SECRET-4\r\nSummary: SECRET-5\r\n\r\n"), Body: []byte("body\r\n")}
+	routes, err := s.Route(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := routes[0].Body
+	outer := enc[:bytes.Index(enc, []byte("\r\n\r\n"))]
+	if bytes.Contains(outer, []byte("SECRET")) {
+		t.Fatalf("outer header carries a protected value:\n%s", outer)
+	}
+	plain, err := decryptGo(t, enc, bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 5; i++ {
+		if !bytes.Contains(plain, []byte("SECRET-"+string(rune('0'+i)))) {
+			t.Errorf("SECRET-%d is not inside:\n%s", i, plain)
+		}
+	}
+}

@@ -25,6 +25,13 @@ var protectedFields = map[string]bool{
 	"Message-Id": true, "In-Reply-To": true, "References": true, "Followup-To": true,
 }
 
+// subjectLike are fields that repeat or summarize the Subject: Outlook
+// and Exchange copy it into Thread-Topic, and Keywords, Comments (RFC
+// 5322 §3.6.5) and Summary (RFC 5536 §3.2.12) describe the content. With
+// the Subject protected they go inside and are left out of the outer
+// header, or the obscured Subject would still be readable next to it.
+var subjectLike = map[string]bool{"thread-topic": true, "keywords": true, "comments": true, "summary": true}
+
 // split is a message's header section divided for PGP/MIME.
 type split struct {
 	outer   [][]byte // raw fields that stay outside, in order
@@ -59,7 +66,7 @@ func splitHeader(header []byte) (*split, error) {
 				s.ctype, s.params, _ = mime.ParseMediaType(f.Value())
 			}
 		default:
-			if protectedFields[key] {
+			if protectedFields[key] || subjectLike[strings.ToLower(key)] {
 				s.inside = append(s.inside, raw)
 			}
 			if strings.EqualFold(key, "Subject") {
@@ -140,7 +147,8 @@ func innerHeader(s *split, protect bool) []byte {
 
 // pgpMIME encrypts the message to keys and returns the whole PGP/MIME
 // message (RFC 3156 §4): the outer header fields as they were (Subject
-// replaced by "[...]" with protect), MIME-Version, a multipart/encrypted
+// replaced by "[...]" and the subjectLike fields left out with protect),
+// MIME-Version, a multipart/encrypted
 // Content-Type, then the version part and the armored OpenPGP message,
 // all CRLF and 7-bit. The ciphertext is armored straight into the result:
 // one copy of the message in memory besides the input.
@@ -159,7 +167,7 @@ func pgpMIME(s *split, body []byte, keys openpgp.EntityList, protect bool) ([]by
 	out.Grow((len(inner)+len(body))*140/100 + 2048)
 	for _, f := range s.outer {
 		name, _, _ := bytes.Cut(f, []byte(":"))
-		if protect && strings.EqualFold(strings.TrimSpace(string(name)), "Subject") {
+		if n := strings.TrimSpace(string(name)); protect && (strings.EqualFold(n, "Subject") || subjectLike[strings.ToLower(n)]) {
 			continue
 		}
 		out.Write(f)
