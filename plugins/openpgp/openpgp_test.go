@@ -305,3 +305,36 @@ func TestProtectedSubjectLeavesNoCopyOutside(t *testing.T) {
 		}
 	}
 }
+
+// TestInlineBlockWithClearTextIsEncrypted: a text body that opens with an
+// armored PGP MESSAGE but carries clear text after it (or before it) is
+// not "encrypted already": it is encrypted, so the clear text is not
+// stored readable. The body that is only the block passes unchanged.
+func TestInlineBlockWithClearTextIsEncrypted(t *testing.T) {
+	keys := t.TempDir()
+	goKey(t, keys, "bob@example.net", nil)
+	s := newTestStage(t, keys, policyReject, false)
+	block := "-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA0j1c2RhcmsBB/9=\r\n=abcd\r\n-----END PGP MESSAGE-----\r\n"
+	for name, tc := range map[string]struct {
+		body      string
+		unchanged bool
+	}{
+		"block only":        {"\r\n" + block + "\r\n", true},
+		"clear text after":  {block + "\r\nCLEAR reply text\r\n", false},
+		"clear text before": {"CLEAR intro\r\n" + block, false},
+		"second block":      {block + "CLEAR\r\n" + block, false},
+	} {
+		m := &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"bob@example.net"}},
+			Header: []byte("From: a@example.org\r\nSubject: s\r\n\r\n"), Body: []byte(tc.body)}
+		routes, err := s.Route(context.Background(), m)
+		if err != nil || len(routes) != 1 {
+			t.Fatalf("%s: %v %v", name, routes, err)
+		}
+		if got := routes[0].Body == nil; got != tc.unchanged {
+			t.Errorf("%s: passed unchanged = %v, want %v", name, got, tc.unchanged)
+		}
+		if routes[0].Body != nil && bytes.Contains(routes[0].Body, []byte("CLEAR")) {
+			t.Errorf("%s: clear text in the stored copy", name)
+		}
+	}
+}

@@ -87,7 +87,8 @@ func crlf(raw []byte) []byte {
 // alreadyEncrypted reports whether a message is encrypted end to end
 // already: PGP/MIME or any other multipart/encrypted (RFC 1847), S/MIME
 // enveloped data (RFC 8551 §3.3), or an inline OpenPGP message (a text
-// body whose first non-empty line opens an armored PGP MESSAGE).
+// body that is one armored PGP MESSAGE and nothing else, white space
+// aside).
 func alreadyEncrypted(s *split, body []byte) bool {
 	switch s.ctype {
 	case "multipart/encrypted":
@@ -96,14 +97,13 @@ func alreadyEncrypted(s *split, body []byte) bool {
 		st := strings.ToLower(s.params["smime-type"])
 		return st != "signed-data" && st != "certs-only" && st != "compressed-data"
 	case "", "text/plain":
-		rest := body
-		for len(rest) > 0 {
-			line, after, _ := bytes.Cut(rest, []byte("\n"))
-			if t := bytes.TrimSpace(line); len(t) > 0 {
-				return bytes.Equal(t, []byte("-----BEGIN PGP MESSAGE-----"))
-			}
-			rest = after
-		}
+		// The whole body must be the one armored message: text before or
+		// after it (a reply under an encrypted quote) would be stored in
+		// the clear.
+		t := bytes.TrimSpace(body)
+		return bytes.HasPrefix(t, []byte("-----BEGIN PGP MESSAGE-----")) &&
+			bytes.HasSuffix(t, []byte("\n-----END PGP MESSAGE-----")) &&
+			bytes.Count(t, []byte("-----BEGIN PGP")) == 1 && bytes.Count(t, []byte("-----END PGP")) == 1
 	}
 	return false
 }
