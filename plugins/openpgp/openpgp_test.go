@@ -338,3 +338,31 @@ func TestInlineBlockWithClearTextIsEncrypted(t *testing.T) {
 		}
 	}
 }
+
+// TestSMIMEPassesOnlyWhenItSaysEncrypted: application/pkcs7-mime passes
+// unchanged only with smime-type enveloped-data or authEnveloped-data.
+// Without smime-type it may be opaque signed-data (clear text in DER, as
+// older clients send it), so it is encrypted.
+func TestSMIMEPassesOnlyWhenItSaysEncrypted(t *testing.T) {
+	keys := t.TempDir()
+	goKey(t, keys, "bob@example.net", nil)
+	s := newTestStage(t, keys, policyReject, false)
+	for ctype, unchanged := range map[string]bool{
+		"application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m":      true,
+		"application/pkcs7-mime; smime-type=authEnveloped-data; name=smime.p7m":  true,
+		"application/x-pkcs7-mime; name=smime.p7m":                               false,
+		"application/pkcs7-mime; smime-type=signed-data; name=smime.p7m":         false,
+		"application/pkcs7-mime; smime-type=unknown-future-type; name=smime.p7m": false,
+	} {
+		m := &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"bob@example.net"}},
+			Header: []byte("From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: " + ctype + "\r\nContent-Transfer-Encoding: base64\r\n\r\n"),
+			Body:   []byte("MIAGCSqGSIb3DQEHAqCAMIACAQExDzANBglghkgBZQMEAgEFADCABgkqhkiG9w0B\r\n")}
+		routes, err := s.Route(context.Background(), m)
+		if err != nil || len(routes) != 1 {
+			t.Fatalf("%s: %v %v", ctype, routes, err)
+		}
+		if got := routes[0].Body == nil; got != unchanged {
+			t.Errorf("%s: passed unchanged = %v, want %v", ctype, got, unchanged)
+		}
+	}
+}

@@ -86,7 +86,8 @@ func crlf(raw []byte) []byte {
 
 // alreadyEncrypted reports whether a message is encrypted end to end
 // already: PGP/MIME or any other multipart/encrypted (RFC 1847), S/MIME
-// enveloped data (RFC 8551 §3.3), or an inline OpenPGP message (a text
+// enveloped or authEnveloped data (RFC 8551 §3.3, §3.4; smime-type
+// given), or an inline OpenPGP message (a text
 // body that is one armored PGP MESSAGE and nothing else, white space
 // aside).
 func alreadyEncrypted(s *split, body []byte) bool {
@@ -94,8 +95,11 @@ func alreadyEncrypted(s *split, body []byte) bool {
 	case "multipart/encrypted":
 		return true
 	case "application/pkcs7-mime", "application/x-pkcs7-mime":
+		// Only the types that are encrypted: an opaque signed-data, which
+		// older clients send without smime-type, is clear text in DER, and
+		// wrapping an encrypted one once more loses nothing.
 		st := strings.ToLower(s.params["smime-type"])
-		return st != "signed-data" && st != "certs-only" && st != "compressed-data"
+		return st == "enveloped-data" || st == "authenveloped-data"
 	case "", "text/plain":
 		// The whole body must be the one armored message: text before or
 		// after it (a reply under an encrypted quote) would be stored in
