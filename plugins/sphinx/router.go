@@ -22,7 +22,9 @@ import (
 //
 // It returns one route per packet: Body is the packet (packet_size bytes),
 // NextHop its first hop, RcptTo every recipient of the message (the core's
-// bookkeeping: all of them travel inside every fragment's message).
+// bookkeeping: all of them travel inside every fragment's message). A
+// message for both mail2news addresses and ordinary mail is sent as two
+// messages, one per kind, each with the recipients of its kind.
 //
 // Errors: 552 5.3.4 when header + body exceed max_message_bytes; the
 // permanent envelope errors of encodeInner; a temporary 451 4.4.0 when too
@@ -36,9 +38,31 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	if size := int64(len(m.Header)) + int64(len(m.Body)); size > s.maxMessage {
 		return nil, sdk.Permanent(552, "3.4", "sphinx: message of %d bytes exceeds max_message_bytes (%d)", size, s.maxMessage)
 	}
+	news, mail := s.byKind(m.Envelope.RcptTo)
+	if len(news) == 0 || len(mail) == 0 {
+		return s.route(ctx, st, m.Envelope, m)
+	}
+	// An exit hands a message to its one deliverer, which either posts
+	// news or delivers mail: the recipients of each kind travel as a
+	// message of their own, each to an exit for its kind.
+	var routes []sdk.Route
+	for _, rcpts := range [][]string{news, mail} {
+		env := m.Envelope
+		env.RcptTo = rcpts
+		r, err := s.route(ctx, st, env, m)
+		if err != nil {
+			return nil, err
+		}
+		routes = append(routes, r...)
+	}
+	return routes, nil
+}
+
+// route builds the packets of m for the recipients of env.
+func (s *Stage) route(ctx context.Context, st *mixState, env sdk.Envelope, m *sdk.Message) ([]sdk.Route, error) {
 	// Fail before any work when no path exists. The first path's exit is
 	// every fragment's exit: it must hold all of them to reassemble.
-	cands, err := exitsFor(st.candidates, s.needs(m.Envelope.RcptTo))
+	cands, err := exitsFor(st.candidates, s.needs(env.RcptTo))
 	if err != nil {
 		return nil, err
 	}
@@ -47,7 +71,7 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 		return nil, err
 	}
 	exit := first[len(first)-1]
-	im, err := encodeInner(m.Envelope, m.Header, m.Body)
+	im, err := encodeInner(env, m.Header, m.Body)
 	if err != nil {
 		return nil, err
 	}
@@ -59,7 +83,7 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	if _, err := io.ReadFull(s.rand, id[:]); err != nil {
 		return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
 	}
-	rcpts := slices.Clone(m.Envelope.RcptTo)
+	rcpts := slices.Clone(env.RcptTo)
 	src := im.reader()
 	buf := make([]byte, fragmentHeaderSize+int(min(int64(s.fragData), im.size)))
 	routes := make([]sdk.Route, 0, count)
