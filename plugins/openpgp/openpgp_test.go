@@ -198,6 +198,11 @@ func TestUnusableKeyFilesCountAsNoKey(t *testing.T) {
 	if fileName("../x@example.net") != "" || fileName("Bob@Example.NET") != "bob@example.net.asc" {
 		t.Fatal("fileName does not refuse traversal or lower-case the address")
 	}
+	// Unicode case mapping must not lead another mailbox to karl's key:
+	// U+212A KELVIN SIGN lower-cases to "k".
+	if got := fileName("\u212Aarl@example.net"); got == "karl@example.net.asc" {
+		t.Fatalf("fileName maps a different mailbox to %q", got)
+	}
 }
 
 func TestWithoutProtectionTheInnerPartIsTheContentOnly(t *testing.T) {
