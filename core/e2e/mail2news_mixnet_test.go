@@ -84,8 +84,8 @@ func startNewsMixnet(t *testing.T, relayHost, innAddr string) *mixnet {
 // into a real INN by node 5, the only node with the mail2news capability
 // (and not an exit for ordinary mail), while ordinary mail reaches Postfix
 // through the other exits; a message for both a mail2news address and a
-// mail recipient is posted by node 5 and delivered through an exit. The articles carry no value from the sender,
-// and no node logs one.
+// mail recipient is posted by node 5 and delivered through an exit. The
+// articles carry no value from the sender, and no node logs one.
 func TestMixnetPostsMail2NewsAtCapableExit(t *testing.T) {
 	inn := peers.INN(t)
 	pf := peers.Postfix(t)
