@@ -87,9 +87,8 @@ func crlf(raw []byte) []byte {
 // alreadyEncrypted reports whether a message is encrypted end to end
 // already: PGP/MIME or any other multipart/encrypted (RFC 1847), S/MIME
 // enveloped or authEnveloped data (RFC 8551 §3.3, §3.4; smime-type
-// given), or an inline OpenPGP message (a text
-// body that is one armored PGP MESSAGE and nothing else, white space
-// aside).
+// given), or an inline OpenPGP message (a text body that is one armored
+// PGP MESSAGE and nothing else, white space aside).
 func alreadyEncrypted(s *split, body []byte) bool {
 	switch s.ctype {
 	case "multipart/encrypted":
@@ -152,8 +151,7 @@ func innerHeader(s *split, protect bool) []byte {
 // pgpMIME encrypts the message to keys and returns the whole PGP/MIME
 // message (RFC 3156 §4): the outer header fields as they were (Subject
 // replaced by "[...]" and the subjectLike fields left out with protect),
-// MIME-Version, a multipart/encrypted
-// Content-Type, then the version part and the armored OpenPGP message,
+// MIME-Version, a multipart/encrypted Content-Type, then the version part and the armored OpenPGP message,
 // all CRLF and 7-bit. The ciphertext is armored straight into the result:
 // one copy of the message in memory besides the input.
 func pgpMIME(s *split, body []byte, keys openpgp.EntityList, protect bool) ([]byte, error) {
