@@ -151,8 +151,8 @@ func innerHeader(s *split, protect bool) []byte {
 // pgpMIME encrypts the message to keys and returns the whole PGP/MIME
 // message (RFC 3156 §4): the outer header fields as they were (Subject
 // replaced by "[...]" and the subjectLike fields left out with protect),
-// MIME-Version, a multipart/encrypted Content-Type, then the version part and the armored OpenPGP message,
-// all CRLF and 7-bit. The ciphertext is armored straight into the result:
+// MIME-Version, a multipart/encrypted Content-Type, then the version part
+// and the armored OpenPGP message, all CRLF and 7-bit. The ciphertext is armored straight into the result:
 // one copy of the message in memory besides the input.
 func pgpMIME(s *split, body []byte, keys openpgp.EntityList, protect bool) ([]byte, error) {
 	var rnd [16]byte
