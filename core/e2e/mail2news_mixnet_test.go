@@ -83,8 +83,9 @@ func startNewsMixnet(t *testing.T, relayHost, innAddr string) *mixnet {
 // processes, mail for mail2news addresses submitted at node 1 is posted
 // into a real INN by node 5, the only node with the mail2news capability
 // (and not an exit for ordinary mail), while ordinary mail reaches Postfix
-// through the other exits. The articles carry no value from the sender,
-// and no node logs one.
+// through the other exits; a message for both a mail2news address and a
+// mail recipient is posted by node 5 and delivered through an exit. The
+// articles carry no value from the sender, and no node logs one.
 func TestMixnetPostsMail2NewsAtCapableExit(t *testing.T) {
 	inn := peers.INN(t)
 	pf := peers.Postfix(t)
@@ -109,11 +110,18 @@ func TestMixnetPostsMail2NewsAtCapableExit(t *testing.T) {
 		[]byte("From: Bob <bob@example.org>\r\nSubject: ordinary\r\n\r\nordinary mail\r\n"), false); err != nil {
 		t.Fatal(err)
 	}
+	// One message for both kinds: no node has both capabilities, so its
+	// news recipient's copy is posted by node 5 and its mail recipient's
+	// goes to an exit for mail.
+	if err := sendRaw(m.smtp[0], "alice-LEAK-ENV-MIXED@example.org", []string{"mail2news@news.invalid", "dave@example.net"},
+		[]byte("From: Alice <alice@laptop-LEAK.example.org>\r\nNewsgroups: alt.test\r\nSubject: mixed\r\n\r\n.dot line\r\nbody mixed\r\n"), false); err != nil {
+		t.Fatal(err)
+	}
 
-	waitGroupCount(t, inn, "alt.test", 2, 120*time.Second)
+	waitGroupCount(t, inn, "alt.test", 3, 120*time.Second)
 	waitGroupCount(t, inn, "local.test", 2, 120*time.Second)
-	for _, group := range []string{"alt.test", "local.test"} {
-		for num := 1; num <= 2; num++ {
+	for group, count := range map[string]int{"alt.test": 3, "local.test": 2} {
+		for num := 1; num <= count; num++ {
 			art := readGroupArticle(t, inn, group, num)
 			head, body, _ := strings.Cut(art, "\r\n\r\n")
 			if i := strings.Index(art, "LEAK"); i >= 0 {
@@ -128,16 +136,24 @@ func TestMixnetPostsMail2NewsAtCapableExit(t *testing.T) {
 		}
 	}
 	// Ordinary mail still goes to an exit for mail, never to node 5.
-	files := pf.WaitMessages(t, 1, 120*time.Second)
-	if len(files) != 1 {
-		t.Fatalf("Postfix got %d messages, want 1", len(files))
+	files := pf.WaitMessages(t, 2, 120*time.Second)
+	if len(files) != 2 {
+		t.Fatalf("Postfix got %d messages, want 2", len(files))
 	}
-	if v := statValue(lastStats(m.nodes[4].log()), "assembled"); v != len(news) {
-		t.Errorf("node5 assembled %d messages, want the %d for mail2news only", v, len(news))
+	// The stats line comes once a second: wait for the one after the last
+	// assembly.
+	v := 0
+	for deadline := time.Now().Add(15 * time.Second); time.Now().Before(deadline); time.Sleep(200 * time.Millisecond) {
+		if v = statValue(lastStats(m.nodes[4].log()), "assembled"); v >= len(news)+1 {
+			break
+		}
+	}
+	if v != len(news)+1 {
+		t.Errorf("node5 assembled %d messages, want the %d for mail2news only", v, len(news)+1)
 	}
 	for i, n := range m.nodes {
 		log := n.log()
-		for _, s := range []string{"LEAK", "alice", "mail2news-" + today, "local.test", "carol"} {
+		for _, s := range []string{"LEAK", "alice", "mail2news-" + today, "local.test", "carol", "dave"} {
 			if strings.Contains(log, s) {
 				t.Errorf("node%d's log contains %q", i+1, s)
 			}

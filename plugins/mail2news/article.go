@@ -77,6 +77,13 @@ func (g *gateway) buildArticle(m *sdk.Message, now time.Time) (*Article, error) 
 	if err != nil {
 		return nil, sdk.Permanent(554, "6.0", "mail2news: malformed header section")
 	}
+	// A bare CR ends a line for some news software and NUL truncates it
+	// for others: "Subject: x<CR>Control: cancel <id>" would become a
+	// control message downstream. The SMTP listener refuses bare CRs, but
+	// messages also arrive from the mixnet.
+	if hb := bytes.ReplaceAll(m.Header, []byte("\r\n"), nil); bytes.IndexByte(hb, '\r') >= 0 || bytes.IndexByte(hb, 0) >= 0 {
+		return nil, sdk.Permanent(554, "6.0", "mail2news: header section contains a bare CR or a NUL")
+	}
 	for _, f := range refusedFields {
 		if h.Has(f) {
 			return nil, sdk.Permanent(554, "7.1", "mail2news: %s header refused: no control messages, approvals, cancels or supersedes", f)

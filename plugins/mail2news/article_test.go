@@ -212,6 +212,20 @@ func TestRefusalsArePermanentWithReason(t *testing.T) {
 	}
 }
 
+// TestBareCROrNULInHeaderIsRefused: a header field with a bare CR (a
+// line break for some news software, so a Control field could ride in a
+// Subject) or a NUL is refused, not written into the article.
+func TestBareCROrNULInHeaderIsRefused(t *testing.T) {
+	g := testGateway(t, nil)
+	for _, h := range []string{"Newsgroups: alt.test\nSubject: x\rControl: cancel <a@b>", "Newsgroups: alt.test\nSubject: x\x00y",
+		"Newsgroups: alt.test\nSubject: x\n \rControl: cancel <a@b>"} {
+		_, err := g.buildArticle(msg(h, "b\n"), testNow)
+		if e := sdk.AsError(err); e == nil || e.Temporary || !strings.Contains(e.Message, "bare CR or a NUL") {
+			t.Errorf("%q: got %v, want a permanent refusal", h, err)
+		}
+	}
+}
+
 func TestConfigValidation(t *testing.T) {
 	pwFile := filepath.Join(t.TempDir(), "pw")
 	if err := os.WriteFile(pwFile, []byte("secret\n"), 0o600); err != nil {

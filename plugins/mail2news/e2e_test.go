@@ -155,6 +155,25 @@ func TestINN441IsPermanent(t *testing.T) {
 	}
 }
 
+// TestDuplicateHeaderFieldIsARefusalNotADuplicate: INN refuses an article
+// with a repeated header field with "441 Duplicate Subject header field"
+// (POST) or `437 Duplicate "Subject" header field` (IHAVE). That is a
+// permanent refusal with the code, not the "already have it" that counts
+// as posted: the article is not in the group.
+func TestDuplicateHeaderFieldIsARefusalNotADuplicate(t *testing.T) {
+	inn := peers.INN(t)
+	for method, code := range map[string]string{"post": "441", "ihave": "437"} {
+		p := startPlugin(t, map[string]any{"servers": []map[string]any{{"address": inn.Addr, "method": method}}})
+		err := deliver(t, p, newsMsg("dup-field-"+method, "Newsgroups: alt.test\nSubject: s\nSubject: t", "b\n"))
+		if e := sdk.AsError(err); e == nil || e.Temporary || !strings.Contains(e.Message, code) {
+			t.Errorf("%s: got %v, want a permanent failure carrying INN's %s", method, err, code)
+		}
+	}
+	if n, err := inn.GroupCount("alt.test", "", ""); err != nil || n != 0 {
+		t.Errorf("alt.test holds %d articles (%v), want 0", n, err)
+	}
+}
+
 // TestRepeatedPostingCountsAsSuccess: a posting repeated (the core retries
 // after a crash) is a success with IHAVE (435/437) and with POST (INN's
 // 441 duplicate), and the group holds the article once.

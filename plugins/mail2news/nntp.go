@@ -398,11 +398,18 @@ func (e *replyError) Unwrap() error { return e.err }
 
 func withText(e *sdk.Error, text string) error { return &replyError{err: e, text: text} }
 
-// isDuplicate recognises a duplicate Message-ID in a 441 reply text (INN
-// answers "435 Duplicate"; others say "duplicate" or "already").
+// isDuplicate recognises a duplicate Message-ID in a 441 or 437 reply
+// text (INN answers "435 Duplicate"; others say "duplicate" or
+// "already"). INN also refuses an article with a repeated header field as
+// `441 Duplicate Subject header field` (437 `Duplicate "Subject" header
+// field` for IHAVE): that is a refusal, and counting it as posted would
+// lose the article.
 func isDuplicate(text string) bool {
 	t := strings.ToLower(text)
-	return strings.HasPrefix(t, "435") || strings.Contains(t, "duplicate")
+	if strings.Contains(t, "header") || strings.Contains(t, "field") {
+		return false
+	}
+	return strings.HasPrefix(t, "435") || strings.Contains(t, "duplicate") || strings.Contains(t, "already")
 }
 
 // printable keeps at most n bytes of printable ASCII from a server reply.

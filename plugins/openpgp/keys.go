@@ -70,11 +70,19 @@ func (k *keyring) openRoot() (*os.Root, error) {
 	return root, nil
 }
 
-// fileName returns the key file name for addr, or "" when addr cannot be
-// one safe file name (it then has no key).
+// fileName returns the key file name for addr (ASCII letters in lower
+// case), or "" when addr cannot be one safe file name (it then has no
+// key).
 func fileName(addr string) string {
-	a := strings.ToLower(addr)
-	if a == "" || len(a) > 254 || !utf8.ValidString(a) || a[0] == '.' || !strings.Contains(a, "@") ||
+	// ASCII letters only: Unicode case mapping would give the Kelvin sign
+	// (U+212A) in "\u212Aarl@" the key of "karl@", another mailbox.
+	a := strings.Map(func(r rune) rune {
+		if r >= 'A' && r <= 'Z' {
+			return r + 'a' - 'A'
+		}
+		return r
+	}, addr)
+	if a == "" || len(a) > 254 || !utf8.ValidString(addr) || a[0] == '.' || !strings.Contains(a, "@") ||
 		strings.ContainsAny(a, "/\\\x00") {
 		return ""
 	}

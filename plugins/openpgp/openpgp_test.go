@@ -198,6 +198,11 @@ func TestUnusableKeyFilesCountAsNoKey(t *testing.T) {
 	if fileName("../x@example.net") != "" || fileName("Bob@Example.NET") != "bob@example.net.asc" {
 		t.Fatal("fileName does not refuse traversal or lower-case the address")
 	}
+	// Unicode case mapping must not lead another mailbox to karl's key:
+	// U+212A KELVIN SIGN lower-cases to "k".
+	if got := fileName("\u212Aarl@example.net"); got == "karl@example.net.asc" {
+		t.Fatalf("fileName maps a different mailbox to %q", got)
+	}
 }
 
 func TestWithoutProtectionTheInnerPartIsTheContentOnly(t *testing.T) {
@@ -272,5 +277,97 @@ func TestKeysDirWritableByOthersIsNotTrusted(t *testing.T) {
 	defer os.Chmod(keys, 0o700)
 	if _, err := s.Route(context.Background(), m); sdk.AsError(err) == nil || sdk.AsError(err).EnhancedCode() != "5.7.0" {
 		t.Fatalf("keys_dir 0777: want the key ignored (5.7.0 under reject), got %v", err)
+	}
+}
+
+// TestProtectedSubjectLeavesNoCopyOutside: with protect_subject, the
+// fields that repeat or describe the Subject (Outlook's Thread-Topic,
+// Keywords, Comments, Summary) are not left readable in the outer header,
+// whatever their spelling, and travel inside with the Subject.
+func TestProtectedSubjectLeavesNoCopyOutside(t *testing.T) {
+	keys := t.TempDir()
+	bob := goKey(t, keys, "bob@example.net", nil)
+	s := newTestStage(t, keys, policyReject, true)
+	m := &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"bob@example.net"}},
+		Header: []byte("From: a@example.org\r\nSubject: SECRET-1\r\nThread-Topic: SECRET-2\r\nkeywords: SECRET-3\r\n" +
+			"COMMENTS: SECRET-4\r\nSummary: SECRET-5\r\n\r\n"), Body: []byte("body\r\n")}
+	routes, err := s.Route(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := routes[0].Body
+	outer := enc[:bytes.Index(enc, []byte("\r\n\r\n"))]
+	if bytes.Contains(outer, []byte("SECRET")) {
+		t.Fatalf("outer header carries a protected value:\n%s", outer)
+	}
+	plain, err := decryptGo(t, enc, bob)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := 1; i <= 5; i++ {
+		if !bytes.Contains(plain, []byte("SECRET-"+string(rune('0'+i)))) {
+			t.Errorf("SECRET-%d is not inside:\n%s", i, plain)
+		}
+	}
+}
+
+// TestInlineBlockWithClearTextIsEncrypted: a text body that opens with an
+// armored PGP MESSAGE but carries clear text after it (or before it) is
+// not "encrypted already": it is encrypted, so the clear text is not
+// stored readable. The body that is only the block passes unchanged.
+func TestInlineBlockWithClearTextIsEncrypted(t *testing.T) {
+	keys := t.TempDir()
+	goKey(t, keys, "bob@example.net", nil)
+	s := newTestStage(t, keys, policyReject, false)
+	block := "-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA0j1c2RhcmsBB/9=\r\n=abcd\r\n-----END PGP MESSAGE-----\r\n"
+	for name, tc := range map[string]struct {
+		body      string
+		unchanged bool
+	}{
+		"block only":        {"\r\n" + block + "\r\n", true},
+		"clear text after":  {block + "\r\nCLEAR reply text\r\n", false},
+		"clear text before": {"CLEAR intro\r\n" + block, false},
+		"second block":      {block + "CLEAR\r\n" + block, false},
+	} {
+		m := &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"bob@example.net"}},
+			Header: []byte("From: a@example.org\r\nSubject: s\r\n\r\n"), Body: []byte(tc.body)}
+		routes, err := s.Route(context.Background(), m)
+		if err != nil || len(routes) != 1 {
+			t.Fatalf("%s: %v %v", name, routes, err)
+		}
+		if got := routes[0].Body == nil; got != tc.unchanged {
+			t.Errorf("%s: passed unchanged = %v, want %v", name, got, tc.unchanged)
+		}
+		if routes[0].Body != nil && bytes.Contains(routes[0].Body, []byte("CLEAR")) {
+			t.Errorf("%s: clear text in the stored copy", name)
+		}
+	}
+}
+
+// TestSMIMEPassesOnlyWhenItSaysEncrypted: application/pkcs7-mime passes
+// unchanged only with smime-type enveloped-data or authEnveloped-data.
+// Without smime-type it may be opaque signed-data (clear text in DER, as
+// older clients send it), so it is encrypted.
+func TestSMIMEPassesOnlyWhenItSaysEncrypted(t *testing.T) {
+	keys := t.TempDir()
+	goKey(t, keys, "bob@example.net", nil)
+	s := newTestStage(t, keys, policyReject, false)
+	for ctype, unchanged := range map[string]bool{
+		"application/pkcs7-mime; smime-type=enveloped-data; name=smime.p7m":      true,
+		"application/pkcs7-mime; smime-type=authEnveloped-data; name=smime.p7m":  true,
+		"application/x-pkcs7-mime; name=smime.p7m":                               false,
+		"application/pkcs7-mime; smime-type=signed-data; name=smime.p7m":         false,
+		"application/pkcs7-mime; smime-type=unknown-future-type; name=smime.p7m": false,
+	} {
+		m := &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"bob@example.net"}},
+			Header: []byte("From: a@example.org\r\nMIME-Version: 1.0\r\nContent-Type: " + ctype + "\r\nContent-Transfer-Encoding: base64\r\n\r\n"),
+			Body:   []byte("MIAGCSqGSIb3DQEHAqCAMIACAQExDzANBglghkgBZQMEAgEFADCABgkqhkiG9w0B\r\n")}
+		routes, err := s.Route(context.Background(), m)
+		if err != nil || len(routes) != 1 {
+			t.Fatalf("%s: %v %v", ctype, routes, err)
+		}
+		if got := routes[0].Body == nil; got != unchanged {
+			t.Errorf("%s: passed unchanged = %v, want %v", ctype, got, unchanged)
+		}
 	}
 }

@@ -25,6 +25,13 @@ var protectedFields = map[string]bool{
 	"Message-Id": true, "In-Reply-To": true, "References": true, "Followup-To": true,
 }
 
+// subjectLike are fields that repeat or summarize the Subject: Outlook
+// and Exchange copy it into Thread-Topic, and Keywords, Comments (RFC
+// 5322 §3.6.5) and Summary (RFC 5536 §3.2.12) describe the content. With
+// the Subject protected they go inside and are left out of the outer
+// header, or the obscured Subject would still be readable next to it.
+var subjectLike = map[string]bool{"thread-topic": true, "keywords": true, "comments": true, "summary": true}
+
 // split is a message's header section divided for PGP/MIME.
 type split struct {
 	outer   [][]byte // raw fields that stay outside, in order
@@ -59,7 +66,7 @@ func splitHeader(header []byte) (*split, error) {
 				s.ctype, s.params, _ = mime.ParseMediaType(f.Value())
 			}
 		default:
-			if protectedFields[key] {
+			if protectedFields[key] || subjectLike[strings.ToLower(key)] {
 				s.inside = append(s.inside, raw)
 			}
 			if strings.EqualFold(key, "Subject") {
@@ -79,24 +86,27 @@ func crlf(raw []byte) []byte {
 
 // alreadyEncrypted reports whether a message is encrypted end to end
 // already: PGP/MIME or any other multipart/encrypted (RFC 1847), S/MIME
-// enveloped data (RFC 8551 §3.3), or an inline OpenPGP message (a text
-// body whose first non-empty line opens an armored PGP MESSAGE).
+// enveloped or authEnveloped data (RFC 8551 §3.3, §3.4; smime-type
+// given), or an inline OpenPGP message (a text body that is one armored
+// PGP MESSAGE and nothing else, white space aside).
 func alreadyEncrypted(s *split, body []byte) bool {
 	switch s.ctype {
 	case "multipart/encrypted":
 		return true
 	case "application/pkcs7-mime", "application/x-pkcs7-mime":
+		// Only the types that are encrypted: an opaque signed-data, which
+		// older clients send without smime-type, is clear text in DER, and
+		// wrapping an encrypted one once more loses nothing.
 		st := strings.ToLower(s.params["smime-type"])
-		return st != "signed-data" && st != "certs-only" && st != "compressed-data"
+		return st == "enveloped-data" || st == "authenveloped-data"
 	case "", "text/plain":
-		rest := body
-		for len(rest) > 0 {
-			line, after, _ := bytes.Cut(rest, []byte("\n"))
-			if t := bytes.TrimSpace(line); len(t) > 0 {
-				return bytes.Equal(t, []byte("-----BEGIN PGP MESSAGE-----"))
-			}
-			rest = after
-		}
+		// The whole body must be the one armored message: text before or
+		// after it (a reply under an encrypted quote) would be stored in
+		// the clear.
+		t := bytes.TrimSpace(body)
+		return bytes.HasPrefix(t, []byte("-----BEGIN PGP MESSAGE-----")) &&
+			bytes.HasSuffix(t, []byte("\n-----END PGP MESSAGE-----")) &&
+			bytes.Count(t, []byte("-----BEGIN PGP")) == 1 && bytes.Count(t, []byte("-----END PGP")) == 1
 	}
 	return false
 }
@@ -140,9 +150,9 @@ func innerHeader(s *split, protect bool) []byte {
 
 // pgpMIME encrypts the message to keys and returns the whole PGP/MIME
 // message (RFC 3156 §4): the outer header fields as they were (Subject
-// replaced by "[...]" with protect), MIME-Version, a multipart/encrypted
-// Content-Type, then the version part and the armored OpenPGP message,
-// all CRLF and 7-bit. The ciphertext is armored straight into the result:
+// replaced by "[...]" and the subjectLike fields left out with protect),
+// MIME-Version, a multipart/encrypted Content-Type, then the version part
+// and the armored OpenPGP message, all CRLF and 7-bit. The ciphertext is armored straight into the result:
 // one copy of the message in memory besides the input.
 func pgpMIME(s *split, body []byte, keys openpgp.EntityList, protect bool) ([]byte, error) {
 	var rnd [16]byte
@@ -159,7 +169,7 @@ func pgpMIME(s *split, body []byte, keys openpgp.EntityList, protect bool) ([]by
 	out.Grow((len(inner)+len(body))*140/100 + 2048)
 	for _, f := range s.outer {
 		name, _, _ := bytes.Cut(f, []byte(":"))
-		if protect && strings.EqualFold(strings.TrimSpace(string(name)), "Subject") {
+		if n := strings.TrimSpace(string(name)); protect && (strings.EqualFold(n, "Subject") || subjectLike[strings.ToLower(n)]) {
 			continue
 		}
 		out.Write(f)

@@ -30,6 +30,19 @@ func (s *Stage) needs(rcpts []string) exitNeeds {
 	return n
 }
 
+// byKind splits the recipients into mail2news addresses and ordinary mail,
+// in their order.
+func (s *Stage) byKind(rcpts []string) (news, mail []string) {
+	for _, r := range rcpts {
+		if s.needs([]string{r}).news {
+			news = append(news, r)
+		} else {
+			mail = append(mail, r)
+		}
+	}
+	return news, mail
+}
+
 // exitsFor returns cands with exit set only on the nodes that can deliver
 // every recipient: exit for mail, mail2news for news, both for a message
 // with both. Other nodes stay usable as middle hops. A message for

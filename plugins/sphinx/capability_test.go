@@ -1,7 +1,12 @@
 package main
 
 import (
+	"bytes"
+	"context"
 	"crypto/rand"
+	"maps"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/mixmta/mixmta/sdk"
@@ -88,5 +93,50 @@ func TestMail2NewsNodeAcceptsFragments(t *testing.T) {
 	st, _ = newMixState(sdk.MixState{Self: self, Nodes: []sdk.DirectoryNode{{ID: self}}})
 	if st.selfExit {
 		t.Fatal("a node without exit or mail2news takes exit fragments")
+	}
+}
+
+// TestMixedMessageTravelsAsOneMessagePerKind: a message for a mail2news
+// address and for ordinary mail, with no node that has both capabilities
+// (an exit has one deliverer, which posts news or delivers mail), goes as
+// two messages: the news recipient's to the mail2news node, the mail
+// recipient's to an exit, each carrying only its own recipients.
+func TestMixedMessageTravelsAsOneMessagePerKind(t *testing.T) {
+	cfg := testConfig()
+	cfg.Mail2NewsLocalPart = "mail2news"
+	net := newTestNet(t, 6, cfg, 3, 4)
+	net.nodes[5].news = true
+	net.push()
+	m := testMessage(1<<10, 1)
+	m.Envelope.RcptTo = []string{"bob@example.net", "mail2news@gw.example", "carol@example.org"}
+	routes, err := net.nodes[0].stage.Route(context.Background(), m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	byRcpts := map[string][]sdk.Route{}
+	for _, r := range routes {
+		byRcpts[strings.Join(r.RcptTo, ",")] = append(byRcpts[strings.Join(r.RcptTo, ",")], r)
+	}
+	want := map[string]map[string]bool{
+		"mail2news@gw.example":              {"node5": true},
+		"bob@example.net,carol@example.org": {"node3": true, "node4": true},
+	}
+	if len(byRcpts) != len(want) {
+		t.Fatalf("routes for %d recipient sets, want %d: %q", len(byRcpts), len(want), slices.Sorted(maps.Keys(byRcpts)))
+	}
+	for rcpts, exits := range want {
+		frags, paths := net.deliverAll(byRcpts[rcpts])
+		for _, p := range paths {
+			if last := p[len(p)-1]; !exits[last.name] {
+				t.Errorf("%s: exit %s, want one of %v", rcpts, last.name, exits)
+			}
+		}
+		got, err := net.nodes[5].stage.Assemble(context.Background(), concat(frags))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if strings.Join(got.Envelope.RcptTo, ",") != rcpts || !bytes.Equal(got.Body, m.Body) {
+			t.Errorf("%s: assembled recipients %q, body intact %v", rcpts, got.Envelope.RcptTo, bytes.Equal(got.Body, m.Body))
+		}
 	}
 }

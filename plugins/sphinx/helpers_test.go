@@ -32,6 +32,7 @@ type testNode struct {
 	id      sdk.NodeID
 	name    string
 	exit    bool
+	news    bool // capability mail2news
 	healthy bool
 	keys    map[uint64]*ecdh.PrivateKey
 	stage   *Stage
@@ -123,6 +124,9 @@ func (net *testNet) directory() []sdk.DirectoryNode {
 	var dir []sdk.DirectoryNode
 	for _, nd := range net.nodes {
 		dn := sdk.DirectoryNode{ID: nd.id, Name: nd.name, Exit: nd.exit, Healthy: nd.healthy}
+		if nd.news {
+			dn.Capabilities = []string{sdk.CapMail2News}
+		}
 		for e := range nd.keys {
 			dn.Keys = append(dn.Keys, nd.epochKey(e))
 		}

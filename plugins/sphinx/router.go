@@ -39,11 +39,33 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	if size := int64(len(m.Header)) + int64(len(m.Body)); size > s.maxMessage {
 		return nil, sdk.Permanent(552, "3.4", "sphinx: message of %d bytes exceeds max_message_bytes (%d)", size, s.maxMessage)
 	}
+	news, mail := s.byKind(m.Envelope.RcptTo)
+	if len(news) == 0 || len(mail) == 0 {
+		return s.route(ctx, st, m.Envelope, m)
+	}
+	// An exit hands a message to its one deliverer, which either posts
+	// news or delivers mail: the recipients of each kind travel as a
+	// message of their own, each to an exit for its kind.
+	var routes []sdk.Route
+	for _, rcpts := range [][]string{news, mail} {
+		env := m.Envelope
+		env.RcptTo = rcpts
+		r, err := s.route(ctx, st, env, m)
+		if err != nil {
+			return nil, err
+		}
+		routes = append(routes, r...)
+	}
+	return routes, nil
+}
+
+// route builds the packets of m for the recipients of env.
+func (s *Stage) route(ctx context.Context, st *mixState, env sdk.Envelope, m *sdk.Message) ([]sdk.Route, error) {
 	// Fail before any work when no path exists. Every fragment takes this
 	// path: fragments on paths of their own would give an adversary who
 	// holds the exit one chance per fragment to hold the rest of a path.
 	// Its exit must deliver to every recipient (exitsFor: mail2news).
-	cands, err := exitsFor(st.candidates, s.needs(m.Envelope.RcptTo))
+	cands, err := exitsFor(st.candidates, s.needs(env.RcptTo))
 	if err != nil {
 		return nil, err
 	}
@@ -54,7 +76,6 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	// The packet carries the null sender whatever came in: the entry's
 	// sanitize stage should already have set it, and an exit must never
 	// learn a sender even from a pipeline that forgot to.
-	env := m.Envelope
 	env.MailFrom = ""
 	im, err := encodeInner(env, m.Header, m.Body)
 	if err != nil {
@@ -69,7 +90,7 @@ func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) 
 	if _, err := io.ReadFull(s.rand, id[:]); err != nil {
 		return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
 	}
-	rcpts := slices.Clone(m.Envelope.RcptTo)
+	rcpts := slices.Clone(env.RcptTo)
 	padded := int64(count) * int64(s.fragData)
 	src := io.MultiReader(im.reader(), io.LimitReader(zeros{}, padded-im.size))
 	payload := make([]byte, fragmentHeaderSize+s.fragData)
