@@ -29,6 +29,9 @@ func TestFogProfileDeliversOnFourNodes(t *testing.T) {
 		"pipeline.exit-delay.config": map[string]any{"mean": "3s", "min": "2s", "max": "24s"},
 		"mix.hop_delay.config":       map[string]any{"mean": "300ms", "max": "6s"},
 		"scheduler.window":           "300ms",
+		// Links over direct TCP here; TestMixnetOverOnionServices runs
+		// the mixnet over Tor.
+		"tor": nil,
 	})
 	m.waitHealthy(t)
 	const msgs = 6

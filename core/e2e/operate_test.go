@@ -207,12 +207,18 @@ func TestMetricsHaveBuildInfoLatencyAndProcess(t *testing.T) {
 	if !sink.WaitCount(3, 20*time.Second) {
 		t.Fatalf("sink has %d, want 3", sink.Count())
 	}
-	resp, err := http.Get("http://" + metrics + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
+	// The sink has a message a moment before the engine records its
+	// delivery: wait for the histogram to count all three.
+	var b []byte
+	waitFor(t, 10*time.Second, "3 deliveries in the latency histogram", func() bool {
+		resp, err := http.Get("http://" + metrics + "/metrics")
+		if err != nil {
+			return false
+		}
+		b, _ = io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return strings.Contains(string(b), "mixmta_delivery_latency_seconds_count 3")
+	})
 	for _, want := range []string{
 		`mixmta_build_info{goversion="go`,
 		`mixmta_delivery_latency_seconds_count 3`,

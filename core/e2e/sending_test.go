@@ -114,6 +114,8 @@ func TestSendingRateIgnoresUserTraffic(t *testing.T) {
 	sink := peers.SmtpSink(t)
 	m := startMixnet(t, 4, sink.Addr, map[string]any{
 		"mix.send_rate": 5,
+		// 51 sessions at once from this one client
+		"listeners.0.max_sessions_per_client": 100,
 	})
 	m.waitHealthy(t)
 	log := filepath.Join(m.dir, "node1", "frames.log")

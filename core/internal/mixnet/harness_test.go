@@ -425,6 +425,9 @@ type nodeOptions struct {
 	keys               *nodes.KeyStore
 	// ackTime is Config.AckTime (0: the default).
 	ackTime time.Duration
+	// sendRate is Config.SendRate, λ_P (0: 1e-9/s, no tick in a test's
+	// lifetime, so the node sends only what the test makes it send).
+	sendRate float64
 }
 
 // harness is the node under test: engine, queue, mixer, node.
@@ -498,6 +501,10 @@ func (h *harness) start() {
 		ProbeInterval: h.opt.probe,
 		ExitStage:     1,
 		AckTime:       h.opt.ackTime,
+		SendRate:      h.opt.sendRate,
+	}
+	if cfg.SendRate == 0 {
+		cfg.SendRate = 1e-9
 	}
 	ks := h.self.ks
 	if h.opt.epochLength != 0 {

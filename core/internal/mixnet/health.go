@@ -17,8 +17,8 @@ import (
 // returned loop between them, before it is marked down).
 const (
 	loopQuantile      = 0.999
-	loopDelaySamples  = 4000  // hop delays drawn from the hop delay stage
-	loopSums          = 20000 // Monte Carlo sums per path length
+	loopDelaySamples  = 20000  // hop delays drawn from the hop delay stage
+	loopSums          = 200000 // Monte Carlo sums per path length (200 beyond the 99.9 % quantile)
 	loopTimeoutMargin = 10 * time.Second
 )
 
