@@ -1,8 +1,13 @@
 package smtpd
 
 import (
+	"bufio"
 	"fmt"
+	"net"
+	"os/exec"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -220,4 +225,119 @@ func TestMinDataRate(t *testing.T) {
 	if n := len(sink.all()); n != 1 {
 		t.Errorf("%d messages stored, want only the steady one", n)
 	}
+}
+
+// TestPerClientLimitsGroupAnIPv6Slash64: a client given an IPv6 /64 (the
+// usual assignment to one host or site) cannot multiply the per-client
+// session cap or rate limit by using a new address for each connection.
+// The test runs the listener and the clients in a network namespace of
+// its own, where lo carries several addresses of 2001:db8:1::/64 and one
+// of 2001:db8:2::/64.
+func TestPerClientLimitsGroupAnIPv6Slash64(t *testing.T) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The thread is left in the namespace: it ends with the goroutine.
+		runtime.LockOSThread()
+		if err := syscall.Unshare(syscall.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+			return
+		}
+		for _, args := range [][]string{
+			{"link", "set", "lo", "up"},
+			{"-6", "addr", "add", "2001:db8:1::1/64", "dev", "lo", "nodad"},
+			{"-6", "addr", "add", "2001:db8:1::2/64", "dev", "lo", "nodad"},
+			{"-6", "addr", "add", "2001:db8:1::3/64", "dev", "lo", "nodad"},
+			{"-6", "addr", "add", "2001:db8:2::1/64", "dev", "lo", "nodad"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Errorf("ip %v: %v %s", args, err, out)
+				return
+			}
+		}
+		s, sink := startServer(t, testListener(func(l *config.Listener) {
+			l.Address = "[2001:db8:1::1]:0"
+			l.MaxSessionsPerClient = 1
+			l.Relay.RateLimit = &config.RateLimit{Messages: 1, Per: sdk.Duration(time.Hour), Burst: 1}
+		}))
+		greet := func(local string) (*bufio.Reader, net.Conn, string) {
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+			c, err := d.Dial("tcp", s.Addr().String())
+			if err != nil {
+				t.Errorf("dial from %s: %v", local, err)
+				return nil, nil, ""
+			}
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			r := bufio.NewReader(c)
+			line, _ := r.ReadString('\n')
+			return r, c, line
+		}
+		r, held, got := greet("2001:db8:1::2")
+		if held == nil {
+			return
+		}
+		defer held.Close()
+		if !strings.HasPrefix(got, "220") {
+			t.Errorf("first session: %q", got)
+		}
+		if _, c, got := greet("2001:db8:1::3"); c != nil {
+			c.Close()
+			if !strings.HasPrefix(got, "421 4.7.0") {
+				t.Errorf("second session from the same /64: %q, want 421 4.7.0", got)
+			}
+		}
+		_, other, got := greet("2001:db8:2::1")
+		if other == nil {
+			return
+		}
+		defer other.Close()
+		if !strings.HasPrefix(got, "220") {
+			t.Errorf("session from another /64: %q, want 220", got)
+		}
+
+		// Rate limit: one message per hour per client; the held session
+		// sends it, a session from a sibling address is refused at MAIL.
+		send := func(c net.Conn, r *bufio.Reader, cmds ...string) string {
+			var line string
+			for _, cmd := range cmds {
+				fmt.Fprint(c, cmd+"\r\n")
+				for {
+					line, _ = r.ReadString('\n')
+					if len(line) < 4 || line[3] != '-' {
+						break
+					}
+				}
+			}
+			return line
+		}
+		if got := send(held, r, "EHLO a.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA", "Subject: one\r\n\r\nbody\r\n."); !strings.HasPrefix(got, "250") {
+			t.Errorf("first message: %q", got)
+		}
+		send(held, r, "QUIT")
+		held.Close()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			r2, c2, got := greet("2001:db8:1::3")
+			if c2 == nil {
+				return
+			}
+			if strings.HasPrefix(got, "220") {
+				if got := send(c2, r2, "EHLO a.example", "MAIL FROM:<a@example.org>"); !strings.HasPrefix(got, "450 4.7.1") {
+					t.Errorf("MAIL from a sibling address past the rate limit: %q, want 450 4.7.1", got)
+				}
+				c2.Close()
+				break
+			}
+			c2.Close()
+			if time.Now().After(deadline) {
+				t.Errorf("slot not freed: %q", got)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n := len(sink.all()); n != 1 {
+			t.Errorf("%d messages stored, want 1", n)
+		}
+	}()
+	<-done
 }

@@ -228,7 +228,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		}
 		from = m.String()
 	}
-	if ss.s.limiter != nil && !ss.s.limiter.allow(ss.ip, time.Now()) {
+	if ss.s.limiter != nil && !ss.s.limiter.allow(clientKey(ss.ip), time.Now()) {
 		return ss.reject(smtpErr(450, smtp.EnhancedCode{4, 7, 1}, "Rate limit exceeded, try again later"), "MAIL")
 	}
 	if err := ss.checkSpace(mailSize(opts), "MAIL"); err != nil {
