@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bufio"
+	"errors"
 	"fmt"
 	"net"
 	"os/exec"
@@ -263,6 +264,11 @@ func TestPerClientLimitsGroupAnIPv6Slash64(t *testing.T) {
 		greet := func(local string) (*bufio.Reader, net.Conn, string) {
 			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
 			c, err := d.Dial("tcp", s.Addr().String())
+			// The kernel may take a moment to route new addresses.
+			for end := time.Now().Add(5 * time.Second); errors.Is(err, syscall.ENETUNREACH) && time.Now().Before(end); {
+				time.Sleep(50 * time.Millisecond)
+				c, err = d.Dial("tcp", s.Addr().String())
+			}
 			if err != nil {
 				t.Errorf("dial from %s: %v", local, err)
 				return nil, nil, ""
