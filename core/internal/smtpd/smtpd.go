@@ -363,6 +363,15 @@ func (ss *session) Data(r io.Reader) error {
 	for {
 		n, rerr := br.Read(buf)
 		if n > 0 {
+			// Checked as the body arrives, not only at MAIL and at the
+			// end: sessions streaming at once without SIZE would
+			// otherwise fill the disk together, and a full disk under
+			// the queue's memory-mapped writes crashes the daemon.
+			if err := ss.checkSpace(int64(n), "DATA"); err != nil {
+				body.Abort()
+				_, _ = io.Copy(io.Discard, br)
+				return err
+			}
 			if _, werr := body.Write(buf[:n]); werr != nil {
 				body.Abort()
 				_, _ = io.Copy(io.Discard, br)
