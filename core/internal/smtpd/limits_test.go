@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -12,7 +13,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/core/internal/stats"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -346,4 +350,44 @@ func TestPerClientLimitsGroupAnIPv6Slash64(t *testing.T) {
 		}
 	}()
 	<-done
+}
+
+// failingChecker fails every check with err.
+type failingChecker struct{ err error }
+
+func (f failingChecker) Name() string                              { return "failing" }
+func (f failingChecker) Check(context.Context, *sdk.Message) error { return f.err }
+
+// TestCheckerFailureRepliesCarryNoInternals: a checker that fails with a
+// Go error, or whose plugin crashed (a transport error), gets the client
+// 451 4.3.0 with a fixed text: no Go error text, socket path or plugin
+// name. A checker's own *sdk.Error keeps its code and text.
+func TestCheckerFailureRepliesCarryNoInternals(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{errors.New("dial unix /tmp/plugin3141592: connect: connection refused"), "451 4.3.0 Temporary local problem"},
+		{&sdk.TransportError{Err: errors.New("rpc error: code = Unavailable desc = error reading from server: EOF")}, "451 4.3.0 Temporary local problem"},
+		{sdk.Temporary(450, "7.1", "Greylisted, try again later"), "450 4.7.1 Greylisted, try again later"},
+	} {
+		sink := newMemSink(t)
+		s, err := New(testListener(nil), "mx.test.invalid", sink, []Checker{failingChecker{tc.err}}, &stats.Counters{}, hclog.NewNullLogger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		go s.Serve()
+		c := dial(t, s, "").hello()
+		c.expect("MAIL FROM:<a@example.org>", "250")
+		got := c.expect("RCPT TO:<b@example.net>", tc.want)
+		for _, bad := range []string{"/tmp", "unix", "rpc", "EOF", "plugin"} {
+			if strings.Contains(got, bad) {
+				t.Errorf("reply %q carries %q", got, bad)
+			}
+		}
+		s.smtp.Close()
+	}
 }

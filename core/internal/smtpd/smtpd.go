@@ -312,8 +312,14 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 // toSMTP maps a stage error to an SMTP reply; anything that is not an
-// *sdk.Error becomes 451 4.3.0 (never lose mail on a plugin bug).
+// *sdk.Error, and a plugin that crashed or cannot be reached, becomes 451
+// 4.3.0 with a fixed text (never lose mail on a plugin bug, and never show
+// the client Go error text, socket paths or plugin names).
 func toSMTP(err error) *smtp.SMTPError {
+	var se *sdk.Error
+	if !errors.As(err, &se) || sdk.IsTransport(err) {
+		return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Temporary local problem, try again later")
+	}
 	e := sdk.AsError(err)
 	code := e.SMTPCode()
 	var enh smtp.EnhancedCode
