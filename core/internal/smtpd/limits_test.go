@@ -6,7 +6,9 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"syscall"
@@ -390,4 +392,49 @@ func TestCheckerFailureRepliesCarryNoInternals(t *testing.T) {
 		}
 		s.smtp.Close()
 	}
+}
+
+// TestMappedDomainIsDeliveredAsJudged: an SMTPUTF8 recipient whose domain
+// is a local domain only after UTS #46 mapping (fullwidth letters, an
+// ideographic full stop, a soft hyphen) is queued with the domain the
+// policy compared, not the client's spelling.
+func TestMappedDomainIsDeliveredAsJudged(t *testing.T) {
+	s, sink := startServer(t, testListener(nil))
+	for _, rcpt := range []string{"bob@ｅｘａｍｐｌｅ.net", "bob@example\u3002net", "bob@exa\u00admple.net", "bob@EXAMPLE.net"} {
+		c := dial(t, s, "").hello()
+		c.expect("MAIL FROM:<a@example.org> SMTPUTF8", "250")
+		c.expect("RCPT TO:<"+rcpt+">", "250")
+		c.expect("DATA", "354")
+		fmt.Fprint(c.c, "Subject: idn\r\n\r\nbody\r\n.\r\n")
+		c.expect("", "250")
+	}
+	var got []string
+	for _, m := range sink.all() {
+		got = append(got, m.env.RcptTo...)
+	}
+	want := []string{"bob@example.net", "bob@example.net", "bob@example.net", "bob@EXAMPLE.net"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("queued recipients %q, want %q", got, want)
+	}
+}
+
+// TestBlockListCatchesEveryIDNASpelling: an opted-out domain is refused
+// whether the client spells it in ASCII, with fullwidth letters, or with
+// the U-labels of an entry (entries are A-labels).
+func TestBlockListCatchesEveryIDNASpelling(t *testing.T) {
+	blk := filepath.Join(t.TempDir(), "dest.blk")
+	if err := os.WriteFile(blk, []byte("@optout.example\n@xn--mller-kva.example\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := startServer(t, testListener(func(l *config.Listener) {
+		l.Relay.Anyone = true
+		l.Relay.RateLimit = &config.RateLimit{Messages: 100, Per: sdk.Duration(time.Hour)}
+		l.Relay.DestinationBlockFile = blk
+	}))
+	c := dial(t, s, "").hello()
+	c.expect("MAIL FROM:<a@example.org> SMTPUTF8", "250")
+	for _, rcpt := range []string{"bob@optout.example", "bob@ｏｐｔｏｕｔ.example", "bob@xn--mller-kva.example", "bob@müller.example", "bob@MÜLLER.example"} {
+		c.expect("RCPT TO:<"+rcpt+">", "550 5.7.1")
+	}
+	c.expect("RCPT TO:<bob@elsewhere.example>", "250")
 }

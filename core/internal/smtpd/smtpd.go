@@ -280,9 +280,18 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if err != nil {
 		return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 3}, "recipient"), "RCPT")
 	}
+	domain := asciiDomain(m.domain)
+	// A non-ASCII domain goes on in the form the policy below judges: UTS
+	// #46 maps fullwidth letters, U+3002 dots and soft hyphens before the
+	// comparison with local_domains, and the next MTA must not be handed
+	// a spelling it might read differently.
+	if domain != m.domain && !isASCII(m.domain) {
+		if u, err := lookupProfile.ToUnicode(domain); err == nil {
+			m.domain = u
+		}
+	}
 	// The queue gets the address exactly as the policy below judged it.
 	to = m.String()
-	domain := asciiDomain(m.domain)
 	if m.routed() && !ss.mayRelay() {
 		return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Sender-specified routing (%, !, or a second @) is not allowed"), "RCPT")
 	}
@@ -290,7 +299,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		if !ss.mayRelay() {
 			return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Relaying denied"), "RCPT")
 		}
-		if ss.s.blocks != nil && ss.s.blocks.Blocked(to) {
+		if ss.s.blocked(m, domain) {
 			return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Recipient has opted out of anonymous mail"), "RCPT")
 		}
 		if max := ss.s.cfg.Relay.MaxRecipients; max > 0 && ss.relayed >= max {
@@ -309,6 +318,13 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	ss.env.RcptTo = env.RcptTo
 	return nil
+}
+
+// blocked reports whether the destination block list opts m out. Its
+// entries are A-labels, so the domain is also tried as ascii (its
+// asciiDomain): a client writing U-labels must not pass an opt-out.
+func (s *Server) blocked(m mailbox, ascii string) bool {
+	return s.blocks != nil && (s.blocks.Blocked(m.String()) || s.blocks.Blocked(mailbox{m.local, ascii}.String()))
 }
 
 // toSMTP maps a stage error to an SMTP reply; anything that is not an
