@@ -330,7 +330,7 @@ func (s *Server) blocked(m mailbox, ascii string) bool {
 // toSMTP maps a stage error to an SMTP reply; anything that is not an
 // *sdk.Error, and a plugin that crashed or cannot be reached, becomes 451
 // 4.3.0 with a fixed text (never lose mail on a plugin bug, and never show
-// the client Go error text, socket paths or plugin names).
+// the client Go error text or socket paths).
 func toSMTP(err error) *smtp.SMTPError {
 	var se *sdk.Error
 	if !errors.As(err, &se) || sdk.IsTransport(err) {
