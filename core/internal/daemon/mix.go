@@ -116,6 +116,14 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 	}
 	parts.transport = tr
 	exitStage := mixIdx + 1
+	var blocks *config.BlockList // nil blocks nothing
+	if f := m.DestinationBlockFile; f != "" {
+		if blocks, err = config.ReadBlockList(f); err != nil {
+			tr.Close()
+			hd.Close()
+			return fmt.Errorf("mix.destination_block_file: %w", err)
+		}
+	}
 	node := mixnet.New(mixnet.Config{
 		PacketSize:    m.PacketSize,
 		EpochLength:   m.Epoch.D(),
@@ -125,6 +133,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 		DropRate:      m.Cover.DropRate,
 		LoopRate:      m.Cover.LoopRate,
 		ExitStage:     exitStage,
+		Blocked:       blocks.Blocked,
 	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &links{t: tr, dir: dir}, log)
 	parts.node, parts.dir, parts.self = node, dir, id.ID()
 	d.engine.SetPacketHandler(node)

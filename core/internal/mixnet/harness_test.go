@@ -412,6 +412,8 @@ type nodeOptions struct {
 	quiet bool
 	// links, if set, replaces the recording links.
 	links *fakeLinks
+	// blocked is the exit's destination opt-out check (nil: none).
+	blocked func(string) bool
 }
 
 // harness is the node under test: engine, queue, mixer, node.
@@ -484,6 +486,7 @@ func (h *harness) start() {
 		Grace:         grace,
 		ProbeInterval: h.opt.probe,
 		ExitStage:     1,
+		Blocked:       h.opt.blocked,
 	}, h.self.ID(), eng, h.mixer, fixedDelay{h.opt.hopDelay}, clockKeys{h.self.ks, h.clock}, directory{h.net.dir}, h.links, h.log)
 	eng.SetPacketHandler(node)
 	ctx, cancel := context.WithCancel(context.Background())
