@@ -299,7 +299,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		if !ss.mayRelay() {
 			return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Relaying denied"), "RCPT")
 		}
-		if ss.s.blocked(m, domain) {
+		if ss.s.blocks.Blocked(to) {
 			return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Recipient has opted out of anonymous mail"), "RCPT")
 		}
 		if max := ss.s.cfg.Relay.MaxRecipients; max > 0 && ss.relayed >= max {
@@ -318,13 +318,6 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	}
 	ss.env.RcptTo = env.RcptTo
 	return nil
-}
-
-// blocked reports whether the destination block list opts m out. Its
-// entries are A-labels, so the domain is also tried as ascii (its
-// asciiDomain): a client writing U-labels must not pass an opt-out.
-func (s *Server) blocked(m mailbox, ascii string) bool {
-	return s.blocks != nil && (s.blocks.Blocked(m.String()) || s.blocks.Blocked(mailbox{m.local, ascii}.String()))
 }
 
 // toSMTP maps a stage error to an SMTP reply; anything that is not an
