@@ -12,7 +12,7 @@ BIN     := bin
 CONFIG  ?= configs/local.yaml
 VERSION ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 # Debian packages the tests start as real peers.
-TEST_PKGS := swaks postfix inn2 dnsmasq-base tor torsocks libnet-ssleay-perl libio-socket-inet6-perl libnet-dns-perl dovecot-core dovecot-lmtpd python3-dkim gnupg openssl
+TEST_PKGS := swaks postfix inn2 dnsmasq-base tor torsocks libnet-ssleay-perl libio-socket-inet6-perl libnet-dns-perl dovecot-core dovecot-lmtpd python3-dkim gnupg openssl iproute2
 GOTEST_TIMEOUT ?= 25m
 
 .PHONY: build run run-single test test-deps bench fuzz proto fmt vet clean

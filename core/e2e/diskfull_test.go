@@ -208,3 +208,90 @@ pipeline:
 	}
 	t.Logf("%d messages acknowledged, all delivered once", len(acked))
 }
+
+// TestDiskFullConcurrentStreamsGet452NoCrash: free space is just above
+// the reserve when 12 sessions, each declaring no SIZE (so MAIL passes),
+// stream 8 MiB bodies at once: together far more than the space left.
+// Streaming stops at the reserve: each session ends with 250 or 452
+// 4.3.1, the daemon never crashes, and every 250'd message is delivered
+// once space returns.
+func TestDiskFullConcurrentStreamsGet452NoCrash(t *testing.T) {
+	sink := peers.SmtpSink(t)
+	mnt := smallTmpfs(t, 200)
+	const reserve = 64 << 20
+	addr := freeAddr(t)
+	data := filepath.Join(mnt, "data")
+	cfg, _ := profile(t, fmt.Sprintf(`hostname: mixmta.invalid
+log:
+  level: info
+queue:
+  free_space_reserve: %d
+listeners:
+  - name: in
+    address: %s
+    max_message_bytes: 33554432
+    relay:
+      networks: [127.0.0.1/32]
+pipeline:
+  - name: deliver
+    plugin: onionmx
+    config:
+      relay_host: %s
+      tls: none
+`, reserve, addr, sink.Addr), map[string]any{"data_dir": data})
+	n := startNode(t, cfg, data, addr)
+	pid := n.pid()
+	filler := fillTo(t, mnt, reserve+8<<20)
+
+	type result struct {
+		tok, reply string
+		err        error
+	}
+	results := make(chan result, 12)
+	for i := 0; i < 12; i++ {
+		go func() {
+			tok := fmt.Sprintf("tok-97-%06d-%016x", i, time.Now().UnixNano())
+			r, err := sendReply(addr, tok, 8<<20)
+			results <- result{tok, r, err}
+		}()
+	}
+	replies := map[string]int{}
+	var acked []string
+	for i := 0; i < 12; i++ {
+		r := <-results
+		if r.err != nil {
+			t.Errorf("session %s: %v (daemon alive: %v)", r.tok, r.err, alive(pid))
+			continue
+		}
+		replies[r.reply]++
+		if r.reply == "250" {
+			acked = append(acked, r.tok)
+		}
+	}
+	t.Logf("replies to 12 concurrent 8 MiB streams: %v", replies)
+	if !alive(pid) {
+		t.Fatalf("the daemon died:\n%s", tailLines(n.log(), 30))
+	}
+	for r := range replies {
+		if r != "250" && r != "DATA 452 4.3.1" && r != "MAIL 452 4.3.1" {
+			t.Errorf("unexpected reply %q", r)
+		}
+	}
+	if replies["DATA 452 4.3.1"]+replies["MAIL 452 4.3.1"] == 0 {
+		t.Errorf("no 452 4.3.1 although 96 MiB were streamed into 8 MiB above the reserve: %v", replies)
+	}
+	if err := os.Remove(filler); err != nil {
+		t.Fatal(err)
+	}
+	got := waitTokens(t, sink, acked, 90*time.Second)
+	for _, tok := range acked {
+		if got[tok] != 1 {
+			t.Errorf("message %s delivered %d times, want once", tok, got[tok])
+		}
+	}
+	for _, bad := range []string{"SIGBUS", "panic:", "fatal error"} {
+		if strings.Contains(n.log(), bad) {
+			t.Fatalf("the log shows %q:\n%s", bad, tailLines(n.log(), 40))
+		}
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"os"
 	"regexp"
 	"strings"
+
+	"golang.org/x/net/idna"
 )
 
 // BlockList is a destination opt-out list in the style of Mixmaster's
@@ -95,6 +97,18 @@ func (b *BlockList) Blocked(addr string) bool {
 	if b == nil {
 		return false
 	}
+	// Entries are A-labels; a recipient written with U-labels, fullwidth
+	// letters or U+3002 dots (SMTPUTF8, or an inner message at a mixnet
+	// exit) is the same mailbox and must not pass its opt-out.
+	if at := strings.LastIndexByte(addr, '@'); at >= 0 {
+		if d, err := idna.Lookup.ToASCII(addr[at+1:]); err == nil && d != addr[at+1:] && b.blocked(addr[:at+1]+d) {
+			return true
+		}
+	}
+	return b.blocked(addr)
+}
+
+func (b *BlockList) blocked(addr string) bool {
 	a := normAddr(addr)
 	if b.addrs[a] {
 		return true

@@ -84,3 +84,21 @@ func TestReadBlockList(t *testing.T) {
 		t.Errorf("missing file: want os.ErrNotExist, got %v", err)
 	}
 }
+
+// TestBlockListCatchesUnicodeSpellings: an entry (A-labels) also blocks
+// the recipient written with U-labels, fullwidth letters or an
+// ideographic full stop.
+func TestBlockListCatchesUnicodeSpellings(t *testing.T) {
+	b, err := ParseBlockList("dest.blk", []byte("@optout.example\n@xn--mller-kva.example\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{"bob@ｏｐｔｏｕｔ.example", "bob@optout\u3002example", "bob@müller.example", "bob@MÜLLER.example"} {
+		if !b.Blocked(a) {
+			t.Errorf("%q passes the opt-out", a)
+		}
+	}
+	if b.Blocked("bob@elsewhere.example") {
+		t.Error("an unlisted domain is blocked")
+	}
+}

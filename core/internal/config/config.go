@@ -338,6 +338,11 @@ type Mix struct {
 	// FrameLog, if set, is a file that receives one line per frame on the
 	// mix links (direction, peer, size): a test and debugging aid.
 	FrameLog string `yaml:"frame_log"`
+	// DestinationBlockFile is the exit's destination opt-out list (the
+	// ReadBlockList format): a message reassembled here is not delivered
+	// to a recipient it lists. Mail from the mixnet never passes a
+	// listener, so a listener's list does not apply to it.
+	DestinationBlockFile string `yaml:"destination_block_file"`
 }
 
 // MixCover sets cover traffic: Poisson processes, in packets per second.

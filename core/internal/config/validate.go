@@ -335,6 +335,16 @@ func (c *Config) checkFiles() error {
 		e.add(c.Line(path), "%s: cannot read %q: %v%s", path, file, err, hint)
 		return false
 	}
+	if c.Mix != nil && c.Mix.DestinationBlockFile != "" && read("mix.destination_block_file", c.Mix.DestinationBlockFile) {
+		if _, err := ReadBlockList(c.Mix.DestinationBlockFile); err != nil {
+			var bl ErrorList
+			if errors.As(err, &bl) {
+				e.list = append(e.list, bl...)
+			} else {
+				e.add(c.Line("mix.destination_block_file"), "mix.destination_block_file: %v", err)
+			}
+		}
+	}
 	for i, l := range c.Listeners {
 		p := fmt.Sprintf("listeners[%d]", i)
 		if l.TLS != nil {

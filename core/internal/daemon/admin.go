@@ -260,6 +260,8 @@ func AdminCall(cfg *config.Config, method, path string, out any) error {
 // addresses are asked for.
 type ItemDetail struct {
 	ItemView
+	// Header is the header section; without addresses, the address fields
+	// are left out and addresses elsewhere are replaced by "***".
 	Header string `json:"header"`
 	// HeaderHidden lists the fields left out for privacy.
 	HeaderHidden []string `json:"header_hidden,omitempty"`
@@ -301,7 +303,10 @@ func ShowItem(cfg *config.Config, q *queue.Queue, id queue.ID, addresses bool, w
 			}
 		}
 		if !skip {
-			b.WriteString(line)
+			// Any other field may carry an address too (Disposition-
+			// Notification-To, Authentication-Results' smtp.mailfrom,
+			// a DKIM i=, a Subject): redacted where it appears.
+			b.WriteString(pipeline.RedactAddresses(line))
 		}
 	}
 	d.Header = b.String()

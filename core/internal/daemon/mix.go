@@ -118,6 +118,14 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 	}
 	parts.transport = tr
 	exitStage := mixIdx + 1
+	var blocks *config.BlockList // nil blocks nothing
+	if f := m.DestinationBlockFile; f != "" {
+		if blocks, err = config.ReadBlockList(f); err != nil {
+			tr.Close()
+			hd.Close()
+			return fmt.Errorf("mix.destination_block_file: %w", err)
+		}
+	}
 	node := mixnet.New(mixnet.Config{
 		PacketSize:     m.PacketSize,
 		EpochLength:    m.Epoch.D(),
@@ -131,6 +139,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 		MinPool:        d.cfg.Scheduler.MinPool,
 		SendQueueLimit: m.SendQueueLimit,
 		ExitStage:      exitStage,
+		Blocked:        blocks.Blocked,
 	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &links{t: tr, dir: dir, onion: d.tor != nil}, log)
 	parts.node, parts.dir, parts.self = node, dir, id.ID()
 	d.engine.SetPacketHandler(node)

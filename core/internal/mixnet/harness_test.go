@@ -428,6 +428,8 @@ type nodeOptions struct {
 	// sendRate is Config.SendRate, λ_P (0: 1e-9/s, no tick in a test's
 	// lifetime, so the node sends only what the test makes it send).
 	sendRate float64
+	// blocked is the exit's destination opt-out check (nil: none).
+	blocked func(string) bool
 }
 
 // harness is the node under test: engine, queue, mixer, node.
@@ -502,6 +504,7 @@ func (h *harness) start() {
 		ExitStage:     1,
 		AckTime:       h.opt.ackTime,
 		SendRate:      h.opt.sendRate,
+		Blocked:       h.opt.blocked,
 	}
 	if cfg.SendRate == 0 {
 		cfg.SendRate = 1e-9

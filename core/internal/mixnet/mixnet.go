@@ -115,6 +115,10 @@ type Config struct {
 	// that takes longer is acked at once and counted (Stats.LateAcks).
 	// Negative: ack as soon as the packet is stored (tests only).
 	AckTime time.Duration
+	// Blocked reports whether an assembled message must not be delivered
+	// to a recipient (the exit's destination opt-out list); nil blocks
+	// none. A message left without recipients is dropped.
+	Blocked func(rcpt string) bool
 }
 
 func (c *Config) defaults() {
@@ -625,11 +629,26 @@ func (n *Node) assemble(ctx context.Context, parts []*queue.Item) error {
 		data = append(data, b...)
 	}
 	msg, err := n.mixer.Assemble(ctx, data)
+	if err == nil && n.cfg.Blocked != nil {
+		var keep []string
+		for _, r := range msg.Envelope.RcptTo {
+			if !n.cfg.Blocked(r) {
+				keep = append(keep, r)
+			}
+		}
+		if len(keep) < len(msg.Envelope.RcptTo) {
+			n.log.Info("[MIX] recipients opted out at exit; not delivered to them", "opted_out", len(msg.Envelope.RcptTo)-len(keep), "left", len(keep))
+			msg.Envelope.RcptTo = keep
+			if len(keep) == 0 {
+				err = sdk.Permanent(550, "7.1", "every recipient has opted out of anonymous mail")
+			}
+		}
+	}
 	if err != nil {
 		if sdk.IsPermanent(err) {
 			n.Stats.Dropped.Add(1)
 			n.eng.Counters().Dropped.Add(1)
-			n.log.Info("[MIX] reassembled message malformed; dropped", "fragments", len(parts))
+			n.log.Info("[MIX] reassembled message malformed or without recipients; dropped", "fragments", len(parts))
 			err := q.Do(func(tx *queue.Tx) error {
 				for _, p := range parts {
 					if err := tx.Delete(p); err != nil {

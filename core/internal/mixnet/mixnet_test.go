@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
 	"github.com/mixmta/mixmta/core/internal/pluginhost"
 	"github.com/mixmta/mixmta/core/internal/queue"
@@ -517,4 +518,56 @@ func TestReplayTagsOutliveAnEpochLengthChange(t *testing.T) {
 		t.Fatalf("after the replays: %d packets sent in all (want 2), %d forwarded since the restart (want 1); %s", n, f, h.node.StatsLine())
 	}
 	h.settled()
+}
+
+// TestExitAppliesItsDestinationBlockList: an exit with an opt-out list
+// delivers a reassembled message only to the recipients it does not
+// list, and drops (and counts) a message whose every recipient opted out.
+func TestExitAppliesItsDestinationBlockList(t *testing.T) {
+	now := time.Now()
+	net := newSimNet(t, t.TempDir(), now, nodeSpec{"sender", false}, nodeSpec{"a", false}, nodeSpec{"b", false}, nodeSpec{"exit", true})
+	s, a, b, u := net.node("sender"), net.node("a"), net.node("b"), net.node("exit")
+	bl, err := config.ParseBlockList("dest.blk", []byte("bob@rcpt.example\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := startNode(t, net, u, nodeOptions{blocked: bl.Blocked})
+	hops := map[sdk.NodeID]*pluginhost.Stage{a.ID(): peer(t, net, a, 3, now), b.ID(): peer(t, net, b, 3, now)}
+	sender := peer(t, net, s, 3, now, a, b, u)
+	ctx := context.Background()
+	send := func(m *sdk.Message) {
+		routes, err := sender.Route(ctx, m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range routes {
+			at, pkt := r.NextHop, r.Body
+			for n := 0; at != u.ID(); n++ {
+				p := hops[at]
+				if p == nil || n == 2 {
+					t.Fatalf("path leaves the simulated hops")
+				}
+				res, err := p.Mix(ctx, pkt)
+				if err != nil || res.Action != sdk.MixForward {
+					t.Fatalf("Mix at a hop before the exit: %v", err)
+				}
+				at, pkt = res.NextHop, res.Packet
+			}
+			h.receive(b, pkt)
+		}
+	}
+	m := testMessage(1 << 10) // to bob (opted out) and carol
+	send(m)
+	eventually(t, "the message delivered", func() bool { return len(h.dlv.got()) == 1 })
+	if got := h.dlv.got()[0].Envelope.RcptTo; len(got) != 1 || got[0] != "carol@rcpt.example" {
+		t.Fatalf("delivered to %q, want only carol@rcpt.example", got)
+	}
+	only := testMessage(1 << 10)
+	only.Envelope.RcptTo = []string{"bob@rcpt.example"}
+	send(only)
+	eventually(t, "the opted-out message dropped", func() bool { return h.node.Stats.Dropped.Load() == 1 })
+	h.settled()
+	if n := len(h.dlv.got()); n != 1 {
+		t.Fatalf("%d messages delivered, want 1", n)
+	}
 }

@@ -811,6 +811,10 @@ func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f',
 // addrLike matches what may be a mail address inside a peer's reply text.
 var addrLike = regexp.MustCompile(`[^\s<>"'(),;:\[\]]*@[^\s<>"'(),;:\[\]]*`)
 
+// RedactAddresses returns s with anything that looks like a mail address
+// (a run of characters around an "@") replaced by "***".
+func RedactAddresses(s string) string { return addrLike.ReplaceAllString(s, "***") }
+
 // reply renders a stage error as "CODE X.Y.Z text" for logs and `queue
 // ls`, with anything that looks like an address replaced by "***": a
 // peer's reply often echoes the recipient.
@@ -825,7 +829,7 @@ func reply(err error) string {
 	if !errors.As(err, &se) {
 		return "internal error"
 	}
-	msg := addrLike.ReplaceAllString(se.Message, "***")
+	msg := RedactAddresses(se.Message)
 	if len(msg) > 200 {
 		msg = msg[:200] + "..."
 	}

@@ -218,7 +218,10 @@ func (s *Stage) current(ctx context.Context) (*sdk.Client, uint64, error) {
 				// Not a crash on the item being called: the stage is down
 				// (Healthy reports false), so the engine does not count it
 				// against the item.
-				return nil, 0, sdk.Temporary(451, "3.0", "plugin %s cannot be started: %v", s.Spec.Plugin, err)
+				// The cause is in the log line above; the message may reach
+				// an SMTP client (a checker at RCPT or DATA): no Go error
+				// text, no paths.
+				return nil, 0, sdk.Temporary(451, "3.0", "plugin %s cannot be started", s.Spec.Plugin)
 			}
 			continue
 		}
@@ -264,7 +267,11 @@ func call[T any](ctx context.Context, s *Stage, fn func(*sdk.Client) (T, error))
 	if ctx.Err() != nil {
 		// A timeout or cancel, not a crash: the process lives on, and the
 		// caller must not count this as a crash against the item.
-		return zero, sdk.Temporary(451, "4.0", "plugin %s: call ended: %v", s.Spec.Plugin, ctx.Err())
+		why := "timed out"
+		if errors.Is(ctx.Err(), context.Canceled) {
+			why = "cancelled"
+		}
+		return zero, sdk.Temporary(451, "4.0", "plugin %s: call %s", s.Spec.Plugin, why)
 	}
 	s.log.Warn("plugin call failed; the plugin restarts at the next call", "stage", s.Spec.Stage, "error", err)
 	s.markDead(gen)

@@ -69,14 +69,7 @@ func parseMailbox(addr string, smtputf8 bool) (mailbox, error) {
 	if !utf8.ValidString(addr) {
 		return mailbox{}, errNotUTF8
 	}
-	ascii := true
-	for i := 0; i < len(addr); i++ {
-		if addr[i] >= 0x80 {
-			ascii = false
-			break
-		}
-	}
-	if !ascii && !smtputf8 {
+	if !isASCII(addr) && !smtputf8 {
 		return mailbox{}, errNeedsSMTPUTF8
 	}
 	at := strings.LastIndexByte(addr, '@')
@@ -101,6 +94,15 @@ func parseMailbox(addr string, smtputf8 bool) (mailbox, error) {
 		return mailbox{}, err
 	}
 	return m, nil
+}
+
+func isASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		if s[i] >= 0x80 {
+			return false
+		}
+	}
+	return true
 }
 
 // lookupProfile validates a domain of U-labels or A-labels (UTS #46

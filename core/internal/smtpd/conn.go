@@ -14,7 +14,7 @@ import (
 )
 
 // limitListener refuses connections beyond max_sessions, or beyond
-// max_sessions_per_client from one source address, with 421 (RFC 5321
+// max_sessions_per_client from one client (clientKey), with 421 (RFC 5321
 // §3.8) instead of letting them queue, and wraps each accepted one in a
 // clientConn.
 type limitListener struct {
@@ -33,7 +33,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			return nil, err
 		}
 		ip := remoteIP(c)
-		if reply := l.admit(ip); reply != "" {
+		if reply := l.admit(clientKey(ip)); reply != "" {
 			l.s.c.Rejected.Add(1)
 			_ = c.SetWriteDeadline(time.Now().Add(time.Second))
 			_, _ = io.WriteString(c, reply)
@@ -41,7 +41,7 @@ func (l *limitListener) Accept() (net.Conn, error) {
 			continue
 		}
 		l.s.sessions.Add(1)
-		return newClientConn(c, l, ip), nil
+		return newClientConn(c, l, clientKey(ip)), nil
 	}
 }
 
@@ -68,6 +68,20 @@ func (l *limitListener) release(ip netip.Addr) {
 		delete(l.perIP, ip)
 	}
 	l.s.sessions.Add(-1)
+}
+
+// clientKey is the unit the per-client limits count: an IPv4 address, or
+// the /64 an IPv6 address is in. A single IPv6 host or site is routinely
+// given a whole /64 (RFC 6177), so counting each address alone would let
+// one client open max_sessions_per_client sessions from each of 2^64
+// addresses; Postfix's anvil groups IPv6 clients by prefix the same way
+// (smtpd_client_ipv6_prefix_length).
+func clientKey(ip netip.Addr) netip.Addr {
+	if ip.Is6() && !ip.Is4In6() {
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
 }
 
 func remoteIP(c net.Conn) netip.Addr {

@@ -1,12 +1,24 @@
 package smtpd
 
 import (
+	"bufio"
+	"context"
+	"errors"
 	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/go-hclog"
+
 	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/core/internal/stats"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -220,4 +232,209 @@ func TestMinDataRate(t *testing.T) {
 	if n := len(sink.all()); n != 1 {
 		t.Errorf("%d messages stored, want only the steady one", n)
 	}
+}
+
+// TestPerClientLimitsGroupAnIPv6Slash64: a client given an IPv6 /64 (the
+// usual assignment to one host or site) cannot multiply the per-client
+// session cap or rate limit by using a new address for each connection.
+// The test runs the listener and the clients in a network namespace of
+// its own, where lo carries several addresses of 2001:db8:1::/64 and one
+// of 2001:db8:2::/64.
+func TestPerClientLimitsGroupAnIPv6Slash64(t *testing.T) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The thread is left in the namespace: it ends with the goroutine.
+		runtime.LockOSThread()
+		if err := syscall.Unshare(syscall.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+			return
+		}
+		for _, args := range [][]string{
+			{"link", "set", "lo", "up"},
+			{"-6", "addr", "add", "2001:db8:1::1/64", "dev", "lo", "nodad"},
+			{"-6", "addr", "add", "2001:db8:1::2/64", "dev", "lo", "nodad"},
+			{"-6", "addr", "add", "2001:db8:1::3/64", "dev", "lo", "nodad"},
+			{"-6", "addr", "add", "2001:db8:2::1/64", "dev", "lo", "nodad"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Errorf("ip %v: %v %s", args, err, out)
+				return
+			}
+		}
+		s, sink := startServer(t, testListener(func(l *config.Listener) {
+			l.Address = "[2001:db8:1::1]:0"
+			l.MaxSessionsPerClient = 1
+			l.Relay.RateLimit = &config.RateLimit{Messages: 1, Per: sdk.Duration(time.Hour), Burst: 1}
+		}))
+		greet := func(local string) (*bufio.Reader, net.Conn, string) {
+			d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(local)}}
+			c, err := d.Dial("tcp", s.Addr().String())
+			// The kernel may take a moment to route new addresses.
+			for end := time.Now().Add(5 * time.Second); errors.Is(err, syscall.ENETUNREACH) && time.Now().Before(end); {
+				time.Sleep(50 * time.Millisecond)
+				c, err = d.Dial("tcp", s.Addr().String())
+			}
+			if err != nil {
+				t.Errorf("dial from %s: %v", local, err)
+				return nil, nil, ""
+			}
+			_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+			r := bufio.NewReader(c)
+			line, _ := r.ReadString('\n')
+			return r, c, line
+		}
+		r, held, got := greet("2001:db8:1::2")
+		if held == nil {
+			return
+		}
+		defer held.Close()
+		if !strings.HasPrefix(got, "220") {
+			t.Errorf("first session: %q", got)
+		}
+		if _, c, got := greet("2001:db8:1::3"); c != nil {
+			c.Close()
+			if !strings.HasPrefix(got, "421 4.7.0") {
+				t.Errorf("second session from the same /64: %q, want 421 4.7.0", got)
+			}
+		}
+		_, other, got := greet("2001:db8:2::1")
+		if other == nil {
+			return
+		}
+		defer other.Close()
+		if !strings.HasPrefix(got, "220") {
+			t.Errorf("session from another /64: %q, want 220", got)
+		}
+
+		// Rate limit: one message per hour per client; the held session
+		// sends it, a session from a sibling address is refused at MAIL.
+		send := func(c net.Conn, r *bufio.Reader, cmds ...string) string {
+			var line string
+			for _, cmd := range cmds {
+				fmt.Fprint(c, cmd+"\r\n")
+				for {
+					line, _ = r.ReadString('\n')
+					if len(line) < 4 || line[3] != '-' {
+						break
+					}
+				}
+			}
+			return line
+		}
+		if got := send(held, r, "EHLO a.example", "MAIL FROM:<a@example.org>", "RCPT TO:<b@example.net>", "DATA", "Subject: one\r\n\r\nbody\r\n."); !strings.HasPrefix(got, "250") {
+			t.Errorf("first message: %q", got)
+		}
+		send(held, r, "QUIT")
+		held.Close()
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			r2, c2, got := greet("2001:db8:1::3")
+			if c2 == nil {
+				return
+			}
+			if strings.HasPrefix(got, "220") {
+				if got := send(c2, r2, "EHLO a.example", "MAIL FROM:<a@example.org>"); !strings.HasPrefix(got, "450 4.7.1") {
+					t.Errorf("MAIL from a sibling address past the rate limit: %q, want 450 4.7.1", got)
+				}
+				c2.Close()
+				break
+			}
+			c2.Close()
+			if time.Now().After(deadline) {
+				t.Errorf("slot not freed: %q", got)
+				break
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if n := len(sink.all()); n != 1 {
+			t.Errorf("%d messages stored, want 1", n)
+		}
+	}()
+	<-done
+}
+
+// failingChecker fails every check with err.
+type failingChecker struct{ err error }
+
+func (f failingChecker) Name() string                              { return "failing" }
+func (f failingChecker) Check(context.Context, *sdk.Message) error { return f.err }
+
+// TestCheckerFailureRepliesCarryNoInternals: a checker that fails with a
+// Go error, or whose plugin crashed (a transport error), gets the client
+// 451 4.3.0 with a fixed text: no Go error text, socket path or plugin
+// name. A checker's own *sdk.Error keeps its code and text.
+func TestCheckerFailureRepliesCarryNoInternals(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want string
+	}{
+		{errors.New("dial unix /tmp/plugin3141592: connect: connection refused"), "451 4.3.0 Temporary local problem"},
+		{&sdk.TransportError{Err: errors.New("rpc error: code = Unavailable desc = error reading from server: EOF")}, "451 4.3.0 Temporary local problem"},
+		{sdk.Temporary(450, "7.1", "Greylisted, try again later"), "450 4.7.1 Greylisted, try again later"},
+	} {
+		sink := newMemSink(t)
+		s, err := New(testListener(nil), "mx.test.invalid", sink, []Checker{failingChecker{tc.err}}, &stats.Counters{}, hclog.NewNullLogger())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Listen(); err != nil {
+			t.Fatal(err)
+		}
+		go s.Serve()
+		c := dial(t, s, "").hello()
+		c.expect("MAIL FROM:<a@example.org>", "250")
+		got := c.expect("RCPT TO:<b@example.net>", tc.want)
+		for _, bad := range []string{"/tmp", "unix", "rpc", "EOF", "plugin"} {
+			if strings.Contains(got, bad) {
+				t.Errorf("reply %q carries %q", got, bad)
+			}
+		}
+		s.smtp.Close()
+	}
+}
+
+// TestMappedDomainIsDeliveredAsJudged: an SMTPUTF8 recipient whose domain
+// is a local domain only after UTS #46 mapping (fullwidth letters, an
+// ideographic full stop, a soft hyphen) is queued with the domain the
+// policy compared, not the client's spelling.
+func TestMappedDomainIsDeliveredAsJudged(t *testing.T) {
+	s, sink := startServer(t, testListener(nil))
+	for _, rcpt := range []string{"bob@ｅｘａｍｐｌｅ.net", "bob@example\u3002net", "bob@exa\u00admple.net", "bob@EXAMPLE.net"} {
+		c := dial(t, s, "").hello()
+		c.expect("MAIL FROM:<a@example.org> SMTPUTF8", "250")
+		c.expect("RCPT TO:<"+rcpt+">", "250")
+		c.expect("DATA", "354")
+		fmt.Fprint(c.c, "Subject: idn\r\n\r\nbody\r\n.\r\n")
+		c.expect("", "250")
+	}
+	var got []string
+	for _, m := range sink.all() {
+		got = append(got, m.env.RcptTo...)
+	}
+	want := []string{"bob@example.net", "bob@example.net", "bob@example.net", "bob@EXAMPLE.net"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("queued recipients %q, want %q", got, want)
+	}
+}
+
+// TestBlockListCatchesEveryIDNASpelling: an opted-out domain is refused
+// whether the client spells it in ASCII, with fullwidth letters, or with
+// the U-labels of an entry (entries are A-labels).
+func TestBlockListCatchesEveryIDNASpelling(t *testing.T) {
+	blk := filepath.Join(t.TempDir(), "dest.blk")
+	if err := os.WriteFile(blk, []byte("@optout.example\n@xn--mller-kva.example\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s, _ := startServer(t, testListener(func(l *config.Listener) {
+		l.Relay.Anyone = true
+		l.Relay.RateLimit = &config.RateLimit{Messages: 100, Per: sdk.Duration(time.Hour)}
+		l.Relay.DestinationBlockFile = blk
+	}))
+	c := dial(t, s, "").hello()
+	c.expect("MAIL FROM:<a@example.org> SMTPUTF8", "250")
+	for _, rcpt := range []string{"bob@optout.example", "bob@ｏｐｔｏｕｔ.example", "bob@xn--mller-kva.example", "bob@müller.example", "bob@MÜLLER.example"} {
+		c.expect("RCPT TO:<"+rcpt+">", "550 5.7.1")
+	}
+	c.expect("RCPT TO:<bob@elsewhere.example>", "250")
 }

@@ -6,8 +6,8 @@ import (
 	"time"
 )
 
-// rateLimiter is a token bucket per client IP: rate messages per period,
-// up to burst at once. Behind a Tor onion service every client shares
+// rateLimiter is a token bucket per client (clientKey: an IPv4 address or
+// an IPv6 /64): rate messages per period, up to burst at once. Behind a Tor onion service every client shares
 // 127.0.0.1 and so one bucket: the limit is then per listener.
 type rateLimiter struct {
 	mu      sync.Mutex

@@ -228,7 +228,7 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		}
 		from = m.String()
 	}
-	if ss.s.limiter != nil && !ss.s.limiter.allow(ss.ip, time.Now()) {
+	if ss.s.limiter != nil && !ss.s.limiter.allow(clientKey(ss.ip), time.Now()) {
 		return ss.reject(smtpErr(450, smtp.EnhancedCode{4, 7, 1}, "Rate limit exceeded, try again later"), "MAIL")
 	}
 	if err := ss.checkSpace(mailSize(opts), "MAIL"); err != nil {
@@ -280,9 +280,18 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if err != nil {
 		return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 3}, "recipient"), "RCPT")
 	}
+	domain := asciiDomain(m.domain)
+	// A non-ASCII domain goes on in the form the policy below judges: UTS
+	// #46 maps fullwidth letters, U+3002 dots and soft hyphens before the
+	// comparison with local_domains, and the next MTA must not be handed
+	// a spelling it might read differently.
+	if domain != m.domain && !isASCII(m.domain) {
+		if u, err := lookupProfile.ToUnicode(domain); err == nil {
+			m.domain = u
+		}
+	}
 	// The queue gets the address exactly as the policy below judged it.
 	to = m.String()
-	domain := asciiDomain(m.domain)
 	if m.routed() && !ss.mayRelay() {
 		return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Sender-specified routing (%, !, or a second @) is not allowed"), "RCPT")
 	}
@@ -290,7 +299,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		if !ss.mayRelay() {
 			return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Relaying denied"), "RCPT")
 		}
-		if ss.s.blocks != nil && ss.s.blocks.Blocked(to) {
+		if ss.s.blocks.Blocked(to) {
 			return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Recipient has opted out of anonymous mail"), "RCPT")
 		}
 		if max := ss.s.cfg.Relay.MaxRecipients; max > 0 && ss.relayed >= max {
@@ -312,8 +321,14 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 }
 
 // toSMTP maps a stage error to an SMTP reply; anything that is not an
-// *sdk.Error becomes 451 4.3.0 (never lose mail on a plugin bug).
+// *sdk.Error, and a plugin that crashed or cannot be reached, becomes 451
+// 4.3.0 with a fixed text (never lose mail on a plugin bug, and never show
+// the client Go error text or socket paths).
 func toSMTP(err error) *smtp.SMTPError {
+	var se *sdk.Error
+	if !errors.As(err, &se) || sdk.IsTransport(err) {
+		return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Temporary local problem, try again later")
+	}
 	e := sdk.AsError(err)
 	code := e.SMTPCode()
 	var enh smtp.EnhancedCode
@@ -363,6 +378,15 @@ func (ss *session) Data(r io.Reader) error {
 	for {
 		n, rerr := br.Read(buf)
 		if n > 0 {
+			// Checked as the body arrives, not only at MAIL and at the
+			// end: sessions streaming at once without SIZE would
+			// otherwise fill the disk together, and a full disk under
+			// the queue's memory-mapped writes crashes the daemon.
+			if err := ss.checkSpace(int64(n), "DATA"); err != nil {
+				body.Abort()
+				_, _ = io.Copy(io.Discard, br)
+				return err
+			}
 			if _, werr := body.Write(buf[:n]); werr != nil {
 				body.Abort()
 				_, _ = io.Copy(io.Discard, br)

@@ -139,7 +139,7 @@ func (l *listener) startHandshake(raw net.Conn) *handshake {
 	hs := &handshake{Conn: raw}
 	if ta, ok := raw.RemoteAddr().(*net.TCPAddr); ok {
 		hs.src, _ = netip.AddrFromSlice(ta.IP)
-		hs.src = hs.src.Unmap()
+		hs.src = sourceKey(hs.src.Unmap())
 	}
 	cfg := l.t.cfg
 	l.hsMu.Lock()
@@ -172,6 +172,20 @@ func (l *listener) startHandshake(raw net.Conn) *handshake {
 		l.t.st.limitDrops.Add(1)
 	}
 	return hs
+}
+
+// sourceKey is the source the handshake limits count: an IPv4 address,
+// or the /64 an IPv6 address is in. One host or site is routinely given a
+// whole /64 (RFC 6177); counted address by address, it could open
+// MaxHandshakesPerSource idle connections from each of them and, every
+// source then holding one, make the table evict peers' handshakes as
+// readily as its own.
+func sourceKey(ip netip.Addr) netip.Addr {
+	if ip.Is6() && !ip.IsLoopback() { // ::1 stays exempt, see MaxHandshakesPerSource
+		p, _ := ip.Prefix(64)
+		return p.Addr()
+	}
+	return ip
 }
 
 // endHandshake removes hs from the handshakes in progress (a no-op when

@@ -254,8 +254,8 @@ type Config struct {
 	// the oldest.
 	MaxHandshakes int
 	// MaxHandshakesPerSource is the number of inbound handshakes in
-	// progress from one source address (8); one more closes that source's
-	// oldest. Loopback sources are exempt (behind a Tor onion service every
+	// progress from one source address (8; an IPv6 source counts by its
+	// /64); one more closes that source's oldest. Loopback sources are exempt (behind a Tor onion service every
 	// peer is 127.0.0.1): for them only MaxHandshakes applies.
 	MaxHandshakesPerSource int
 	// InboundHandshakeTimeout bounds an inbound TLS handshake from accept

@@ -8,11 +8,14 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os/exec"
+	"runtime"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -1052,5 +1055,73 @@ func TestFrameLogWriterWritesOneLinePerFrame(t *testing.T) {
 	want := fmt.Sprintf("ack-in %s 8\nack-in %s 8\nout %s 1024", b.id, b.id, b.id)
 	if got != want {
 		t.Errorf("frame log:\nwant %q\ngot  %q", want, got)
+	}
+}
+
+// TestHandshakeLimitPerSourceGroupsAnIPv6Slash64: idle connections from
+// three addresses of one IPv6 /64 count as one source, so with
+// MaxHandshakesPerSource 2 the third closes the first, while one from
+// another /64 is left alone. The listener and the clients run in a
+// network namespace of the test's own, where lo carries these addresses.
+func TestHandshakeLimitPerSourceGroupsAnIPv6Slash64(t *testing.T) {
+	b := newNode(t)
+	tb := newTransport(t, b, Config{PacketSize: 1024, MaxHandshakesPerSource: 2})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		// The thread is left in the namespace: it ends with the goroutine.
+		runtime.LockOSThread()
+		if err := syscall.Unshare(syscall.CLONE_NEWNET); err != nil {
+			t.Errorf("unshare: %v", err)
+			return
+		}
+		for _, args := range [][]string{
+			{"link", "set", "lo", "up"},
+			{"-6", "addr", "add", "2001:db8:1::1/64", "dev", "lo", "nodad"},
+			{"-6", "addr", "add", "2001:db8:1::2/64", "dev", "lo", "nodad"},
+			{"-6", "addr", "add", "2001:db8:1::3/64", "dev", "lo", "nodad"},
+			{"-6", "addr", "add", "2001:db8:1::4/64", "dev", "lo", "nodad"},
+			{"-6", "addr", "add", "2001:db8:2::1/64", "dev", "lo", "nodad"},
+		} {
+			if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+				t.Errorf("ip %v: %v %s", args, err, out)
+				return
+			}
+		}
+		l, err := tb.Listen("[2001:db8:1::1]:0", func(context.Context, sdk.NodeID, []byte) error { return nil })
+		if err != nil {
+			t.Errorf("Listen: %v", err)
+			return
+		}
+		defer l.Close()
+		var conns []net.Conn
+		for _, src := range []string{"2001:db8:2::1", "2001:db8:1::2", "2001:db8:1::3", "2001:db8:1::4"} {
+			d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+			c, err := d.Dial("tcp", l.Addr().String())
+			// The kernel may take a moment to route new addresses.
+			for end := time.Now().Add(5 * time.Second); errors.Is(err, syscall.ENETUNREACH) && time.Now().Before(end); {
+				time.Sleep(50 * time.Millisecond)
+				c, err = d.Dial("tcp", l.Addr().String())
+			}
+			if err != nil {
+				t.Errorf("dial from %s: %v", src, err)
+				return
+			}
+			defer c.Close()
+			conns = append(conns, c)
+			time.Sleep(100 * time.Millisecond) // accepted, in its handshake
+		}
+		if !closedWithin(conns[1], 2*time.Second) {
+			t.Error("a third idle connection from one /64 did not close its oldest")
+		}
+		for i, c := range []net.Conn{conns[0], conns[2], conns[3]} {
+			if closedWithin(c, 100*time.Millisecond) {
+				t.Errorf("connection %d closed", i)
+			}
+		}
+	}()
+	<-done
+	if n := tb.Stats().LimitDrops; n != 1 {
+		t.Errorf("want 1 limit drop, got %d", n)
 	}
 }
