@@ -34,11 +34,11 @@ echo
 echo "| message size | fragment paths | traced with 20% of nodes compromised | mean bits |"
 echo "|---|---|---|---|"
 for n in 1 8 33; do
-  size=$(( n * 65200 ))
+  size=$(( n * 65200 - 2000 ))  # n fragments with room for the inner encoding
   echo $size > "$tmp/sizes"
   for own in true false; do
     sim -c configs/fog.yaml --duration 72h --sizes "$tmp/sizes" --path-per-fragment=$own --compromised 0.2 > "$tmp/f.json"
-    python3 - "$n" "$shared" "$tmp/f.json" <<'PY'
+    python3 - "$n" "$own" "$tmp/f.json" <<'PY'
 import json, sys
 a = json.load(open(sys.argv[3]))["adversaries"][0]
 paths = "a path per fragment" if sys.argv[2] == "true" else "one path per message"

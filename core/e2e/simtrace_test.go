@@ -25,8 +25,10 @@ import (
 // workload of 20 users while every node logs its frames with their times;
 // the same adversary analyses that recording and a simulated trace of the
 // same profile and workload, and the mean sender entropies must agree
-// within 10%. As a negative control, a simulation of the same network
-// with every delay 4x too short must miss by more than 10%.
+// within 10%. As negative controls, a simulation of the profile with
+// every delay 10x shorter (analysed with that profile's model), and one
+// without the sending schedule and cover traffic, must each miss by more
+// than 10%.
 func TestSimulatorAgreesWithARealMixnet(t *testing.T) {
 	const (
 		nodes, usersPerNode = 5, 4
@@ -34,6 +36,7 @@ func TestSimulatorAgreesWithARealMixnet(t *testing.T) {
 		warm, submitFor     = 15 * time.Second, 60 * time.Second
 		drain               = 20 * time.Second
 		msgMean, hopMean    = 2.0, 1.0 // seconds
+		exitMean            = 1.0
 		window              = 0.2
 		dropRate, loopRate  = 0.4, 0.2
 	)
@@ -157,7 +160,7 @@ func TestSimulatorAgreesWithARealMixnet(t *testing.T) {
 	// Each trace is analysed with the model an adversary derives from the
 	// profile alone.
 	model := func(delayScale float64) simulate.Model {
-		return simulate.ModelFor(nodes, delayScale*msgMean, delayScale*hopMean, 0, window, dropRate+loopRate)
+		return simulate.ModelFor(nodes, delayScale*msgMean, delayScale*hopMean, delayScale*exitMean, window, dropRate+loopRate)
 	}
 	realSum := simulate.Summarize("real", 0, real.Users, simulate.Analyze(real, model(1), nil))
 
@@ -165,7 +168,7 @@ func TestSimulatorAgreesWithARealMixnet(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	simulated := func(delayScale float64) simulate.Summary {
+	simulated := func(delayScale float64, old bool) simulate.Summary {
 		prof, err := simulate.LoadProfile(context.Background(), cfg, delayScale, hclog.NewNullLogger())
 		if err != nil {
 			t.Fatal(err)
@@ -173,6 +176,12 @@ func TestSimulatorAgreesWithARealMixnet(t *testing.T) {
 		defer prof.Close()
 		net := prof.Network
 		net.Nodes, net.Exits = nodes, nodes
+		m := model(delayScale)
+		if old {
+			// A mixnet without the sending schedule and without cover.
+			net.SendRate, net.DropRate, net.LoopRate = 0, 0, 0
+			m = simulate.ModelFor(nodes, msgMean, hopMean, exitMean, window, 0)
+		}
 		var rs []simulate.Result
 		for seed := range uint64(4) {
 			tr, _, err := simulate.Run(net, simulate.Workload{
@@ -182,11 +191,11 @@ func TestSimulatorAgreesWithARealMixnet(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			rs = append(rs, simulate.Analyze(tr, model(delayScale), nil)...)
+			rs = append(rs, simulate.Analyze(tr, m, nil)...)
 		}
 		return simulate.Summarize("simulated", 0, nodes*usersPerNode, rs)
 	}
-	simSum, wrong := simulated(1), simulated(0.25)
+	simSum := simulated(1, false)
 	t.Logf("real mixnet: %.3f bits mean over %d messages (p50 %.2f, %.1f%% traced); simulated: %.3f bits over %d (p50 %.2f, %.1f%% traced)",
 		realSum.EntropyMean, realSum.Messages, realSum.EntropyP50, 100*realSum.PTraced, simSum.EntropyMean, simSum.Messages, simSum.EntropyP50, 100*simSum.PTraced)
 	if realSum.Messages < 50 {
@@ -195,9 +204,18 @@ func TestSimulatorAgreesWithARealMixnet(t *testing.T) {
 	if d := math.Abs(realSum.EntropyMean-simSum.EntropyMean) / simSum.EntropyMean; d > 0.10 {
 		t.Fatalf("real and simulated entropies differ by %.1f%% (> 10%%): the simulator does not model the real system", 100*d)
 	}
-	t.Logf("negative control, every simulated delay 4x too short: %.3f bits", wrong.EntropyMean)
-	if d := math.Abs(realSum.EntropyMean-wrong.EntropyMean) / wrong.EntropyMean; d <= 0.10 {
-		t.Fatalf("a simulation with delays 4x too short is within %.1f%% of the real trace: the comparison cannot tell a wrong model", 100*d)
+	for _, w := range []struct {
+		name string
+		sum  simulate.Summary
+	}{
+		{"every delay 10x shorter", simulated(0.1, false)},
+		{"no sending schedule and no cover", simulated(1, true)},
+	} {
+		d := math.Abs(realSum.EntropyMean-w.sum.EntropyMean) / w.sum.EntropyMean
+		t.Logf("negative control, a simulation with %s: %.3f bits (%.1f%% from the real trace)", w.name, w.sum.EntropyMean, 100*d)
+		if d <= 0.10 {
+			t.Fatalf("a simulation with %s is within 10%% of the real trace: the comparison cannot tell a wrong model", w.name)
+		}
 	}
 }
 
