@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/emersion/go-smtp"
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/mixmta/mixmta/core/internal/config"
@@ -112,7 +111,8 @@ func TestSimulatorAgreesWithARealMixnet(t *testing.T) {
 				time.Sleep(time.Until(next))
 				tok := fmt.Sprintf("simtok-%02d-%016x", u, r.Uint64())
 				at := time.Now()
-				if err := sendOne(m.smtp[node], tok); err != nil {
+				msg := []byte("Subject: sim\r\nTo: sink@example.net\r\n\r\n" + tok + "\r\n")
+				if err := sendRaw(m.smtp[node], "user@example.org", []string{"sink@example.net"}, msg, false); err != nil {
 					t.Errorf("user %d: %v", u, err)
 					return
 				}
@@ -217,31 +217,4 @@ func TestSimulatorAgreesWithARealMixnet(t *testing.T) {
 			t.Fatalf("a simulation with %s is within 10%% of the real trace: the comparison cannot tell a wrong model", w.name)
 		}
 	}
-}
-
-// sendOne submits one small message carrying tok.
-func sendOne(addr, tok string) error {
-	c, err := smtp.Dial(addr)
-	if err != nil {
-		return err
-	}
-	defer c.Close()
-	if err := c.Hello("client.example.org"); err != nil {
-		return err
-	}
-	if err := c.Mail("user@example.org", nil); err != nil {
-		return err
-	}
-	if err := c.Rcpt("sink@example.net", nil); err != nil {
-		return err
-	}
-	w, err := c.Data()
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(w, "Subject: sim\r\nTo: sink@example.net\r\n\r\n%s\r\n", tok)
-	if err := w.Close(); err != nil {
-		return err
-	}
-	return c.Quit()
 }
