@@ -80,12 +80,13 @@ func TestSimulateProfileMeasuresAnonymity(t *testing.T) {
 }
 
 // TestSimulateSaysWhenAConfigurationLeaks is the negative control: with no
-// delay (every sampled delay scaled to 0) and no cover traffic, the tool
+// delay (every sampled delay scaled to 0) and no cover traffic (no sending
+// schedule, no drop or loop packets), the tool
 // reports ~0 bits, most messages traced, and says LEAKS. (Only the 1 s
 // pool of local-mixnet.yaml still batches packets that happen to meet.)
 func TestSimulateSaysWhenAConfigurationLeaks(t *testing.T) {
 	cfg, _ := profile(t, "configs/local-mixnet.yaml", nil)
-	args := []string{"--nodes", "6", "--duration", "6h", "--rate", "200", "--delay-scale", "0", "--drop-rate", "0", "--loop-rate", "0", "--compromised", "0"}
+	args := []string{"--nodes", "6", "--duration", "6h", "--rate", "200", "--delay-scale", "0", "--send-rate", "0", "--drop-rate", "0", "--loop-rate", "0", "--compromised", "0"}
 	var r simReport
 	if err := json.Unmarshal(simulateRun(t, cfg, append(args, "--json")...), &r); err != nil {
 		t.Fatal(err)
