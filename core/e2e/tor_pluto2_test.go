@@ -109,6 +109,12 @@ func TestPluto2RetriesOnionWhileDownAndPads(t *testing.T) {
 		t.Fatal("delivered while down")
 	}
 	up.Store(true)
+	sinkMessages(t, sink, 2, 3*time.Minute)
+	// smtp-sink's dump file exists before the whole message is in it:
+	// read the messages once mixmta has seen both 250s.
+	waitFor(t, time.Minute, "2 [DELIVER] sent lines", func() bool {
+		return strings.Count(n.log(), "[DELIVER] sent:") >= 2
+	})
 	msgs := sinkMessages(t, sink, 2, 3*time.Minute)
 	for _, m := range msgs {
 		crlf := len(m.Data) + bytes.Count(m.Data, []byte("\n"))
