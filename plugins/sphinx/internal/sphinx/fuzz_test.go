@@ -40,31 +40,39 @@ func FuzzUnwrap(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		in := clone(data)
 		res, err := Unwrap(g, mk(priv), in)
-		if err != nil {
-			if res != nil {
-				t.Fatalf("error %v with a non-nil result", err)
-			}
-			for _, known := range []error{ErrBadSize, ErrBadMAC, ErrBadRouting, ErrPayloadAuth, ErrBadPayload} {
-				if errors.Is(err, known) {
-					return
-				}
-			}
-			t.Fatalf("unexpected error %v", err)
-		}
-		switch res.Action {
-		case Forward:
-			if len(res.Packet) != g.PacketSize {
-				t.Fatalf("forward packet of %d bytes", len(res.Packet))
-			}
-		case Exit:
-			if len(res.Payload) > g.PayloadSize() {
-				t.Fatalf("exit payload of %d bytes", len(res.Payload))
-			}
-		case Drop:
-		default:
-			t.Fatalf("action %v", res.Action)
-		}
+		checkUnwrapOutcome(t, res, err, g.PacketSize, g.PayloadSize())
 	})
+}
+
+// checkUnwrapOutcome fails t unless an unwrap ended with a known error and
+// no result, or with a consistent result: Forward with exactly packetSize
+// bytes, Exit with at most payloadSize bytes, or Drop.
+func checkUnwrapOutcome(t *testing.T, res *Result, err error, packetSize, payloadSize int) {
+	t.Helper()
+	if err != nil {
+		if res != nil {
+			t.Fatalf("error %v with a non-nil result", err)
+		}
+		for _, known := range []error{ErrBadSize, ErrBadMAC, ErrBadRouting, ErrPayloadAuth, ErrBadPayload} {
+			if errors.Is(err, known) {
+				return
+			}
+		}
+		t.Fatalf("unexpected error %v", err)
+	}
+	switch res.Action {
+	case Forward:
+		if len(res.Packet) != packetSize {
+			t.Fatalf("forward packet of %d bytes", len(res.Packet))
+		}
+	case Exit:
+		if len(res.Payload) > payloadSize {
+			t.Fatalf("exit payload of %d bytes", len(res.Payload))
+		}
+	case Drop:
+	default:
+		t.Fatalf("action %v", res.Action)
+	}
 }
 
 // FuzzParse drives the parsing code below the MACs, which the fuzzer cannot
