@@ -15,7 +15,7 @@ import (
 	"github.com/emersion/go-smtp"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 var buildRecorder sync.Once

@@ -8,7 +8,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // rssKiB sums VmRSS of pid and its children (the core and its plugins).

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // torsocksPostfix is onionmx's own recipe on the test network: a Postfix

@@ -13,7 +13,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 func mixmta(t *testing.T, args ...string) (string, error) {

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // TestFogProfileDeliversOnFourNodes: configs/fog.yaml's own pipeline and

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // gpgUser is a GnuPG home with one key pair (ed25519 + cv25519).

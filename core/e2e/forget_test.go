@@ -12,7 +12,7 @@ import (
 
 	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/core/internal/queue"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // forgetWait is how long the tests wait after the last delivery before

@@ -19,7 +19,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/config"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // binDir holds mixmta and every plugin, built once for the package.

@@ -9,7 +9,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/config"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // send runs one whole transaction on s and expects 250 at the final dot.

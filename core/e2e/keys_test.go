@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // mixKeySecret is what memory must not hold once a mix key has retired:

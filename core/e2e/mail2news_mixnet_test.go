@@ -11,7 +11,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/config"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // startNewsMixnet makes a 5-node mixnet from configs/local-mixnet.yaml:

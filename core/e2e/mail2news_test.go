@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // mail2newsNode runs configs/mail2news.yaml with short delays, posting to

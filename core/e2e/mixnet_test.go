@@ -18,7 +18,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/config"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // mixnet is a local mixnet of real `mixmta serve` processes made by

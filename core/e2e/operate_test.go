@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // operateConfig is a one-stage relay delivering to relayHost, retrying

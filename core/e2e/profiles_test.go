@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // TestEveryProfileChecksOut: each ready profile in configs/ passes

@@ -10,7 +10,7 @@ import (
 
 	"golang.org/x/crypto/bcrypt"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // TestStartTLSAndAuthPlainForSubmission: a listener with STARTTLS and AUTH

@@ -6,7 +6,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // TestDeliveriesToDifferentOnionsUseDifferentCircuits: the gateway's

@@ -12,7 +12,7 @@ import (
 
 	"github.com/emersion/go-smtp"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // torYAML renders torrc lines as a YAML flow list.

@@ -9,7 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 func usersAdd(t *testing.T, file, name, password string, extra ...string) {

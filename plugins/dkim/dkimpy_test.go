@@ -11,8 +11,8 @@ import (
 
 	"github.com/emersion/go-smtp"
 
+	"github.com/mixmta/mixmta/internal/peers"
 	"github.com/mixmta/mixmta/sdk/plugintest"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
 // TestDkimpyVerifiesBothAlgorithmsDirectAndThroughPostfix signs through

@@ -8,8 +8,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/mixmta/mixmta/internal/peers"
 	"github.com/mixmta/mixmta/sdk"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
 // loadMessage reads testdata/message.eml: a sanitized-looking message with

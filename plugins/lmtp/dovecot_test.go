@@ -8,9 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/internal/peers"
 	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/plugintest"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
 // TestDovecotAcceptsOneAndRejectsOneRecipientInOneTransaction delivers one

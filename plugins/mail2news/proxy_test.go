@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // socksProxy is a minimal SOCKS5 server (RFC 1928 CONNECT with RFC 1929

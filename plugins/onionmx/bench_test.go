@@ -4,7 +4,7 @@ import (
 	"context"
 	"testing"
 
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
+	"github.com/mixmta/mixmta/internal/peers"
 )
 
 // BenchmarkDeliverToSmtpSink measures one sequential delivery of a small

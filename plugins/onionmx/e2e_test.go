@@ -20,9 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/internal/peers"
 	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/plugintest"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
 // startPlugin builds and launches the plugin with cfg as its config.

@@ -17,8 +17,8 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/miekg/dns"
 
+	"github.com/mixmta/mixmta/internal/peers"
 	"github.com/mixmta/mixmta/sdk"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
 // fakeMX is an in-process go-smtp server for tests of reply handling and

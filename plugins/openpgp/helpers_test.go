@@ -14,9 +14,9 @@ import (
 
 	"github.com/emersion/go-message/textproto"
 
+	"github.com/mixmta/mixmta/internal/peers"
 	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/plugintest"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
 // loadMessage reads a testdata message for rcpts.

@@ -15,9 +15,9 @@ import (
 
 	"github.com/emersion/go-msgauth/dkim"
 
+	"github.com/mixmta/mixmta/internal/peers"
 	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/plugintest"
-	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
 // dkimpyVerify runs dkimpy (Debian's python3-dkim) on msg with the public
