@@ -285,31 +285,6 @@ func TestDefaultMaxIsTenMeans(t *testing.T) {
 	}
 }
 
-type failingReader struct{}
-
-func (failingReader) Read([]byte) (int, error) { return 0, errors.New("entropy gone") }
-
-func TestRandomnessFailureIsAnErrorNamingThePlugin(t *testing.T) {
-	e := Exponential{Mean: time.Minute, Max: 10 * time.Minute}
-	_, err := e.Sample(failingReader{}, 3)
-	if err == nil || !strings.Contains(err.Error(), "delay-exponential") || !strings.Contains(err.Error(), "entropy gone") {
-		t.Fatalf("want an error naming delay-exponential and the cause, got %v", err)
-	}
-	if sdk.IsPermanent(err) {
-		t.Fatalf("a randomness failure must be temporary (the core retries), got permanent %v", err)
-	}
-}
-
-func TestDelayReturnsExactlyCount(t *testing.T) {
-	d := &Delayer{Dist: Exponential{Mean: time.Minute, Max: 10 * time.Minute}, Rand: seeded(9)}
-	for _, n := range []int{1, 2, 64, 1000} {
-		ds, err := d.Delay(t.Context(), sdk.DelayRequest{Count: n})
-		if err != nil || len(ds) != n {
-			t.Fatalf("Count %d: got %d delays, err %v", n, len(ds), err)
-		}
-	}
-}
-
 // BenchmarkSample64 is the in-process cost of 64 delays from crypto/rand.
 func BenchmarkSample64(b *testing.B) {
 	d := &Delayer{Dist: Exponential{Mean: 30 * time.Minute, Min: time.Minute, Max: 6 * time.Hour}, Rand: cryptorand.Reader}

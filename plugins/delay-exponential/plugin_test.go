@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -13,9 +14,7 @@ import (
 func TestThousandDelaysThroughRealHostFitAndStayInRange(t *testing.T) {
 	bin := plugintest.Build(t, ".")
 	p := plugintest.Start(t, bin, `{"mean":"30m","min":"1m","max":"6h"}`)
-	if info := p.Info(); info.Needs != 0 {
-		t.Errorf("plugin declares Needs %v, want 0 (envelope only, never a body)", info.Needs)
-	}
+	plugintest.CheckInfo(t, p.Info(), sdk.KindDelayer)
 	ds, err := p.Delay(context.Background(), sdk.DelayRequest{Count: 1000})
 	if err != nil {
 		t.Fatal(err)
@@ -31,6 +30,13 @@ func TestThousandDelaysThroughRealHostFitAndStayInRange(t *testing.T) {
 	if err := ksFit(ds, truncExpCDF(30*time.Minute, time.Minute, 6*time.Hour), 2.69); err != nil {
 		t.Fatalf("delays from the real plugin do not fit Exp(30m) on [1m, 6h]: %v", err)
 	}
+}
+
+// TestDelayerConformance runs the SDK's delay-stage contract on the stage.
+func TestDelayerConformance(t *testing.T) {
+	plugintest.DelayerSuite{Name: "delay-exponential", New: func(r io.Reader) sdk.Delayer {
+		return &Delayer{Dist: Exponential{Mean: time.Minute, Min: time.Second, Max: 10 * time.Minute}, Rand: r}
+	}}.Run(t)
 }
 
 func TestAbsurdTruncationRejectedThroughRealHost(t *testing.T) {

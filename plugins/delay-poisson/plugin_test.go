@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"io"
 	"testing"
 	"time"
 
@@ -13,9 +14,7 @@ import (
 func TestThousandDelaysThroughRealHostFitAndStayInRange(t *testing.T) {
 	bin := plugintest.Build(t, ".")
 	p := plugintest.Start(t, bin, `{"lambda":25,"unit":"1m","min":"18m","max":"35m"}`)
-	if info := p.Info(); info.Needs != 0 {
-		t.Errorf("plugin declares Needs %v, want 0 (envelope only, never a body)", info.Needs)
-	}
+	plugintest.CheckInfo(t, p.Info(), sdk.KindDelayer)
 	ds, err := p.Delay(context.Background(), sdk.DelayRequest{Count: 1000})
 	if err != nil {
 		t.Fatal(err)
@@ -50,6 +49,13 @@ func TestDefaultUnitIsOneMinuteThroughRealHost(t *testing.T) {
 	if mean := sum / 200; mean < 2*time.Minute || mean > 4*time.Minute {
 		t.Fatalf("mean delay %s with lambda 3 and the default unit, want about 3m", mean)
 	}
+}
+
+// TestDelayerConformance runs the SDK's delay-stage contract on the stage.
+func TestDelayerConformance(t *testing.T) {
+	plugintest.DelayerSuite{Name: "delay-poisson", New: func(r io.Reader) sdk.Delayer {
+		return &Delayer{Dist: NewPoisson(25, time.Minute, 0, 0), Rand: r}
+	}}.Run(t)
 }
 
 func TestAbsurdTruncationRejectedThroughRealHost(t *testing.T) {

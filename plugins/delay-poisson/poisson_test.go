@@ -405,21 +405,6 @@ func TestBrokenRandomnessGivesAnErrorNotAHang(t *testing.T) {
 	}
 }
 
-type failingReader struct{}
-
-func (failingReader) Read([]byte) (int, error) { return 0, errors.New("entropy gone") }
-
-func TestRandomnessFailureIsATemporaryErrorNamingThePlugin(t *testing.T) {
-	p := NewPoisson(5, time.Minute, 0, 0)
-	_, err := p.Sample(failingReader{}, 3)
-	if err == nil || !strings.Contains(err.Error(), "delay-poisson") || !strings.Contains(err.Error(), "entropy gone") {
-		t.Fatalf("want an error naming delay-poisson and the cause, got %v", err)
-	}
-	if sdk.IsPermanent(err) {
-		t.Fatalf("a randomness failure must be temporary (the core retries), got permanent %v", err)
-	}
-}
-
 func TestMassMatchesClosedForms(t *testing.T) {
 	cases := []struct {
 		lambda float64
@@ -475,16 +460,6 @@ func TestConfigValidationNamesTheKey(t *testing.T) {
 				t.Fatalf("%s: want a FieldError on %q saying %q, got %v", c.json, c.key, c.says, err)
 			}
 		})
-	}
-}
-
-func TestDelayReturnsExactlyCount(t *testing.T) {
-	d := &Delayer{Dist: NewPoisson(5, time.Minute, 0, 0), Rand: seeded(9)}
-	for _, n := range []int{1, 2, 64, 1000} {
-		ds, err := d.Delay(t.Context(), sdk.DelayRequest{Count: n})
-		if err != nil || len(ds) != n {
-			t.Fatalf("Count %d: got %d delays, err %v", n, len(ds), err)
-		}
 	}
 }
 

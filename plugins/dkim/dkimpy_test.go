@@ -12,6 +12,7 @@ import (
 	"github.com/emersion/go-smtp"
 
 	"github.com/mixmta/mixmta/internal/peers"
+	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/plugintest"
 )
 
@@ -115,4 +116,17 @@ func sendPlain(addr, rcpt string, msg []byte) error {
 		return err
 	}
 	return c.Quit()
+}
+
+// TestTransformerConformance runs the SDK's transformer contract on the
+// plugin through the real host.
+func TestTransformerConformance(t *testing.T) {
+	keyFile, _ := opensslKey(t, "ed25519")
+	bin := plugintest.Build(t, ".")
+	cfg, _ := json.Marshal(map[string]string{"domain": "example.org", "selector": "conform", "key_file": keyFile})
+	plugintest.TransformerSuite{New: func(t *testing.T) sdk.Transformer {
+		p := plugintest.Start(t, bin, string(cfg))
+		plugintest.CheckInfo(t, p.Info(), sdk.KindTransformer)
+		return p
+	}}.Run(t)
 }

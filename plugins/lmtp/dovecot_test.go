@@ -66,3 +66,19 @@ func TestDovecotAcceptsOneAndRejectsOneRecipientInOneTransaction(t *testing.T) {
 		})
 	}
 }
+
+// TestDelivererConformance runs the SDK's delivery-stage contract on the
+// plugin through the real host against a real Dovecot LMTP server.
+func TestDelivererConformance(t *testing.T) {
+	dc := peers.Dovecot(t)
+	bin := plugintest.Build(t, ".")
+	plugintest.DelivererSuite{
+		Good: []string{"alice@example.net", "bob@example.net"},
+		New: func(t *testing.T) sdk.Deliverer {
+			cfg, _ := json.Marshal(map[string]string{"address": dc.Socket})
+			p := plugintest.Start(t, bin, string(cfg))
+			plugintest.CheckInfo(t, p.Info(), sdk.KindDeliverer)
+			return p
+		},
+	}.Run(t)
+}

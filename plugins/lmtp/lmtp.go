@@ -13,6 +13,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/address"
 )
 
 // lmtp is the stage value. It is safe for concurrent use: every delivery
@@ -57,6 +58,17 @@ func (l *lmtp) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, e
 		}
 	}
 	results := make(map[string]error, len(rcpts))
+	// A recipient that is not an RFC 5321 mailbox never reaches the
+	// server: an LMTP server may take "postmaster" or a bare user name
+	// as a local user, or choke on a control character.
+	var send []string
+	for _, r := range rcpts {
+		if _, err := address.Parse(r, true); err != nil {
+			results[r] = sdk.Permanent(553, "1.3", "lmtp: recipient is not a valid address: %v", err)
+			continue
+		}
+		send = append(send, r)
+	}
 	all := func(err error) []sdk.RcptResult {
 		out := make([]sdk.RcptResult, 0, len(rcpts))
 		for _, r := range rcpts {
@@ -69,6 +81,9 @@ func (l *lmtp) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, e
 		return out
 	}
 
+	if len(send) == 0 {
+		return all(nil), nil
+	}
 	d := net.Dialer{Timeout: l.cfg.ConnectTimeout.D()}
 	conn, err := d.DialContext(ctx, l.network, l.addr)
 	if err != nil {
@@ -90,7 +105,7 @@ func (l *lmtp) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, e
 	if m.Envelope.SMTPUTF8 {
 		if ok, _ := c.Extension("SMTPUTF8"); ok {
 			opts.UTF8 = true
-		} else if !asciiEnvelope(m.Envelope.MailFrom, rcpts) {
+		} else if !asciiEnvelope(m.Envelope.MailFrom, send) {
 			// RFC 6531 §3.2: an address that needs SMTPUTF8 cannot go
 			// to a server that does not offer it.
 			return all(sdk.Permanent(553, "6.7", "lmtp: the LMTP server does not offer SMTPUTF8, which the addresses need")), nil
@@ -100,7 +115,7 @@ func (l *lmtp) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, e
 		return all(replyError("MAIL FROM", err)), nil
 	}
 	var accepted []string
-	for _, r := range rcpts {
+	for _, r := range send {
 		if err := c.Rcpt(r, nil); err != nil {
 			e := replyError("RCPT TO", err)
 			results[r] = e

@@ -7,6 +7,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/address"
 )
 
 // gateway is the mail2news deliverer: one article per message, posted to
@@ -32,6 +33,26 @@ func newGateway(cfg Config, log hclog.Logger) (*gateway, error) {
 // temporary failure to retry. Reasons are logged at Info without groups,
 // addresses or content.
 func (g *gateway) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, error) {
+	// A recipient that is not an RFC 5321 mailbox is refused on its own
+	// and never names a newsgroup; the others still get the article.
+	var refused []sdk.RcptResult
+	valid := make([]string, 0, len(m.Envelope.RcptTo))
+	for _, r := range m.Envelope.RcptTo {
+		if _, err := address.Parse(r, true); err != nil {
+			refused = append(refused, sdk.RcptResult{Rcpt: r, Err: sdk.Permanent(553, "1.3", "mail2news: recipient is not a valid address: %v", err)})
+			continue
+		}
+		valid = append(valid, r)
+	}
+	if len(refused) > 0 {
+		if len(valid) == 0 {
+			return refused, nil
+		}
+		mm := *m
+		mm.Envelope.RcptTo = valid
+		res, err := g.Deliver(ctx, &mm)
+		return append(res, refused...), err
+	}
 	a, err := g.buildArticle(m, g.now())
 	if err == nil {
 		if g.cfg.Forward != nil {

@@ -328,3 +328,17 @@ func TestSTARTTLSVerifiesTheNewsServer(t *testing.T) {
 		}
 	}
 }
+
+// TestDelivererConformance runs the SDK's delivery-stage contract on the
+// plugin through the real host, posting to a real INN.
+func TestDelivererConformance(t *testing.T) {
+	inn := peers.INN(t)
+	plugintest.DelivererSuite{
+		Good: []string{"mail2news@gw.test"},
+		New: func(t *testing.T) sdk.Deliverer {
+			p := startPlugin(t, map[string]any{"servers": []map[string]any{{"address": inn.Addr}}, "path_host": "gw.example.test"})
+			plugintest.CheckInfo(t, p.Info(), sdk.KindDeliverer)
+			return p
+		},
+	}.Run(t)
+}

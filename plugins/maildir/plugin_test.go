@@ -94,3 +94,18 @@ func TestMain(m *testing.M) {
 	}
 	os.Exit(code)
 }
+
+// TestDelivererConformance runs the SDK's delivery-stage contract on the
+// plugin through the real host, delivering into a temp Maildir root.
+func TestDelivererConformance(t *testing.T) {
+	bin := pluginBinary(t)
+	plugintest.DelivererSuite{
+		Good: []string{"alice@example.org", "bob@example.org"},
+		New: func(t *testing.T) sdk.Deliverer {
+			cfg, _ := json.Marshal(map[string]any{"path": filepath.Join(t.TempDir(), "maildir"), "local_domains": []string{"example.org"}})
+			p := plugintest.Start(t, bin, string(cfg))
+			plugintest.CheckInfo(t, p.Info(), sdk.KindDeliverer)
+			return p
+		},
+	}.Run(t)
+}

@@ -292,3 +292,17 @@ func TestPluginConfigErrorsNameTheKeyThroughTheHost(t *testing.T) {
 		t.Fatalf("want a config error on key tls, got %v", err)
 	}
 }
+
+// TestDelivererConformance runs the SDK's delivery-stage contract on the
+// plugin through the real host, relaying to a real smtp-sink.
+func TestDelivererConformance(t *testing.T) {
+	sink := peers.SmtpSink(t)
+	plugintest.DelivererSuite{
+		Good: []string{"a@example.net", "b@example.net"},
+		New: func(t *testing.T) sdk.Deliverer {
+			p := startPlugin(t, map[string]any{"relay_host": sink.Addr})
+			plugintest.CheckInfo(t, p.Info(), sdk.KindDeliverer)
+			return p
+		},
+	}.Run(t)
+}

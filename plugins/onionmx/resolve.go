@@ -11,12 +11,11 @@ import (
 	"slices"
 	"strings"
 	"time"
-	"unicode/utf8"
 
 	"github.com/miekg/dns"
-	"golang.org/x/net/idna"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/address"
 )
 
 // maxHosts caps the MX hosts tried for one domain in one attempt (Postfix's
@@ -208,26 +207,22 @@ func addressLiteral(domain string) (netip.Addr, bool) {
 	return a, err == nil && a.Is4()
 }
 
-// idnaProfile maps a domain to A-labels for lookup (UTS #46, RFC 5891),
-// rejecting empty or over-long labels and non-LDH characters.
-var idnaProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.VerifyDNSLength(true), idna.StrictDomainName(true))
-
-// recipientDomain returns the lower-case A-label domain of an address
-// (after the last "@"), or an error for an address without one.
+// recipientDomain returns the lower-case A-label domain of a recipient
+// address, or its address literal, after checking the whole address as an
+// RFC 5321 mailbox: a malformed recipient (a control character, no
+// domain, an unclosed quote) never reaches a peer. A trailing dot (the
+// DNS root) is allowed.
 func recipientDomain(addr string) (string, error) {
-	i := strings.LastIndexByte(addr, '@')
-	if i <= 0 || i == len(addr)-1 {
-		return "", sdk.Permanent(553, "5.1.3", "onionmx: recipient address has no domain")
+	m, err := address.Parse(strings.TrimSuffix(addr, "."), true)
+	if err != nil {
+		return "", sdk.Permanent(553, "5.1.3", "onionmx: recipient is not a valid address: %v", err)
 	}
-	d := addr[i+1:]
-	if _, ok := addressLiteral(d); ok {
-		return d, nil
+	if address.IsLiteral(m.Domain) {
+		if _, ok := addressLiteral(m.Domain); !ok {
+			return "", sdk.Permanent(553, "5.1.3", "onionmx: recipient address literal is not an IPv4 or IPv6 address")
+		}
 	}
-	a, err := idnaProfile.ToASCII(strings.TrimSuffix(d, "."))
-	if err != nil || a == "" || !utf8.ValidString(d) {
-		return "", sdk.Permanent(553, "5.1.3", "onionmx: recipient domain is not a valid domain name")
-	}
-	return strings.ToLower(a), nil
+	return m.ASCIIDomain(), nil
 }
 
 // dnsClient asks one DNS server over TCP, through the network (and so

@@ -78,3 +78,14 @@ func TestPaddedMessageKeepsDKIMSignatureThroughRealHost(t *testing.T) {
 		t.Fatalf("dkimpy on a tampered message: %s, want FAIL (the check must be able to fail)", got)
 	}
 }
+
+// TestTransformerConformance runs the SDK's transformer contract on the
+// plugin through the real host.
+func TestTransformerConformance(t *testing.T) {
+	bin := plugintest.Build(t, ".")
+	plugintest.TransformerSuite{New: func(t *testing.T) sdk.Transformer {
+		p := plugintest.Start(t, bin, `{}`)
+		plugintest.CheckInfo(t, p.Info(), sdk.KindTransformer)
+		return p
+	}}.Run(t)
+}

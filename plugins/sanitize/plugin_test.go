@@ -79,3 +79,17 @@ func TestBadConfigIsRejectedThroughRealHost(t *testing.T) {
 		}
 	}
 }
+
+// TestTransformerConformance runs the SDK's transformer contract on the
+// plugin through the real host.
+func TestTransformerConformance(t *testing.T) {
+	bin := plugintest.Build(t, ".")
+	plugintest.TransformerSuite{New: func(t *testing.T) sdk.Transformer {
+		p := plugintest.Start(t, bin, `{"from": "Remailer <remailer@mix.example.org>", "message_id_domain": "mix.example.org"}`)
+		plugintest.CheckInfo(t, p.Info(), sdk.KindTransformer)
+		if !p.Info().Can(sdk.CapSanitizes) {
+			t.Errorf("sanitize does not report %q", sdk.CapSanitizes)
+		}
+		return p
+	}}.Run(t)
+}
