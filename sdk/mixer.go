@@ -10,7 +10,10 @@ import (
 // KindMixer is the mix-node stage kind: it turns one fixed-size packet
 // into a forward, an exit or a drop (Sphinx, Danezis & Goldberg 2009, §3).
 // A plugin that is also a Router (the entry, building packets from a
-// message) serves both kinds from one process.
+// message) serves both kinds from one process. A mixer whose config
+// schema has the key "packet_size" gets it from the core: on a mix node
+// the core sets it to its mix.packet_size (the size of every frame on the
+// wire) and refuses a stage config that names another value.
 const KindMixer Kind = "mixer"
 
 // NodeID names a mix node: the SHA-256 of its Ed25519 identity key (32 B).

@@ -72,6 +72,22 @@ const NeedAll = NeedHeader | NeedBody
 // Body reports whether n asks for the body in any form.
 func (n Needs) Body() bool { return n&(NeedBody|NeedBodyStream) != 0 }
 
+// Mask returns a shallow copy of m holding only the parts n declares: no
+// header without NeedHeader, no body (Body, OpenBody, BodyLen) unless
+// Body() holds. The envelope and sizes are always kept. This is the one
+// place the rule "a stage sees only what it declares" is applied; m
+// itself is not changed.
+func (n Needs) Mask(m *Message) *Message {
+	v := *m
+	if n&NeedHeader == 0 {
+		v.Header = nil
+	}
+	if !n.Body() {
+		v.Body, v.OpenBody, v.BodyLen = nil, nil, 0
+	}
+	return &v
+}
+
 // Capability is a promise a plugin makes about what its stage does, which
 // the core relies on when it checks a pipeline's order.
 type Capability string

@@ -9,12 +9,13 @@ import (
 // defaults are in main.go; README.md documents every key.
 //
 // packet_size and max_hops fix the Sphinx geometry (SPEC.md §1): every node
-// and sender of one mixnet must use the same two values, and packet_size
-// must equal the core's mix.packet_size (the transport's frame size).
+// and sender of one mixnet must use the same two values. On a mix node the
+// core sets packet_size to its mix.packet_size (the transport's frame
+// size) and refuses a stage config that names another value.
 type Config struct {
 	Hops            int   `json:"hops" doc:"path length: mix nodes each packet crosses, the last one an exit (2..max_hops; one hop would let the exit see the sender)"`
 	MaxHops         int   `json:"max_hops" doc:"Sphinx geometry: the longest path a packet can describe (1..5); the same on every node of the mixnet"`
-	PacketSize      int   `json:"packet_size" doc:"Sphinx geometry: bytes per packet, header included (1024..16777216); the same on every node and equal to mix.packet_size"`
+	PacketSize      int   `json:"packet_size" doc:"Sphinx geometry: bytes per packet, header included (1024..16777216); the same on every node; on a mix node the core sets it to mix.packet_size"`
 	MaxMessageBytes int64 `json:"max_message_bytes" doc:"largest message (header + body, bytes) the entry accepts and the exit reassembles (1..1073741824)"`
 	// Mail2NewsLocalPart selects the exit by capability (capability.go).
 	Mail2NewsLocalPart string `json:"mail2news_local_part" doc:"recipients whose local part starts with this (case-insensitive; e.g. mail2news matches mail2news@ and mail2news-YYYYMMDD-group@) travel only to exits with the mail2news capability; empty: none do"`

@@ -5,11 +5,16 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
 	"github.com/mixmta/mixmta/sdk"
 )
 
 // Defaults, as documented on the fields in config.go and in
 // docs/configuration.md.
+// minPacketSize is the smallest mix.packet_size accepted (1 KiB): a
+// smaller packet leaves a Sphinx header of a few hops almost no payload.
+const minPacketSize = 1024
+
 const (
 	DefaultHostname  = "mixmta.invalid"
 	DefaultDataDir   = "./var/data"
@@ -57,7 +62,7 @@ func (c *Config) SetDefaults() {
 
 	if m := c.Mix; m != nil {
 		str(&m.KeysDir, filepath.Join(c.DataDir, "keys"))
-		num(c, &m.PacketSize, "mix.packet_size", 65536)
+		num(c, &m.PacketSize, "mix.packet_size", transport.DefaultPacketSize)
 		c.dur(&m.Epoch, "mix.epoch", time.Hour)
 		c.dur(&m.Grace, "mix.grace", 10*time.Minute)
 		num(c, &m.KeysAhead, "mix.keys_ahead", 1)

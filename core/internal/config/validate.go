@@ -1,6 +1,7 @@
 package config
 
 import (
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
 	"github.com/mixmta/mixmta/core/internal/users"
 
 	"encoding/hex"
@@ -137,8 +138,8 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 	} else if !NameRE.MatchString(m.HopDelay.Plugin) {
 		bad("mix.hop_delay.plugin", "%q must match %s", m.HopDelay.Plugin, NameRE)
 	}
-	if m.PacketSize < 1024 || m.PacketSize > 1<<24 {
-		bad("mix.packet_size", "must be between 1024 and 16777216 bytes, got %d", m.PacketSize)
+	if m.PacketSize < minPacketSize || m.PacketSize > transport.MaxPacketSize {
+		bad("mix.packet_size", "must be between %d and %d bytes, got %d", minPacketSize, transport.MaxPacketSize, m.PacketSize)
 	}
 	positive("mix.epoch", m.Epoch)
 	if m.KeysAhead < 1 || m.KeysAhead > 1000 {

@@ -109,6 +109,9 @@ func startStage(ctx context.Context, cfg *config.Config, st config.Stage, log hc
 	if err == nil {
 		js, err = torStageConfig(cfg, st, ps.Info.Schema, js)
 	}
+	if err == nil {
+		js, err = mixStageConfig(cfg, st, ps.Info, js)
+	}
 	if err != nil {
 		ps.Close()
 		return nil, fmt.Errorf("%s: %w", where, err)
@@ -263,13 +266,7 @@ type namedChecker struct{ st pipeline.Stage }
 
 func (n namedChecker) Name() string { return n.st.Name }
 func (n namedChecker) Check(ctx context.Context, m *sdk.Message) error {
-	if n.st.Needs&sdk.NeedHeader == 0 {
-		m.Header = nil
-	}
-	if !n.st.Needs.Body() {
-		m.Body, m.OpenBody, m.BodyLen = nil, nil, 0
-	}
-	return n.st.Impl.Check(ctx, m)
+	return n.st.Impl.Check(ctx, n.st.Needs.Mask(m))
 }
 
 // NewBody implements smtpd.Sink.

@@ -636,7 +636,7 @@ func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv in
 		err := e.call(it, j, func() (err error) {
 			cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
 			defer cancel()
-			ch, err = st.Impl.Transform(cctx, view(m, st.Needs))
+			ch, err = st.Impl.Transform(cctx, st.Needs.Mask(m))
 			return err
 		})
 		if err != nil {
@@ -664,23 +664,11 @@ func (e *Engine) transformAndDeliver(ctx context.Context, it *queue.Item, dlv in
 	err = e.call(it, dlv, func() error {
 		cctx, cancel := context.WithTimeout(ctx, e.opt.CallTimeout)
 		defer cancel()
-		return e.deliverMessage(cctx, st, dlv, it, view(m, st.Needs))
+		return e.deliverMessage(cctx, st, dlv, it, st.Needs.Mask(m))
 	})
 	if err != nil {
 		e.stageFailed(st, it, err, alone)
 	}
-}
-
-// view is m with only the parts needs asks for.
-func view(m *sdk.Message, needs sdk.Needs) *sdk.Message {
-	v := *m
-	if needs&sdk.NeedHeader == 0 {
-		v.Header = nil
-	}
-	if !needs.Body() {
-		v.Body, v.OpenBody, v.BodyLen = nil, nil, 0
-	}
-	return &v
 }
 
 // deliver runs a deliverer on the stored message.
