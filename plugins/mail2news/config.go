@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/onion"
 )
 
 // Config is the stage's config block in the pipeline file. The defaults
@@ -180,7 +181,7 @@ func (s *Server) validate() *sdk.FieldError {
 // an eavesdropper sees: loopback, or an onion service (Tor encrypts end to
 // end).
 func privateLink(host string) bool {
-	if strings.HasSuffix(strings.ToLower(host), ".onion") || strings.EqualFold(host, "localhost") {
+	if onion.IsOnion(host) || strings.EqualFold(host, "localhost") {
 		return true
 	}
 	ip := net.ParseIP(host)

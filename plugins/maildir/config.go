@@ -2,6 +2,7 @@ package main
 
 import (
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/address"
 )
 
 // Config is the stage's config block in the pipeline file. The defaults
@@ -24,8 +25,8 @@ func (c *Config) Validate() error {
 		return sdk.FieldErrorf("layout", "must be recipient, domain or single, got %q", c.Layout)
 	}
 	for _, d := range c.LocalDomains {
-		if _, err := domainLabel(d); err != nil {
-			return sdk.FieldErrorf("local_domains", "%q %v", d, err)
+		if _, err := address.ToASCII(d); err != nil {
+			return sdk.FieldErrorf("local_domains", "%q: %v", d, err)
 		}
 	}
 	return nil

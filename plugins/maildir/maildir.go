@@ -19,9 +19,9 @@ import (
 	"unicode/utf8"
 
 	"github.com/hashicorp/go-hclog"
-	"golang.org/x/net/idna"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/address"
 )
 
 // Layouts: where under the root a recipient's Maildir is.
@@ -74,7 +74,7 @@ func newMaildir(cfg Config, log hclog.Logger) (*maildir, error) {
 	if len(cfg.LocalDomains) > 0 {
 		m.local = map[string]bool{}
 		for _, d := range cfg.LocalDomains {
-			a, err := domainLabel(d)
+			a, err := address.ToASCII(d)
 			if err != nil {
 				return nil, sdk.FieldErrorf("local_domains", "%q: %v", d, err)
 			}
@@ -173,20 +173,23 @@ func (m *maildir) Deliver(ctx context.Context, msg *sdk.Message) ([]sdk.RcptResu
 }
 
 // recipientDir maps a recipient address to its Maildir path relative to
-// the root, per the layout. The domain (after the last "@") becomes a
-// lower-case IDNA A-label; the local part is lower-cased and must be 1-64
-// octets of printable UTF-8 without "/", "\", '"' or NUL and must not
-// start with "." (so "..", ".", and hidden names are impossible). Anything
-// else is refused, never rewritten: 553 5.1.3.
+// the root, per the layout. The address must be an RFC 5321 mailbox
+// (sdk/address; a trailing dot on the domain is allowed) with a domain
+// name, not an address literal; the domain becomes a lower-case IDNA
+// A-label, so no "/", "." component or ".." survives in it. The local
+// part (unquoted) is lower-cased and must be 1-64 octets of printable
+// UTF-8 without "/", "\", '"', a space or NUL and must not start with
+// "." (so "..", ".", and hidden names are impossible). Anything else is
+// refused, never rewritten: 553 5.1.3.
 func (m *maildir) recipientDir(addr string) (string, error) {
-	at := strings.LastIndexByte(addr, '@')
-	if at < 0 {
-		return "", sdk.Permanent(553, "5.1.3", "maildir: recipient address has no domain")
-	}
-	domain, err := domainLabel(addr[at+1:])
+	mb, err := address.Parse(strings.TrimSuffix(addr, "."), true)
 	if err != nil {
-		return "", sdk.Permanent(553, "5.1.3", "maildir: recipient domain %v", err)
+		return "", sdk.Permanent(553, "5.1.3", "maildir: recipient is not a valid address: %v", err)
 	}
+	if address.IsLiteral(mb.Domain) {
+		return "", sdk.Permanent(553, "5.1.3", "maildir: recipient domain is an address literal, not a domain name")
+	}
+	domain := mb.ASCIIDomain()
 	if m.local != nil && !m.local[domain] {
 		return "", sdk.Permanent(550, "5.1.2", "maildir: recipient domain is not a local domain")
 	}
@@ -196,28 +199,11 @@ func (m *maildir) recipientDir(addr string) (string, error) {
 	case layoutDomain:
 		return domain, nil
 	}
-	local, err := localPart(addr[:at])
+	local, err := localPart(mb.Local)
 	if err != nil {
 		return "", sdk.Permanent(553, "5.1.3", "maildir: recipient local part %v", err)
 	}
 	return domain + "/" + local, nil
-}
-
-// idnaProfile maps a domain to A-labels (UTS #46, RFC 5891), rejecting
-// empty or long labels and anything but letters, digits and hyphens.
-var idnaProfile = idna.New(idna.MapForLookup(), idna.BidiRule(), idna.VerifyDNSLength(true), idna.StrictDomainName(true))
-
-// domainLabel returns d as a lower-case A-label domain safe as one path
-// component: LDH labels only, so no "/", "." component or ".." survives.
-func domainLabel(d string) (string, error) {
-	if !utf8.ValidString(d) {
-		return "", errors.New("is not valid UTF-8")
-	}
-	a, err := idnaProfile.ToASCII(strings.TrimSuffix(d, "."))
-	if err != nil || a == "" {
-		return "", errors.New("is not a valid domain name")
-	}
-	return strings.ToLower(a), nil
 }
 
 // localPart checks and lower-cases a local part for use as one path

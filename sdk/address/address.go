@@ -79,6 +79,20 @@ func (m Mailbox) ASCIIDomain() string {
 	return strings.ToLower(a)
 }
 
+// Normalized returns m with a non-ASCII domain respelled as the U-labels
+// of its A-label form: UTS #46 maps fullwidth letters, U+3002 dots and
+// soft hyphens, so a server hands the next MTA the spelling its policy
+// judged, not one that MTA might read differently.
+func (m Mailbox) Normalized() Mailbox {
+	if isASCII(m.Domain) || IsLiteral(m.Domain) {
+		return m
+	}
+	if u, err := lookupProfile.ToUnicode(m.ASCIIDomain()); err == nil {
+		m.Domain = u
+	}
+	return m
+}
+
 // ParseUnquoted checks an address whose local part is already unquoted
 // (as an SMTP server library hands over MAIL FROM or RCPT TO, source
 // route dropped) and splits it at its last "@". smtputf8 is the

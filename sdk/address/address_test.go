@@ -122,3 +122,19 @@ func TestASCIIDomainAndToASCII(t *testing.T) {
 		}
 	}
 }
+
+func TestNormalizedRespellsTheDomainAsItsULabels(t *testing.T) {
+	for in, want := range map[string]string{
+		"bob@ｅｘäｍｐｌｅ。org": "bob@exämple.org",
+		"bob@Example.ORG": "bob@Example.ORG", // ASCII stays as written
+		"bob@[192.0.2.1]": "bob@[192.0.2.1]",
+	} {
+		m, err := ParseUnquoted(in, true)
+		if err != nil {
+			t.Fatalf("%q: %v", in, err)
+		}
+		if got := m.Normalized().String(); got != want {
+			t.Errorf("Normalized(%q) = %q, want %q", in, got, want)
+		}
+	}
+}

@@ -5,7 +5,7 @@ import (
 	"regexp"
 	"strings"
 
-	"golang.org/x/net/idna"
+	"github.com/mixmta/mixmta/sdk/address"
 )
 
 // BlockList is a destination opt-out list in the style of Mixmaster's
@@ -97,15 +97,32 @@ func (b *BlockList) Blocked(addr string) bool {
 	if b == nil {
 		return false
 	}
-	// Entries are A-labels; a recipient written with U-labels, fullwidth
-	// letters or U+3002 dots (SMTPUTF8, or an inner message at a mixnet
-	// exit) is the same mailbox and must not pass its opt-out.
-	if at := strings.LastIndexByte(addr, '@'); at >= 0 {
-		if d, err := idna.Lookup.ToASCII(addr[at+1:]); err == nil && d != addr[at+1:] && b.blocked(addr[:at+1]+d) {
+	if b.blocked(addr) {
+		return true
+	}
+	// The same mailbox written another way must not pass its opt-out (an
+	// inner envelope at a mixnet exit is whatever its sender wrote):
+	// quoted where it need not be ("bob"@example.org is bob@example.org),
+	// or with a domain of U-labels, fullwidth letters or U+3002 dots
+	// where the entries are A-labels.
+	var forms []string
+	if m, err := address.Parse(strings.TrimSuffix(addr, "."), true); err == nil {
+		forms = append(forms, m.String())
+		if !address.IsLiteral(m.Domain) {
+			m.Domain = m.ASCIIDomain()
+			forms = append(forms, m.String())
+		}
+	} else if at := strings.LastIndexByte(addr, '@'); at >= 0 {
+		if d, err := address.ToASCII(addr[at+1:]); err == nil {
+			forms = append(forms, addr[:at+1]+d)
+		}
+	}
+	for _, f := range forms {
+		if b.blocked(f) {
 			return true
 		}
 	}
-	return b.blocked(addr)
+	return false
 }
 
 func (b *BlockList) blocked(addr string) bool {

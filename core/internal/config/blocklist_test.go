@@ -102,3 +102,23 @@ func TestBlockListCatchesUnicodeSpellings(t *testing.T) {
 		t.Error("an unlisted domain is blocked")
 	}
 }
+
+// TestBlockListCatchesNeedlessQuoting: an address entry also blocks the
+// same mailbox with its local part quoted where it need not be, as a
+// mixnet sender may write an inner envelope.
+func TestBlockListCatchesNeedlessQuoting(t *testing.T) {
+	b, err := ParseBlockList("dest.blk", []byte("bob@example.org\nalice@xn--mller-kva.example\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range []string{`"bob"@example.org`, `"Bob"@EXAMPLE.org`, `"bob"@example.org.`, `"alice"@müller.example`} {
+		if !b.Blocked(a) {
+			t.Errorf("%q passes the opt-out", a)
+		}
+	}
+	for _, a := range []string{`"bob x"@example.org`, `"bob@example.org"@elsewhere.example`} {
+		if b.Blocked(a) {
+			t.Errorf("%q is another mailbox, but is blocked", a)
+		}
+	}
+}

@@ -6,8 +6,6 @@ import (
 	"crypto/ecdh"
 	"crypto/ed25519"
 	"crypto/rand"
-	"crypto/sha3"
-	"encoding/base32"
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/hex"
@@ -23,6 +21,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/onion"
 )
 
 // DescriptorVersion is the only descriptor version this package writes
@@ -478,21 +477,12 @@ func checkAddress(addr string) error {
 	return nil
 }
 
-// validOnionV3 checks a v3 onion host name (Tor rend-spec-v3 §6):
-// base32(PUBKEY 32 B | CHECKSUM 2 B | VERSION 1 B).onion, VERSION 3,
-// CHECKSUM = SHA3-256(".onion checksum" | PUBKEY | VERSION)[:2]. Lowercase
-// only, no subdomain.
+// validOnionV3 checks a v3 onion host name (Tor rend-spec-v3 §6, checked
+// by sdk/onion) in its canonical form: lower case, no subdomain, no
+// trailing dot.
 func validOnionV3(host string) bool {
-	label, ok := strings.CutSuffix(host, ".onion")
-	if !ok || len(label) != 56 || strings.ToLower(label) != label {
-		return false
-	}
-	raw, err := base32.StdEncoding.WithPadding(base32.NoPadding).DecodeString(strings.ToUpper(label))
-	if err != nil || len(raw) != 35 || raw[34] != 3 {
-		return false
-	}
-	sum := sha3.Sum256(append(append([]byte(".onion checksum"), raw[:32]...), 3))
-	return sum[0] == raw[32] && sum[1] == raw[33]
+	canon, _, err := onion.Parse(host)
+	return err == nil && canon == host
 }
 
 var probeKey = sync.OnceValue(func() *ecdh.PrivateKey {
