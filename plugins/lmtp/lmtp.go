@@ -135,7 +135,8 @@ func (l *lmtp) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, e
 	if err != nil {
 		return all(replyError("DATA", err)), nil
 	}
-	if _, err := w.Write(m.Header); err == nil {
+	// A write that fails must not be mistaken for a sent body.
+	if _, err = w.Write(m.Header); err == nil {
 		_, err = w.Write(m.Body)
 	}
 	if err != nil {

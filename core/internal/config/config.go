@@ -200,7 +200,7 @@ type Listener struct {
 	Relay Relay `yaml:"relay"`
 	// LocalDomains are accepted as recipients from any client. Domain
 	// names in ASCII (A-label) form, no trailing dot, compared
-	// case-insensitively (see IsLocalDomain).
+	// case-insensitively with the recipient's domain in A-label form.
 	LocalDomains []string `yaml:"local_domains"`
 }
 

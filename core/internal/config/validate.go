@@ -43,13 +43,6 @@ func (c *Config) Line(path string) int {
 	return 1
 }
 
-// Errorf returns an *Error at the line of the key at path (see Line), for
-// problems found after loading, e.g. a plugin binary that is missing:
-// cfg.Errorf("pipeline[2].plugin", "no plugin %q in %s", ...).
-func (c *Config) Errorf(path, format string, args ...any) *Error {
-	return &Error{File: c.Path, Line: c.Line(path), Msg: fmt.Sprintf(format, args...)}
-}
-
 // validate adds to e every value out of range. It runs after SetDefaults,
 // so a zero here was written explicitly.
 func (c *Config) validate(e *errs) {
@@ -430,18 +423,6 @@ func checkLoopback(a string) error {
 		return fmt.Errorf("%q: metrics must listen on a loopback IP literal such as 127.0.0.1:9100 or [::1]:9100", a)
 	}
 	return nil
-}
-
-// IsLocalDomain reports whether domain (a recipient's domain, any case,
-// optionally with a trailing dot) is one of the listener's local_domains.
-func (l *Listener) IsLocalDomain(domain string) bool {
-	domain = strings.TrimSuffix(domain, ".")
-	for _, d := range l.LocalDomains {
-		if strings.EqualFold(d, domain) {
-			return true
-		}
-	}
-	return false
 }
 
 // fmtDur writes a duration the way the file would: "5d", "1h", "1m30s".

@@ -118,11 +118,7 @@ func startStage(ctx context.Context, cfg *config.Config, st config.Stage, log hc
 	}
 	if err := ps.Configure(ctx, js); err != nil {
 		ps.Close()
-		var fe *sdk.FieldError
-		if errors.As(err, &fe) {
-			return nil, fmt.Errorf("%s:%d: stage %q (plugin %s): %s: %v", cfg.Path, st.KeyLine(fe.Field), st.Name, st.Plugin, fe.Field, fe.Err)
-		}
-		return nil, fmt.Errorf("%s (plugin %s): %w", where, st.Plugin, err)
+		return nil, config.StageError(cfg.Path, st, err)
 	}
 	return ps, nil
 }

@@ -60,9 +60,6 @@ func NewDirect(cfg Config) (*Direct, error) {
 	return t, nil
 }
 
-// PacketSize is the frame size in bytes.
-func (t *Direct) PacketSize() int { return t.cfg.PacketSize }
-
 // Dial implements Transport.
 func (t *Direct) Dial(ctx context.Context, peer Peer) (Link, error) {
 	if err := peer.validate(); err != nil {
