@@ -6,6 +6,8 @@ package main
 import (
 	"context"
 	"crypto/rand"
+	"fmt"
+	"io"
 	"math/big"
 	"time"
 
@@ -26,16 +28,19 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-type uniform struct{ min, span time.Duration }
+type uniform struct {
+	min, span time.Duration
+	rand      io.Reader // crypto/rand.Reader; a test may give another source
+}
 
 // Delay returns req.Count delays, each min + U[0, max-min), drawn from
 // crypto/rand so that an observer cannot predict release times.
 func (u uniform) Delay(_ context.Context, req sdk.DelayRequest) ([]time.Duration, error) {
 	out := make([]time.Duration, req.Count)
 	for i := range out {
-		n, err := rand.Int(rand.Reader, big.NewInt(int64(u.span)))
+		n, err := rand.Int(u.rand, big.NewInt(int64(u.span)))
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("delay-uniform: no randomness: %w", err)
 		}
 		out[i] = u.min + time.Duration(n.Int64())
 	}
@@ -50,7 +55,7 @@ func main() {
 		Kinds:   []sdk.Kind{sdk.KindDelayer},
 		Config:  Config{Min: sdk.Duration(time.Minute), Max: sdk.Duration(10 * time.Minute)},
 		New: func(c Config, _ sdk.Env) (any, error) {
-			return uniform{min: c.Min.D(), span: c.Max.D() - c.Min.D()}, nil
+			return uniform{min: c.Min.D(), span: c.Max.D() - c.Min.D(), rand: rand.Reader}, nil
 		},
 	})
 }

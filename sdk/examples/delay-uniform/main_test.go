@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"io"
 	"strings"
 	"testing"
 	"time"
@@ -49,4 +50,11 @@ func asField(err error, fe **sdk.FieldError) bool {
 	f, ok := err.(*sdk.FieldError)
 	*fe = f
 	return ok
+}
+
+// TestDelayerConformance runs the SDK's delay-stage contract on the stage.
+func TestDelayerConformance(t *testing.T) {
+	plugintest.DelayerSuite{Name: "delay-uniform", New: func(r io.Reader) sdk.Delayer {
+		return uniform{min: time.Minute, span: 9 * time.Minute, rand: r}
+	}}.Run(t)
 }
