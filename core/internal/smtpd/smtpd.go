@@ -33,6 +33,7 @@ import (
 	"github.com/mixmta/mixmta/core/internal/stats"
 	"github.com/mixmta/mixmta/core/internal/users"
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/address"
 )
 
 // Checker is a checker stage (see sdk.Checker).
@@ -222,7 +223,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 	if from != "" {
-		m, err := parseMailbox(from, opts != nil && opts.UTF8)
+		m, err := address.ParseUnquoted(from, opts != nil && opts.UTF8)
 		if err != nil {
 			return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 7}, "sender"), "MAIL")
 		}
@@ -276,23 +277,16 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 	if !ss.started {
 		return ss.reject(smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "MAIL first"), "RCPT")
 	}
-	m, err := parseMailbox(to, ss.env.SMTPUTF8)
+	m, err := address.ParseUnquoted(to, ss.env.SMTPUTF8)
 	if err != nil {
 		return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 3}, "recipient"), "RCPT")
 	}
-	domain := asciiDomain(m.domain)
-	// A non-ASCII domain goes on in the form the policy below judges: UTS
-	// #46 maps fullwidth letters, U+3002 dots and soft hyphens before the
-	// comparison with local_domains, and the next MTA must not be handed
-	// a spelling it might read differently.
-	if domain != m.domain && !isASCII(m.domain) {
-		if u, err := lookupProfile.ToUnicode(domain); err == nil {
-			m.domain = u
-		}
-	}
+	domain := m.ASCIIDomain()
+	// A non-ASCII domain goes on in the form the policy below judges.
+	m = m.Normalized()
 	// The queue gets the address exactly as the policy below judged it.
 	to = m.String()
-	if m.routed() && !ss.mayRelay() {
+	if m.Routed() && !ss.mayRelay() {
 		return ss.reject(smtpErr(550, smtp.EnhancedCode{5, 7, 1}, "Sender-specified routing (%, !, or a second @) is not allowed"), "RCPT")
 	}
 	if !ss.isLocal(domain) {
@@ -545,15 +539,15 @@ func CountFields(header []byte) int {
 	return n
 }
 
-// addressErr maps a parseMailbox error to its reply: 553 5.6.7 for an
+// addressErr maps an address.ParseUnquoted error to its reply: 553 5.6.7 for an
 // 8-bit address without SMTPUTF8 (RFC 6531 §3.3), 501 with syntax (the
 // enhanced code for sender or recipient, RFC 3463 X.1.7 / X.1.3) for
 // invalid UTF-8, 553 for any other syntax error (RFC 5321 §4.2.2).
 func addressErr(err error, syntax smtp.EnhancedCode, who string) *smtp.SMTPError {
 	switch {
-	case errors.Is(err, errNeedsSMTPUTF8):
+	case errors.Is(err, address.ErrNeedsSMTPUTF8):
 		return smtpErr(553, smtp.EnhancedCode{5, 6, 7}, "Non-ASCII "+who+" address needs SMTPUTF8")
-	case errors.Is(err, errNotUTF8):
+	case errors.Is(err, address.ErrNotUTF8):
 		return smtpErr(501, syntax, "Bad "+who+" address: not valid UTF-8")
 	}
 	return smtpErr(553, syntax, "Bad "+who+" address syntax")
