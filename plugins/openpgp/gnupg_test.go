@@ -157,3 +157,21 @@ func TestAlreadyEncryptedMailPassesUnchanged(t *testing.T) {
 		t.Fatal("control: GnuPG cannot decrypt its own test message")
 	}
 }
+
+// TestRouterConformance runs the SDK's router contract on the plugin
+// through the real host, with two recipients' keys made by real GnuPG.
+func TestRouterConformance(t *testing.T) {
+	keys := t.TempDir()
+	newGnuPG(t, "Bob <bob@example.net>").exportTo(keys, "bob@example.net")
+	newGnuPG(t, "Carol <carol@example.net>").exportTo(keys, "carol@example.net")
+	cfg, _ := json.Marshal(map[string]any{"keys_dir": keys})
+	plugintest.RouterSuite{
+		New: func(t *testing.T) sdk.Router {
+			p := plugintest.Start(t, pluginBinary(t), string(cfg))
+			plugintest.CheckInfo(t, p.Info(), sdk.KindRouter)
+			return p
+		},
+		Rcpts:   []string{"bob@example.net", "carol@example.net"},
+		Message: func(rcpts ...string) *sdk.Message { return loadMessage(t, "multipart.eml", rcpts...) },
+	}.Run(t)
+}

@@ -142,3 +142,31 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 		t.Errorf("edge values must be accepted: %v", err)
 	}
 }
+
+// TestMixerAndRouterConformance runs the SDK's mixer and router contracts
+// on the plugin through the real host, as node 0 of a 5-node test net.
+func TestMixerAndRouterConformance(t *testing.T) {
+	bin := plugintest.Build(t, ".")
+	net := newTestNetAt(t, uint64(time.Now().Unix()/3600), 5, testConfig(), 3, 4)
+	start := func(t *testing.T) *sdk.Client {
+		c := plugintest.Start(t, bin, `{"hops": 3}`)
+		plugintest.CheckInfo(t, c.Info(), sdk.KindMixer)
+		plugintest.CheckInfo(t, c.Info(), sdk.KindRouter)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if err := c.SetMixState(ctx, net.stateOf(net.nodes[0])); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	plugintest.MixerSuite{PacketSize: testConfig().PacketSize, New: func(t *testing.T) sdk.Mixer { return start(t) }}.Run(t)
+	plugintest.RouterSuite{
+		New:   func(t *testing.T) sdk.Router { return start(t) },
+		Rcpts: []string{"b@example.net", "c@example.com"},
+		Message: func(rcpts ...string) *sdk.Message {
+			m := testMessage(20<<10, 3)
+			m.Envelope.RcptTo = rcpts
+			return m
+		},
+	}.Run(t)
+}

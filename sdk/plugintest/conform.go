@@ -376,3 +376,145 @@ func (s TransformerSuite) Run(t *testing.T) {
 		})
 	})
 }
+
+// MixerSuite is the contract of a mixer: a packet that is not exactly
+// PacketSize bytes, or that no key of this node opens, is a permanent
+// error and never a forward (the core drops and counts it); a cover
+// packet is PacketSize bytes with a next hop; Assemble refuses garbage
+// with an error; no panic, and safe for concurrent calls.
+type MixerSuite struct {
+	// PacketSize is the size of every packet on the wire, in bytes.
+	PacketSize int
+	// New returns the configured stage after its first SetMixState (keys
+	// of this node and a directory in which a full path exists).
+	New func(t *testing.T) sdk.Mixer
+}
+
+// Run runs the suite as subtests of t.
+func (s MixerSuite) Run(t *testing.T) {
+	garbage := func(n int) []byte {
+		b := make([]byte, n)
+		_, _ = cryptorand.Read(b)
+		return b
+	}
+	mixDropped := func(t *testing.T, mx sdk.Mixer, name string, pkt []byte) {
+		t.Helper()
+		res, err := mx.Mix(callCtx(t), pkt)
+		if res != nil && res.Action == sdk.MixForward {
+			t.Errorf("%s: forwarded", name)
+		}
+		if err == nil || !sdk.IsPermanent(err) {
+			t.Errorf("%s: got %v, want a permanent error (dropped and counted)", name, err)
+		}
+	}
+	t.Run("MalformedPacketsDropped", func(t *testing.T) {
+		mx := s.New(t)
+		for name, pkt := range map[string][]byte{
+			"empty":              nil,
+			"one byte":           {1},
+			"one byte short":     garbage(s.PacketSize - 1),
+			"one byte long":      garbage(s.PacketSize + 1),
+			"zeros":              make([]byte, s.PacketSize),
+			"random":             garbage(s.PacketSize),
+			"random, once again": garbage(s.PacketSize),
+		} {
+			mixDropped(t, mx, name, pkt)
+		}
+	})
+	t.Run("CoverPacketsHaveThePacketSize", func(t *testing.T) {
+		mx := s.New(t)
+		for _, k := range []sdk.CoverKind{sdk.CoverDrop, sdk.CoverLoop} {
+			p, err := mx.Cover(callCtx(t), k)
+			if err != nil {
+				t.Fatalf("cover kind %d: %v", k, err)
+			}
+			if len(p.Data) != s.PacketSize || p.NextHop == (sdk.NodeID{}) {
+				t.Errorf("cover kind %d: %d bytes to %s, want %d bytes to a node", k, len(p.Data), p.NextHop.Short(), s.PacketSize)
+			}
+		}
+	})
+	t.Run("AssembleRefusesGarbage", func(t *testing.T) {
+		mx := s.New(t)
+		for _, data := range [][]byte{nil, {0}, garbage(1000)} {
+			if m, err := mx.Assemble(callCtx(t), data); err == nil {
+				t.Errorf("Assemble of %d garbage bytes gave a message %+v", len(data), m.Envelope)
+			}
+		}
+	})
+	t.Run("ConcurrentCalls", func(t *testing.T) {
+		mx := s.New(t)
+		concurrently(t, 8, 10, func() error {
+			res, err := mx.Mix(callCtx(t), garbage(s.PacketSize))
+			if err == nil || (res != nil && res.Action == sdk.MixForward) {
+				return fmt.Errorf("random packet under concurrency: not dropped (error %v)", err)
+			}
+			return nil
+		})
+	})
+}
+
+// RouterSuite is the contract of a router: every route names only
+// recipients of the envelope, no recipient is in two delivery routes
+// (routes without NextHop), and no panic on missing or malformed parts.
+type RouterSuite struct {
+	// New returns the configured stage (for a mixnet router, after its
+	// first SetMixState).
+	New func(t *testing.T) sdk.Router
+	// Message builds a message the stage routes without error.
+	Message func(rcpts ...string) *sdk.Message
+	// Rcpts are recipients the stage can route (at least two).
+	Rcpts []string
+}
+
+func checkRoutes(t *testing.T, m *sdk.Message, routes []sdk.Route) {
+	t.Helper()
+	in := map[string]bool{}
+	for _, r := range m.Envelope.RcptTo {
+		in[r] = true
+	}
+	delivered := map[string]bool{}
+	for i, rt := range routes {
+		for _, r := range rt.RcptTo {
+			if !in[r] {
+				t.Errorf("route %d names %q, not in the envelope", i, r)
+			}
+			if rt.NextHop == (sdk.NodeID{}) {
+				if delivered[r] {
+					t.Errorf("%q is in two delivery routes", r)
+				}
+				delivered[r] = true
+			}
+		}
+	}
+}
+
+// Run runs the suite as subtests of t.
+func (s RouterSuite) Run(t *testing.T) {
+	if len(s.Rcpts) < 2 || s.Message == nil {
+		t.Fatal("RouterSuite needs Message and two Rcpts")
+	}
+	t.Run("RoutesNameOnlyEnvelopeRecipients", func(t *testing.T) {
+		m := s.Message(s.Rcpts...)
+		routes, err := s.New(t).Route(callCtx(t), m)
+		if err != nil {
+			t.Fatalf("the suite's message: %v", err)
+		}
+		if len(routes) == 0 {
+			t.Fatal("no route")
+		}
+		checkRoutes(t, m, routes)
+	})
+	t.Run("MissingOrMalformedPartsNoPanic", func(t *testing.T) {
+		r := s.New(t)
+		for name, mut := range partMutations() {
+			m := s.Message(s.Rcpts...)
+			mut(m)
+			routes, err := r.Route(callCtx(t), m)
+			if err != nil {
+				t.Logf("%s: %v", name, err)
+				continue
+			}
+			checkRoutes(t, m, routes)
+		}
+	})
+}

@@ -48,6 +48,16 @@ var brokenStages = map[string]struct {
 	"transformer cutting the header's end": {func(t *testing.T) {
 		TransformerSuite{New: func(*testing.T) sdk.Transformer { return cutHeader{} }}.Run(t)
 	}, "does not end with CRLF CRLF"},
+	"mixer that forwards anything": {func(t *testing.T) {
+		MixerSuite{PacketSize: 1024, New: func(*testing.T) sdk.Mixer { return forwardAll{size: 1024} }}.Run(t)
+	}, "random: forwarded"},
+	"mixer with short cover packets": {func(t *testing.T) {
+		MixerSuite{PacketSize: 1024, New: func(*testing.T) sdk.Mixer { return forwardAll{size: 1000} }}.Run(t)
+	}, "1000 bytes to"},
+	"router naming a stranger": {func(t *testing.T) {
+		RouterSuite{Rcpts: []string{"a@example.org", "b@example.org"}, Message: func(r ...string) *sdk.Message { return Message("", r...) },
+			New: func(*testing.T) sdk.Router { return routeTwice{} }}.Run(t)
+	}, `names "stranger@example.org"`},
 	"info of a delayer asking for the body": {func(t *testing.T) {
 		CheckInfo(t, sdk.Info{Name: "x", Kinds: []sdk.Kind{sdk.KindDelayer}, Needs: sdk.NeedBody}, sdk.KindDelayer)
 	}, "a delay request carries no header or body"},
@@ -87,6 +97,9 @@ func TestSuitesPassCorrectStages(t *testing.T) {
 	DelayerSuite{Name: "good", New: func(r io.Reader) sdk.Delayer { return delayFunc(r, 0, nil) }}.Run(t)
 	DelivererSuite{Good: []string{"a@example.org", `"john doe"@example.org`}, New: func(*testing.T) sdk.Deliverer { return strict{} }}.Run(t)
 	TransformerSuite{New: func(*testing.T) sdk.Transformer { return cutHeader{keepEnd: true} }}.Run(t)
+	MixerSuite{PacketSize: 1024, New: func(*testing.T) sdk.Mixer { return forwardAll{size: 1024, strict: true} }}.Run(t)
+	RouterSuite{Rcpts: []string{"a@example.org", "b@example.org"}, Message: func(r ...string) *sdk.Message { return Message("", r...) },
+		New: func(*testing.T) sdk.Router { return routeTwice{good: true} }}.Run(t)
 }
 
 type delayer struct {
@@ -160,4 +173,40 @@ func (c cutHeader) Transform(_ context.Context, m *sdk.Message) (*sdk.Change, er
 		return nil, sdk.Permanent(554, "6.0", "header section without its end")
 	}
 	return &sdk.Change{Header: h}, nil
+}
+
+// forwardAll forwards every packet (strict: refuses all, as a mixer
+// without a key that opens them must) and makes cover packets of size.
+type forwardAll struct {
+	size   int
+	strict bool
+}
+
+func (forwardAll) SetMixState(context.Context, sdk.MixState) error { return nil }
+func (f forwardAll) Mix(_ context.Context, p []byte) (*sdk.MixResult, error) {
+	if f.strict {
+		return nil, sdk.Permanent(554, "6.0", "no key opens the packet")
+	}
+	return &sdk.MixResult{Action: sdk.MixForward, NextHop: sdk.NodeID{1}, Packet: p}, nil
+}
+func (f forwardAll) Cover(context.Context, sdk.CoverKind) (*sdk.Packet, error) {
+	return &sdk.Packet{NextHop: sdk.NodeID{1}, Data: make([]byte, f.size)}, nil
+}
+func (forwardAll) Assemble(context.Context, []byte) (*sdk.Message, error) {
+	return nil, sdk.Permanent(554, "6.0", "not a message")
+}
+
+// routeTwice routes each recipient in its own delivery route, adding a
+// recipient of its own unless good.
+type routeTwice struct{ good bool }
+
+func (r routeTwice) Route(_ context.Context, m *sdk.Message) ([]sdk.Route, error) {
+	var out []sdk.Route
+	for _, rc := range m.Envelope.RcptTo {
+		out = append(out, sdk.Route{RcptTo: []string{rc}})
+	}
+	if !r.good {
+		out = append(out, sdk.Route{RcptTo: []string{"stranger@example.org"}})
+	}
+	return out, nil
 }
