@@ -225,12 +225,18 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		if err != nil {
 			return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 7}, "sender"), "MAIL")
 		}
+		if err := checkOnion(asciiDomain(m.domain)); err != nil {
+			return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address: "+err.Error()), "MAIL")
+		}
 		from = m.String()
 	}
 	if ss.s.limiter != nil && !ss.s.limiter.allow(clientKey(ss.ip), time.Now()) {
 		return ss.reject(smtpErr(450, smtp.EnhancedCode{4, 7, 1}, "Rate limit exceeded, try again later"), "MAIL")
 	}
 	if err := ss.checkSpace(mailSize(opts), "MAIL"); err != nil {
+		return err
+	}
+	if err := ss.checkQueue("MAIL"); err != nil {
 		return err
 	}
 	ss.env = sdk.Envelope{MailFrom: from, BodyType: sdk.Body7Bit}
@@ -280,6 +286,9 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 3}, "recipient"), "RCPT")
 	}
 	domain := asciiDomain(m.domain)
+	if err := checkOnion(domain); err != nil {
+		return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address: "+err.Error()), "RCPT")
+	}
 	// A non-ASCII domain goes on in the form the policy below judges: UTS
 	// #46 maps fullwidth letters, U+3002 dots and soft hyphens before the
 	// comparison with local_domains, and the next MTA must not be handed
@@ -304,6 +313,9 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		if max := ss.s.cfg.Relay.MaxRecipients; max > 0 && ss.relayed >= max {
 			return ss.reject(smtpErr(452, smtp.EnhancedCode{4, 5, 3}, fmt.Sprintf("Too many recipients (at most %d)", max)), "RCPT")
 		}
+	}
+	if err := ss.checkQueue("RCPT"); err != nil {
+		return err
 	}
 	env := ss.env
 	env.RcptTo = append(append([]string{}, ss.env.RcptTo...), to)
@@ -412,6 +424,10 @@ func (ss *session) Data(r io.Reader) error {
 		}
 	}
 	if err := ss.checkSpace(int64(len(header))+body.Len(), "DATA"); err != nil {
+		body.Abort()
+		return err
+	}
+	if err := ss.checkQueue("DATA"); err != nil {
 		body.Abort()
 		return err
 	}
