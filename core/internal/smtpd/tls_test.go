@@ -97,7 +97,7 @@ func (c *client) ehlo() string {
 
 // open dials s and greets it, in the given mode: "starttls" runs
 // STARTTLS before handing the session back.
-func open(t *testing.T, s *Server, mode string) *client {
+func open(t testing.TB, s *Server, mode string) *client {
 	t.Helper()
 	c := dial(t, s, "").hello()
 	if mode == "starttls" {
