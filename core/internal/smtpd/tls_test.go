@@ -156,3 +156,38 @@ func TestCommandsPipelinedAfterStartTLSRefused(t *testing.T) {
 		t.Errorf("%d messages stored", n)
 	}
 }
+
+// TestRepliesCarryNoControlCharacters: go-smtp echoes the EHLO name and
+// an unknown verb into its replies; a bare CR, ESC or NUL sent in them
+// comes back as "?", in plaintext and inside STARTTLS, so an echoed CR
+// can never split a reply line for the client.
+func TestRepliesCarryNoControlCharacters(t *testing.T) {
+	s, _ := startServer(t, withTLS(t, testListener(nil)))
+	for _, mode := range modes {
+		t.Run(mode, func(t *testing.T) {
+			c := open(t, s, mode)
+			for _, cmd := range []string{"EHLO evil\rexample\x1b[2J", "XY\x1bZ\r"} {
+				fmt.Fprintf(c.c, "%s\r\n", cmd)
+				c.c.SetReadDeadline(time.Now().Add(30 * time.Second))
+				var all string
+				for {
+					line, err := c.r.ReadString('\n')
+					if err != nil {
+						t.Fatalf("after %q: %v", cmd, err)
+					}
+					all += line
+					body := strings.TrimSuffix(line, "\r\n")
+					if strings.ContainsAny(body, "\r\x1b\x00") {
+						t.Errorf("reply to %q carries a control character: %q", cmd, line)
+					}
+					if len(line) < 4 || line[3] != '-' {
+						if !strings.Contains(all, "?") {
+							t.Errorf("reply to %q: %q, want the control characters as ?", cmd, all)
+						}
+						break
+					}
+				}
+			}
+		})
+	}
+}
