@@ -143,7 +143,8 @@ func TestStartTLSIsRunByTheServerItself(t *testing.T) {
 // TestCommandsPipelinedAfterStartTLSRefused: commands sent in plaintext
 // right behind STARTTLS, before the handshake (what an attacker on the
 // path injects, CVE-2011-0411), are never run inside TLS: the server
-// answers 554 5.5.1 and closes instead of starting TLS.
+// answers 554 5.5.1 and closes instead of starting TLS. A failed
+// handshake ends the session too, and frees its slot.
 func TestCommandsPipelinedAfterStartTLSRefused(t *testing.T) {
 	s, sink := startServer(t, withTLS(t, testListener(nil)))
 	c := dial(t, s, "").hello()
@@ -154,6 +155,20 @@ func TestCommandsPipelinedAfterStartTLSRefused(t *testing.T) {
 	}
 	if n := len(sink.all()); n != 0 {
 		t.Errorf("%d messages stored", n)
+	}
+
+	// A client that answers 220 with plaintext instead of a TLS
+	// handshake is closed, and its session slot freed.
+	c = dial(t, s, "").hello()
+	c.expect("STARTTLS", "220")
+	fmt.Fprint(c.c, "MAIL FROM:<plain@example.org>\r\n")
+	if !c.closed(10 * time.Second) {
+		t.Error("session open after a failed handshake")
+	}
+	for end := time.Now().Add(10 * time.Second); s.Sessions() != 0; time.Sleep(50 * time.Millisecond) {
+		if time.Now().After(end) {
+			t.Fatalf("%d sessions still counted", s.Sessions())
+		}
 	}
 }
 
