@@ -10,6 +10,10 @@ import (
 	"github.com/mixmta/mixmta/sdk/plugintest/peers"
 )
 
+// badOnion is a v3 onion address with one character mistyped: its
+// checksum does not match.
+const badOnion = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wyd.onion"
+
 // TestPluto2BackpressureNeverDrops: configs/pluto2.yaml (its pipeline of
 // random delay, 30 s pool shortened to 3 s, sanitize and pad; delivery to
 // a real smtp-sink instead of Tor; its queue limit lowered to 4 items)
@@ -17,7 +21,8 @@ import (
 // message gets 250 or 451 4.3.2 (never a 5xx, never anything else), some
 // get 451 (the limit was reached), every 250'd message is delivered
 // exactly once, and none refused with 451 is; once the queue has drained,
-// mail is accepted again.
+// mail is accepted again. Before the flood, a mistyped or v2 .onion
+// sender or recipient gets 553.
 func TestPluto2BackpressureNeverDrops(t *testing.T) {
 	sink := peers.SmtpSink(t)
 	in := freeAddr(t)
@@ -36,6 +41,19 @@ func TestPluto2BackpressureNeverDrops(t *testing.T) {
 		return peers.Swaks(t, "--server", in, "--from", "a@example.org", "--to", "b@example.com",
 			"--header", "Subject: flood", "--body", "token "+token)
 	}
+	// Sender/recipient validation: a mistyped (bad checksum) or v2 onion
+	// address is refused at the command, never queued to bounce later.
+	for _, args := range [][]string{
+		{"--from", "a@example.org", "--to", "bob@" + badOnion},
+		{"--from", "a@example.org", "--to", "bob@expyuzz4wqqyqhjn.onion"},
+		{"--from", "a@" + badOnion, "--to", "b@example.com"},
+	} {
+		code, out := peers.Swaks(t, append([]string{"--server", in}, args...)...)
+		if code == 0 || !strings.Contains(out, "<** 553 5.1.") {
+			t.Errorf("swaks %v: exit %d, want 553 5.1.x:\n%s", args, code, out)
+		}
+	}
+
 	const clients, each = 4, 6
 	var mu sync.Mutex
 	accepted, refused := map[string]bool{}, map[string]bool{}
