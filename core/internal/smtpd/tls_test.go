@@ -106,10 +106,10 @@ func open(t testing.TB, s *Server, mode string) *client {
 	return c
 }
 
-// TestStartTLSIsRunByTheServerItself: STARTTLS is offered, the session
-// inside TLS is the one clientConn sees in plaintext (its TLS state is
-// set, EHLO no longer offers STARTTLS, a second STARTTLS is refused), and
-// no transaction state from before TLS survives it (RFC 3207 §4.2).
+// TestStartTLSIsRunByTheServerItself: STARTTLS is offered only with a
+// certificate; inside TLS, EHLO no longer offers it and a second STARTTLS
+// is refused; no transaction state from before TLS survives it (RFC 3207
+// §4.2), and a message sent inside TLS is stored as sent.
 func TestStartTLSIsRunByTheServerItself(t *testing.T) {
 	s, sink := startServer(t, withTLS(t, testListener(nil)))
 	c := dial(t, s, "").hello()
