@@ -102,6 +102,14 @@ type Queue struct {
 	// the memtables badger writes through mmap, where a full filesystem is
 	// a SIGBUS rather than an error, plus a 25 MiB message.
 	FreeSpaceReserve int64 `yaml:"free_space_reserve"`
+	// MaxItems: items the queue holds at most (the queue_items gauge:
+	// accepted and not yet delivered, bounced or dropped, deferred ones
+	// included; >= 0, 0 for no limit). At the limit
+	// MAIL, RCPT and DATA are answered 451 4.3.2 (RFC 3463 "system not
+	// accepting network messages") until deliveries make room: the client
+	// keeps the message, nothing accepted is dropped. Sessions finishing
+	// DATA at the same moment may each take one item past it. Default 0.
+	MaxItems int64 `yaml:"max_items"`
 }
 
 // Scheduler configures the timed batch pool (Mixmaster-style).

@@ -77,6 +77,7 @@ func (c *Config) validate(e *errs) {
 	positive("queue.gc_interval", c.Queue.GCInterval)
 	atLeast("queue.workers", int64(c.Queue.Workers), 1)
 	atLeast("queue.free_space_reserve", c.Queue.FreeSpaceReserve, 0)
+	atLeast("queue.max_items", c.Queue.MaxItems, 0)
 
 	positive("scheduler.window", c.Scheduler.Window)
 	atLeast("scheduler.min_pool", int64(c.Scheduler.MinPool), 0)

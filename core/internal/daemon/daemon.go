@@ -50,6 +50,8 @@ type Daemon struct {
 	// spaceLow: the data dir's free space was below the reserve at the
 	// last check (logged on each change).
 	spaceLow atomic.Bool
+	// queueFull: the queue held queue.max_items at the last check.
+	queueFull atomic.Bool
 }
 
 // StartStages launches, checks and configures every stage's plugin. Config

@@ -36,3 +36,23 @@ func (d *Daemon) HasSpace(size int64) bool {
 	}
 	return !low && free-2*size >= reserve
 }
+
+// QueueFull implements smtpd.QueueChecker: the queue holds
+// queue.max_items (0: no limit). It logs when the queue fills and when it
+// has room again.
+func (d *Daemon) QueueFull() bool {
+	limit := d.cfg.Queue.MaxItems
+	if limit <= 0 {
+		return false
+	}
+	n := d.engine.Queued()
+	full := n >= limit
+	if d.queueFull.Swap(full) != full {
+		if full {
+			d.log.Warn("[QUEUE] queue full; MAIL, RCPT and DATA get 451 4.3.2 until deliveries make room", "items", n, "max_items", limit)
+		} else {
+			d.log.Info("[QUEUE] queue has room again; accepting mail", "items", n, "max_items", limit)
+		}
+	}
+	return full
+}

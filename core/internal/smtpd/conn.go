@@ -2,6 +2,7 @@ package smtpd
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -94,29 +95,44 @@ func remoteIP(c net.Conn) netip.Addr {
 
 // clientConn is one client's connection as go-smtp sees it. It enforces
 // what go-smtp cannot: the session's lifetime, the minimum data rate
-// during DATA/BDAT, the junk-command and error limits, and it ends the
-// session after a fatal reply, so that a timeout or error in the middle
-// of a message can never leave the rest of the message to be read as
-// commands (a desync that lets a client smuggle a second message).
+// during DATA/BDAT, the junk-command and error limits, the raw bare CR/LF
+// check, and it ends the session after a fatal reply, so that a timeout
+// or error in the middle of a message can never leave the rest of the
+// message to be read as commands (a desync that lets a client smuggle a
+// second message).
 //
-// It sits below STARTTLS: once TLS starts it sees only ciphertext, so the
-// reply-counting limits, the reply cleaning and the raw bare CR/LF check
-// then stop (the session's own check of the data it reads still runs),
-// while the deadlines and close-after-reply keep working.
+// It also runs STARTTLS itself (RFC 3207), so that all of this applies
+// to the plaintext inside TLS exactly as outside it: go-smtp is built
+// without a TLS config and answers STARTTLS with "502 TLS not
+// supported"; clientConn replaces that reply with 220, does the TLS
+// handshake on the TCP connection, and from then on reads and writes
+// through the TLS connection. go-smtp's own STARTTLS would put its
+// tls.Conn above clientConn, which would then see only ciphertext.
+//
+// Read hands go-smtp at most one line per call, so go-smtp never holds
+// bytes beyond the command it is answering: at STARTTLS, anything the
+// client sent after the command is still here, and is refused rather
+// than read as if it had come inside TLS (the plaintext command
+// injection of CVE-2011-0411).
 type clientConn struct {
-	net.Conn
-	l     *limitListener
-	ip    netip.Addr
-	end   time.Time // the session's hard deadline (max_session_time)
-	close sync.Once
+	net.Conn // the TCP connection
+	l        *limitListener
+	ip       netip.Addr
+	end      time.Time   // the session's hard deadline (max_session_time)
+	tlsCfg   *tls.Config // nil: no STARTTLS on this listener
+	close    sync.Once
 
 	mu           sync.Mutex
+	tc           *tls.Conn // after STARTTLS: every read and write goes through it
+	buf          []byte    // read from the client, not yet handed to go-smtp
+	rbuf         []byte    // backing array of buf
+	rerr         error     // the error of the read that filled buf, returned once buf is empty
+	resetReply   bool      // swallow the reply to the RSET injected after STARTTLS
 	userDeadline time.Time // as go-smtp last set it
 	inData       bool
 	credit       time.Duration // DATA/BDAT time credit (min_data_rate)
 	failed       error         // sticky: every later Read returns it
 	closeAfter   bool          // close once the next reply is written
-	tls          bool          // STARTTLS done: bytes are ciphertext
 	lastCR       bool          // the previous byte read was CR
 	bare         bool          // a CR or LF not in a CRLF pair was read
 	junk, errs   int
@@ -124,7 +140,7 @@ type clientConn struct {
 }
 
 func newClientConn(c net.Conn, l *limitListener, ip netip.Addr) *clientConn {
-	return &clientConn{Conn: c, l: l, ip: ip, end: time.Now().Add(l.s.cfg.MaxSessionTime.D())}
+	return &clientConn{Conn: c, l: l, ip: ip, end: time.Now().Add(l.s.cfg.MaxSessionTime.D()), tlsCfg: l.s.tlsConfig, rbuf: make([]byte, 4096)}
 }
 
 // errDataTimeout ends DATA/BDAT that ran out of time (min_data_rate,
@@ -144,13 +160,38 @@ func (c *clientConn) SetDeadline(t time.Time) error {
 	return c.Conn.SetWriteDeadline(t)
 }
 
+// Read hands go-smtp the client's bytes (plaintext, inside TLS too), at
+// most up to and including the next LF.
 func (c *clientConn) Read(b []byte) (int, error) {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	if c.failed != nil {
-		err := c.failed
-		c.mu.Unlock()
-		return 0, err
+		return 0, c.failed
 	}
+	if len(c.buf) == 0 {
+		if err := c.rerr; err != nil {
+			c.rerr = nil
+			return 0, err
+		}
+		c.fill()
+		if len(c.buf) == 0 {
+			err := c.rerr
+			c.rerr = nil
+			return 0, err
+		}
+	}
+	n := len(c.buf)
+	if i := bytes.IndexByte(c.buf, '\n'); i >= 0 {
+		n = i + 1
+	}
+	n = copy(b, c.buf[:n])
+	c.buf = c.buf[n:]
+	return n, nil
+}
+
+// fill reads once from the client into buf, with the deadline the
+// session's limits allow; c.mu is held, and released during the read.
+func (c *clientConn) fill() {
 	start := time.Now()
 	dl := c.userDeadline
 	if c.inData {
@@ -161,21 +202,22 @@ func (c *clientConn) Read(b []byte) (int, error) {
 		dl = c.end
 	}
 	inData := c.inData
+	var src io.Reader = c.Conn
+	if c.tc != nil {
+		src = c.tc
+	}
 	c.mu.Unlock()
-
 	_ = c.Conn.SetReadDeadline(dl)
-	n, err := c.Conn.Read(b)
-
+	n, err := src.Read(c.rbuf)
 	c.mu.Lock()
-	defer c.mu.Unlock()
+
 	if c.inData {
 		rate := float64(c.l.s.cfg.MinDataRate)
 		c.credit += time.Duration(float64(n)/rate*float64(time.Second)) - time.Since(start)
 		c.credit = min(c.credit, c.l.s.cfg.ReadTimeout.D())
 	}
-	if !c.tls {
-		c.scanLineEnds(b[:n])
-	}
+	c.scanLineEnds(c.rbuf[:n])
+	c.buf = c.rbuf[:n]
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		// Whatever go-smtp answers now is the session's last reply.
@@ -187,11 +229,11 @@ func (c *clientConn) Read(b []byte) (int, error) {
 		}
 		c.failed = err
 	}
-	return n, err
+	c.rerr = err
 }
 
 // scanLineEnds notes a CR not followed by LF or an LF not preceded by CR
-// anywhere in the plaintext stream (RFC 5321 §2.3.8): go-smtp's DATA
+// anywhere in the client's stream (RFC 5321 §2.3.8): go-smtp's DATA
 // reader hides some of them (it drops ".\r" at the start of a line).
 func (c *clientConn) scanLineEnds(b []byte) {
 	for _, x := range b {
@@ -203,23 +245,23 @@ func (c *clientConn) scanLineEnds(b []byte) {
 	}
 }
 
-// takeBare reports, and clears, whether a bare CR or LF was read in
-// plaintext since the last call. Bytes already read ahead count too: a
+// takeBare reports, and clears, whether a bare CR or LF was read since
+// the last call. Bytes already read ahead count too: a
 // pipelined command after the message with a bare LF refuses the message
 // as well, which only a broken or hostile client causes.
 func (c *clientConn) takeBare() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	b := c.bare && !c.tls
+	b := c.bare
 	c.bare = false
 	return b
 }
 
-// startedTLS records that the session runs over TLS from now on.
-func (c *clientConn) startedTLS() {
+// isTLS reports whether STARTTLS has completed.
+func (c *clientConn) isTLS() bool {
 	c.mu.Lock()
-	c.tls = true
-	c.mu.Unlock()
+	defer c.mu.Unlock()
+	return c.tc != nil
 }
 
 func (c *clientConn) beginData() {
@@ -251,24 +293,37 @@ func (c *clientConn) closeAfterReply() {
 	c.mu.Unlock()
 }
 
-// Write passes go-smtp's replies on. In plaintext it counts junk
-// commands and error replies by the reply go-smtp writes for them (one
-// Write per reply line), ends the session past a limit, and replaces
-// control characters other than the CRLF line ends with "?": go-smtp
-// echoes parts of commands (the EHLO name, an unknown verb), and a bare
-// CR echoed into a reply would make it two lines for some clients.
+// Write passes go-smtp's replies on (one Write per reply line). It
+// counts junk commands and error replies by the reply go-smtp writes for
+// them, ends the session past a limit, and replaces control characters
+// other than the CRLF line ends with "?": go-smtp echoes parts of
+// commands (the EHLO name, an unknown verb), and a bare CR echoed into a
+// reply would make it two lines for some clients. On a listener with
+// TLS it adds STARTTLS to the EHLO keywords and runs STARTTLS in place
+// of go-smtp's refusal.
 func (c *clientConn) Write(b []byte) (int, error) {
 	c.mu.Lock()
-	plain := !c.tls
-	c.mu.Unlock()
-	out := b
-	if plain {
-		out = cleanReply(b)
+	var w io.Writer = c.Conn
+	if c.tc != nil {
+		w = c.tc
 	}
-	n, err := c.Conn.Write(out)
+	offerTLS := c.tlsCfg != nil && c.tc == nil
+	if c.resetReply && bytes.HasPrefix(b, replyRSET) {
+		c.resetReply = false
+		c.mu.Unlock()
+		return len(b), nil
+	}
+	c.mu.Unlock()
+	if offerTLS && bytes.HasPrefix(b, replyNoTLS) {
+		return len(b), c.startTLS()
+	}
+	n, err := w.Write(cleanReply(b))
+	if offerTLS && err == nil && bytes.HasPrefix(b, replyEHLOPipelining) {
+		_, err = io.WriteString(w, "250-STARTTLS\r\n")
+	}
 	c.mu.Lock()
 	var over string
-	if !c.tls && err == nil {
+	if err == nil {
 		c.partial = append(c.partial, b...)
 		for {
 			i := bytes.IndexByte(c.partial, '\n')
@@ -285,12 +340,60 @@ func (c *clientConn) Write(b []byte) (int, error) {
 	closeNow := c.closeAfter || over != ""
 	c.mu.Unlock()
 	if over != "" {
-		_, _ = io.WriteString(c.Conn, over)
+		_, _ = io.WriteString(w, over)
 	}
 	if closeNow {
 		_ = c.Close()
 	}
 	return n, err
+}
+
+// startTLS answers STARTTLS (RFC 3207 §4) and does the TLS handshake. A
+// client that sent anything after the command before the handshake
+// (pipelined commands, which §4.2 forbids and which an attacker on the
+// path could have injected) gets 554 5.5.1 and the session ends. After
+// the handshake an RSET is passed to go-smtp, whose reply is not sent,
+// so that no transaction state from before TLS survives it; the client
+// starts again with EHLO, as §4.2 says it should.
+func (c *clientConn) startTLS() error {
+	c.mu.Lock()
+	pipelined := len(c.buf) > 0 || c.rerr != nil
+	c.mu.Unlock()
+	if pipelined {
+		c.l.s.c.Rejected.Add(1)
+		_, _ = io.WriteString(c.Conn, "554 5.5.1 Commands pipelined after STARTTLS, closing connection\r\n")
+		return c.fail()
+	}
+	if _, err := io.WriteString(c.Conn, "220 2.0.0 Ready to start TLS\r\n"); err != nil {
+		return c.fail()
+	}
+	tc := tls.Server(c.Conn, c.tlsCfg)
+	dl := time.Now().Add(c.l.s.cfg.ReadTimeout.D())
+	if c.end.Before(dl) {
+		dl = c.end
+	}
+	_ = c.Conn.SetDeadline(dl)
+	if err := tc.Handshake(); err != nil {
+		return c.fail()
+	}
+	_ = c.Conn.SetDeadline(time.Time{})
+	c.mu.Lock()
+	c.tc = tc
+	c.buf = []byte("RSET\r\n")
+	c.resetReply = true
+	c.lastCR = false
+	c.partial = nil
+	c.mu.Unlock()
+	return nil
+}
+
+// fail ends the session: every later Read returns net.ErrClosed.
+func (c *clientConn) fail() error {
+	c.mu.Lock()
+	c.failed = net.ErrClosed
+	c.mu.Unlock()
+	_ = c.Close()
+	return net.ErrClosed
 }
 
 // cleanReply returns b with every control byte that is not part of a
@@ -314,14 +417,16 @@ func cleanReply(b []byte) []byte {
 }
 
 // Replies go-smtp v0.25 writes for commands it handles without asking
-// the session; TestJunkAndErrorLimitsEndTheSession pins the first three.
-// STARTTLS is also seen by NewSession (startedTLS), which does not depend
-// on the reply text.
+// the session; TestJunkAndErrorLimitsEndTheSession pins the first three,
+// the STARTTLS tests the last two (go-smtp runs without a TLS config, so
+// it refuses STARTTLS, and always lists PIPELINING first in its EHLO
+// reply).
 var (
-	replyNOOP     = []byte("250 2.0.0 I have successfully done nothing")
-	replyRSET     = []byte("250 2.0.0 Session reset")
-	replyVRFY     = []byte("252 ")
-	replySTARTTLS = []byte("220 2.0.0 Ready to start TLS")
+	replyNOOP           = []byte("250 2.0.0 I have successfully done nothing")
+	replyRSET           = []byte("250 2.0.0 Session reset")
+	replyVRFY           = []byte("252 ")
+	replyNoTLS          = []byte("502 5.5.1 TLS not supported")
+	replyEHLOPipelining = []byte("250-PIPELINING\r\n")
 )
 
 // countReply accounts one reply line; it returns the 421 that ends the
@@ -329,8 +434,6 @@ var (
 func (c *clientConn) countReply(line []byte) string {
 	cfg := c.l.s.cfg
 	switch {
-	case bytes.HasPrefix(line, replySTARTTLS):
-		c.tls = true
 	case bytes.HasPrefix(line, replyNOOP), bytes.HasPrefix(line, replyRSET), bytes.HasPrefix(line, replyVRFY):
 		if c.junk++; c.junk > cfg.MaxJunkCommands {
 			return "421 4.7.0 Too many NOOP, RSET or VRFY commands, closing connection\r\n"
@@ -346,7 +449,15 @@ func (c *clientConn) countReply(line []byte) string {
 func (c *clientConn) Close() error {
 	err := net.ErrClosed
 	c.close.Do(func() {
-		err = c.Conn.Close()
+		c.mu.Lock()
+		tc := c.tc
+		c.mu.Unlock()
+		if tc != nil {
+			// Sends close_notify first (with its own short deadline).
+			err = tc.Close()
+		} else {
+			err = c.Conn.Close()
+		}
 		c.l.release(c.ip)
 	})
 	return err

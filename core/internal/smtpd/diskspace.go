@@ -31,3 +31,22 @@ func mailSize(opts *smtp.MailOptions) int64 {
 	}
 	return opts.Size
 }
+
+// QueueChecker is implemented by a Sink whose queue has a size limit.
+type QueueChecker interface {
+	// QueueFull reports whether the queue holds as many items as it may.
+	QueueFull() bool
+}
+
+// checkQueue refuses a command with 451 4.3.2 (RFC 3463 X.3.2 "system not
+// accepting network messages") while the sink's queue is full: the client
+// keeps the message and tries again later (backpressure), nothing already
+// accepted is dropped to make room.
+func (ss *session) checkQueue(cmd string) error {
+	qc, ok := ss.s.sink.(QueueChecker)
+	if !ok || !qc.QueueFull() {
+		return nil
+	}
+	ss.s.c.SMTPQueueFull.Add(1)
+	return ss.reject(smtpErr(451, smtp.EnhancedCode{4, 3, 2}, "Queue full, try again later"), cmd)
+}

@@ -3,6 +3,8 @@ package smtpd
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
+	"fmt"
 	"math/rand/v2"
 	"net"
 	"os"
@@ -33,7 +35,16 @@ var internalText = regexp.MustCompile(`(?i)read tcp|write tcp|i/o timeout|127\.0
 // named for what they exercise (t-smuggle-lf-dot-crlf, t-bdat-chunks, ...).
 //
 //	go test -run '^$' -fuzz FuzzSession -fuzztime 10m ./core/internal/smtpd/
-func FuzzSession(f *testing.F) {
+func FuzzSession(f *testing.F) { fuzzSession(f, false) }
+
+// FuzzSessionInsideTLS is FuzzSession with the fuzzed stream sent inside
+// STARTTLS (after EHLO, STARTTLS and the handshake): the same properties
+// must hold on the plaintext the server decrypts.
+//
+//	go test -run '^$' -fuzz FuzzSessionInsideTLS -fuzztime 10m ./core/internal/smtpd/
+func FuzzSessionInsideTLS(f *testing.F) { fuzzSession(f, true) }
+
+func fuzzSession(f *testing.F, inTLS bool) {
 	seeds, _ := filepath.Glob("testdata/sessions/*.txt")
 	for _, s := range seeds {
 		b, err := os.ReadFile(s)
@@ -47,7 +58,7 @@ func FuzzSession(f *testing.F) {
 		b = bytes.ReplaceAll(b, []byte(`\r`), []byte("\r"))
 		f.Add(b)
 	}
-	s, sink := startServer(f, testListener(func(l *config.Listener) {
+	l := testListener(func(l *config.Listener) {
 		l.ReadTimeout = sdk.Duration(500 * time.Millisecond)
 		l.MaxSessionTime = sdk.Duration(2 * time.Second)
 		l.MaxMessageBytes = 4096
@@ -56,7 +67,11 @@ func FuzzSession(f *testing.F) {
 		l.MaxSessionsPerClient = 1000
 		l.MaxSessions = 1000
 		l.Relay.Networks = nil
-	}))
+	})
+	if inTLS {
+		l = withTLS(f, l)
+	}
+	s, sink := startServer(f, l)
 	f.Fuzz(func(t *testing.T, data []byte) {
 		sink.reset()
 		// A source address per run spreads the connections over
@@ -67,13 +82,19 @@ func FuzzSession(f *testing.F) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		go func() {
-			c.Write(data)
-			c.(*net.TCPConn).CloseWrite()
-		}()
 		// max_session_time is 2 s: the server must have closed by then.
 		c.SetReadDeadline(time.Now().Add(4 * time.Second))
 		r := bufio.NewReader(c)
+		closeWrite := func() { c.(*net.TCPConn).CloseWrite() }
+		if inTLS {
+			tc := startTLSRaw(t, c, r)
+			c, r = tc, bufio.NewReader(tc)
+			closeWrite = func() { tc.CloseWrite() }
+		}
+		go func() {
+			c.Write(data)
+			closeWrite()
+		}()
 		for {
 			line, err := r.ReadString('\n')
 			if line != "" && (!replyLine.MatchString(line) || internalText.MatchString(line)) {
@@ -99,4 +120,25 @@ func FuzzSession(f *testing.F) {
 			}
 		}
 	})
+}
+
+// startTLSRaw reads the greeting, sends EHLO and STARTTLS on c and
+// returns the TLS connection after the handshake.
+func startTLSRaw(t *testing.T, c net.Conn, r *bufio.Reader) *tls.Conn {
+	t.Helper()
+	fmt.Fprint(c, "EHLO fuzz.example\r\nSTARTTLS\r\n")
+	for {
+		line, err := r.ReadString('\n')
+		if err != nil {
+			t.Fatalf("before STARTTLS: %v", err)
+		}
+		if strings.HasPrefix(line, "220 2.0.0") {
+			break
+		}
+	}
+	tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true})
+	if err := tc.Handshake(); err != nil {
+		t.Fatalf("TLS handshake: %v", err)
+	}
+	return tc
 }

@@ -106,12 +106,12 @@ func startServer(tb testing.TB, l config.Listener) (*Server, *memSink) {
 
 // client is a raw SMTP dialogue.
 type client struct {
-	t *testing.T
+	t testing.TB
 	c net.Conn
 	r *bufio.Reader
 }
 
-func dial(t *testing.T, s *Server, local string) *client {
+func dial(t testing.TB, s *Server, local string) *client {
 	t.Helper()
 	d := net.Dialer{Timeout: 5 * time.Second}
 	if local != "" {

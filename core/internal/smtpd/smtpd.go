@@ -61,13 +61,16 @@ type Server struct {
 	log      hclog.Logger
 	c        *stats.Counters
 
-	smtp     *smtp.Server
-	ln       net.Listener
-	blocks   *config.BlockList
-	users    map[string]users.Hash
-	limiter  *rateLimiter
-	sessions atomic.Int64
-	nextID   atomic.Uint64
+	smtp    *smtp.Server
+	ln      net.Listener
+	blocks  *config.BlockList
+	users   map[string]users.Hash
+	limiter *rateLimiter
+	// tlsConfig serves STARTTLS, which clientConn runs itself (nil: not
+	// offered); go-smtp is never given it.
+	tlsConfig *tls.Config
+	sessions  atomic.Int64
+	nextID    atomic.Uint64
 }
 
 // New builds a listener from its config. Errors: unreadable TLS files,
@@ -83,14 +86,16 @@ func New(cfg config.Listener, hostname string, sink Sink, checkers []Checker, c 
 	srv.ReadTimeout = cfg.ReadTimeout.D()
 	srv.WriteTimeout = cfg.WriteTimeout.D()
 	srv.EnableSMTPUTF8 = true
-	srv.AllowInsecureAuth = false
+	// go-smtp cannot see the TLS that clientConn runs: the session offers
+	// and accepts AUTH only after STARTTLS.
+	srv.AllowInsecureAuth = true
 	srv.ErrorLog = errorLog{s.log}
 	if cfg.TLS != nil {
 		cert, err := tls.LoadX509KeyPair(cfg.TLS.CertFile, cfg.TLS.KeyFile)
 		if err != nil {
 			return nil, fmt.Errorf("listener %s: tls: %w", cfg.Name, err)
 		}
-		srv.TLSConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		s.tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
 	}
 	if cfg.Auth != nil {
 		u, err := users.Read(cfg.Auth.UsersFile)
@@ -150,23 +155,14 @@ func (s *Server) Sessions() int64 { return s.sessions.Load() }
 
 // NewSession implements smtp.Backend.
 func (s *Server) NewSession(c *smtp.Conn) (smtp.Session, error) {
-	nc := c.Conn()
-	tc, isTLS := nc.(*tls.Conn)
-	if isTLS {
-		nc = tc.NetConn()
-	}
-	cc, _ := nc.(*clientConn)
-	if cc != nil && isTLS {
-		cc.startedTLS()
-	}
-	sess := &session{s: s, conn: c, cc: cc, ip: remoteIP(nc), id: s.nextID.Add(1)}
+	cc, _ := c.Conn().(*clientConn)
+	sess := &session{s: s, cc: cc, ip: remoteIP(c.Conn()), id: s.nextID.Add(1)}
 	return sess, nil
 }
 
 type session struct {
 	s    *Server
-	conn *smtp.Conn
-	cc   *clientConn // the connection below go-smtp (and below TLS)
+	cc   *clientConn // the connection below go-smtp (it runs STARTTLS)
 	ip   netip.Addr
 	id   uint64
 	user string
@@ -175,6 +171,9 @@ type session struct {
 	relayed int
 	started bool
 }
+
+// tls reports whether the session runs inside TLS.
+func (ss *session) tls() bool { return ss.cc != nil && ss.cc.isTLS() }
 
 func smtpErr(code int, enh smtp.EnhancedCode, msg string) *smtp.SMTPError {
 	return &smtp.SMTPError{Code: code, EnhancedCode: enh, Message: msg}
@@ -186,10 +185,10 @@ func (ss *session) reject(err *smtp.SMTPError, what string) error {
 	return err
 }
 
-// AuthMechanisms implements smtp.AuthSession: PLAIN when users exist.
-// go-smtp offers AUTH only after STARTTLS (AllowInsecureAuth is false).
+// AuthMechanisms implements smtp.AuthSession: PLAIN when users exist,
+// only after STARTTLS.
 func (ss *session) AuthMechanisms() []string {
-	if ss.s.users == nil {
+	if ss.s.users == nil || !ss.tls() {
 		return nil
 	}
 	return []string{sasl.Plain}
@@ -200,7 +199,7 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if ss.s.users == nil || mech != sasl.Plain {
 		return nil, smtp.ErrAuthUnsupported
 	}
-	if _, tlsOK := ss.conn.TLSConnectionState(); !tlsOK {
+	if !ss.tls() {
 		return nil, smtpErr(538, smtp.EnhancedCode{5, 7, 11}, "Encryption required for requested authentication mechanism")
 	}
 	return sasl.NewPlainServer(func(identity, username, password string) error {
@@ -227,12 +226,18 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		if err != nil {
 			return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 7}, "sender"), "MAIL")
 		}
+		if err := checkOnion(m.ASCIIDomain()); err != nil {
+			return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address: "+err.Error()), "MAIL")
+		}
 		from = m.String()
 	}
 	if ss.s.limiter != nil && !ss.s.limiter.allow(clientKey(ss.ip), time.Now()) {
 		return ss.reject(smtpErr(450, smtp.EnhancedCode{4, 7, 1}, "Rate limit exceeded, try again later"), "MAIL")
 	}
 	if err := ss.checkSpace(mailSize(opts), "MAIL"); err != nil {
+		return err
+	}
+	if err := ss.checkQueue("MAIL"); err != nil {
 		return err
 	}
 	ss.env = sdk.Envelope{MailFrom: from, BodyType: sdk.Body7Bit}
@@ -282,6 +287,9 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		return ss.reject(addressErr(err, smtp.EnhancedCode{5, 1, 3}, "recipient"), "RCPT")
 	}
 	domain := m.ASCIIDomain()
+	if err := checkOnion(domain); err != nil {
+		return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 3}, "Bad recipient address: "+err.Error()), "RCPT")
+	}
 	// A non-ASCII domain goes on in the form the policy below judges.
 	m = m.Normalized()
 	// The queue gets the address exactly as the policy below judged it.
@@ -299,6 +307,9 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 		if max := ss.s.cfg.Relay.MaxRecipients; max > 0 && ss.relayed >= max {
 			return ss.reject(smtpErr(452, smtp.EnhancedCode{4, 5, 3}, fmt.Sprintf("Too many recipients (at most %d)", max)), "RCPT")
 		}
+	}
+	if err := ss.checkQueue("RCPT"); err != nil {
+		return err
 	}
 	env := ss.env
 	env.RcptTo = append(append([]string{}, ss.env.RcptTo...), to)
@@ -407,6 +418,10 @@ func (ss *session) Data(r io.Reader) error {
 		}
 	}
 	if err := ss.checkSpace(int64(len(header))+body.Len(), "DATA"); err != nil {
+		body.Abort()
+		return err
+	}
+	if err := ss.checkQueue("DATA"); err != nil {
 		body.Abort()
 		return err
 	}

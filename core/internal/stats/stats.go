@@ -39,6 +39,9 @@ type Counters struct {
 	// SMTPFull: MAIL and DATA answered 452 4.3.1 because the data dir's
 	// free space was below the reserve.
 	SMTPFull atomic.Int64
+	// SMTPQueueFull: MAIL, RCPT and DATA answered 451 4.3.2 because the
+	// queue held queue.max_items.
+	SMTPQueueFull atomic.Int64
 
 	once sync.Once
 	// delivery is the time from acceptance (250) to a delivery attempt's
@@ -141,6 +144,7 @@ func Register(reg prometheus.Registerer, c *Counters, g Gauges) {
 	counter("plugin_restarts_total", "Plugin processes restarted.", &c.PluginRestarts)
 	counter("items_quarantined_total", "Items quarantined after failing their stage repeatedly.", &c.Quarantined)
 	counter("smtp_disk_full_total", "MAIL/DATA refused with 452 4.3.1 for lack of disk space.", &c.SMTPFull)
+	counter("smtp_queue_full_total", "MAIL/RCPT/DATA refused with 451 4.3.2 because the queue held queue.max_items.", &c.SMTPQueueFull)
 	counter("sphinx_messages_total", "Messages turned into Sphinx packets at this entry.", &c.SphinxMessages)
 	counter("sphinx_packets_total", "Sphinx packets made of them.", &c.SphinxPackets)
 	reg.MustRegister(c.histogram())
