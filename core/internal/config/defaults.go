@@ -67,6 +67,7 @@ func (c *Config) SetDefaults() {
 	}
 
 	c.torDefaults()
+	c.coverDefaults()
 
 	for i := range c.Listeners {
 		l := &c.Listeners[i]
