@@ -97,7 +97,7 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 		}
 	}
 	rep, err := w.reply(cmdTimeout)
-	mailErr := error(nil)
+	var mailErr *smtp.SMTPError
 	switch {
 	case err != nil:
 		if s.reused {
@@ -142,7 +142,7 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 		return res, nil, false, false
 	}
 	if mailErr != nil {
-		se := mailErr.(*smtp.SMTPError)
+		se := mailErr
 		e := replyToError("MAIL FROM", se)
 		d.log.Debug("MAIL FROM refused", "host", s.key, "reply", se)
 		if dataRep.Code == 354 {
