@@ -121,7 +121,7 @@ func (g *Generator) Message(now time.Time) (sdk.Envelope, []byte, []byte) {
 	return env, h, g.body(size)
 }
 
-// body returns size bytes (at least 2) of base64 lines of about 76
+// body returns size bytes (none, or at least 2) of base64 lines of about 76
 // characters, each ending CRLF.
 func (g *Generator) body(size int) []byte {
 	const alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
