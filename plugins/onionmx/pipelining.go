@@ -54,7 +54,7 @@ func (s *session) quitWire() {
 // write and their replies are read in order (RFC 2920 §3.1: DATA ends the
 // group), then the message and its final dot. Over a Tor circuit, where
 // a round trip is tens of milliseconds, this is one round trip before the
-// message instead of four. The outcomes are those of transact.
+// message instead of one per command. The outcomes are those of transact.
 func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string, needUTF8, no8Bit bool, size int64) (res map[string]error, hostErr *sdk.Error, keep, stale bool) {
 	if strings.ContainsAny(m.Envelope.MailFrom, "\r\n") || strings.ContainsAny(strings.Join(rcpts, ""), "\r\n") {
 		return nil, sdk.Permanent(553, "5.1.7", "onionmx: address contains a line break"), false, false
