@@ -7,4 +7,4 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 go test -count=1 -run '^$' -bench 'BenchmarkOnionDeliveryVsTorsocks|BenchmarkMixnetLatencyDirectVsTor' -benchtime 1x -timeout 30m ./core/e2e/ \
-  | grep -E '^(onion delivery|latency|mixnet latency|Benchmark|ok|FAIL)'
+  | grep -E '^(onion delivery|latency|mixnet latency|Benchmark|ok|FAIL)|_test\.go:[0-9]+: '

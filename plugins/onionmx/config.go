@@ -39,6 +39,7 @@ type Config struct {
 	DNSTimeout     sdk.Duration `json:"dns_timeout" doc:"one DNS query over TCP, connect included"`
 	IdleTimeout    sdk.Duration `json:"idle_timeout" doc:"how long an idle connection is kept for reuse"`
 	MaxIdle        int          `json:"max_idle" doc:"idle connections kept per destination host:port; 0 disables reuse"`
+	Pipelining     bool         `json:"pipelining" doc:"send RSET, MAIL, RCPT and DATA in one write when the server offers PIPELINING (RFC 2920): one round trip instead of one per command"`
 }
 
 // localDomains is LocalDomains as a set of lower-case names.

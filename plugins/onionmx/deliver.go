@@ -201,7 +201,8 @@ func (d *deliverer) tryHost(ctx context.Context, t target, domain string, m *sdk
 	key := t.String()
 	for {
 		s := d.pool.get(key)
-		if s != nil && !d.revive(ctx, s) {
+		// A pipelining session sends its RSET with the transaction.
+		if s != nil && s.wire == nil && !d.revive(ctx, s) {
 			continue // dead; try the next idle one or dial
 		}
 		if s == nil {
@@ -298,7 +299,11 @@ func (d *deliverer) connectOnce(ctx context.Context, t target, domain, policy st
 		raw.Close()
 		return nil, ctx.Err()
 	}
-	return &session{c: c, raw: raw, key: t.String(), encrypted: encrypted}, nil
+	s := &session{c: c, raw: raw, key: t.String(), encrypted: encrypted}
+	if ok, _ := c.Extension("PIPELINING"); ok && d.cfg.Pipelining {
+		s.wire = newWire(conn)
+	}
+	return s, nil
 }
 
 // tlsConfig is the client TLS config for host (a name or an IP): SNI and
@@ -355,6 +360,9 @@ func (d *deliverer) transact(ctx context.Context, s *session, m *sdk.Message, rc
 		return nil, sdk.Permanent(552, "5.3.4", "onionmx: message larger than the server's SIZE limit (RFC 1870)"), true, false
 	}
 
+	if s.wire != nil {
+		return d.transactPipelined(s, m, rcpts, needUTF8, no8Bit, size)
+	}
 	if err := c.Mail(m.Envelope.MailFrom, &smtp.MailOptions{UTF8: needUTF8, Size: size}); err != nil {
 		se, isReply := smtpReply(err)
 		if s.reused && (!isReply || se.Code == 421) {

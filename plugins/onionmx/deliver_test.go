@@ -97,25 +97,36 @@ func TestEndOfDataRefusalHitsOnlyAcceptedRecipients(t *testing.T) {
 	wantResult(t, got, "gone@example.net", false, 550, "5.1.1")
 }
 
+// Without pipelining the aborted transaction is cleared with RSET at once
+// and the reused session checked with another; with pipelining the RSET
+// leaves with the next transaction's commands.
 func TestAbortedTransactionIsResetAndTheSessionReused(t *testing.T) {
-	f := startFakeMX(t, fakeOpts{})
-	f.setRcpt("a@example.net", reply(550, "5.1.1", "no"))
-	d := newTestDeliverer(t, testConfig(f.Addr))
-	got := deliver(t, d, testMessage("s@example.org", "a@example.net"))
-	wantResult(t, got, "a@example.net", false, 550, "5.1.1")
-	if n := len(f.messages()); n != 0 {
-		t.Fatalf("server got %d messages, want 0", n)
-	}
-	if _, rsets := f.counts(); rsets != 1 {
-		t.Fatalf("%d RSET after the aborted transaction, want 1", rsets)
-	}
-	// The next message reuses the session (after the RSET check).
-	got = deliver(t, d, testMessage("other@example.org", "b@example.net"))
-	wantResult(t, got, "b@example.net", false, 0, "")
-	conns, rsets := f.counts()
-	msgs := f.messages()
-	if conns != 1 || rsets != 2 || len(msgs) != 1 || msgs[0].from != "other@example.org" {
-		t.Fatalf("conns %d rsets %d messages %+v, want 1, 2 and one from other@example.org", conns, rsets, msgs)
+	for _, c := range []struct {
+		pipelining       bool
+		afterAbort, next int
+	}{{false, 1, 2}, {true, 0, 1}} {
+		t.Run(fmt.Sprintf("pipelining=%v", c.pipelining), func(t *testing.T) {
+			f := startFakeMX(t, fakeOpts{})
+			f.setRcpt("a@example.net", reply(550, "5.1.1", "no"))
+			cfg := testConfig(f.Addr)
+			cfg.Pipelining = c.pipelining
+			d := newTestDeliverer(t, cfg)
+			got := deliver(t, d, testMessage("s@example.org", "a@example.net"))
+			wantResult(t, got, "a@example.net", false, 550, "5.1.1")
+			if n := len(f.messages()); n != 0 {
+				t.Fatalf("server got %d messages, want 0", n)
+			}
+			if _, rsets := f.counts(); rsets != c.afterAbort {
+				t.Fatalf("%d RSET after the aborted transaction, want %d", rsets, c.afterAbort)
+			}
+			got = deliver(t, d, testMessage("other@example.org", "b@example.net"))
+			wantResult(t, got, "b@example.net", false, 0, "")
+			conns, rsets := f.counts()
+			msgs := f.messages()
+			if conns != 1 || rsets != c.next || len(msgs) != 1 || msgs[0].from != "other@example.org" {
+				t.Fatalf("conns %d rsets %d messages %+v, want 1, %d and one from other@example.org", conns, rsets, msgs, c.next)
+			}
+		})
 	}
 }
 

@@ -27,6 +27,7 @@ var defaults = Config{
 	MaxIdle:        2,
 	SRV:            true,
 	Circuits:       1,
+	Pipelining:     true,
 }
 
 func main() {

@@ -15,6 +15,7 @@ type session struct {
 	key       string   // pool key: destination host:port
 	encrypted bool
 	reused    bool      // taken from the idle pool
+	wire      *wire     // set when the server offers PIPELINING (pipelining.go)
 	idleSince time.Time // when it entered the pool
 }
 
@@ -23,6 +24,10 @@ func (s *session) close() { _ = s.raw.Close() }
 
 // quit says goodbye politely (bounded by a short timeout) and closes.
 func (s *session) quit() {
+	if s.wire != nil {
+		s.quitWire()
+		return
+	}
 	s.c.CommandTimeout = 5 * time.Second
 	_ = s.c.Quit()
 	s.close()

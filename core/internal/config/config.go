@@ -59,6 +59,10 @@ type Config struct {
 	// services for listeners (tor.go, docs/tor.md); absent, no Tor.
 	Tor *Tor `yaml:"tor"`
 
+	// Cover originates cover messages through the pipeline (cover.go);
+	// absent, none.
+	Cover *Cover `yaml:"cover"`
+
 	// lines maps the path of every key written in the file
 	// ("listeners[0].relay.anyone", "pipeline[2]") to its line, to locate
 	// errors; unset holds those written with no value. Together they tell

@@ -72,6 +72,7 @@ func (c *Config) SetDefaults() {
 	}
 
 	c.torDefaults()
+	c.coverDefaults()
 
 	for i := range c.Listeners {
 		l := &c.Listeners[i]

@@ -105,6 +105,7 @@ func (c *Config) validate(e *errs) {
 	c.validatePipeline(e, bad)
 	c.validateMix(bad, positive)
 	c.validateTor(bad, positive)
+	c.validateCover(bad, positive)
 }
 
 // capabilityRE is a descriptor capability (the nodes package checks the

@@ -256,6 +256,7 @@ func Start(parent context.Context, cfg *config.Config, log hclog.Logger) (*Daemo
 		return nil, err
 	}
 	go d.statsLoop(ctx)
+	d.startCover(ctx)
 	ok = true
 	return d, nil
 }

@@ -1,0 +1,221 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"net/textproto"
+	"strings"
+	"time"
+
+	"github.com/emersion/go-smtp"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// wire is a session's own reader and writer for transactions sent with
+// PIPELINING (RFC 2920). Once a session has one, every command after EHLO
+// goes through it (go-smtp's client has no pipelining and its reader must
+// not be used alongside).
+type wire struct {
+	conn net.Conn
+	r    *textproto.Reader
+	w    *bufio.Writer
+}
+
+func newWire(conn net.Conn) *wire {
+	return &wire{conn: conn, r: textproto.NewReader(bufio.NewReader(conn)), w: bufio.NewWriter(conn)}
+}
+
+// reply reads one reply within timeout. A reply with a code is an
+// *smtp.SMTPError whatever its class (the caller decides what it means);
+// anything else (EOF, timeout, garbage) is returned as is.
+func (w *wire) reply(timeout time.Duration) (*smtp.SMTPError, error) {
+	_ = w.conn.SetReadDeadline(time.Now().Add(timeout))
+	code, msg, err := w.r.ReadResponse(0) // 0: any code, no *textproto.Error
+	if err != nil {
+		return nil, err
+	}
+	return &smtp.SMTPError{Code: code, EnhancedCode: parseEnhanced(msg), Message: msg}, nil
+}
+
+// quitWire sends QUIT, reads the reply briefly and closes.
+func (s *session) quitWire() {
+	_ = s.wire.conn.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := s.wire.w.WriteString("QUIT\r\n"); err == nil && s.wire.w.Flush() == nil {
+		_, _ = s.wire.reply(5 * time.Second)
+	}
+	s.close()
+}
+
+// transactPipelined is transact for a server that offers PIPELINING: RSET
+// (on a reused session), MAIL FROM, every RCPT TO and DATA leave in one
+// write and their replies are read in order (RFC 2920 §3.1: DATA ends the
+// group), then the message and its final dot. Over a Tor circuit, where
+// a round trip is tens of milliseconds, this is one round trip before the
+// message instead of one per command. The outcomes are those of transact.
+func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string, needUTF8, no8Bit bool, size int64) (res map[string]error, hostErr *sdk.Error, keep, stale bool) {
+	if strings.ContainsAny(m.Envelope.MailFrom, "\r\n") || strings.ContainsAny(strings.Join(rcpts, ""), "\r\n") {
+		return nil, sdk.Permanent(553, "5.1.7", "onionmx: address contains a line break"), false, false
+	}
+	c, w := s.c, s.wire
+	cmdTimeout := d.cfg.CommandTimeout.D()
+	var b strings.Builder
+	if s.reused {
+		// Clears whatever the last transaction left and proves the
+		// connection alive, at no extra round trip.
+		b.WriteString("RSET\r\n")
+	}
+	fmt.Fprintf(&b, "MAIL FROM:<%s>", m.Envelope.MailFrom)
+	if ok, _ := c.Extension("8BITMIME"); ok {
+		b.WriteString(" BODY=8BITMIME")
+	}
+	if ok, _ := c.Extension("SIZE"); ok && size > 0 {
+		fmt.Fprintf(&b, " SIZE=%d", size)
+	}
+	if needUTF8 {
+		b.WriteString(" SMTPUTF8")
+	}
+	b.WriteString("\r\n")
+	for _, r := range rcpts {
+		fmt.Fprintf(&b, "RCPT TO:<%s>\r\n", r)
+	}
+	b.WriteString("DATA\r\n")
+	_ = w.conn.SetWriteDeadline(time.Now().Add(cmdTimeout))
+	if _, err := w.w.WriteString(b.String()); err == nil {
+		err = w.w.Flush()
+		if err != nil && s.reused {
+			return nil, nil, false, true
+		}
+	}
+
+	if s.reused {
+		rep, err := w.reply(cmdTimeout)
+		if err != nil || rep.Code == 421 {
+			return nil, nil, false, true // dead or closing: nothing was taken
+		}
+	}
+	rep, err := w.reply(cmdTimeout)
+	var mailErr *smtp.SMTPError
+	switch {
+	case err != nil:
+		if s.reused {
+			return nil, nil, false, true
+		}
+		return nil, replyToError("MAIL FROM", err), false, false
+	case rep.Code/100 != 2:
+		mailErr = rep
+	}
+
+	res = make(map[string]error, len(rcpts))
+	var accepted []string
+	for _, r := range rcpts {
+		rep, err := w.reply(cmdTimeout)
+		switch {
+		case err != nil:
+			e := replyToError("RCPT TO", err)
+			for _, r := range rcpts {
+				if _, done := res[r]; !done {
+					res[r] = e
+				}
+			}
+			return res, nil, false, false
+		case mailErr != nil:
+			// The server refused the sender; its RCPT replies (503) say
+			// nothing about the recipients.
+		case rep.Code/100 != 2:
+			d.log.Debug("RCPT TO refused", "host", s.key, "rcpt", r, "reply", rep)
+			res[r] = replyToError("RCPT TO", rep)
+		default:
+			accepted = append(accepted, r)
+		}
+	}
+	dataRep, err := w.reply(cmdTimeout)
+	if err != nil {
+		e := replyToError("DATA", err)
+		for _, r := range rcpts {
+			if _, done := res[r]; !done {
+				res[r] = e
+			}
+		}
+		return res, nil, false, false
+	}
+	if mailErr != nil {
+		se := mailErr
+		e := replyToError("MAIL FROM", se)
+		d.log.Debug("MAIL FROM refused", "host", s.key, "reply", se)
+		if dataRep.Code == 354 {
+			return nil, e, false, false // a broken server: drop the session
+		}
+		if se.Code >= 500 {
+			for _, r := range rcpts {
+				res[r] = e
+			}
+			return res, nil, true, false
+		}
+		return nil, e, se.Code != 421, false
+	}
+	if dataRep.Code != 354 {
+		if len(accepted) == 0 {
+			return res, nil, dataRep.Code != 421, false
+		}
+		d.log.Debug("DATA refused", "host", s.key, "reply", dataRep)
+		e := replyToError("DATA", dataRep)
+		for _, r := range accepted {
+			res[r] = e
+		}
+		return res, nil, dataRep.Code != 421, false
+	}
+	if len(accepted) == 0 {
+		// 354 with no recipient (RFC 2920 §3.1 forbids it): send nothing
+		// and drop the session rather than deliver an empty message.
+		return res, nil, false, false
+	}
+
+	_ = w.conn.SetWriteDeadline(time.Now().Add(d.cfg.DataTimeout.D()))
+	dw := textproto.NewWriter(w.w).DotWriter()
+	_, err = dw.Write(m.Header)
+	if err == nil {
+		err = writeBody(dw, m, no8Bit)
+	}
+	if err != nil {
+		// Nothing was delivered: the final dot was never sent, and the
+		// connection is dropped.
+		var be *bodyError
+		e := replyToError("DATA", err)
+		switch {
+		case errors.Is(err, err8Bit):
+			e = err8Bit
+		case errors.As(err, &be):
+			e = sdk.Temporary(451, "4.3.0", "onionmx: reading the message: %v", be.err)
+		}
+		for _, r := range accepted {
+			res[r] = e
+		}
+		return res, nil, false, false
+	}
+	if err = dw.Close(); err == nil {
+		err = w.w.Flush()
+	}
+	var final *smtp.SMTPError
+	if err == nil {
+		final, err = w.reply(d.cfg.DataTimeout.D())
+	}
+	if err == nil && final.Code/100 != 2 {
+		err = final
+	}
+	if err != nil {
+		d.log.Debug("message refused at end of data", "host", s.key, "reply", err)
+		e := replyToError("end of data", err)
+		for _, r := range accepted {
+			res[r] = e
+		}
+		return res, nil, final != nil && final.Code != 421, false
+	}
+	for _, r := range accepted {
+		res[r] = nil
+	}
+	d.log.Debug("delivered", "host", s.key, "recipients", len(accepted), "tls", s.encrypted, "reused", s.reused, "pipelined", true)
+	return res, nil, true, false
+}
