@@ -22,14 +22,6 @@ type Cert struct {
 // TLS returns the pair as a tls.Certificate for an in-process server.
 func (c Cert) TLS() (tls.Certificate, error) { return tls.X509KeyPair(c.CertPEM, c.KeyPEM) }
 
-// Pool returns a cert pool holding only this certificate, for a client that
-// must verify it (it is its own CA).
-func (c Cert) Pool() *x509.CertPool {
-	p := x509.NewCertPool()
-	p.AppendCertsFromPEM(c.CertPEM)
-	return p
-}
-
 // SelfSigned makes an ECDSA P-256 certificate valid for one day (from an
 // hour ago, to absorb clock skew) for hosts: DNS names or IP literals. It is
 // also a CA, so a client can trust it directly. No openssl needed.
