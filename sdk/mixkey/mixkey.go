@@ -504,3 +504,15 @@ func ReadFile(path string) (*Key, Meta, error) {
 	}
 	return k, meta, nil
 }
+
+// ParseKind reads a Sphinx format name: "x25519" (or "", the default) or
+// "xwing". Errors: any other name.
+func ParseKind(s string) (Kind, error) {
+	switch s {
+	case "", "x25519":
+		return X25519Kind, nil
+	case "xwing":
+		return XWing, nil
+	}
+	return 0, fmt.Errorf("mixkey: unknown sphinx format %q (want x25519 or xwing)", s)
+}
