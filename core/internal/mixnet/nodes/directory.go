@@ -257,7 +257,7 @@ type Directory struct {
 	// Format is the nodes file's Sphinx format (sphinx_format).
 	Format mixkey.Kind
 	nodes  []*Node
-	byID  map[sdk.NodeID]*Node
+	byID   map[sdk.NodeID]*Node
 	// Skipped are the expired entries LoadNodes left out (each an
 	// *EntryError wrapping ErrExpired), for the caller to log.
 	Skipped []error
