@@ -505,6 +505,19 @@ func ReadFile(path string) (*Key, Meta, error) {
 	return k, meta, nil
 }
 
+// Set parses s with ParseKind into k (a flag.Value, pflag.Value).
+func (k *Kind) Set(s string) error {
+	v, err := ParseKind(s)
+	if err != nil {
+		return err
+	}
+	*k = v
+	return nil
+}
+
+// Type names the flag's value type (pflag.Value).
+func (k *Kind) Type() string { return "x25519|xwing" }
+
 // ParseKind reads a Sphinx format name: "x25519" (or "", the default) or
 // "xwing". Errors: any other name.
 func ParseKind(s string) (Kind, error) {
