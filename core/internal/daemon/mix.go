@@ -221,10 +221,10 @@ type liveDirectory struct {
 	// format is the node's Sphinx format: a nodes file of another is
 	// refused, at start and at every reload.
 	format mixkey.Kind
-	log   hclog.Logger
-	cur   atomic.Pointer[nodes.Directory]
-	mu    sync.Mutex
-	mtime time.Time
+	log    hclog.Logger
+	cur    atomic.Pointer[nodes.Directory]
+	mu     sync.Mutex
+	mtime  time.Time
 }
 
 func newLiveDirectory(path string, format mixkey.Kind, log hclog.Logger) (*liveDirectory, error) {
