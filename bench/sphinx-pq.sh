@@ -7,11 +7,35 @@
 #                  KEM:    3 x (ML-KEM-768 encapsulation + X25519 key generation + X25519 + GCM seal)
 #   unwrap a hop   X25519: 2 x X25519 + GCM open
 #                  KEM:    ML-KEM-768 decapsulation + X25519 + GCM open
+# and the anchor: Katzenpost's KEM Sphinx (core/sphinx) with its X-Wing KEM
+# at the same geometry (3 hops, 60777-byte payload), measured here the same
+# way (bench/katzenpost/). It is built in a temporary module from
+# Katzenpost's sources: KATZENPOST_SRC and HPQC_SRC name checkouts of
+# github.com/katzenpost/katzenpost and github.com/katzenpost/hpqc (cloned
+# from GitHub when unset); it needs cgo and a C compiler (hpqc links
+# highctidh) and takes minutes to build the first time. SKIP_KATZENPOST=1
+# leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 out=$(go test -run '^$' -count 3 -benchtime 1s \
   -bench '^Benchmark(NewPacket|Unwrap|KEMNewPacket|KEMUnwrap|PayloadLayer|PayloadSeal|Primitive.*)$' \
   ./plugins/sphinx/internal/sphinx/)
+if [ "${SKIP_KATZENPOST:-}" != 1 ]; then
+  tmp=$(mktemp -d)
+  trap 'rm -rf "$tmp"' EXIT
+  src() { # src NAME VAR: a checkout of github.com/katzenpost/NAME
+    if [ -n "${!2:-}" ]; then echo "${!2}"; else
+      git clone -q --depth 1 "https://github.com/katzenpost/$1" "$tmp/$1" && echo "$tmp/$1"; fi
+  }
+  kp=$(src katzenpost KATZENPOST_SRC)
+  hpqc=$(src hpqc HPQC_SRC)
+  mkdir "$tmp/mod"
+  cp bench/katzenpost/kemsphinx_bench_test.go.txt "$tmp/mod/kemsphinx_bench_test.go"
+  printf '%s\n' 'module kpbench' '' 'go 1.26' '' 'require github.com/katzenpost/katzenpost v0.0.0' '' \
+    "replace github.com/katzenpost/katzenpost => $kp" '' "replace github.com/katzenpost/hpqc => $hpqc" > "$tmp/mod/go.mod"
+  (cd "$tmp/mod" && GOFLAGS=-mod=mod go test -c -o "$tmp/kp.test" . >&2)
+  out+=$'\n'$("$tmp/kp.test" -test.run '^$' -test.count 3 -test.benchtime 1s -test.bench '^BenchmarkKatzenpost')
+fi
 python3 - "$out" <<'PY'
 import re, statistics, sys
 runs = {}
@@ -31,4 +55,8 @@ rows = [
 print("primitives (us CPU): X25519 keygen %.1f, X25519 %.1f, ML-KEM-768 encaps %.1f, decaps %.1f, GCM seal %.1f, open %.1f" % (kg, dh, enc, dec, seal, opn))
 for name, got, s in rows:
     print(f"{name}: {got:7.1f} us CPU, sum of primitives {s:7.1f} us, ratio {got/s:.2f}")
+if "KatzenpostKEMNewPacket" in us:
+    kc, ku = us["KatzenpostKEMNewPacket"], us["KatzenpostKEMUnwrap"]
+    print(f"Katzenpost KEM Sphinx, X-Wing, same geometry: create {kc:7.1f} us CPU, unwrap {ku:7.1f} us CPU;"
+          f" mixmta KEM / Katzenpost: create {us['KEMNewPacket']/kc:.2f}, unwrap {us['KEMUnwrap']/ku:.2f}")
 PY
