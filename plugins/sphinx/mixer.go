@@ -44,8 +44,8 @@ func (s *Stage) Mix(_ context.Context, packet []byte) (*sdk.MixResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(packet) != s.fmt.geo.PacketSize {
-		return nil, errMalformed("sphinx: packet of %d bytes, packet_size is %d", len(packet), s.fmt.geo.PacketSize)
+	if len(packet) != s.pf.geo.PacketSize {
+		return nil, errMalformed("sphinx: packet of %d bytes, packet_size is %d", len(packet), s.pf.geo.PacketSize)
 	}
 	buf := bytes.Clone(packet)
 	now := s.now()
@@ -59,10 +59,10 @@ func (s *Stage) Mix(_ context.Context, packet []byte) (*sdk.MixResult, error) {
 		}
 		tried++
 		var res *sphinx.Result
-		if s.fmt.kind == mixkey.XWing {
-			res, err = sphinx.UnwrapKEM(s.fmt.kgeo, s.ring.kem[k.epoch], buf)
+		if s.pf.kind == mixkey.XWing {
+			res, err = sphinx.UnwrapKEM(s.pf.kgeo, s.ring.kem[k.epoch], buf)
 		} else {
-			res, err = sphinx.Unwrap(s.fmt.geo, priv, buf)
+			res, err = sphinx.Unwrap(s.pf.geo, priv, buf)
 		}
 		if errors.Is(err, sphinx.ErrBadMAC) {
 			continue
@@ -122,7 +122,7 @@ func (s *Stage) Cover(_ context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
 	if err != nil {
 		return nil, err
 	}
-	payload := make([]byte, s.fmt.payloadSize())
+	payload := make([]byte, s.pf.payloadSize())
 	switch k {
 	case sdk.CoverDrop:
 		path, err := choosePath(st.candidates, s.hops, false, s.rand)
@@ -132,7 +132,7 @@ func (s *Stage) Cover(_ context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
 		if _, err := io.ReadFull(s.rand, payload); err != nil {
 			return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
 		}
-		pkt, err := s.fmt.newPacket(path, sphinx.Drop, payload, s.rand)
+		pkt, err := s.pf.newPacket(path, sphinx.Drop, payload, s.rand)
 		if err != nil {
 			return nil, packetError(err)
 		}
@@ -155,7 +155,7 @@ func (s *Stage) Cover(_ context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
 		if loopID == ([loopIDSize]byte{}) { // 2^-128: never, but the id must not be zero
 			return nil, fmt.Errorf("sphinx: drew a zero loop id")
 		}
-		pkt, err := s.fmt.newPacket(path, sphinx.Exit, payload, s.rand)
+		pkt, err := s.pf.newPacket(path, sphinx.Exit, payload, s.rand)
 		if err != nil {
 			return nil, packetError(err)
 		}

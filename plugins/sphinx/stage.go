@@ -17,7 +17,7 @@ import (
 // MixState the core pushed and the private keys it lists (keyring); it is
 // safe for concurrent use.
 type Stage struct {
-	fmt  packetFormat
+	pf   packetFormat // the packet format and geometry
 	hops int
 	// maxMessage bounds header + body at the entry (bytes); maxInner and
 	// maxFragments are what it implies for the exit.
@@ -55,7 +55,7 @@ func newStageWith(c Config, r io.Reader, now func() time.Time, log hclog.Logger)
 		log = hclog.NewNullLogger()
 	}
 	f := c.format()
-	s := &Stage{fmt: f, hops: c.Hops, maxMessage: c.MaxMessageBytes, maxInner: maxInnerSize(c.MaxMessageBytes),
+	s := &Stage{pf: f, hops: c.Hops, maxMessage: c.MaxMessageBytes, maxInner: maxInnerSize(c.MaxMessageBytes),
 		fragData: f.payloadSize() - fragmentHeaderSize, newsPrefix: c.Mail2NewsLocalPart, rand: r, now: now, log: log}
 	s.maxFragments = int((s.maxInner + int64(s.fragData) - 1) / int64(s.fragData))
 	return s
@@ -65,9 +65,9 @@ func newStageWith(c Config, r io.Reader, now func() time.Time, log hclog.Logger)
 // is checked). On error the previous state stays in force and the error is
 // permanent: the core sent a state this node cannot use.
 func (s *Stage) SetMixState(_ context.Context, ms sdk.MixState) error {
-	st, err := newMixState(ms, s.fmt)
+	st, err := newMixState(ms, s.pf)
 	if err == nil {
-		err = s.ring.update(ms.KeyDir, ms.Keys, s.fmt.kind)
+		err = s.ring.update(ms.KeyDir, ms.Keys, s.pf.kind)
 	}
 	if err != nil {
 		return sdk.Permanent(554, "3.5", "sphinx: mix state rejected: %v", err)
