@@ -89,7 +89,7 @@ func checkNodesData(path string, data []byte, now time.Time) ([]Entry, mixkey.Ki
 // error) and its format against the file's, then checks duplicates and
 // shared mix keys against earlier entries; it sets Node and Err (wrapped
 // in an *EntryError).
-func checkEntries(path string, format mixkey.Kind, entries []Entry, now time.Time) {
+func checkEntries(path string, fileFormat mixkey.Kind, entries []Entry, now time.Time) {
 	byID := map[sdk.NodeID]int{}
 	byName := map[string]int{}
 	byKey := map[string]int{}
@@ -103,8 +103,8 @@ func checkEntries(path string, format mixkey.Kind, entries []Entry, now time.Tim
 			dup := func(kind error, format string, args ...any) {
 				e.Err = &DescriptorError{Name: n.Name, ID: n.ID.Short(), Kind: kind, Detail: fmt.Sprintf(format, args...)}
 			}
-			if n.Format != format {
-				dup(ErrWrongFormat, "a descriptor of sphinx format %s in a nodes file of format %s (a network uses one format)", n.Format, format)
+			if n.Format != fileFormat {
+				dup(ErrWrongFormat, "a descriptor of sphinx format %s in a nodes file of format %s (a network uses one format)", n.Format, fileFormat)
 			} else if j, ok := byID[n.ID]; ok {
 				dup(ErrDuplicate, "same identity as nodes[%d]%s", j, lineOf(entries[j]))
 			} else if j, ok := byName[n.Name]; ok {
@@ -149,12 +149,12 @@ type rawEntry struct {
 // sphinx_format). Unknown keys, an unknown format, a missing "nodes", and
 // anything after the object are errors.
 func splitNodes(path string, data []byte) ([]rawEntry, mixkey.Kind, error) {
-	var format mixkey.Kind
-	out, err := splitNodesFormat(path, data, &format)
-	return out, format, err
+	var kind mixkey.Kind
+	out, err := splitNodesFormat(path, data, &kind)
+	return out, kind, err
 }
 
-func splitNodesFormat(path string, data []byte, format *mixkey.Kind) ([]rawEntry, error) {
+func splitNodesFormat(path string, data []byte, kind *mixkey.Kind) ([]rawEntry, error) {
 	fail := func(off int64, format string, args ...any) ([]rawEntry, error) {
 		return nil, fmt.Errorf("nodes: %s:%d: %s", path, lineAt(data, off), fmt.Sprintf(format, args...))
 	}
@@ -199,7 +199,7 @@ func splitNodesFormat(path string, data []byte, format *mixkey.Kind) ([]rawEntry
 				return fail(off, `"sphinx_format" given twice`)
 			}
 			seenFormat = true
-			if *format, err = mixkey.ParseKind(name); err != nil {
+			if *kind, err = mixkey.ParseKind(name); err != nil {
 				return fail(off, "sphinx_format %q: want x25519 or xwing", name)
 			}
 			continue
