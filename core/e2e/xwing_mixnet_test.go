@@ -103,7 +103,6 @@ func TestXWingMixnetCarriesMessagesOfEverySize(t *testing.T) {
 	if len(frames["out"]) == 0 {
 		t.Fatalf("no frames logged: %v", frames)
 	}
-	assembled := 0
 	for i, n := range m.nodes {
 		log := n.log()
 		for _, s := range []string{"sender", "envsender", "pq0@", "example.net", "secret-subject", "LEAK-"} {
@@ -111,8 +110,19 @@ func TestXWingMixnetCarriesMessagesOfEverySize(t *testing.T) {
 				t.Errorf("node%d's log contains %q", i+1, s)
 			}
 		}
-		if v := statValue(lastStats(log), "assembled"); v > 0 {
-			assembled += v
+	}
+	// The [STATS] line comes every second: wait for the one that counts
+	// the last assembly.
+	assembled := 0
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
+		assembled = 0
+		for _, n := range m.nodes {
+			if v := statValue(lastStats(n.log()), "assembled"); v > 0 {
+				assembled += v
+			}
+		}
+		if assembled >= len(sizes) || time.Now().After(deadline) {
+			break
 		}
 	}
 	if assembled != len(sizes) {
