@@ -37,7 +37,9 @@ func (n *NodeID) UnmarshalText(b []byte) error {
 // Short is the first 8 hex digits, for logs.
 func (n NodeID) Short() string { return hex.EncodeToString(n[:4]) }
 
-// EpochKey is one epoch's X25519 mix public key (32 bytes). A key is valid
+// EpochKey is one epoch's mix public key: X25519 (32 bytes), or X-Wing
+// (1216 bytes: ML-KEM-768 encapsulation key then X25519 public key) in a
+// network of the KEM Sphinx format (mix.sphinx_format xwing). A key is valid
 // for packets in [NotBefore, NotAfter) (the epoch plus its grace). Private
 // keys never travel: see MixState.KeyDir.
 type EpochKey struct {

@@ -83,14 +83,14 @@ func TestMail2NewsWithoutCapableExitWaits(t *testing.T) {
 // mail2news (not exit) reassembles, so its mixer takes exit fragments.
 func TestMail2NewsNodeAcceptsFragments(t *testing.T) {
 	self := sdk.NodeID{9}
-	st, err := newMixState(sdk.MixState{Self: self, Nodes: []sdk.DirectoryNode{{ID: self, Capabilities: []string{sdk.CapMail2News}}}})
+	st, err := newMixState(sdk.MixState{Self: self, Nodes: []sdk.DirectoryNode{{ID: self, Capabilities: []string{sdk.CapMail2News}}}}, x25519Format)
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !st.selfExit {
 		t.Fatal("a mail2news node does not take exit fragments")
 	}
-	st, _ = newMixState(sdk.MixState{Self: self, Nodes: []sdk.DirectoryNode{{ID: self}}})
+	st, _ = newMixState(sdk.MixState{Self: self, Nodes: []sdk.DirectoryNode{{ID: self}}}, x25519Format)
 	if st.selfExit {
 		t.Fatal("a node without exit or mail2news takes exit fragments")
 	}

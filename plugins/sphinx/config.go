@@ -3,6 +3,7 @@ package main
 import (
 	"github.com/mixmta/mixmta/plugins/sphinx/internal/sphinx"
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // Config is the sphinx stage's config block in the pipeline file. The
@@ -18,6 +19,8 @@ type Config struct {
 	PacketSize      int   `json:"packet_size" doc:"Sphinx geometry: bytes per packet, header included (1024..16777216); the same on every node; on a mix node the core sets it to mix.packet_size"`
 	MaxMessageBytes int64 `json:"max_message_bytes" doc:"largest message (header + body, bytes) the entry accepts and the exit reassembles (1..1073741824)"`
 	// Mail2NewsLocalPart selects the exit by capability (capability.go).
+	// SphinxFormat is the packet format (format.go), the network's.
+	SphinxFormat       string `json:"sphinx_format" doc:"Sphinx packet format of the mixnet: x25519, or xwing (hybrid X25519 + ML-KEM-768 KEM Sphinx, post-quantum); the same on every node, equal to the core's mix.sphinx_format"`
 	Mail2NewsLocalPart string `json:"mail2news_local_part" doc:"recipients whose local part starts with this (case-insensitive; e.g. mail2news matches mail2news@ and mail2news-YYYYMMDD-group@) travel only to exits with the mail2news capability; empty: none do"`
 }
 
@@ -38,10 +41,13 @@ func (c *Config) Validate() error {
 	if c.Hops < 2 || c.Hops > c.MaxHops {
 		return sdk.FieldErrorf("hops", "must be between 2 and max_hops (%d), got %d", c.MaxHops, c.Hops)
 	}
+	if _, err := mixkey.ParseKind(c.SphinxFormat); err != nil {
+		return sdk.FieldErrorf("sphinx_format", "must be x25519 or xwing, got %q", c.SphinxFormat)
+	}
 	if c.PacketSize < minPacketSize || c.PacketSize > sphinx.MaxPacketSize {
 		return sdk.FieldErrorf("packet_size", "must be between %d and %d bytes, got %d", minPacketSize, sphinx.MaxPacketSize, c.PacketSize)
 	}
-	if err := c.geometry().Validate(); err != nil {
+	if err := c.format().validate(); err != nil {
 		return sdk.FieldErrorf("packet_size", "%v", err)
 	}
 	if c.MaxMessageBytes < 1 || c.MaxMessageBytes > maxMessageBytesCap {
@@ -53,7 +59,9 @@ func (c *Config) Validate() error {
 	return nil
 }
 
-// geometry is the Sphinx geometry the config describes.
-func (c *Config) geometry() sphinx.Geometry {
-	return sphinx.Geometry{PacketSize: c.PacketSize, MaxHops: c.MaxHops}
+// format is the packet format and geometry the config describes (after
+// Validate).
+func (c Config) format() packetFormat {
+	kind, _ := mixkey.ParseKind(c.SphinxFormat)
+	return newPacketFormat(kind, c.PacketSize, c.MaxHops)
 }

@@ -35,7 +35,11 @@ type testNode struct {
 	news    bool // capability mail2news
 	healthy bool
 	keys    map[uint64]*ecdh.PrivateKey
-	stage   *Stage
+	// xkeys are the node's X-Wing keys per epoch, in place of keys' for
+	// the directory and the key files, when the config's sphinx_format is
+	// xwing (keys then only lists the epochs).
+	xkeys map[uint64]*mixkey.Key
+	stage *Stage
 	// dir is the node's key directory: stateOf writes its key files there
 	// (the core's job), the stage reads them (MixState.KeyDir).
 	dir string
@@ -58,6 +62,9 @@ func testConfig() Config {
 	c := defaults
 	return c
 }
+
+// x25519Format is the default config's packet format.
+var x25519Format = defaults.format()
 
 func newTestNet(t testing.TB, n int, cfg Config, exits ...int) *testNet {
 	t.Helper()
@@ -86,6 +93,14 @@ func newTestNetAt(t testing.TB, epoch uint64, n int, cfg Config, exits ...int) *
 				t.Fatal(err)
 			}
 			nd.keys[e] = k
+			if cfg.SphinxFormat == "xwing" {
+				if nd.xkeys == nil {
+					nd.xkeys = map[uint64]*mixkey.Key{}
+				}
+				if nd.xkeys[e], err = mixkey.GenerateXWing(rand.Reader); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
 		nd.stage = newStageWith(cfg, rand.Reader, func() time.Time { return net.now }, nil)
 		net.nodes = append(net.nodes, nd)
@@ -98,8 +113,11 @@ func newTestNetAt(t testing.TB, epoch uint64, n int, cfg Config, exits ...int) *
 // epochKey is node nd's key of epoch e as the directory and the node see
 // it: valid from the epoch's start to its end plus a 10-minute grace.
 func (nd *testNode) epochKey(e uint64) sdk.EpochKey {
-	k := nd.keys[e]
-	return sdk.EpochKey{Epoch: e, Public: k.PublicKey().Bytes(), NotBefore: epochStart(e), NotAfter: epochStart(e + 1).Add(10 * time.Minute)}
+	pub := nd.keys[e].PublicKey().Bytes()
+	if x := nd.xkeys[e]; x != nil {
+		pub = x.Public()
+	}
+	return sdk.EpochKey{Epoch: e, Public: pub, NotBefore: epochStart(e), NotAfter: epochStart(e + 1).Add(10 * time.Minute)}
 }
 
 // writeKeys writes nd's private keys to its key directory, as the core's
@@ -110,6 +128,9 @@ func (nd *testNode) writeKeys(t testing.TB) {
 		key, err := mixkey.New(k.Bytes())
 		if err != nil {
 			t.Fatal(err)
+		}
+		if x := nd.xkeys[e]; x != nil {
+			key = x
 		}
 		ek := nd.epochKey(e)
 		data := mixkey.Encode(key, mixkey.Meta{Epoch: e, NotBefore: ek.NotBefore, NotAfter: ek.NotAfter})

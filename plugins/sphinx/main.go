@@ -17,6 +17,7 @@ var defaults = Config{
 	MaxHops:         sphinx.DefaultMaxHops,
 	PacketSize:      sphinx.DefaultPacketSize,
 	MaxMessageBytes: 32 << 20,
+	SphinxFormat:    "x25519",
 }
 
 func main() {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mixmta/mixmta/plugins/sphinx/internal/sphinx"
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // errMalformed is the permanent error class of a packet or reassembled
@@ -43,8 +44,8 @@ func (s *Stage) Mix(_ context.Context, packet []byte) (*sdk.MixResult, error) {
 	if err != nil {
 		return nil, err
 	}
-	if len(packet) != s.geo.PacketSize {
-		return nil, errMalformed("sphinx: packet of %d bytes, packet_size is %d", len(packet), s.geo.PacketSize)
+	if len(packet) != s.pf.geo.PacketSize {
+		return nil, errMalformed("sphinx: packet of %d bytes, packet_size is %d", len(packet), s.pf.geo.PacketSize)
 	}
 	buf := bytes.Clone(packet)
 	now := s.now()
@@ -57,7 +58,12 @@ func (s *Stage) Mix(_ context.Context, packet []byte) (*sdk.MixResult, error) {
 			continue
 		}
 		tried++
-		res, err := sphinx.Unwrap(s.geo, priv, buf)
+		var res *sphinx.Result
+		if s.pf.kind == mixkey.XWing {
+			res, err = sphinx.UnwrapKEM(s.pf.kgeo, s.ring.kem[k.epoch], buf)
+		} else {
+			res, err = sphinx.Unwrap(s.pf.geo, priv, buf)
+		}
 		if errors.Is(err, sphinx.ErrBadMAC) {
 			continue
 		}
@@ -116,7 +122,7 @@ func (s *Stage) Cover(_ context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
 	if err != nil {
 		return nil, err
 	}
-	payload := make([]byte, s.geo.PayloadSize())
+	payload := make([]byte, s.pf.payloadSize())
 	switch k {
 	case sdk.CoverDrop:
 		path, err := choosePath(st.candidates, s.hops, false, s.rand)
@@ -126,7 +132,7 @@ func (s *Stage) Cover(_ context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
 		if _, err := io.ReadFull(s.rand, payload); err != nil {
 			return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
 		}
-		pkt, err := sphinx.NewPacket(s.geo, hopsOf(path), sphinx.Drop, payload, s.rand)
+		pkt, err := s.pf.newPacket(path, sphinx.Drop, payload, s.rand)
 		if err != nil {
 			return nil, packetError(err)
 		}
@@ -139,7 +145,7 @@ func (s *Stage) Cover(_ context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
 		if err != nil {
 			return nil, err
 		}
-		path = append(path, candidate{id: st.self, key: st.selfKey})
+		path = append(path, candidate{id: st.self, key: st.selfKey, kem: st.selfKEM})
 		payload[0] = payloadLoop
 		if _, err := io.ReadFull(s.rand, payload[1:]); err != nil {
 			return nil, fmt.Errorf("sphinx: reading randomness: %w", err)
@@ -149,7 +155,7 @@ func (s *Stage) Cover(_ context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
 		if loopID == ([loopIDSize]byte{}) { // 2^-128: never, but the id must not be zero
 			return nil, fmt.Errorf("sphinx: drew a zero loop id")
 		}
-		pkt, err := sphinx.NewPacket(s.geo, hopsOf(path), sphinx.Exit, payload, s.rand)
+		pkt, err := s.pf.newPacket(path, sphinx.Exit, payload, s.rand)
 		if err != nil {
 			return nil, packetError(err)
 		}

@@ -171,7 +171,7 @@ func TestKeyOrderIsCurrentPreviousNext(t *testing.T) {
 			nd.keys[e] = nd.keys[testEpoch] // any valid key will do for the order
 		}
 	}
-	st, err := newMixState(net.stateOf(nd))
+	st, err := newMixState(net.stateOf(nd), x25519Format)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,12 +3,12 @@ package main
 import (
 	"bytes"
 	"cmp"
+	"crypto/hpke"
 	"fmt"
 	"slices"
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
-	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // mixState is the core's sdk.MixState, checked and indexed once per
@@ -22,6 +22,8 @@ type mixState struct {
 	// selfKey is this node's own public key for the current epoch (the last
 	// hop of its loops); nil when it has none.
 	selfKey []byte
+	// selfKEM is selfKey parsed (KEM format only).
+	selfKEM hpke.PublicKey
 	// keys are this node's own keys in the order Mix tries them
 	// (keyOrder); their private halves are in the Stage's keyring.
 	keys []ownKey
@@ -43,16 +45,20 @@ type candidate struct {
 	// news: the node posts mail2news messages (capability mail2news).
 	news bool
 	key  []byte
+	// kem is key parsed, for the KEM format (nil for X25519).
+	kem hpke.PublicKey
 }
 
-// newMixState checks s and indexes it. It fails (and the stage keeps its
-// previous state) when Self is zero or one of this node's own keys is
-// unusable: a public key that is not 32 bytes, no NotAfter, or one epoch
-// twice. (That the key file holds the private key of that public key is
+// newMixState checks s and indexes it for packet format f. It fails (and
+// the stage keeps its previous state) when Self is zero or one of this
+// node's own keys is unusable: a public key that is not of f's algorithm
+// (32-byte X25519, 1216-byte X-Wing: the core's mix.sphinx_format differs
+// from this stage's sphinx_format), no NotAfter, or one epoch twice. (That the key file holds the private key of that public key is
 // checked when the keyring loads it.) Directory entries are
-// filtered, never an error: an unhealthy node, a node without a key for
-// the current epoch and a repeated node id are left out of paths.
-func newMixState(s sdk.MixState) (*mixState, error) {
+// filtered, never an error: an unhealthy node, a node without a key of
+// f's algorithm for the current epoch and a repeated node id are left out
+// of paths (the core already refuses a nodes file of another format).
+func newMixState(s sdk.MixState, f packetFormat) (*mixState, error) {
 	if s.Self == (sdk.NodeID{}) {
 		return nil, fmt.Errorf("Self is the zero node id")
 	}
@@ -63,15 +69,16 @@ func newMixState(s sdk.MixState) (*mixState, error) {
 			return nil, fmt.Errorf("own key for epoch %d given twice", k.Epoch)
 		}
 		seen[k.Epoch] = true
-		if len(k.Public) != mixkey.Size {
-			return nil, fmt.Errorf("own key for epoch %d: public key of %d bytes, want %d", k.Epoch, len(k.Public), mixkey.Size)
+		kem, err := f.parseKey(k.Public)
+		if err != nil {
+			return nil, fmt.Errorf("own key for epoch %d: %v (sphinx_format is %s: the core's mix.sphinx_format must be the same)", k.Epoch, err, f.kind)
 		}
 		if k.NotAfter.Unix() <= 0 {
 			return nil, fmt.Errorf("own key for epoch %d has no NotAfter", k.Epoch)
 		}
 		st.keys = append(st.keys, ownKey{epoch: k.Epoch, notAfter: k.NotAfter})
 		if k.Epoch == s.Epoch {
-			st.selfKey = bytes.Clone(k.Public)
+			st.selfKey, st.selfKEM = bytes.Clone(k.Public), kem
 		}
 	}
 	slices.SortFunc(st.keys, func(a, b ownKey) int { return keyOrder(s.Epoch, a.epoch, b.epoch) })
@@ -89,9 +96,15 @@ func newMixState(s sdk.MixState) (*mixState, error) {
 		if !n.Healthy {
 			continue
 		}
-		if key := currentKey(n.Keys, s.Epoch); key != nil {
-			st.candidates = append(st.candidates, candidate{id: n.ID, exit: n.Exit, news: n.Has(sdk.CapMail2News), key: key})
+		key := currentKey(n.Keys, s.Epoch, f.publicSize())
+		if key == nil {
+			continue
 		}
+		kem, err := f.parseKey(key)
+		if err != nil {
+			continue
+		}
+		st.candidates = append(st.candidates, candidate{id: n.ID, exit: n.Exit, news: n.Has(sdk.CapMail2News), key: key, kem: kem})
 	}
 	return st, nil
 }
@@ -118,10 +131,10 @@ func dist(a, b uint64) uint64 {
 	return b - a
 }
 
-// currentKey returns the 32-byte public key of epoch e from keys, or nil.
-func currentKey(keys []sdk.EpochKey, e uint64) []byte {
+// currentKey returns the size-byte public key of epoch e from keys, or nil.
+func currentKey(keys []sdk.EpochKey, e uint64, size int) []byte {
 	for _, k := range keys {
-		if k.Epoch == e && len(k.Public) == 32 {
+		if k.Epoch == e && len(k.Public) == size {
 			return k.Public
 		}
 	}

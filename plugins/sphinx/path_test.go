@@ -25,7 +25,7 @@ func TestPathsUseOnlyDistinctHealthyKeyedNodesAndEndAtAnExit(t *testing.T) {
 	net.nodes[6].healthy = false
 	delete(net.nodes[7].keys, testEpoch)   // only previous and next keys
 	delete(net.nodes[3].keys, testEpoch+1) // lacks only the next key: usable
-	st, err := newMixState(net.stateOf(self))
+	st, err := newMixState(net.stateOf(self), x25519Format)
 	if err != nil {
 		t.Fatal(err)
 	}

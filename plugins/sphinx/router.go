@@ -103,7 +103,7 @@ func (s *Stage) route(ctx context.Context, st *mixState, env sdk.Envelope, m *sd
 		if _, err := io.ReadFull(src, payload[fragmentHeaderSize:]); err != nil {
 			return nil, fmt.Errorf("sphinx: plugin bug: fragment %d: %w", i, err)
 		}
-		pkt, err := sphinx.NewPacket(s.geo, hopsOf(path), sphinx.Exit, payload, s.rand)
+		pkt, err := s.pf.newPacket(path, sphinx.Exit, payload, s.rand)
 		if err != nil {
 			return nil, packetError(err)
 		}

@@ -83,7 +83,7 @@ func TestSpecSizesMatchTheCode(t *testing.T) {
 	}
 	frags := int((im.size + int64(s.fragData) - 1) / int64(s.fragData))
 	for _, want := range []string{
-		fmt.Sprintf("PayloadSize = %d, F = %d bytes", s.geo.PayloadSize(), s.fragData),
+		fmt.Sprintf("PayloadSize = %d, F = %d bytes", s.pf.payloadSize(), s.fragData),
 		fmt.Sprintf("at most %d fragments", s.maxFragments),
 		fmt.Sprintf("a 2 MiB message needs %d fragments and takes %d packets", frags, sizeClass(frags, s.maxFragments)),
 		fmt.Sprintf("the fixed fields take %d bytes", innerFixedSize),

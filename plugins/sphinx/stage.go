@@ -9,7 +9,6 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/mixmta/mixmta/plugins/sphinx/internal/sphinx"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -18,7 +17,7 @@ import (
 // MixState the core pushed and the private keys it lists (keyring); it is
 // safe for concurrent use.
 type Stage struct {
-	geo  sphinx.Geometry
+	pf   packetFormat // the packet format and geometry
 	hops int
 	// maxMessage bounds header + body at the entry (bytes); maxInner and
 	// maxFragments are what it implies for the exit.
@@ -55,9 +54,9 @@ func newStageWith(c Config, r io.Reader, now func() time.Time, log hclog.Logger)
 	if log == nil {
 		log = hclog.NewNullLogger()
 	}
-	g := c.geometry()
-	s := &Stage{geo: g, hops: c.Hops, maxMessage: c.MaxMessageBytes, maxInner: maxInnerSize(c.MaxMessageBytes),
-		fragData: g.PayloadSize() - fragmentHeaderSize, newsPrefix: c.Mail2NewsLocalPart, rand: r, now: now, log: log}
+	f := c.format()
+	s := &Stage{pf: f, hops: c.Hops, maxMessage: c.MaxMessageBytes, maxInner: maxInnerSize(c.MaxMessageBytes),
+		fragData: f.payloadSize() - fragmentHeaderSize, newsPrefix: c.Mail2NewsLocalPart, rand: r, now: now, log: log}
 	s.maxFragments = int((s.maxInner + int64(s.fragData) - 1) / int64(s.fragData))
 	return s
 }
@@ -66,9 +65,9 @@ func newStageWith(c Config, r io.Reader, now func() time.Time, log hclog.Logger)
 // is checked). On error the previous state stays in force and the error is
 // permanent: the core sent a state this node cannot use.
 func (s *Stage) SetMixState(_ context.Context, ms sdk.MixState) error {
-	st, err := newMixState(ms)
+	st, err := newMixState(ms, s.pf)
 	if err == nil {
-		err = s.ring.update(ms.KeyDir, ms.Keys)
+		err = s.ring.update(ms.KeyDir, ms.Keys, s.pf.kind)
 	}
 	if err != nil {
 		return sdk.Permanent(554, "3.5", "sphinx: mix state rejected: %v", err)

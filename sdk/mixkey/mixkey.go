@@ -1,5 +1,6 @@
-// Package mixkey holds a mix node's X25519 epoch private keys (RFC 7748)
-// so that they can die completely: the 32-byte scalar lives in one buffer
+// Package mixkey holds a mix node's epoch private keys, X25519 (RFC 7748)
+// or X-Wing (draft-connolly-cfrg-xwing-kem: X25519 + ML-KEM-768), so that
+// they can die completely: the 32-byte scalar lives in one buffer
 // of this package that Wipe zeroes, and nothing here leaves a copy of it
 // anywhere else in memory (no crypto/ecdh.PrivateKey, which keeps a copy it
 // never zeroes; no encoding/pem, whose decoder leaves the base64 text in a
@@ -16,10 +17,22 @@
 // encoding/pem.Decode and x509.ParsePKCS8PrivateKey read too. Files written
 // before Public-Key existed are read as well (the public key is then
 // computed).
+//
+// An X-Wing key (Kind XWing, the Sphinx KEM format) is its 32-byte seed,
+// the private key of draft-connolly-cfrg-xwing-kem §5 that SHAKE256
+// expands into the ML-KEM-768 and X25519 private keys. Its file is the
+// same PEM block with PKCS#8 DER 3034020100300d060b2b0601040183e62d81c87a
+// 0420 and the seed (the draft's OID 1.3.6.1.4.1.62253.25722, the seed as
+// the privateKey octet string) and a Public-Key header of the 1216-byte
+// X-Wing public key. The seed lives in the Key's buffer that Wipe zeroes;
+// the expanded private key the KEM computes from it (crypto/hpke) is Go's
+// own memory, which Go offers no way to zero: a mixer drops it with the
+// seed and the garbage collector reclaims it.
 package mixkey
 
 import (
 	"bytes"
+	"crypto/hpke"
 	"crypto/subtle"
 	"encoding/base64"
 	"errors"
@@ -36,12 +49,82 @@ import (
 // Size is the size of a scalar, a public key and a shared secret (bytes).
 const Size = 32
 
-// Key is one X25519 private key and its public key. Hold it by pointer and
-// never copy the struct: Wipe must reach the only copy of the scalar.
-type Key struct {
-	scalar [Size]byte
-	public [Size]byte
+// Kind is the algorithm of a mix key: the Sphinx packet format it serves.
+type Kind uint8
+
+const (
+	// X25519Kind: a 32-byte scalar and a 32-byte public key (the X25519
+	// Sphinx format).
+	X25519Kind Kind = iota
+	// XWing: a 32-byte seed and a 1216-byte public key (ML-KEM-768
+	// encapsulation key then X25519 public key; the KEM Sphinx format).
+	XWing
+)
+
+// XWingPublicSize is the size of an X-Wing public key (bytes).
+const XWingPublicSize = 1216
+
+// String is "x25519" or "xwing", the names of the Sphinx formats.
+func (k Kind) String() string {
+	if k == XWing {
+		return "xwing"
+	}
+	return "x25519"
 }
+
+// Key is one X25519 private key and its public key, or one X-Wing seed and
+// its public key. Hold it by pointer and never copy the struct: Wipe must
+// reach the only copy of the scalar or seed.
+type Key struct {
+	kind   Kind
+	scalar [Size]byte // the X25519 scalar, or the X-Wing seed
+	public [Size]byte
+	// kemPublic is the 1216-byte X-Wing public key (XWing only).
+	kemPublic []byte
+}
+
+// GenerateXWing draws a new X-Wing seed from r (crypto/rand.Reader in
+// production) into the key's buffer and computes its public key. Errors:
+// r fails.
+func GenerateXWing(r io.Reader) (*Key, error) {
+	k := &Key{kind: XWing}
+	if _, err := io.ReadFull(r, k.scalar[:]); err != nil {
+		k.Wipe()
+		return nil, fmt.Errorf("mixkey: reading randomness: %w", err)
+	}
+	if err := k.xwingPublic(); err != nil {
+		k.Wipe()
+		return nil, err
+	}
+	return k, nil
+}
+
+// NewXWing returns an X-Wing Key holding a copy of the 32-byte seed b; the
+// caller zeroes its own copy. Errors: b is not 32 bytes.
+func NewXWing(b []byte) (*Key, error) {
+	if len(b) != Size {
+		return nil, fmt.Errorf("mixkey: X-Wing seed of %d bytes, want %d", len(b), Size)
+	}
+	k := &Key{kind: XWing}
+	copy(k.scalar[:], b)
+	if err := k.xwingPublic(); err != nil {
+		k.Wipe()
+		return nil, err
+	}
+	return k, nil
+}
+
+func (k *Key) xwingPublic() error {
+	priv, err := hpke.MLKEM768X25519().NewPrivateKey(k.scalar[:])
+	if err != nil {
+		return fmt.Errorf("mixkey: X-Wing key: %w", err)
+	}
+	k.kemPublic = priv.PublicKey().Bytes()
+	return nil
+}
+
+// Kind is the key's algorithm.
+func (k *Key) Kind() Kind { return k.kind }
 
 // basePoint is u = 9 (RFC 7748 §4.1).
 var basePoint = [Size]byte{9}
@@ -70,12 +153,19 @@ func New(b []byte) (*Key, error) {
 	return k, nil
 }
 
-// Scalar is the key's own 32-byte buffer (not a copy): for X25519 only,
-// never to be copied or kept. It is all zero after Wipe.
+// Scalar is the key's own 32-byte buffer (not a copy): the X25519 scalar,
+// or the X-Wing seed, for the key's algorithm only, never to be copied or
+// kept. It is all zero after Wipe.
 func (k *Key) Scalar() *[Size]byte { return &k.scalar }
 
-// Public returns a copy of the 32-byte public key.
-func (k *Key) Public() []byte { return bytes.Clone(k.public[:]) }
+// Public returns a copy of the public key: 32 bytes (X25519) or
+// XWingPublicSize bytes (XWing).
+func (k *Key) Public() []byte {
+	if k.kind == XWing {
+		return bytes.Clone(k.kemPublic)
+	}
+	return bytes.Clone(k.public[:])
+}
 
 // Wipe zeroes the scalar (and the public key): the key is unusable after.
 // Safe to call more than once and on nil.
@@ -85,12 +175,18 @@ func (k *Key) Wipe() {
 	}
 	clear(k.scalar[:])
 	clear(k.public[:])
+	clear(k.kemPublic)
 }
 
 // ECDH sets dst to the X25519 shared secret of k and the peer's public key
 // u (RFC 7748 §6.1) and reports false for an all-zero result (u of low
-// order: refuse it). Constant time in the scalar and in u.
+// order: refuse it), and for an X-Wing key. Constant time in the scalar
+// and in u.
 func (k *Key) ECDH(dst, u *[Size]byte) bool {
+	if k.kind != X25519Kind {
+		clear(dst[:])
+		return false
+	}
 	X25519(dst, &k.scalar, u)
 	var acc byte
 	for _, c := range dst {
@@ -167,8 +263,11 @@ type Meta struct {
 	Epoch     uint64
 	NotBefore time.Time
 	NotAfter  time.Time
-	// Public is the 32-byte public key.
+	// Public is the public key: 32 bytes (X25519) or XWingPublicSize
+	// bytes (XWing).
 	Public []byte
+	// Kind is the key's algorithm, told by the file's DER prefix.
+	Kind Kind
 }
 
 const (
@@ -178,6 +277,10 @@ const (
 	derPrefix = "\x30\x2e\x02\x01\x00\x30\x05\x06\x03\x2b\x65\x6e\x04\x22\x04\x20"
 	derSize   = len(derPrefix) + Size // 48 bytes: 64 base64 characters, one line
 	b64Size   = 64
+	// xwingDERPrefix is PKCS#8 for an X-Wing seed (package comment).
+	xwingDERPrefix = "\x30\x34\x02\x01\x00\x30\x0d\x06\x0b\x2b\x06\x01\x04\x01\x83\xe6\x2d\x81\xc8\x7a\x04\x20"
+	xwingDERSize   = len(xwingDERPrefix) + Size // 54 bytes: 72 base64 characters
+	xwingB64Size   = 72
 )
 
 // Encode returns the key file of k with meta's epoch and validity (meta's
@@ -185,18 +288,22 @@ const (
 // base64: the caller writes it and zeroes it (clear). Errors: none; a
 // NotBefore or NotAfter with a fraction of a second is truncated.
 func Encode(k *Key, meta Meta) []byte {
-	var der [derSize]byte
-	copy(der[:], derPrefix)
-	copy(der[len(derPrefix):], k.scalar[:])
+	var der [xwingDERSize]byte
+	prefix, size, b64 := derPrefix, derSize, b64Size
+	if k.kind == XWing {
+		prefix, size, b64 = xwingDERPrefix, xwingDERSize, xwingB64Size
+	}
+	copy(der[:], prefix)
+	copy(der[len(prefix):], k.scalar[:])
 	head := pemBegin +
 		"Epoch: " + strconv.FormatUint(meta.Epoch, 10) + "\n" +
 		"Not-After: " + meta.NotAfter.UTC().Truncate(time.Second).Format(time.RFC3339) + "\n" +
 		"Not-Before: " + meta.NotBefore.UTC().Truncate(time.Second).Format(time.RFC3339) + "\n" +
-		"Public-Key: " + base64.StdEncoding.EncodeToString(k.public[:]) + "\n\n"
-	out := make([]byte, 0, len(head)+b64Size+1+len(pemEnd))
+		"Public-Key: " + base64.StdEncoding.EncodeToString(k.Public()) + "\n\n"
+	out := make([]byte, 0, len(head)+b64+1+len(pemEnd))
 	out = append(out, head...)
-	out = out[:len(out)+b64Size]
-	base64.StdEncoding.Encode(out[len(head):], der[:])
+	out = out[:len(out)+b64]
+	base64.StdEncoding.Encode(out[len(head):], der[:size])
 	clear(der[:])
 	out = append(out, '\n')
 	return append(out, pemEnd...)
@@ -257,10 +364,24 @@ func parse(data []byte) (*parsed, error) {
 	p.meta.NotBefore, p.meta.NotAfter = nb.UTC(), na.UTC()
 	if pub, ok := headers["Public-Key"]; ok {
 		b, err := base64.StdEncoding.DecodeString(pub)
-		if err != nil || len(b) != Size {
-			return nil, bad("Public-Key header is not 32 bytes of base64")
+		if err != nil || (len(b) != Size && len(b) != XWingPublicSize) {
+			return nil, bad("Public-Key header is not 32 or 1216 bytes of base64")
 		}
 		p.meta.Public = b
+	}
+	// The body's length tells the kind: 64 base64 characters for X25519,
+	// 72 for X-Wing (Decode checks the DER prefix).
+	n := 0
+	for _, c := range p.body {
+		if c != '\n' && c != '\r' && c != ' ' && c != '\t' {
+			n++
+		}
+	}
+	if n == xwingB64Size {
+		p.meta.Kind = XWing
+	}
+	if p.meta.Public != nil && (len(p.meta.Public) == XWingPublicSize) != (p.meta.Kind == XWing) {
+		return nil, bad("Public-Key header of " + strconv.Itoa(len(p.meta.Public)) + " bytes for a " + p.meta.Kind.String() + " key")
 	}
 	return p, nil
 }
@@ -295,8 +416,8 @@ func Decode(data []byte) (*Key, Meta, error) {
 		return nil, Meta{}, err
 	}
 	bad := func(what string) error { return fmt.Errorf("%w: %s", ErrFormat, what) }
-	var b64 [2 * b64Size]byte
-	var der [derSize + 3]byte
+	var b64 [2 * xwingB64Size]byte
+	var der [xwingDERSize + 3]byte
 	defer clear(b64[:])
 	defer clear(der[:])
 	n := 0
@@ -310,17 +431,28 @@ func Decode(data []byte) (*Key, Meta, error) {
 		b64[n] = c
 		n++
 	}
-	if n != b64Size {
-		return nil, Meta{}, bad("key body is not one X25519 PKCS#8 key")
+	prefix, size, b64n := derPrefix, derSize, b64Size
+	if p.meta.Kind == XWing {
+		prefix, size, b64n = xwingDERPrefix, xwingDERSize, xwingB64Size
+	}
+	if n != b64n {
+		return nil, Meta{}, bad("key body is not one X25519 or X-Wing PKCS#8 key")
 	}
 	m, err := base64.StdEncoding.Decode(der[:], b64[:n])
-	if err != nil || m != derSize || string(der[:len(derPrefix)]) != derPrefix {
-		return nil, Meta{}, bad("key body is not one X25519 PKCS#8 key")
+	if err != nil || m != size || string(der[:len(prefix)]) != prefix {
+		return nil, Meta{}, bad("key body is not one X25519 or X-Wing PKCS#8 key")
 	}
-	k := new(Key)
-	copy(k.scalar[:], der[len(derPrefix):derSize])
-	X25519(&k.public, &k.scalar, &basePoint)
-	if p.meta.Public != nil && subtle.ConstantTimeCompare(p.meta.Public, k.public[:]) != 1 {
+	k := &Key{kind: p.meta.Kind}
+	copy(k.scalar[:], der[len(prefix):size])
+	if k.kind == XWing {
+		if err := k.xwingPublic(); err != nil {
+			k.Wipe()
+			return nil, Meta{}, bad(err.Error())
+		}
+	} else {
+		X25519(&k.public, &k.scalar, &basePoint)
+	}
+	if p.meta.Public != nil && subtle.ConstantTimeCompare(p.meta.Public, k.Public()) != 1 {
 		k.Wipe()
 		return nil, Meta{}, bad("Public-Key header does not match the private key")
 	}
@@ -371,4 +503,29 @@ func ReadFile(path string) (*Key, Meta, error) {
 		return nil, Meta{}, fmt.Errorf("mixkey: key file %s: %w", path, err)
 	}
 	return k, meta, nil
+}
+
+// Set parses s with ParseKind into k (a flag.Value, pflag.Value).
+func (k *Kind) Set(s string) error {
+	v, err := ParseKind(s)
+	if err != nil {
+		return err
+	}
+	*k = v
+	return nil
+}
+
+// Type names the flag's value type (pflag.Value).
+func (k *Kind) Type() string { return "x25519|xwing" }
+
+// ParseKind reads a Sphinx format name: "x25519" (or "", the default) or
+// "xwing". Errors: any other name.
+func ParseKind(s string) (Kind, error) {
+	switch s {
+	case "", "x25519":
+		return X25519Kind, nil
+	case "xwing":
+		return XWing, nil
+	}
+	return 0, fmt.Errorf("mixkey: unknown sphinx format %q (want x25519 or xwing)", s)
 }

@@ -22,6 +22,7 @@ import (
 
 	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // nodeSettings are what the key and nodes commands need to know about this
@@ -47,6 +48,8 @@ type nodeSettings struct {
 	Grace       time.Duration
 	// KeysAhead: epochs after the current one with keys (mix.keys_ahead).
 	KeysAhead int
+	// Format is the Sphinx format of the mix keys (mix.sphinx_format).
+	Format mixkey.Kind
 }
 
 func defaultNodeSettings() nodeSettings {
@@ -67,6 +70,7 @@ func (s *nodeSettings) fromConfig(cfg *config.Config) {
 		s.KeyDir, s.NodesFile, s.Name, s.MixAddress, s.Exit = m.KeysDir, m.NodesFile, m.Name, m.Address, m.Exit
 		s.Capabilities = m.Capabilities
 		s.EpochLength, s.Grace, s.KeysAhead = m.Epoch.D(), m.Grace.D(), m.KeysAhead
+		s.Format, _ = mixkey.ParseKind(m.SphinxFormat) // validated with the config
 	}
 }
 
@@ -99,6 +103,7 @@ func bindNodeFlags(c *cobra.Command, f *nodeSettings, groups ...nodeFlag) {
 			fs.DurationVar(&f.EpochLength, "epoch-length", d.EpochLength, "epoch length (whole seconds; must match the running node)")
 			fs.DurationVar(&f.Grace, "grace", d.Grace, "grace period of a mix key after its epoch (must match the running node)")
 			fs.IntVar(&f.KeysAhead, "keys-ahead", d.KeysAhead, "epochs after the current one to create and publish keys for")
+			fs.Var(&f.Format, "sphinx-format", "Sphinx packet format of the mix keys: x25519 or xwing (must match the running node)")
 		}
 	}
 }
@@ -131,6 +136,7 @@ func resolveNodeSettings(c *cobra.Command, load func() (*config.Config, error), 
 	set("epoch-length", func() { s.EpochLength = f.EpochLength })
 	set("grace", func() { s.Grace = f.Grace })
 	set("keys-ahead", func() { s.KeysAhead = f.KeysAhead })
+	set("sphinx-format", func() { s.Format = f.Format })
 	return s, nil
 }
 
@@ -138,7 +144,7 @@ func resolveNodeSettings(c *cobra.Command, load func() (*config.Config, error), 
 // brings its mix keys up to date at now (creating keys ahead, deleting
 // expired ones).
 func (s nodeSettings) keyStore(now time.Time) (*nodes.KeyStore, nodes.Changes, error) {
-	ks, err := nodes.Open(s.KeyDir, s.EpochLength, s.Grace)
+	ks, err := nodes.OpenFormat(s.KeyDir, s.EpochLength, s.Grace, s.Format)
 	if err != nil {
 		return nil, nodes.Changes{}, err
 	}

@@ -331,6 +331,11 @@ type Mix struct {
 	// ahead is a private key on disk that whoever seizes the node can use
 	// on the traffic of its epoch. Default 1 (the next epoch only).
 	KeysAhead int `yaml:"keys_ahead"`
+	// SphinxFormat is the network's Sphinx packet format, "x25519" or
+	// "xwing" (hybrid X25519 + ML-KEM-768): the algorithm of this node's
+	// mix keys. The nodes file must state the same, and so must the mixer
+	// stage's sphinx_format. Default x25519.
+	SphinxFormat string `yaml:"sphinx_format"`
 	// ProbeInterval between link probes of every node. Default 30s.
 	ProbeInterval sdk.Duration `yaml:"probe_interval"`
 	// LoopTimeout: a loop packet not back by then counts against its

@@ -66,6 +66,7 @@ func (c *Config) SetDefaults() {
 		c.dur(&m.Epoch, "mix.epoch", time.Hour)
 		c.dur(&m.Grace, "mix.grace", 10*time.Minute)
 		num(c, &m.KeysAhead, "mix.keys_ahead", 1)
+		str(&m.SphinxFormat, "x25519")
 		c.dur(&m.ProbeInterval, "mix.probe_interval", 30*time.Second)
 		num(c, &m.SendRate, "mix.send_rate", 0.2)
 		str(&m.HopDelay.Name, "hop-delay")

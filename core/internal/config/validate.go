@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // NameRE is the syntax of stage names and plugin names. A plugin name is
@@ -139,6 +140,9 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 	positive("mix.epoch", m.Epoch)
 	if m.KeysAhead < 1 || m.KeysAhead > 1000 {
 		bad("mix.keys_ahead", "must be between 1 and 1000 epochs, got %d", m.KeysAhead)
+	}
+	if _, err := mixkey.ParseKind(m.SphinxFormat); err != nil {
+		bad("mix.sphinx_format", "must be x25519 or xwing, got %q", m.SphinxFormat)
 	}
 	positive("mix.probe_interval", m.ProbeInterval)
 	if m.LoopTimeout < 0 {

@@ -21,6 +21,7 @@ import (
 	"github.com/mixmta/mixmta/core/internal/pipeline"
 	"github.com/mixmta/mixmta/core/internal/pluginhost"
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
 // mixParts is what a node with a mix section runs besides the pipeline.
@@ -68,12 +69,16 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 	if err != nil {
 		return fmt.Errorf("mix: %w", err)
 	}
-	ks, err := nodes.Open(m.KeysDir, m.Epoch.D(), m.Grace.D())
+	format, err := checkSphinxFormat(d.cfg, mixIdx)
+	if err != nil {
+		return err
+	}
+	ks, err := nodes.OpenFormat(m.KeysDir, m.Epoch.D(), m.Grace.D(), format)
 	if err != nil {
 		return fmt.Errorf("mix: %w", err)
 	}
 	ks.SetAhead(m.KeysAhead)
-	dir, err := newLiveDirectory(m.NodesFile, log)
+	dir, err := newLiveDirectory(m.NodesFile, format, log)
 	if err != nil {
 		return nodesFileError(d.cfg, err)
 	}
@@ -212,16 +217,19 @@ func (k keyStore) NotAfter(e uint64) (time.Time, bool) { return k.ks.NotAfter(e)
 // changed file that does not verify is refused (and logged); the last good
 // directory stays in use.
 type liveDirectory struct {
-	path  string
-	log   hclog.Logger
-	cur   atomic.Pointer[nodes.Directory]
-	mu    sync.Mutex
-	mtime time.Time
+	path string
+	// format is the node's Sphinx format: a nodes file of another is
+	// refused, at start and at every reload.
+	format mixkey.Kind
+	log    hclog.Logger
+	cur    atomic.Pointer[nodes.Directory]
+	mu     sync.Mutex
+	mtime  time.Time
 }
 
-func newLiveDirectory(path string, log hclog.Logger) (*liveDirectory, error) {
-	l := &liveDirectory{path: path, log: log}
-	d, err := nodes.LoadNodes(path, time.Now())
+func newLiveDirectory(path string, format mixkey.Kind, log hclog.Logger) (*liveDirectory, error) {
+	l := &liveDirectory{path: path, format: format, log: log}
+	d, err := loadNodesOfFormat(path, format)
 	if err != nil {
 		return nil, fmt.Errorf("mix: %w", err)
 	}
@@ -254,7 +262,7 @@ func (l *liveDirectory) watch(ctx context.Context) {
 			continue
 		}
 		l.mtime = fi.ModTime()
-		d, err := nodes.LoadNodes(l.path, time.Now())
+		d, err := loadNodesOfFormat(l.path, l.format)
 		if err != nil {
 			l.log.Error("[MIX] changed nodes file refused; keeping the previous one", "error", err)
 			continue
@@ -325,13 +333,53 @@ func CheckMix(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	if !hd.Info.Has(sdk.KindDelayer) {
 		return fmt.Errorf("%s:%d: mix.hop_delay: plugin %s is not a delayer", cfg.Path, m.HopDelay.Line, m.HopDelay.Plugin)
 	}
-	if _, err := nodes.LoadNodes(m.NodesFile, time.Now()); err != nil {
+	format, _ := mixkey.ParseKind(m.SphinxFormat)
+	if _, err := loadNodesOfFormat(m.NodesFile, format); err != nil {
 		return nodesFileError(cfg, err)
 	}
 	if _, err := nodes.LoadIdentity(m.KeysDir); err != nil {
 		return fmt.Errorf("mix: %w", err)
 	}
 	return nil
+}
+
+// loadNodesOfFormat is nodes.LoadNodes, refusing a nodes file whose
+// sphinx_format is not the node's (nodes.ErrWrongFormat): a node never
+// mixes formats.
+func loadNodesOfFormat(path string, format mixkey.Kind) (*nodes.Directory, error) {
+	d, err := nodes.LoadNodes(path, time.Now())
+	if err != nil {
+		return nil, err
+	}
+	if d.Format != format {
+		return nil, fmt.Errorf("nodes: %s: %w: the nodes file's sphinx_format is %s, this node's mix.sphinx_format is %s (a network uses one format)",
+			path, nodes.ErrWrongFormat, d.Format, format)
+	}
+	return d, nil
+}
+
+// checkSphinxFormat reads mix.sphinx_format and checks that the mixer
+// stage's config says the same format (its sphinx_format key, default
+// x25519), so that a node whose core and mixer disagree does not start.
+func checkSphinxFormat(cfg *config.Config, mixIdx int) (mixkey.Kind, error) {
+	format, err := mixkey.ParseKind(cfg.Mix.SphinxFormat)
+	if err != nil {
+		return 0, fmt.Errorf("%s:%d: mix.sphinx_format: %w", cfg.Path, cfg.Line("mix.sphinx_format"), err)
+	}
+	st := cfg.Pipeline[mixIdx]
+	var sc struct {
+		SphinxFormat string `yaml:"sphinx_format"`
+	}
+	if st.Config.Node != nil {
+		if err := st.Config.Node.Decode(&sc); err != nil {
+			return 0, fmt.Errorf("%s:%d: pipeline stage %q: %w", cfg.Path, st.Line, st.Name, err)
+		}
+	}
+	if stage, _ := mixkey.ParseKind(sc.SphinxFormat); stage != format {
+		return 0, fmt.Errorf("%s:%d: mix.sphinx_format is %s but the mixer stage %q has sphinx_format %s: set both to the network's format",
+			cfg.Path, cfg.Line("mix.sphinx_format"), format, st.Name, stage)
+	}
+	return format, nil
 }
 
 // nodesFileError reports a nodes file that cannot be loaded as FILE:LINE

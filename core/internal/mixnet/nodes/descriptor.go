@@ -5,6 +5,7 @@ import (
 	"cmp"
 	"crypto/ecdh"
 	"crypto/ed25519"
+	"crypto/mlkem"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 	"github.com/mixmta/mixmta/sdk/onion"
 )
 
@@ -69,14 +71,20 @@ type Descriptor struct {
 	Capabilities []string `json:"capabilities"`
 	// Published is when the node made the descriptor.
 	Published time.Time `json:"published"`
-	// MixKeys are the node's X25519 mix keys, by epoch.
+	// SphinxFormat is the packet format the mix keys serve: absent for
+	// X25519 (32-byte keys), "xwing" for the KEM format (1216-byte X-Wing
+	// keys). It selects the signatures' context strings (package comment),
+	// so a descriptor of one format never verifies as the other.
+	SphinxFormat string `json:"sphinx_format,omitempty"`
+	// MixKeys are the node's mix keys, by epoch.
 	MixKeys []MixKey `json:"mix_keys"`
 	// Signature is the 64-byte Ed25519 signature of the descriptor.
 	Signature string `json:"signature"`
 }
 
-// MixKey is one epoch's X25519 public mix key in a descriptor, valid for
-// packets in [NotBefore, NotAfter).
+// MixKey is one epoch's public mix key in a descriptor (32-byte X25519, or
+// 1216-byte X-Wing with sphinx_format xwing), valid for packets in
+// [NotBefore, NotAfter).
 type MixKey struct {
 	Epoch     uint64    `json:"epoch"`
 	Public    string    `json:"public"`
@@ -107,6 +115,8 @@ type Node struct {
 	// Exit is true if Capabilities has CapExit.
 	Exit      bool
 	Published time.Time
+	// Format is the Sphinx format of the node's mix keys.
+	Format mixkey.Kind
 	// Keys are all mix keys of the descriptor, by epoch (Private nil),
 	// including any that have expired since.
 	Keys       []sdk.EpochKey
@@ -150,15 +160,20 @@ func Export(id *Identity, keys []sdk.EpochKey, info NodeInfo, now time.Time) (*D
 	keys = slices.Clone(keys)
 	slices.SortFunc(keys, func(a, b sdk.EpochKey) int { return cmp.Compare(a.Epoch, b.Epoch) })
 	nodeID := id.ID()
+	// The keys' size tells the format: all of one, or an error.
+	format := mixkey.X25519Kind
+	if len(keys) > 0 && len(keys[0].Public) == mixkey.XWingPublicSize {
+		format, d.SphinxFormat = mixkey.XWing, mixkey.XWing.String()
+	}
 	for _, k := range keys {
 		if !now.Before(k.NotAfter) {
 			continue
 		}
-		if len(k.Public) != 32 {
-			return nil, fmt.Errorf("nodes: export: mix key of epoch %d: public key is %d bytes, want 32", k.Epoch, len(k.Public))
+		if want := publicSize(format); len(k.Public) != want {
+			return nil, fmt.Errorf("nodes: export: mix key of epoch %d: public key is %d bytes, want %d (%s)", k.Epoch, len(k.Public), want, format)
 		}
 		mk := MixKey{Epoch: k.Epoch, Public: b64(k.Public), NotBefore: wholeSeconds(k.NotBefore), NotAfter: wholeSeconds(k.NotAfter)}
-		msg := mixKeyMessage(nodeID, k.Epoch, k.Public, mk.NotBefore.Unix(), mk.NotAfter.Unix())
+		msg := mixKeyMessage(format, nodeID, k.Epoch, k.Public, mk.NotBefore.Unix(), mk.NotAfter.Unix())
 		mk.Signature = b64(ed25519.Sign(id.priv, msg))
 		d.MixKeys = append(d.MixKeys, mk)
 	}
@@ -274,6 +289,7 @@ func VerifyNode(d *Descriptor, now time.Time) (*Node, error) {
 		Capabilities: slices.Clone(d.Capabilities),
 		Exit:         slices.Contains(d.Capabilities, CapExit),
 		Published:    d.Published.UTC(),
+		Format:       dec.format,
 		Descriptor:   d,
 	}
 	valid := false
@@ -287,10 +303,19 @@ func VerifyNode(d *Descriptor, now time.Time) (*Node, error) {
 		if k.notBefore >= k.notAfter {
 			return fail(ErrMalformed, "mix key of epoch %d: not_before is not before not_after", k.epoch)
 		}
-		if !ed25519.Verify(dec.identity, mixKeyMessage(id, k.epoch, k.pub, k.notBefore, k.notAfter), k.sig) {
-			return fail(ErrMismatched, "mix key of epoch %d is not signed by this node's identity (signed by another identity or for another node)", k.epoch)
+		if !ed25519.Verify(dec.identity, mixKeyMessage(dec.format, id, k.epoch, k.pub, k.notBefore, k.notAfter), k.sig) {
+			return fail(ErrMismatched, "mix key of epoch %d is not signed by this node's identity (signed by another identity or for another node, or for another sphinx format)", k.epoch)
 		}
-		if lowOrder(k.pub) {
+		if dec.format == mixkey.XWing {
+			// X-Wing: ML-KEM-768 encapsulation key (FIPS 203 §7.2 input
+			// check) then an X25519 public key.
+			if _, err := mlkem.NewEncapsulationKey768(k.pub[:mlkem.EncapsulationKeySize768]); err != nil {
+				return fail(ErrMalformed, "mix key of epoch %d: not an ML-KEM-768 encapsulation key: %v", k.epoch, err)
+			}
+			if lowOrder(k.pub[mlkem.EncapsulationKeySize768:]) {
+				return fail(ErrMalformed, "mix key of epoch %d: its X25519 part is a low-order point", k.epoch)
+			}
+		} else if lowOrder(k.pub) {
 			return fail(ErrMalformed, "mix key of epoch %d is a low-order X25519 point", k.epoch)
 		}
 		ek := sdk.EpochKey{Epoch: k.epoch, Public: k.pub, NotBefore: time.Unix(k.notBefore, 0).UTC(), NotAfter: time.Unix(k.notAfter, 0).UTC()}
@@ -313,6 +338,7 @@ func VerifyNode(d *Descriptor, now time.Time) (*Node, error) {
 
 // decoded holds the binary values of a descriptor's fields.
 type decoded struct {
+	format    mixkey.Kind
 	id        sdk.NodeID // as claimed by the ID field
 	identity  ed25519.PublicKey
 	published int64
@@ -353,12 +379,19 @@ func decode(d *Descriptor, withSig bool) (*decoded, error) {
 	if dec.published, err = unixSeconds(d.Published); err != nil {
 		return fail("published: %v", err)
 	}
+	switch d.SphinxFormat {
+	case "":
+	case mixkey.XWing.String():
+		dec.format = mixkey.XWing
+	default:
+		return fail("sphinx_format %q: want \"xwing\" or none (x25519)", d.SphinxFormat)
+	}
 	if len(d.MixKeys) == 0 || len(d.MixKeys) > MaxMixKeys {
 		return fail("%d mix keys, want 1 to %d", len(d.MixKeys), MaxMixKeys)
 	}
 	for _, k := range d.MixKeys {
 		dk := decodedKey{epoch: k.Epoch}
-		if dk.pub, err = unb64(k.Public, 32); err != nil {
+		if dk.pub, err = unb64(k.Public, publicSize(dec.format)); err != nil {
 			return fail("mix key of epoch %d: public: %v", k.Epoch, err)
 		}
 		if dk.sig, err = unb64(k.Signature, ed25519.SignatureSize); err != nil {
@@ -378,12 +411,28 @@ func decode(d *Descriptor, withSig bool) (*decoded, error) {
 const (
 	mixKeyContext     = "mixmta mix key v1\x00"
 	descriptorContext = "mixmta node descriptor v1\x00"
+	// The KEM format's contexts: its signatures never verify as the
+	// X25519 format's, nor the reverse.
+	xwingMixKeyContext     = "mixmta mix key xwing v1\x00"
+	xwingDescriptorContext = "mixmta node descriptor xwing v1\x00"
 )
 
+// publicSize is the size of a mix public key of format f (bytes).
+func publicSize(f mixkey.Kind) int {
+	if f == mixkey.XWing {
+		return mixkey.XWingPublicSize
+	}
+	return 32
+}
+
 // mixKeyMessage is the signed encoding of a mix key (package comment).
-func mixKeyMessage(id sdk.NodeID, epoch uint64, pub []byte, notBefore, notAfter int64) []byte {
-	b := make([]byte, 0, len(mixKeyContext)+32+8+32+16)
-	b = append(b, mixKeyContext...)
+func mixKeyMessage(f mixkey.Kind, id sdk.NodeID, epoch uint64, pub []byte, notBefore, notAfter int64) []byte {
+	ctx := mixKeyContext
+	if f == mixkey.XWing {
+		ctx = xwingMixKeyContext
+	}
+	b := make([]byte, 0, len(ctx)+32+8+len(pub)+16)
+	b = append(b, ctx...)
 	b = append(b, id[:]...)
 	b = binary.BigEndian.AppendUint64(b, epoch)
 	b = append(b, pub...)
@@ -399,6 +448,9 @@ func descriptorMessage(d *Descriptor, dec *decoded) []byte {
 		return append(b, s...)
 	}
 	b := []byte(descriptorContext)
+	if dec.format == mixkey.XWing {
+		b = []byte(xwingDescriptorContext)
+	}
 	b = binary.BigEndian.AppendUint32(b, uint32(d.Version))
 	b = append(b, dec.id[:]...)
 	b = append(b, dec.identity...)

@@ -120,7 +120,7 @@ func signedBy(t *testing.T, d *Descriptor, id *Identity) *Descriptor {
 
 // mixKeyFor signs a mix key entry for node id nodeID with signer.
 func mixKeyFor(signer *Identity, nodeID [32]byte, epoch uint64, pub []byte, nb, na time.Time) MixKey {
-	sig := ed25519.Sign(signer.priv, mixKeyMessage(nodeID, epoch, pub, nb.Unix(), na.Unix()))
+	sig := ed25519.Sign(signer.priv, mixKeyMessage(formatOf(pub), nodeID, epoch, pub, nb.Unix(), na.Unix()))
 	return MixKey{Epoch: epoch, Public: b64(pub), NotBefore: nb, NotAfter: na, Signature: b64(sig)}
 }
 

@@ -14,12 +14,15 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/mixkey"
 )
 
-// NodesFile is the JSON document of a nodes file: {"nodes": [descriptor,
-// ...]}.
+// NodesFile is the JSON document of a nodes file: {"sphinx_format":
+// "xwing", "nodes": [descriptor, ...]}, sphinx_format absent for the
+// X25519 format. Every descriptor must be of the file's format.
 type NodesFile struct {
-	Nodes []*Descriptor `json:"nodes"`
+	SphinxFormat string        `json:"sphinx_format,omitempty"`
+	Nodes        []*Descriptor `json:"nodes"`
 }
 
 // Entry is the verdict on one descriptor of a nodes file.
@@ -45,35 +48,48 @@ func (e *Entry) Fatal() bool { return e.Err != nil && !errors.Is(e.Err, ErrExpir
 // identity or name appeared earlier in the file is ErrDuplicate, and one
 // sharing a mix public key with an earlier one ErrMismatched. The error is
 // for a file that cannot be read or is not {"nodes": [...]} (with the
-// line).
+// line). A descriptor of another Sphinx format than the file's
+// sphinx_format is ErrWrongFormat.
 func CheckNodes(path string, now time.Time) ([]Entry, error) {
+	entries, _, err := checkNodesFile(path, now)
+	return entries, err
+}
+
+func checkNodesFile(path string, now time.Time) ([]Entry, mixkey.Kind, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("nodes: %w", err)
+		return nil, 0, fmt.Errorf("nodes: %w", err)
 	}
-	return CheckNodesData(path, data, now)
+	return checkNodesData(path, data, now)
 }
 
 // CheckNodesData is CheckNodes on the file's content; path names it in
 // errors.
 func CheckNodesData(path string, data []byte, now time.Time) ([]Entry, error) {
-	raws, err := splitNodes(path, data)
+	entries, _, err := checkNodesData(path, data, now)
+	return entries, err
+}
+
+// checkNodesData is CheckNodesData, returning the file's format too.
+func checkNodesData(path string, data []byte, now time.Time) ([]Entry, mixkey.Kind, error) {
+	raws, format, err := splitNodes(path, data)
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	entries := make([]Entry, len(raws))
 	for i, r := range raws {
 		entries[i] = Entry{Index: i, Line: r.line}
 		entries[i].Descriptor, entries[i].Err = ParseDescriptor(r.raw)
 	}
-	checkEntries(path, entries, now)
-	return entries, nil
+	checkEntries(path, format, entries, now)
+	return entries, format, nil
 }
 
 // checkEntries verifies each entry's Descriptor (those without a parse
-// error), then checks duplicates and shared mix keys against earlier
-// entries; it sets Node and Err (wrapped in an *EntryError).
-func checkEntries(path string, entries []Entry, now time.Time) {
+// error) and its format against the file's, then checks duplicates and
+// shared mix keys against earlier entries; it sets Node and Err (wrapped
+// in an *EntryError).
+func checkEntries(path string, fileFormat mixkey.Kind, entries []Entry, now time.Time) {
 	byID := map[sdk.NodeID]int{}
 	byName := map[string]int{}
 	byKey := map[string]int{}
@@ -87,7 +103,9 @@ func checkEntries(path string, entries []Entry, now time.Time) {
 			dup := func(kind error, format string, args ...any) {
 				e.Err = &DescriptorError{Name: n.Name, ID: n.ID.Short(), Kind: kind, Detail: fmt.Sprintf(format, args...)}
 			}
-			if j, ok := byID[n.ID]; ok {
+			if n.Format != fileFormat {
+				dup(ErrWrongFormat, "a descriptor of sphinx format %s in a nodes file of format %s (a network uses one format)", n.Format, fileFormat)
+			} else if j, ok := byID[n.ID]; ok {
 				dup(ErrDuplicate, "same identity as nodes[%d]%s", j, lineOf(entries[j]))
 			} else if j, ok := byName[n.Name]; ok {
 				dup(ErrDuplicate, "name also used by nodes[%d]%s (node %s)", j, lineOf(entries[j]), entries[j].Node.ID.Short())
@@ -126,10 +144,17 @@ type rawEntry struct {
 	line int
 }
 
-// splitNodes cuts {"nodes": [...]} into its entries, each with its line.
-// Unknown keys, a missing "nodes", and anything after the object are
-// errors.
-func splitNodes(path string, data []byte) ([]rawEntry, error) {
+// splitNodes cuts {"sphinx_format": F, "nodes": [...]} into its entries,
+// each with its line, and returns the format (X25519 without
+// sphinx_format). Unknown keys, an unknown format, a missing "nodes", and
+// anything after the object are errors.
+func splitNodes(path string, data []byte) ([]rawEntry, mixkey.Kind, error) {
+	var kind mixkey.Kind
+	out, err := splitNodesFormat(path, data, &kind)
+	return out, kind, err
+}
+
+func splitNodesFormat(path string, data []byte, kind *mixkey.Kind) ([]rawEntry, error) {
 	fail := func(off int64, format string, args ...any) ([]rawEntry, error) {
 		return nil, fmt.Errorf("nodes: %s:%d: %s", path, lineAt(data, off), fmt.Sprintf(format, args...))
 	}
@@ -158,15 +183,29 @@ func splitNodes(path string, data []byte) ([]rawEntry, error) {
 		return syntax(fmt.Errorf(`want {"nodes": [...]}: %w`, err))
 	}
 	var out []rawEntry
-	seen := false
+	seen, seenFormat := false, false
 	for dec.More() {
 		off := skipSeparators(data, dec.InputOffset())
 		t, err := dec.Token()
 		if err != nil {
 			return syntax(err)
 		}
+		if t == "sphinx_format" {
+			var name string
+			if err := dec.Decode(&name); err != nil {
+				return fail(off, "sphinx_format: want a string: %v", err)
+			}
+			if seenFormat {
+				return fail(off, `"sphinx_format" given twice`)
+			}
+			seenFormat = true
+			if *kind, err = mixkey.ParseKind(name); err != nil {
+				return fail(off, "sphinx_format %q: want x25519 or xwing", name)
+			}
+			continue
+		}
 		if t != "nodes" {
-			return fail(off, "unknown key %q (want only \"nodes\")", t)
+			return fail(off, "unknown key %q (want only \"sphinx_format\" and \"nodes\")", t)
 		}
 		if seen {
 			return fail(off, `"nodes" given twice`)
@@ -215,8 +254,10 @@ func lineAt(data []byte, off int64) int {
 // Directory is the verified content of a nodes file. It is read-only and
 // safe for concurrent use.
 type Directory struct {
-	nodes []*Node
-	byID  map[sdk.NodeID]*Node
+	// Format is the nodes file's Sphinx format (sphinx_format).
+	Format mixkey.Kind
+	nodes  []*Node
+	byID   map[sdk.NodeID]*Node
 	// Skipped are the expired entries LoadNodes left out (each an
 	// *EntryError wrapping ErrExpired), for the caller to log.
 	Skipped []error
@@ -229,12 +270,12 @@ type Directory struct {
 // and errors.Is finds the kinds. Expired descriptors are left out and
 // listed in Directory.Skipped.
 func LoadNodes(path string, now time.Time) (*Directory, error) {
-	entries, err := CheckNodes(path, now)
+	entries, format, err := checkNodesFile(path, now)
 	if err != nil {
 		return nil, err
 	}
 	var bad []error
-	d := &Directory{byID: map[sdk.NodeID]*Node{}}
+	d := &Directory{Format: format, byID: map[sdk.NodeID]*Node{}}
 	for _, e := range entries {
 		switch {
 		case e.Fatal():
@@ -253,11 +294,18 @@ func LoadNodes(path string, now time.Time) (*Directory, error) {
 }
 
 // NewDirectory makes a Directory of verified nodes (for example from
-// VerifyNode), refusing two nodes with one id or one name (ErrDuplicate).
+// VerifyNode), refusing two nodes with one id or one name (ErrDuplicate)
+// and nodes of two Sphinx formats (ErrWrongFormat); its Format is theirs.
 func NewDirectory(nodes ...*Node) (*Directory, error) {
 	d := &Directory{byID: map[sdk.NodeID]*Node{}}
+	if len(nodes) > 0 {
+		d.Format = nodes[0].Format
+	}
 	names := map[string]bool{}
 	for _, n := range nodes {
+		if n.Format != d.Format {
+			return nil, &DescriptorError{Name: n.Name, ID: n.ID.Short(), Kind: ErrWrongFormat, Detail: fmt.Sprintf("sphinx format %s among nodes of format %s", n.Format, d.Format)}
+		}
 		if d.byID[n.ID] != nil || names[n.Name] {
 			return nil, &DescriptorError{Name: n.Name, ID: n.ID.Short(), Kind: ErrDuplicate, Detail: "id or name given twice"}
 		}
@@ -350,6 +398,11 @@ func AddNodes(path string, descs []*Descriptor, now time.Time) ([]AddResult, err
 	defer unlock()
 	perm := os.FileMode(0o644)
 	var entries []Entry
+	// A new file takes the format of the first descriptor added.
+	var format mixkey.Kind
+	if len(descs) > 0 && descs[0] != nil && descs[0].SphinxFormat == mixkey.XWing.String() {
+		format = mixkey.XWing
+	}
 	data, err := os.ReadFile(path)
 	switch {
 	case errors.Is(err, fs.ErrNotExist):
@@ -359,7 +412,7 @@ func AddNodes(path string, descs []*Descriptor, now time.Time) ([]AddResult, err
 		if fi, err := os.Stat(path); err == nil {
 			perm = fi.Mode().Perm()
 		}
-		if entries, err = CheckNodesData(path, data, now); err != nil {
+		if entries, format, err = checkNodesData(path, data, now); err != nil {
 			return nil, err
 		}
 		var bad []error
@@ -402,7 +455,7 @@ func AddNodes(path string, descs []*Descriptor, now time.Time) ([]AddResult, err
 	for i := range entries {
 		entries[i].Node, entries[i].Err = nil, nil
 	}
-	checkEntries(path, entries, now)
+	checkEntries(path, format, entries, now)
 	for i, e := range entries {
 		if e.Fatal() {
 			if isNew[i] {
@@ -412,6 +465,9 @@ func AddNodes(path string, descs []*Descriptor, now time.Time) ([]AddResult, err
 		}
 	}
 	file := NodesFile{Nodes: make([]*Descriptor, len(entries))}
+	if format == mixkey.XWing {
+		file.SphinxFormat = format.String()
+	}
 	for i, e := range entries {
 		file.Nodes[i] = e.Descriptor
 	}
@@ -440,7 +496,7 @@ func ReadDescriptors(name string, data []byte) ([]*Descriptor, error) {
 		}
 		return []*Descriptor{d}, nil
 	}
-	raws, err := splitNodes(name, data)
+	raws, _, err := splitNodes(name, data)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,6 @@
 // Package nodes holds a mix node's keys and the signed descriptors of the
-// mixnet: the long-term Ed25519 identity key, the X25519 mix key of each
-// epoch (created ahead, deleted after its grace period for forward
+// mixnet: the long-term Ed25519 identity key, the X25519 (or X-Wing, for
+// the KEM Sphinx format) mix key of each epoch (created ahead, deleted after its grace period for forward
 // secrecy), node descriptors signed by the identity key, and the nodes file
 // (nodes.json) that lists the descriptors of the network.
 //
@@ -57,6 +57,14 @@
 //	  number of mix keys (u32) | for each, in JSON order:
 //	    epoch (u64) | public key (32 B) | not_before (i64) | not_after (i64)
 //	    | mix key signature (64 B)
+//
+// A descriptor of the KEM format (sphinx_format "xwing") signs the same
+// encodings with the contexts "mixmta mix key xwing v1" 0x00 and "mixmta
+// node descriptor xwing v1" 0x00, and its public keys are 1216-byte X-Wing
+// keys: a descriptor of one format never verifies as the other. A nodes
+// file states its format ({"sphinx_format": "xwing", "nodes": [...]},
+// absent for X25519) and refuses a descriptor of the other
+// (ErrWrongFormat), as a KeyStore refuses key files of the other.
 //
 // The context strings keep these signatures apart from each other and from
 // the TLS 1.3 CertificateVerify signatures the same identity key makes in

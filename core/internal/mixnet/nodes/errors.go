@@ -25,6 +25,9 @@ var (
 	// ErrStale: AddNode got a descriptor published before the one already
 	// in the file for the same identity.
 	ErrStale = errors.New("stale")
+	// ErrWrongFormat: a descriptor or mix key of one Sphinx format where
+	// the network uses the other (x25519, xwing): a node never mixes them.
+	ErrWrongFormat = errors.New("wrong sphinx format")
 )
 
 // ErrInsecurePermissions: a key file is readable or writable by group or

@@ -59,6 +59,8 @@ func secondsOf(length time.Duration) int64 {
 //
 // so that a key leaves the mixer's memory before its file is deleted.
 type KeyStore struct {
+	// kind is the algorithm of every key: the network's Sphinx format.
+	kind   mixkey.Kind
 	dir    string
 	length time.Duration
 	grace  time.Duration
@@ -93,6 +95,14 @@ type Changes struct {
 // or a directory of another user open to them (ErrInsecurePermissions), an
 // unreadable key file.
 func Open(dir string, epochLength, grace time.Duration) (*KeyStore, error) {
+	return OpenFormat(dir, epochLength, grace, mixkey.X25519Kind)
+}
+
+// OpenFormat is Open for a network of Sphinx format kind: Ensure creates
+// keys of that algorithm (X25519, or X-Wing for the KEM format), and a key
+// file of the other algorithm in dir is an error (ErrWrongFormat), here and
+// in Ensure: a node never serves two formats.
+func OpenFormat(dir string, epochLength, grace time.Duration, kind mixkey.Kind) (*KeyStore, error) {
 	if epochLength < time.Second || epochLength%time.Second != 0 {
 		return nil, fmt.Errorf("nodes: epoch length %v: want a whole number of seconds, at least 1s", epochLength)
 	}
@@ -102,7 +112,7 @@ func Open(dir string, epochLength, grace time.Duration) (*KeyStore, error) {
 	if err := ensureDir(dir); err != nil {
 		return nil, err
 	}
-	s := &KeyStore{dir: dir, length: epochLength, grace: grace, ahead: 1}
+	s := &KeyStore{kind: kind, dir: dir, length: epochLength, grace: grace, ahead: 1}
 	unlock, err := lockDir(dir)
 	if err != nil {
 		return nil, err
@@ -128,6 +138,9 @@ func (s *KeyStore) SetAhead(n int) {
 
 // Dir is the key directory.
 func (s *KeyStore) Dir() string { return s.dir }
+
+// Format is the algorithm of the keys: the network's Sphinx format.
+func (s *KeyStore) Format() mixkey.Kind { return s.kind }
 
 // EpochLength is the epoch length given to Open.
 func (s *KeyStore) EpochLength() time.Duration { return s.length }
@@ -262,7 +275,7 @@ func (s *KeyStore) load() (map[uint64]*ownKey, error) {
 		if !ok {
 			continue
 		}
-		k, err := readMixKey(filepath.Join(s.dir, e.Name()), epoch)
+		k, err := readMixKey(filepath.Join(s.dir, e.Name()), epoch, s.kind)
 		if errors.Is(err, fs.ErrNotExist) {
 			continue
 		}
@@ -278,7 +291,11 @@ func (s *KeyStore) load() (map[uint64]*ownKey, error) {
 // exists in this process only between its generation and the write: its
 // buffers are wiped before create returns.
 func (s *KeyStore) create(e uint64) (*ownKey, error) {
-	priv, err := mixkey.Generate(rand.Reader)
+	generate := mixkey.Generate
+	if s.kind == mixkey.XWing {
+		generate = mixkey.GenerateXWing
+	}
+	priv, err := generate(rand.Reader)
 	if err != nil {
 		return nil, fmt.Errorf("nodes: mix key: %w", err)
 	}
@@ -317,8 +334,8 @@ func parseMixKeyName(name string) (uint64, bool) {
 
 // readMixKey reads the public half of one mix key file (the private half
 // is not decoded, see mixkey.DecodePublic) and checks that its Epoch
-// header matches its name.
-func readMixKey(path string, epoch uint64) (*ownKey, error) {
+// header matches its name and its algorithm is kind.
+func readMixKey(path string, epoch uint64, kind mixkey.Kind) (*ownKey, error) {
 	data, err := readSecret(path)
 	if err != nil {
 		return nil, err
@@ -330,6 +347,10 @@ func readMixKey(path string, epoch uint64) (*ownKey, error) {
 	}
 	if m.Epoch != epoch {
 		return nil, fmt.Errorf("nodes: mix key file %s: Epoch header %d does not match the file name", path, m.Epoch)
+	}
+	if m.Kind != kind {
+		return nil, fmt.Errorf("nodes: mix key file %s: %w: it holds an %s key and the sphinx format is %s (a node serves one format; move the other format's key files out of the key directory)",
+			path, ErrWrongFormat, m.Kind, kind)
 	}
 	return &ownKey{epoch: epoch, pub: m.Public, notBefore: m.NotBefore, notAfter: m.NotAfter}, nil
 }
