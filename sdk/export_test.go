@@ -1,0 +1,10 @@
+package sdk
+
+// Batched reports how many calls and batches c sent on its Calls stream
+// (0, 0 when it has none).
+func Batched(c *Client) (calls, batches int64) {
+	if c.calls == nil {
+		return 0, 0
+	}
+	return c.calls.callsSent.Load(), c.calls.batchesSent.Load()
+}
