@@ -42,13 +42,6 @@ func (c *Config) Line(path string) int {
 	return 1
 }
 
-// Errorf returns an *Error at the line of the key at path (see Line), for
-// problems found after loading, e.g. a plugin binary that is missing:
-// cfg.Errorf("pipeline[2].plugin", "no plugin %q in %s", ...).
-func (c *Config) Errorf(path, format string, args ...any) *Error {
-	return &Error{File: c.Path, Line: c.Line(path), Msg: fmt.Sprintf(format, args...)}
-}
-
 // validate adds to e every value out of range. It runs after SetDefaults,
 // so a zero here was written explicitly.
 func (c *Config) validate(e *errs) {
