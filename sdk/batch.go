@@ -24,8 +24,16 @@ type batcher struct {
 
 	mu      sync.Mutex
 	next    uint64
-	pending map[uint64]chan *pb.Reply
+	pending map[uint64]*pending
 	err     error
+}
+
+// pending is a call sent and not answered yet. ch gets the reply (nil
+// once the caller gave up); release, if set, frees what the call lends
+// the plugin until its reply (a body region slot).
+type pending struct {
+	ch      chan *pb.Reply
+	release func()
 }
 
 // errBatcherClosed ends the stream when the plugin is stopped.
@@ -39,7 +47,7 @@ func newBatcher(rpc pb.StageClient) (*batcher, error) {
 		return nil, err
 	}
 	b := &batcher{stream: stream, cancel: cancel, sendq: make(chan *pb.Call, maxBatchCalls),
-		dead: make(chan struct{}), pending: map[uint64]chan *pb.Reply{}}
+		dead: make(chan struct{}), pending: map[uint64]*pending{}}
 	go b.sendLoop()
 	go b.recvLoop()
 	return b, nil
@@ -55,8 +63,13 @@ func (b *batcher) fail(err error) {
 	}
 	b.err = err
 	close(b.dead)
-	for id, ch := range b.pending {
-		close(ch)
+	for id, p := range b.pending {
+		if p.ch != nil {
+			close(p.ch)
+		}
+		if p.release != nil {
+			p.release()
+		}
 		delete(b.pending, id)
 	}
 	b.cancel()
@@ -105,45 +118,71 @@ func (b *batcher) recvLoop() {
 		}
 		b.mu.Lock()
 		for _, r := range rb.GetReplies() {
-			if ch := b.pending[r.GetId()]; ch != nil {
-				ch <- r
-				delete(b.pending, r.GetId())
+			p := b.pending[r.GetId()]
+			if p == nil {
+				continue
 			}
+			if p.ch != nil {
+				p.ch <- r
+			}
+			if p.release != nil {
+				p.release()
+			}
+			delete(b.pending, r.GetId())
 		}
 		b.mu.Unlock()
 	}
 }
 
-// do sends call c and waits for its reply. Errors: the stream broke or
-// ctx ended (as a *TransportError, like a failed framed call); on ctx the
+// do sends call c and waits for its reply. release, if not nil, is called
+// once the plugin is done with the call (its reply came, or the stream
+// broke), even after the caller gave up. Errors: the stream broke or ctx
+// ended (as a *TransportError, like a failed framed call); on ctx the
 // plugin is told to cancel the call.
-func (b *batcher) do(ctx context.Context, c *pb.Call) (*pb.Reply, error) {
-	ch := make(chan *pb.Reply, 1)
+func (b *batcher) do(ctx context.Context, c *pb.Call, release func()) (*pb.Reply, error) {
+	p := &pending{ch: make(chan *pb.Reply, 1), release: release}
 	b.mu.Lock()
 	if b.err != nil {
 		err := b.err
 		b.mu.Unlock()
+		if release != nil {
+			release()
+		}
 		return nil, transport(err)
 	}
 	b.next++
 	c.Id = b.next
-	b.pending[c.Id] = ch
+	b.pending[c.Id] = p
 	b.mu.Unlock()
 	select {
 	case b.sendq <- c:
 	case <-b.dead:
 	case <-ctx.Done():
-		b.forget(c.Id)
+		// Not sent: the plugin never sees it.
+		b.mu.Lock()
+		if b.pending[c.Id] == p {
+			delete(b.pending, c.Id)
+			if release != nil {
+				release()
+			}
+		}
+		b.mu.Unlock()
 		return nil, transport(ctx.Err())
 	}
 	select {
-	case r, ok := <-ch:
+	case r, ok := <-p.ch:
 		if !ok {
 			return nil, transport(b.broken())
 		}
 		return r, nil
 	case <-ctx.Done():
-		if b.forget(c.Id) {
+		b.mu.Lock()
+		waiting := b.pending[c.Id] == p
+		if waiting {
+			p.ch = nil // the reply still releases the slot
+		}
+		b.mu.Unlock()
+		if waiting {
 			select {
 			case b.sendq <- &pb.Call{Id: c.Id, Op: opCancel}:
 			default: // the queue is full: the call runs to its end
@@ -151,15 +190,6 @@ func (b *batcher) do(ctx context.Context, c *pb.Call) (*pb.Reply, error) {
 		}
 		return nil, transport(ctx.Err())
 	}
-}
-
-// forget drops a pending call; false if its reply already came.
-func (b *batcher) forget(id uint64) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	_, ok := b.pending[id]
-	delete(b.pending, id)
-	return ok
 }
 
 func (b *batcher) broken() error {

@@ -71,10 +71,15 @@ func TestBatchedCallsAnswerAsFramedCalls(t *testing.T) {
 	if calls, _ := sdk.Batched(framed); calls != 0 {
 		t.Fatalf("framed client sent %d batched calls", calls)
 	}
+	if !sdk.UsesRegion(batched) || sdk.UsesRegion(framed) {
+		t.Fatalf("body region: batched %v, framed %v; want only the batched client to use one", sdk.UsesRegion(batched), sdk.UsesRegion(framed))
+	}
 }
 
 // TestConcurrentCallsShareBatches: calls made at once travel together,
-// fewer batches than calls, and each caller gets its own reply.
+// fewer batches than calls, and each caller gets its own reply; with more
+// callers than body region slots, bodies travel both in the region and
+// inside calls, and none is mixed up with another.
 func TestConcurrentCallsShareBatches(t *testing.T) {
 	c := launch(t, "", false)
 	const callers, each = 64, 20

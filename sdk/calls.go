@@ -144,14 +144,27 @@ func replySize(r *pb.Reply) int {
 	return n
 }
 
-// inlineMessage is the stage's view of a batched call's message. A stage
-// that declared NeedBodyStream gets the body through OpenBody as on a
-// framed call (readable once).
-func (s *stageServer[C]) inlineMessage(c *pb.Call, stream bool) *Message {
+// inlineMessage is the stage's view of a batched call's message, its body
+// from the call or from the body region. A stage that declared
+// NeedBodyStream gets the body through OpenBody as on a framed call
+// (readable once, until the stage returns: a region slot is read in
+// place); any other gets its own copy. Errors: a bad region slot.
+func (s *stageServer[C]) inlineMessage(c *pb.Call, stream bool) (*Message, error) {
 	meta := c.GetMeta()
 	h, b := c.GetHeader(), c.GetBody()
 	if meta.GetHeaderPresent() && h == nil {
 		h = []byte{}
+	}
+	if slot := c.GetBodySlot(); slot != 0 && meta.GetBodyPresent() {
+		rb, err := regionBody(slot, meta.GetBodyLen())
+		if err != nil {
+			return nil, err
+		}
+		// The stage may keep or change its Body: it gets a copy (Clone
+		// skips zeroing what it copies over). A stream is read in place.
+		if b = rb; !stream {
+			b = bytes.Clone(rb)
+		}
 	}
 	if meta.GetBodyPresent() && b == nil {
 		b = []byte{}
@@ -160,7 +173,7 @@ func (s *stageServer[C]) inlineMessage(c *pb.Call, stream bool) *Message {
 		b = nil
 	}
 	if !stream || b == nil {
-		return messageFromPB(meta, h, b)
+		return messageFromPB(meta, h, b), nil
 	}
 	m := messageFromPB(meta, h, nil)
 	m.BodyLen = int64(len(b))
@@ -171,7 +184,7 @@ func (s *stageServer[C]) inlineMessage(c *pb.Call, stream bool) *Message {
 		}
 		return bytes.NewReader(b), nil
 	}
-	return m
+	return m, nil
 }
 
 // run performs one batched call and returns its reply (id unset).
@@ -180,15 +193,23 @@ func (s *stageServer[C]) run(ctx context.Context, c *pb.Call) *pb.Reply {
 	switch c.GetOp() {
 	case opCheck:
 		ck, err := stageAs[Checker](s, KindChecker)
+		var m *Message
 		if err == nil {
-			err = ck.Check(ctx, s.inlineMessage(c, streamBody))
+			m, err = s.inlineMessage(c, streamBody)
+		}
+		if err == nil {
+			err = ck.Check(ctx, m)
 		}
 		return &pb.Reply{Status: statusToPB(err)}
 	case opTransform:
 		t, err := stageAs[Transformer](s, KindTransformer)
+		var m *Message
 		var ch *Change
 		if err == nil {
-			ch, err = t.Transform(ctx, s.inlineMessage(c, false))
+			m, err = s.inlineMessage(c, false)
+		}
+		if err == nil {
+			ch, err = t.Transform(ctx, m)
 		}
 		if err != nil {
 			return &pb.Reply{Status: statusToPB(err)}
@@ -201,9 +222,13 @@ func (s *stageServer[C]) run(ctx context.Context, c *pb.Call) *pb.Reply {
 		return perCallIfLarge(r)
 	case opRoute:
 		rt, err := stageAs[Router](s, KindRouter)
+		var m *Message
 		var routes []Route
 		if err == nil {
-			routes, err = rt.Route(ctx, s.inlineMessage(c, false))
+			m, err = s.inlineMessage(c, false)
+		}
+		if err == nil {
+			routes, err = rt.Route(ctx, m)
 		}
 		if err != nil {
 			return &pb.Reply{Status: statusToPB(err)}
@@ -218,9 +243,13 @@ func (s *stageServer[C]) run(ctx context.Context, c *pb.Call) *pb.Reply {
 		return &pb.Reply{Status: dr.GetStatus(), DelaysNs: dr.GetDelaysNs()}
 	case opDeliver:
 		d, err := stageAs[Deliverer](s, KindDeliverer)
+		var m *Message
 		var res []RcptResult
 		if err == nil {
-			res, err = d.Deliver(ctx, s.inlineMessage(c, streamBody))
+			m, err = s.inlineMessage(c, streamBody)
+		}
+		if err == nil {
+			res, err = d.Deliver(ctx, m)
 		}
 		r := &pb.Reply{Status: statusToPB(err)}
 		for _, x := range res {

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"syscall"
 	"time"
@@ -95,6 +96,9 @@ type Client struct {
 	// calls is the batched call stream, nil if the plugin does not serve
 	// it (an SDK older than it): then every call is a framed call.
 	calls *batcher
+	// region holds the bodies of batched calls, nil if the plugin did not
+	// map it: then bodies travel inside the calls.
+	region *bodyRegion
 }
 
 // Launch starts the plugin binary, performs the versioned handshake, and
@@ -119,6 +123,23 @@ func Launch(o LaunchOptions) (*Client, error) {
 		level = "warn"
 	}
 	cmd.Env = []string{LogLevelEnv + "=" + level}
+	var region *bodyRegion
+	if !o.NoBatch {
+		r, ro, err := newBodyRegion()
+		if err != nil {
+			return nil, fmt.Errorf("plugin %s: %w", o.Path, err)
+		}
+		defer ro.Close() // the plugin has its own copy once started
+		region = r
+		cmd.ExtraFiles = []*os.File{ro}
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", BodyRegionEnv, regionFD))
+	}
+	fail := func(err error) (*Client, error) {
+		if region != nil {
+			region.close()
+		}
+		return nil, err
+	}
 	cfg := &plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {"stage": &grpcPlugin{}}},
@@ -141,7 +162,7 @@ func Launch(o LaunchOptions) (*Client, error) {
 	if o.SHA256 != "" {
 		sum, err := hex.DecodeString(o.SHA256)
 		if err != nil || len(sum) != sha256.Size {
-			return nil, fmt.Errorf("plugin %s: sha256 must be 64 hex digits", o.Path)
+			return fail(fmt.Errorf("plugin %s: sha256 must be 64 hex digits", o.Path))
 		}
 		cfg.SecureConfig = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
 	}
@@ -149,12 +170,12 @@ func Launch(o LaunchOptions) (*Client, error) {
 	cp, err := pc.Client()
 	if err != nil {
 		pc.Kill()
-		return nil, fmt.Errorf("plugin %s: %w", o.Path, err)
+		return fail(fmt.Errorf("plugin %s: %w", o.Path, err))
 	}
 	raw, err := cp.Dispense("stage")
 	if err != nil {
 		pc.Kill()
-		return nil, fmt.Errorf("plugin %s: %w", o.Path, err)
+		return fail(fmt.Errorf("plugin %s: %w", o.Path, err))
 	}
 	c := &Client{pc: pc, rpc: raw.(pb.StageClient)}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
@@ -162,7 +183,7 @@ func Launch(o LaunchOptions) (*Client, error) {
 	ir, err := c.rpc.Info(ctx, &pb.InfoRequest{})
 	if err != nil {
 		pc.Kill()
-		return nil, fmt.Errorf("plugin %s: info: %w", o.Path, err)
+		return fail(fmt.Errorf("plugin %s: info: %w", o.Path, err))
 	}
 	c.info = Info{Name: ir.GetName(), Version: ir.GetVersion(), Doc: ir.GetDoc(), Needs: Needs(ir.GetNeeds())}
 	for _, k := range ir.GetKinds() {
@@ -174,13 +195,18 @@ func Launch(o LaunchOptions) (*Client, error) {
 	c.info.Schema = new(Schema)
 	if err := json.Unmarshal([]byte(ir.GetConfigSchema()), c.info.Schema); err != nil {
 		pc.Kill()
-		return nil, fmt.Errorf("plugin %s: bad config schema: %w", o.Path, err)
+		return fail(fmt.Errorf("plugin %s: bad config schema: %w", o.Path, err))
 	}
 	if ir.GetCalls() && !o.NoBatch {
 		if c.calls, err = newBatcher(c.rpc); err != nil {
 			pc.Kill()
-			return nil, fmt.Errorf("plugin %s: calls: %w", o.Path, err)
+			return fail(fmt.Errorf("plugin %s: calls: %w", o.Path, err))
 		}
+	}
+	if region != nil && ir.GetBodyRegion() && c.calls != nil {
+		c.region = region
+	} else if region != nil {
+		region.close()
 	}
 	return c, nil
 }
@@ -194,6 +220,9 @@ func (c *Client) Kill() {
 		c.calls.close()
 	}
 	c.pc.Kill()
+	if c.region != nil {
+		c.region.close()
+	}
 }
 
 // Exited reports whether the plugin process has exited.
@@ -361,7 +390,18 @@ func (c *Client) inline(ctx context.Context, op int32, m *Message) (*pb.Reply, e
 	if sendH {
 		call.Header = m.Header
 	}
-	if sendB {
+	var release func()
+	if bodyLen := call.Meta.GetBodyLen(); sendB && bodyLen > 0 && c.region != nil {
+		if slot, ok := c.region.take(); ok {
+			if err := c.region.write(slot, m.Body, m.OpenBody, bodyLen); err != nil {
+				c.region.release(slot)
+				return nil, err
+			}
+			call.BodySlot = slot + 1
+			release = func() { c.region.release(slot) }
+		}
+	}
+	if sendB && call.BodySlot == 0 {
 		switch {
 		case m.Body != nil:
 			call.Body = m.Body
@@ -376,7 +416,7 @@ func (c *Client) inline(ctx context.Context, op int32, m *Message) (*pb.Reply, e
 			}
 		}
 	}
-	r, err := c.calls.do(ctx, call)
+	r, err := c.calls.do(ctx, call, release)
 	if err != nil || r.GetStatus().GetKind() == statusPerCall {
 		return nil, err
 	}
@@ -504,7 +544,7 @@ func (c *Client) Delay(ctx context.Context, req DelayRequest) ([]time.Duration, 
 	var status *pb.Status
 	var delays []int64
 	if c.calls != nil {
-		r, err := c.calls.do(ctx, &pb.Call{Op: opDelay, Delay: dr})
+		r, err := c.calls.do(ctx, &pb.Call{Op: opDelay, Delay: dr}, nil)
 		if err != nil {
 			return nil, err
 		}

@@ -8,3 +8,6 @@ func Batched(c *Client) (calls, batches int64) {
 	}
 	return c.calls.callsSent.Load(), c.calls.batchesSent.Load()
 }
+
+// UsesRegion reports whether c sends bodies through a body region.
+func UsesRegion(c *Client) bool { return c.region != nil }

@@ -78,6 +78,10 @@ func Serve[C any](p Plugin[C]) {
 		os.Exit(1)
 	}
 	watchParent(logger)
+	if err := mapBodyRegion(); err != nil {
+		// Not fatal: the core then sends bodies inside the calls.
+		logger.Warn("body region not mapped", "error", err)
+	}
 	srv := &stageServer[C]{p: p, logger: logger, schema: mustJSON(SchemaOf(p.Config))}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
@@ -166,7 +170,7 @@ func (s *stageServer[C]) Info(context.Context, *pb.InfoRequest) (*pb.InfoReply, 
 	for i, c := range s.p.Capabilities {
 		caps[i] = string(c)
 	}
-	return &pb.InfoReply{Name: s.p.Name, Version: s.p.Version, Kinds: kinds, Needs: uint32(s.p.Needs), ConfigSchema: s.schema, Doc: s.p.Doc, Capabilities: caps, Calls: true}, nil
+	return &pb.InfoReply{Name: s.p.Name, Version: s.p.Version, Kinds: kinds, Needs: uint32(s.p.Needs), ConfigSchema: s.schema, Doc: s.p.Doc, Capabilities: caps, Calls: true, BodyRegion: pluginRegion != nil}, nil
 }
 
 // DecodeConfig decodes a JSON config block into a copy of defaults, strictly

@@ -78,7 +78,10 @@ type InfoReply struct {
 	// Promises the stage keeps (e.g. "sanitizes"); see sdk.Capability.
 	Capabilities []string `protobuf:"bytes,7,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
 	// The plugin serves Calls.
-	Calls         bool `protobuf:"varint,8,opt,name=calls,proto3" json:"calls,omitempty"`
+	Calls bool `protobuf:"varint,8,opt,name=calls,proto3" json:"calls,omitempty"`
+	// The plugin mapped the body region the core passed it (see
+	// Call.body_slot).
+	BodyRegion    bool `protobuf:"varint,9,opt,name=body_region,json=bodyRegion,proto3" json:"body_region,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -165,6 +168,13 @@ func (x *InfoReply) GetCapabilities() []string {
 func (x *InfoReply) GetCalls() bool {
 	if x != nil {
 		return x.Calls
+	}
+	return false
+}
+
+func (x *InfoReply) GetBodyRegion() bool {
+	if x != nil {
+		return x.BodyRegion
 	}
 	return false
 }
@@ -1535,10 +1545,15 @@ type Call struct {
 	Op    int32                  `protobuf:"varint,2,opt,name=op,proto3" json:"op,omitempty"`
 	// The message (check, transform, route, deliver): presence and length
 	// of header and body as in a MessageFrame's meta, the bytes whole.
-	Meta          *MessageMeta  `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
-	Header        []byte        `protobuf:"bytes,4,opt,name=header,proto3" json:"header,omitempty"`
-	Body          []byte        `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
-	Delay         *DelayRequest `protobuf:"bytes,6,opt,name=delay,proto3" json:"delay,omitempty"`
+	Meta   *MessageMeta  `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	Header []byte        `protobuf:"bytes,4,opt,name=header,proto3" json:"header,omitempty"`
+	Body   []byte        `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	Delay  *DelayRequest `protobuf:"bytes,6,opt,name=delay,proto3" json:"delay,omitempty"`
+	// 1 + the slot of the body region (shared memory the core passed the
+	// plugin at start, read-only to it) that holds the body, meta.body_len
+	// bytes; 0: the body, if any, is in body. The slot is the call's until
+	// its reply.
+	BodySlot      int32 `protobuf:"varint,7,opt,name=body_slot,json=bodySlot,proto3" json:"body_slot,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1613,6 +1628,13 @@ func (x *Call) GetDelay() *DelayRequest {
 		return x.Delay
 	}
 	return nil
+}
+
+func (x *Call) GetBodySlot() int32 {
+	if x != nil {
+		return x.BodySlot
+	}
+	return 0
 }
 
 type CallBatch struct {
@@ -1863,7 +1885,7 @@ var File_stage_proto protoreflect.FileDescriptor
 const file_stage_proto_rawDesc = "" +
 	"\n" +
 	"\vstage.proto\x12\rmixmta.sdk.v1\"\r\n" +
-	"\vInfoRequest\"\xd6\x01\n" +
+	"\vInfoRequest\"\xf7\x01\n" +
 	"\tInfoReply\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
@@ -1872,7 +1894,9 @@ const file_stage_proto_rawDesc = "" +
 	"\rconfig_schema\x18\x05 \x01(\tR\fconfigSchema\x12\x10\n" +
 	"\x03doc\x18\x06 \x01(\tR\x03doc\x12\"\n" +
 	"\fcapabilities\x18\a \x03(\tR\fcapabilities\x12\x14\n" +
-	"\x05calls\x18\b \x01(\bR\x05calls\"I\n" +
+	"\x05calls\x18\b \x01(\bR\x05calls\x12\x1f\n" +
+	"\vbody_region\x18\t \x01(\bR\n" +
+	"bodyRegion\"I\n" +
 	"\x10ConfigureRequest\x12\x14\n" +
 	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x1f\n" +
 	"\vconfig_json\x18\x02 \x01(\fR\n" +
@@ -1982,14 +2006,15 @@ const file_stage_proto_rawDesc = "" +
 	"\bnext_hop\x18\x02 \x01(\fR\anextHop\x12\x16\n" +
 	"\x06packet\x18\x03 \x01(\fR\x06packet\x12\x17\n" +
 	"\aloop_id\x18\x04 \x01(\fR\x06loopId\x12\x12\n" +
-	"\x04path\x18\x05 \x03(\fR\x04path\"\xb5\x01\n" +
+	"\x04path\x18\x05 \x03(\fR\x04path\"\xd2\x01\n" +
 	"\x04Call\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x0e\n" +
 	"\x02op\x18\x02 \x01(\x05R\x02op\x12.\n" +
 	"\x04meta\x18\x03 \x01(\v2\x1a.mixmta.sdk.v1.MessageMetaR\x04meta\x12\x16\n" +
 	"\x06header\x18\x04 \x01(\fR\x06header\x12\x12\n" +
 	"\x04body\x18\x05 \x01(\fR\x04body\x121\n" +
-	"\x05delay\x18\x06 \x01(\v2\x1b.mixmta.sdk.v1.DelayRequestR\x05delay\"6\n" +
+	"\x05delay\x18\x06 \x01(\v2\x1b.mixmta.sdk.v1.DelayRequestR\x05delay\x12\x1b\n" +
+	"\tbody_slot\x18\a \x01(\x05R\bbodySlot\"6\n" +
 	"\tCallBatch\x12)\n" +
 	"\x05calls\x18\x01 \x03(\v2\x13.mixmta.sdk.v1.CallR\x05calls\"\xa7\x02\n" +
 	"\x05Reply\x12\x0e\n" +
