@@ -1,9 +1,12 @@
 // The wire protocol between the mixmta core and a stage plugin.
 //
-// One plugin process serves one pipeline stage. Message bytes travel as raw
-// bytes in frames of at most 1 MiB each (header first, then body), so a
-// message of any accepted size crosses gRPC's per-message limit safely. A
-// call carries only the parts of a message the stage declared it needs.
+// One plugin process serves one pipeline stage. A message of at most 256
+// KiB (the parts the stage needs) is one entry of a batched Calls stream,
+// its body in the body region (shared memory, read-only to the plugin);
+// a larger one is a framed call of its own, its bytes in frames of at most
+// 1 MiB each (header first, then body), so a message of any accepted size
+// crosses gRPC's per-message limit safely. A call carries only the parts
+// of a message the stage declared it needs.
 //
 // Regenerate with `make proto` (protoc + protoc-gen-go + protoc-gen-go-grpc).
 
