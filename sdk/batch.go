@@ -122,11 +122,13 @@ func (b *batcher) recvLoop() {
 			if p == nil {
 				continue
 			}
-			if p.ch != nil {
-				p.ch <- r
-			}
+			// Freed before the caller wakes: a caller that returned
+			// finds its slot free again.
 			if p.release != nil {
 				p.release()
+			}
+			if p.ch != nil {
+				p.ch <- r
 			}
 			delete(b.pending, r.GetId())
 		}

@@ -113,6 +113,10 @@ func TestConcurrentCallsShareBatches(t *testing.T) {
 		t.Fatalf("%d calls in %d batches: want all %d calls, in fewer batches", calls, batches, callers*each)
 	}
 	t.Logf("%d calls in %d batches", calls, batches)
+	// Every slot lent to a call came back with its reply.
+	if free, all := sdk.FreeSlots(c); free != all {
+		t.Fatalf("%d of %d body region slots free after every call returned", free, all)
+	}
 }
 
 // TestCrashFailsBatchedCallsAsTransportErrors: when the plugin dies, the

@@ -11,3 +11,7 @@ func Batched(c *Client) (calls, batches int64) {
 
 // UsesRegion reports whether c sends bodies through a body region.
 func UsesRegion(c *Client) bool { return c.region != nil }
+
+// FreeSlots is the number of free body region slots of c, and how many
+// there are.
+func FreeSlots(c *Client) (free, all int) { return len(c.region.free), regionSlots }
