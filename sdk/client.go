@@ -338,27 +338,37 @@ func (c *Client) Transform(ctx context.Context, m *Message) (*Change, error) {
 	return changeFromPB(meta, header, body)
 }
 
-// changeFromPB is the Change a Transform reply describes. Errors: a part
-// whose length is not the one announced, as a *TransportError.
+// changeFromPB is the Change a Transform reply describes (header and body
+// are the caller's: decoding made them). Errors: a part whose length is
+// not the one announced, as a *TransportError.
 func changeFromPB(meta *pb.MessageMeta, header, body []byte) (*Change, error) {
 	ch := &Change{}
 	if meta.GetHeaderPresent() {
 		if int64(len(header)) != meta.GetHeaderLen() {
 			return nil, transport(errors.New("transform header length differs from the announced one"))
 		}
-		ch.Header = append(make([]byte, 0, len(header)), header...)
+		ch.Header = present(header)
 	}
 	if meta.GetBodyPresent() {
 		if int64(len(body)) != meta.GetBodyLen() {
 			return nil, transport(errors.New("transform body length differs from the announced one"))
 		}
-		ch.Body = append(make([]byte, 0, len(body)), body...)
+		ch.Body = present(body)
 	}
 	if meta.GetEnvelopeChanged() {
 		from := meta.GetEnvelope().GetMailFrom()
 		ch.MailFrom = &from
 	}
 	return ch, nil
+}
+
+// present is b, or an empty slice for a part that is present but empty
+// (decoding gives nil for both).
+func present(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
 }
 
 // inline runs m as a batched call of op when the plugin serves the Calls
@@ -486,7 +496,7 @@ func (c *Client) Route(ctx context.Context, m *Message) ([]Route, error) {
 				if int64(len(x.GetBody())) != rm.GetBodyLen() {
 					return nil, transport(errors.New("route body length differs from the announced one"))
 				}
-				rt.Body = append(make([]byte, 0, len(x.GetBody())), x.GetBody()...)
+				rt.Body = present(x.GetBody())
 			}
 			routes = append(routes, rt)
 		}
