@@ -15,7 +15,7 @@ import (
 
 // The batched call protocol (the Calls stream of stage.proto): one stream
 // per plugin carries every Check, Transform, Route, Delay and Deliver call
-// whose message fits InlineMax. Setting up a gRPC stream per call costs
+// whose message fits inlineMax. Setting up a gRPC stream per call costs
 // more than the call itself (a stream's HEADERS, its flow-control window,
 // two goroutine hand-offs on each side); on one long-lived stream a call is
 // one entry in a batch, and under load one round trip carries as many
@@ -35,10 +35,10 @@ const (
 // host repeats the call as a framed call.
 const statusPerCall = 3
 
-// InlineMax is the largest message (the header and body a stage gets, in
+// inlineMax is the largest message (the header and body a stage gets, in
 // bytes) that travels inside a batched call (256 KiB); a larger one takes
 // a framed call of its own, streamed in bounded memory.
-const InlineMax = 256 << 10
+const inlineMax = 256 << 10
 
 // maxBatchBytes bounds the message bytes in one CallBatch or ReplyBatch
 // (4 MiB), far below MaxCallBytes.

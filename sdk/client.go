@@ -132,7 +132,7 @@ func Launch(o LaunchOptions) (*Client, error) {
 		defer ro.Close() // the plugin has its own copy once started
 		region = r
 		cmd.ExtraFiles = []*os.File{ro}
-		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", BodyRegionEnv, regionFD))
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", bodyRegionEnv, regionFD))
 	}
 	fail := func(err error) (*Client, error) {
 		if region != nil {
@@ -372,10 +372,10 @@ func present(b []byte) []byte {
 }
 
 // inline runs m as a batched call of op when the plugin serves the Calls
-// stream and the parts it needs fit InlineMax; it returns a nil reply when
+// stream and the parts it needs fit inlineMax; it returns a nil reply when
 // the call must be a framed call instead (too large, or the plugin's reply
 // would not fit a batch). A body given as OpenBody is read whole (it is at
-// most InlineMax). Errors: reading the body, as is; the stream, as a
+// most inlineMax). Errors: reading the body, as is; the stream, as a
 // *TransportError.
 func (c *Client) inline(ctx context.Context, op int32, m *Message) (*pb.Reply, error) {
 	if c.calls == nil {
@@ -393,7 +393,7 @@ func (c *Client) inline(ctx context.Context, op int32, m *Message) (*pb.Reply, e
 			n += m.BodyLen
 		}
 	}
-	if n > InlineMax {
+	if n > inlineMax {
 		return nil, nil
 	}
 	call := &pb.Call{Op: op, Meta: metaToPB(m, sendH, sendB)}

@@ -21,9 +21,9 @@ import (
 // memory as they would be in gRPC's buffers; the queue's key and the
 // sealed values at rest never leave the core.
 
-// BodyRegionEnv names the variable that tells a plugin the descriptor of
+// bodyRegionEnv names the variable that tells a plugin the descriptor of
 // its body region.
-const BodyRegionEnv = "MIXMTA_BODY_FD"
+const bodyRegionEnv = "MIXMTA_BODY_FD"
 
 // regionSlots is the number of bodies in flight through the region per
 // plugin (32, the core's workers at most); a call that finds no free slot
@@ -50,7 +50,7 @@ func newBodyRegion() (*bodyRegion, *os.File, error) {
 		return nil, nil, fmt.Errorf("sdk: body region: %w", err)
 	}
 	f := os.NewFile(uintptr(fd), "mixmta-bodies")
-	if err := f.Truncate(regionSlots * InlineMax); err != nil {
+	if err := f.Truncate(regionSlots * inlineMax); err != nil {
 		f.Close()
 		return nil, nil, fmt.Errorf("sdk: body region: %w", err)
 	}
@@ -82,7 +82,7 @@ func (r *bodyRegion) take() (int32, bool) {
 // write puts a body of n bytes in slot: b, or else what open returns.
 // Errors: opening or reading the body (as is), writing the region.
 func (r *bodyRegion) write(slot int32, b []byte, open func() (io.Reader, error), n int64) error {
-	off := int64(slot) * InlineMax
+	off := int64(slot) * inlineMax
 	if b != nil {
 		_, err := r.f.WriteAt(b, off)
 		return err
@@ -106,22 +106,22 @@ func (r *bodyRegion) close() { r.f.Close() }
 // when the core passed none.
 var pluginRegion []byte
 
-// mapBodyRegion maps the region named by BodyRegionEnv, read-only. The
+// mapBodyRegion maps the region named by bodyRegionEnv, read-only. The
 // mapping lives as long as the process.
 func mapBodyRegion() error {
-	v := os.Getenv(BodyRegionEnv)
+	v := os.Getenv(bodyRegionEnv)
 	if v == "" {
 		return nil
 	}
 	if v != strconv.Itoa(regionFD) {
-		return fmt.Errorf("sdk: %s=%q: want %d", BodyRegionEnv, v, regionFD)
+		return fmt.Errorf("sdk: %s=%q: want %d", bodyRegionEnv, v, regionFD)
 	}
 	var st unix.Stat_t
 	if err := unix.Fstat(regionFD, &st); err != nil {
 		return fmt.Errorf("sdk: body region: %w", err)
 	}
-	if st.Size != regionSlots*InlineMax {
-		return fmt.Errorf("sdk: body region of %d bytes, want %d", st.Size, regionSlots*InlineMax)
+	if st.Size != regionSlots*inlineMax {
+		return fmt.Errorf("sdk: body region of %d bytes, want %d", st.Size, regionSlots*inlineMax)
 	}
 	mem, err := unix.Mmap(regionFD, 0, int(st.Size), unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
@@ -140,9 +140,9 @@ func regionBody(slot1 int32, n int64) ([]byte, error) {
 	if pluginRegion == nil {
 		return nil, errors.New("sdk: body in a region, but none is mapped")
 	}
-	if slot < 0 || slot >= regionSlots || n < 0 || n > InlineMax {
+	if slot < 0 || slot >= regionSlots || n < 0 || n > inlineMax {
 		return nil, fmt.Errorf("sdk: body slot %d of %d bytes out of range", slot1, n)
 	}
-	off := slot * InlineMax
+	off := slot * inlineMax
 	return pluginRegion[off : off+n : off+n], nil
 }
