@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"os/exec"
 	"syscall"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/mixmta/mixmta/sdk/internal/pb"
 )
@@ -65,6 +67,10 @@ type LaunchOptions struct {
 	Logger hclog.Logger
 	// StartTimeout bounds launch and handshake (default 10 s).
 	StartTimeout time.Duration
+	// NoBatch makes every call a framed call of its own, as with a plugin
+	// built with an SDK older than the batched Calls stream (benchmarks
+	// compare the two).
+	NoBatch bool
 }
 
 // TransportError wraps a failure of the RPC itself (plugin crashed, killed
@@ -87,6 +93,12 @@ type Client struct {
 	pc   *plugin.Client
 	rpc  pb.StageClient
 	info Info
+	// calls is the batched call stream, nil if the plugin does not serve
+	// it (an SDK older than it): then every call is a framed call.
+	calls *batcher
+	// region holds the bodies of batched calls, nil if the plugin did not
+	// map it: then bodies travel inside the calls.
+	region *bodyRegion
 }
 
 // Launch starts the plugin binary, performs the versioned handshake, and
@@ -111,6 +123,23 @@ func Launch(o LaunchOptions) (*Client, error) {
 		level = "warn"
 	}
 	cmd.Env = []string{LogLevelEnv + "=" + level}
+	var region *bodyRegion
+	if !o.NoBatch {
+		r, ro, err := newBodyRegion()
+		if err != nil {
+			return nil, fmt.Errorf("plugin %s: %w", o.Path, err)
+		}
+		defer ro.Close() // the plugin has its own copy once started
+		region = r
+		cmd.ExtraFiles = []*os.File{ro}
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", bodyRegionEnv, regionFD))
+	}
+	fail := func(err error) (*Client, error) {
+		if region != nil {
+			region.close()
+		}
+		return nil, err
+	}
 	cfg := &plugin.ClientConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {"stage": &grpcPlugin{}}},
@@ -122,7 +151,10 @@ func Launch(o LaunchOptions) (*Client, error) {
 		SyncStdout:       io.Discard,
 		SyncStderr:       io.Discard,
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(MaxCallBytes), grpc.MaxCallSendMsgSize(MaxCallBytes))},
+			grpc.MaxCallRecvMsgSize(MaxCallBytes), grpc.MaxCallSendMsgSize(MaxCallBytes)),
+			grpc.WithInitialWindowSize(flowWindow), grpc.WithInitialConnWindowSize(flowWindow),
+			grpc.WithReadBufferSize(socketBuffer), grpc.WithWriteBufferSize(socketBuffer),
+			experimental.WithBufferPool(bufferPool)},
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 10 * time.Second
@@ -130,7 +162,7 @@ func Launch(o LaunchOptions) (*Client, error) {
 	if o.SHA256 != "" {
 		sum, err := hex.DecodeString(o.SHA256)
 		if err != nil || len(sum) != sha256.Size {
-			return nil, fmt.Errorf("plugin %s: sha256 must be 64 hex digits", o.Path)
+			return fail(fmt.Errorf("plugin %s: sha256 must be 64 hex digits", o.Path))
 		}
 		cfg.SecureConfig = &plugin.SecureConfig{Checksum: sum, Hash: sha256.New()}
 	}
@@ -138,12 +170,12 @@ func Launch(o LaunchOptions) (*Client, error) {
 	cp, err := pc.Client()
 	if err != nil {
 		pc.Kill()
-		return nil, fmt.Errorf("plugin %s: %w", o.Path, err)
+		return fail(fmt.Errorf("plugin %s: %w", o.Path, err))
 	}
 	raw, err := cp.Dispense("stage")
 	if err != nil {
 		pc.Kill()
-		return nil, fmt.Errorf("plugin %s: %w", o.Path, err)
+		return fail(fmt.Errorf("plugin %s: %w", o.Path, err))
 	}
 	c := &Client{pc: pc, rpc: raw.(pb.StageClient)}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
@@ -151,7 +183,7 @@ func Launch(o LaunchOptions) (*Client, error) {
 	ir, err := c.rpc.Info(ctx, &pb.InfoRequest{})
 	if err != nil {
 		pc.Kill()
-		return nil, fmt.Errorf("plugin %s: info: %w", o.Path, err)
+		return fail(fmt.Errorf("plugin %s: info: %w", o.Path, err))
 	}
 	c.info = Info{Name: ir.GetName(), Version: ir.GetVersion(), Doc: ir.GetDoc(), Needs: Needs(ir.GetNeeds())}
 	for _, k := range ir.GetKinds() {
@@ -163,7 +195,18 @@ func Launch(o LaunchOptions) (*Client, error) {
 	c.info.Schema = new(Schema)
 	if err := json.Unmarshal([]byte(ir.GetConfigSchema()), c.info.Schema); err != nil {
 		pc.Kill()
-		return nil, fmt.Errorf("plugin %s: bad config schema: %w", o.Path, err)
+		return fail(fmt.Errorf("plugin %s: bad config schema: %w", o.Path, err))
+	}
+	if ir.GetCalls() && !o.NoBatch {
+		if c.calls, err = newBatcher(c.rpc); err != nil {
+			pc.Kill()
+			return fail(fmt.Errorf("plugin %s: calls: %w", o.Path, err))
+		}
+	}
+	if region != nil && ir.GetBodyRegion() && c.calls != nil {
+		c.region = region
+	} else if region != nil {
+		region.close()
 	}
 	return c, nil
 }
@@ -172,7 +215,15 @@ func Launch(o LaunchOptions) (*Client, error) {
 func (c *Client) Info() Info { return c.info }
 
 // Kill stops the plugin process (graceful, then SIGKILL after 2 s).
-func (c *Client) Kill() { c.pc.Kill() }
+func (c *Client) Kill() {
+	if c.calls != nil {
+		c.calls.close()
+	}
+	c.pc.Kill()
+	if c.region != nil {
+		c.region.close()
+	}
+}
 
 // Exited reports whether the plugin process has exited.
 func (c *Client) Exited() bool { return c.pc.Exited() }
@@ -241,6 +292,12 @@ func (c *Client) send(s frameSender, m *Message) error {
 
 // Check runs a checker. nil accepts; an *Error rejects.
 func (c *Client) Check(ctx context.Context, m *Message) error {
+	if r, err := c.inline(ctx, opCheck, m); err != nil || r != nil {
+		if err != nil {
+			return err
+		}
+		return statusFromPB(r.GetStatus())
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s, err := c.rpc.Check(ctx)
@@ -259,6 +316,15 @@ func (c *Client) Check(ctx context.Context, m *Message) error {
 
 // Transform runs a transformer and returns its Change (never nil on success).
 func (c *Client) Transform(ctx context.Context, m *Message) (*Change, error) {
+	if r, err := c.inline(ctx, opTransform, m); err != nil || r != nil {
+		if err != nil {
+			return nil, err
+		}
+		if err := statusFromPB(r.GetStatus()); err != nil {
+			return nil, err
+		}
+		return changeFromPB(r.GetMeta(), r.GetHeader(), r.GetBody())
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s, err := c.rpc.Transform(ctx)
@@ -269,12 +335,102 @@ func (c *Client) Transform(ctx context.Context, m *Message) (*Change, error) {
 	if err != nil {
 		return nil, err
 	}
-	ch := &Change{Header: header, Body: body}
+	return changeFromPB(meta, header, body)
+}
+
+// changeFromPB is the Change a Transform reply describes (header and body
+// are the caller's: decoding made them). Errors: a part whose length is
+// not the one announced, as a *TransportError.
+func changeFromPB(meta *pb.MessageMeta, header, body []byte) (*Change, error) {
+	ch := &Change{}
+	if meta.GetHeaderPresent() {
+		if int64(len(header)) != meta.GetHeaderLen() {
+			return nil, transport(errors.New("transform header length differs from the announced one"))
+		}
+		ch.Header = present(header)
+	}
+	if meta.GetBodyPresent() {
+		if int64(len(body)) != meta.GetBodyLen() {
+			return nil, transport(errors.New("transform body length differs from the announced one"))
+		}
+		ch.Body = present(body)
+	}
 	if meta.GetEnvelopeChanged() {
 		from := meta.GetEnvelope().GetMailFrom()
 		ch.MailFrom = &from
 	}
 	return ch, nil
+}
+
+// present is b, or an empty slice for a part that is present but empty
+// (decoding gives nil for both).
+func present(b []byte) []byte {
+	if b == nil {
+		return []byte{}
+	}
+	return b
+}
+
+// inline runs m as a batched call of op when the plugin serves the Calls
+// stream and the parts it needs fit inlineMax; it returns a nil reply when
+// the call must be a framed call instead (too large, or the plugin's reply
+// would not fit a batch). A body given as OpenBody is read whole (it is at
+// most inlineMax). Errors: reading the body, as is; the stream, as a
+// *TransportError.
+func (c *Client) inline(ctx context.Context, op int32, m *Message) (*pb.Reply, error) {
+	if c.calls == nil {
+		return nil, nil
+	}
+	sendH, sendB := c.info.Needs&NeedHeader != 0, c.info.Needs.Body()
+	var n int64
+	if sendH {
+		n += int64(len(m.Header))
+	}
+	if sendB {
+		if m.Body != nil {
+			n += int64(len(m.Body))
+		} else if m.OpenBody != nil {
+			n += m.BodyLen
+		}
+	}
+	if n > inlineMax {
+		return nil, nil
+	}
+	call := &pb.Call{Op: op, Meta: metaToPB(m, sendH, sendB)}
+	if sendH {
+		call.Header = m.Header
+	}
+	var release func()
+	if bodyLen := call.Meta.GetBodyLen(); sendB && bodyLen > 0 && c.region != nil {
+		if slot, ok := c.region.take(); ok {
+			if err := c.region.write(slot, m.Body, m.OpenBody, bodyLen); err != nil {
+				c.region.release(slot)
+				return nil, err
+			}
+			call.BodySlot = slot + 1
+			release = func() { c.region.release(slot) }
+		}
+	}
+	if sendB && call.BodySlot == 0 {
+		switch {
+		case m.Body != nil:
+			call.Body = m.Body
+		case m.OpenBody != nil:
+			r, err := m.OpenBody()
+			if err != nil {
+				return nil, err
+			}
+			call.Body = make([]byte, m.BodyLen)
+			if _, err := io.ReadFull(r, call.Body); err != nil {
+				return nil, err
+			}
+		}
+	}
+	r, err := c.calls.do(ctx, call, release)
+	if err != nil || r.GetStatus().GetKind() == statusPerCall {
+		return nil, err
+	}
+	return r, nil
 }
 
 // messageStream is a bidirectional stream of MessageFrames (Transform,
@@ -324,6 +480,28 @@ func (p *prepended) Recv() (*pb.MessageFrame, error) {
 
 // Route runs a router.
 func (c *Client) Route(ctx context.Context, m *Message) ([]Route, error) {
+	if r, err := c.inline(ctx, opRoute, m); err != nil || r != nil {
+		if err != nil {
+			return nil, err
+		}
+		if err := statusFromPB(r.GetStatus()); err != nil {
+			return nil, err
+		}
+		routes := make([]Route, 0, len(r.GetRoutes()))
+		for _, x := range r.GetRoutes() {
+			rm := x.GetRoute()
+			rt := Route{RcptTo: rm.GetRcptTo(), Deliverer: rm.GetDeliverer()}
+			copy(rt.NextHop[:], rm.GetNextHop())
+			if rm.GetBodyPresent() {
+				if int64(len(x.GetBody())) != rm.GetBodyLen() {
+					return nil, transport(errors.New("route body length differs from the announced one"))
+				}
+				rt.Body = present(x.GetBody())
+			}
+			routes = append(routes, rt)
+		}
+		return routes, nil
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s, err := c.rpc.Route(ctx)
@@ -372,15 +550,27 @@ func (c *Client) Route(ctx context.Context, m *Message) ([]Route, error) {
 
 // Delay asks a delayer for req.Count delays.
 func (c *Client) Delay(ctx context.Context, req DelayRequest) ([]time.Duration, error) {
-	r, err := c.rpc.Delay(ctx, &pb.DelayRequest{Envelope: envelopeToPB(req.Envelope), Size: req.Size, Count: int32(max(req.Count, 1))})
-	if err != nil {
-		return nil, transport(err)
+	dr := &pb.DelayRequest{Envelope: envelopeToPB(req.Envelope), Size: req.Size, Count: int32(max(req.Count, 1))}
+	var status *pb.Status
+	var delays []int64
+	if c.calls != nil {
+		r, err := c.calls.do(ctx, &pb.Call{Op: opDelay, Delay: dr}, nil)
+		if err != nil {
+			return nil, err
+		}
+		status, delays = r.GetStatus(), r.GetDelaysNs()
+	} else {
+		r, err := c.rpc.Delay(ctx, dr)
+		if err != nil {
+			return nil, transport(err)
+		}
+		status, delays = r.GetStatus(), r.GetDelaysNs()
 	}
-	if err := statusFromPB(r.GetStatus()); err != nil {
+	if err := statusFromPB(status); err != nil {
 		return nil, err
 	}
-	out := make([]time.Duration, len(r.GetDelaysNs()))
-	for i, d := range r.GetDelaysNs() {
+	out := make([]time.Duration, len(delays))
+	for i, d := range delays {
 		out[i] = time.Duration(d)
 	}
 	return out, nil
@@ -388,6 +578,27 @@ func (c *Client) Delay(ctx context.Context, req DelayRequest) ([]time.Duration, 
 
 // Deliver runs a deliverer. Recipients without a result should be retried.
 func (c *Client) Deliver(ctx context.Context, m *Message) ([]RcptResult, error) {
+	var status *pb.Status
+	var results []*pb.RcptResult
+	if r, err := c.inline(ctx, opDeliver, m); err != nil {
+		return nil, err
+	} else if r != nil {
+		status, results = r.GetStatus(), r.GetResults()
+	} else {
+		r, err := c.deliverFramed(ctx, m)
+		if err != nil {
+			return nil, err
+		}
+		status, results = r.GetStatus(), r.GetResults()
+	}
+	out := make([]RcptResult, 0, len(results))
+	for _, x := range results {
+		out = append(out, RcptResult{Rcpt: x.GetRcpt(), Err: statusFromPB(x.GetStatus()), Relay: x.GetRelay()})
+	}
+	return out, statusFromPB(status)
+}
+
+func (c *Client) deliverFramed(ctx context.Context, m *Message) (*pb.DeliverReply, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s, err := c.rpc.Deliver(ctx)
@@ -401,11 +612,7 @@ func (c *Client) Deliver(ctx context.Context, m *Message) ([]RcptResult, error) 
 	if err != nil {
 		return nil, transport(err)
 	}
-	out := make([]RcptResult, 0, len(r.GetResults()))
-	for _, x := range r.GetResults() {
-		out = append(out, RcptResult{Rcpt: x.GetRcpt(), Err: statusFromPB(x.GetStatus()), Relay: x.GetRelay()})
-	}
-	return out, statusFromPB(r.GetStatus())
+	return r, nil
 }
 
 // SetMixState runs a mixer's SetMixState.

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/mixmta/mixmta/sdk/internal/pb"
 )
@@ -77,12 +78,19 @@ func Serve[C any](p Plugin[C]) {
 		os.Exit(1)
 	}
 	watchParent(logger)
+	if err := mapBodyRegion(); err != nil {
+		// Not fatal: the core then sends bodies inside the calls.
+		logger.Warn("body region not mapped", "error", err)
+	}
 	srv := &stageServer[C]{p: p, logger: logger, schema: mustJSON(SchemaOf(p.Config))}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {"stage": &grpcPlugin{server: srv}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxCallBytes), grpc.MaxSendMsgSize(MaxCallBytes))...)
+			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxCallBytes), grpc.MaxSendMsgSize(MaxCallBytes),
+				grpc.InitialWindowSize(flowWindow), grpc.InitialConnWindowSize(flowWindow),
+				grpc.ReadBufferSize(socketBuffer), grpc.WriteBufferSize(socketBuffer),
+				experimental.BufferPool(bufferPool))...)
 		},
 		Logger: logger,
 	})
@@ -162,7 +170,7 @@ func (s *stageServer[C]) Info(context.Context, *pb.InfoRequest) (*pb.InfoReply, 
 	for i, c := range s.p.Capabilities {
 		caps[i] = string(c)
 	}
-	return &pb.InfoReply{Name: s.p.Name, Version: s.p.Version, Kinds: kinds, Needs: uint32(s.p.Needs), ConfigSchema: s.schema, Doc: s.p.Doc, Capabilities: caps}, nil
+	return &pb.InfoReply{Name: s.p.Name, Version: s.p.Version, Kinds: kinds, Needs: uint32(s.p.Needs), ConfigSchema: s.schema, Doc: s.p.Doc, Capabilities: caps, Calls: true, BodyRegion: pluginRegion != nil}, nil
 }
 
 // DecodeConfig decodes a JSON config block into a copy of defaults, strictly
@@ -307,18 +315,8 @@ func (s *stageServer[C]) Transform(stream pb.Stage_TransformServer) error {
 	if err != nil {
 		return stream.Send(&pb.MessageFrame{Meta: &pb.MessageMeta{Id: meta.GetId()}, Status: statusToPB(err)})
 	}
-	out := &pb.MessageMeta{Id: meta.GetId()}
+	out := changeToPB(meta.GetId(), ch)
 	if ch != nil {
-		if ch.MailFrom != nil {
-			out.EnvelopeChanged = true
-			out.Envelope = &pb.Envelope{MailFrom: *ch.MailFrom}
-		}
-		if ch.Header != nil {
-			out.HeaderPresent, out.HeaderLen = true, int64(len(ch.Header))
-		}
-		if ch.Body != nil {
-			out.BodyPresent, out.BodyLen = true, int64(len(ch.Body))
-		}
 		return sendMessage(stream, out, ch.Header, ch.Body)
 	}
 	return stream.Send(&pb.MessageFrame{Meta: out})
@@ -338,14 +336,7 @@ func (s *stageServer[C]) Route(stream pb.Stage_RouteServer) error {
 		return stream.Send(&pb.RouteFrame{Status: statusToPB(err)})
 	}
 	for _, rt := range routes {
-		rm := &pb.RouteMeta{RcptTo: rt.RcptTo, Deliverer: rt.Deliverer}
-		if rt.NextHop != (NodeID{}) {
-			rm.NextHop = rt.NextHop[:]
-		}
-		if rt.Body != nil {
-			rm.BodyPresent, rm.BodyLen = true, int64(len(rt.Body))
-		}
-		first := &pb.RouteFrame{Route: rm}
+		first := &pb.RouteFrame{Route: routeMetaToPB(rt)}
 		body := rt.Body
 		n := min(len(body), FrameSize)
 		first.Body, body = body[:n], body[n:]

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
+	"github.com/mixmta/mixmta/core/internal/pipeline"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -47,7 +48,7 @@ func (c *Config) SetDefaults() {
 
 	c.dur(&c.Queue.MaxLifetime, "queue.max_lifetime", 5*24*time.Hour)
 	c.dur(&c.Queue.GCInterval, "queue.gc_interval", 5*time.Minute)
-	num(c, &c.Queue.Workers, "queue.workers", 8)
+	num(c, &c.Queue.Workers, "queue.workers", pipeline.DefaultWorkers)
 	num(c, &c.Queue.FreeSpaceReserve, "queue.free_space_reserve", 256<<20)
 
 	c.dur(&c.Scheduler.Window, "scheduler.window", time.Second)

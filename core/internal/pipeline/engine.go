@@ -49,6 +49,11 @@ type Stage struct {
 	Packets bool
 }
 
+// DefaultWorkers is the number of items the engine processes at once
+// unless told otherwise; it is also the default of the config's
+// queue.workers.
+const DefaultWorkers = 8
+
 // backlogRecheck is how long a message held by a Backlog waits before it
 // asks again: one queue write per held message each time.
 const backlogRecheck = 5 * time.Second
@@ -67,7 +72,7 @@ type Options struct {
 	Backoff Backoff
 	// MaxLifetime: items older than this are given up (0 = forever).
 	MaxLifetime time.Duration
-	// Workers: items processed at once (default 32).
+	// Workers: items processed at once (default DefaultWorkers).
 	Workers int
 	// Concurrency: deliveries in flight per deliverer stage (default 16).
 	Concurrency int
@@ -149,7 +154,7 @@ func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 		return nil, err
 	}
 	if o.Workers <= 0 {
-		o.Workers = 32
+		o.Workers = DefaultWorkers
 	}
 	if o.Concurrency <= 0 {
 		o.Concurrency = 16
@@ -1184,9 +1189,6 @@ func (e *Engine) Backoff() Backoff { return e.opt.Backoff }
 
 // Counters returns the engine's counters.
 func (e *Engine) Counters() *stats.Counters { return e.c }
-
-// StageIndex returns the index of the named stage, or -1.
-func (e *Engine) StageIndex(name string) int { return e.stageIndex(name) }
 
 // SetPacketHandler sets the mixnet's handler; call it before Start.
 func (e *Engine) SetPacketHandler(h PacketHandler) { e.opt.Packets = h }

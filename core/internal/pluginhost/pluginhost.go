@@ -103,19 +103,6 @@ func (s *Stage) Configure(ctx context.Context, configJSON []byte) error {
 	return s.client.Configure(cctx, s.Spec.Stage, configJSON)
 }
 
-// Start is Launch followed by Configure with spec.Config.
-func Start(ctx context.Context, spec Spec, log hclog.Logger) (*Stage, error) {
-	s, err := Launch(spec, log)
-	if err != nil {
-		return nil, err
-	}
-	if err := s.Configure(ctx, spec.Config); err != nil {
-		s.Close()
-		return nil, err
-	}
-	return s, nil
-}
-
 // Probe launches the plugin only to read its Info (no Configure), then
 // stops it. Used by check-config and `mixmta plugins`.
 func Probe(path, sha string, log hclog.Logger) (sdk.Info, error) {

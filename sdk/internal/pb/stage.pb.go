@@ -1,9 +1,12 @@
 // The wire protocol between the mixmta core and a stage plugin.
 //
-// One plugin process serves one pipeline stage. Message bytes travel as raw
-// bytes in frames of at most 1 MiB each (header first, then body), so a
-// message of any accepted size crosses gRPC's per-message limit safely. A
-// call carries only the parts of a message the stage declared it needs.
+// One plugin process serves one pipeline stage. A message of at most 256
+// KiB (the parts the stage needs) is one entry of a batched Calls stream,
+// its body in the body region (shared memory, read-only to the plugin);
+// a larger one is a framed call of its own, its bytes in frames of at most
+// 1 MiB each (header first, then body), so a message of any accepted size
+// crosses gRPC's per-message limit safely. A call carries only the parts
+// of a message the stage declared it needs.
 //
 // Regenerate with `make proto` (protoc + protoc-gen-go + protoc-gen-go-grpc).
 
@@ -76,7 +79,12 @@ type InfoReply struct {
 	ConfigSchema string `protobuf:"bytes,5,opt,name=config_schema,json=configSchema,proto3" json:"config_schema,omitempty"`
 	Doc          string `protobuf:"bytes,6,opt,name=doc,proto3" json:"doc,omitempty"`
 	// Promises the stage keeps (e.g. "sanitizes"); see sdk.Capability.
-	Capabilities  []string `protobuf:"bytes,7,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	Capabilities []string `protobuf:"bytes,7,rep,name=capabilities,proto3" json:"capabilities,omitempty"`
+	// The plugin serves Calls.
+	Calls bool `protobuf:"varint,8,opt,name=calls,proto3" json:"calls,omitempty"`
+	// The plugin mapped the body region the core passed it (see
+	// Call.body_slot).
+	BodyRegion    bool `protobuf:"varint,9,opt,name=body_region,json=bodyRegion,proto3" json:"body_region,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -158,6 +166,20 @@ func (x *InfoReply) GetCapabilities() []string {
 		return x.Capabilities
 	}
 	return nil
+}
+
+func (x *InfoReply) GetCalls() bool {
+	if x != nil {
+		return x.Calls
+	}
+	return false
+}
+
+func (x *InfoReply) GetBodyRegion() bool {
+	if x != nil {
+		return x.BodyRegion
+	}
+	return false
 }
 
 type ConfigureRequest struct {
@@ -1517,12 +1539,356 @@ func (x *CoverReply) GetPath() [][]byte {
 	return nil
 }
 
+// Call is one stage call inside a CallBatch. op: 1 check, 2 transform,
+// 3 route, 4 delay, 5 deliver, 6 cancel (the call with this id: its
+// context ends; its reply may still come).
+type Call struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Op    int32                  `protobuf:"varint,2,opt,name=op,proto3" json:"op,omitempty"`
+	// The message (check, transform, route, deliver): presence and length
+	// of header and body as in a MessageFrame's meta, the bytes whole.
+	Meta   *MessageMeta  `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	Header []byte        `protobuf:"bytes,4,opt,name=header,proto3" json:"header,omitempty"`
+	Body   []byte        `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	Delay  *DelayRequest `protobuf:"bytes,6,opt,name=delay,proto3" json:"delay,omitempty"`
+	// 1 + the slot of the body region (shared memory the core passed the
+	// plugin at start, read-only to it) that holds the body, meta.body_len
+	// bytes; 0: the body, if any, is in body. The slot is the call's until
+	// its reply.
+	BodySlot      int32 `protobuf:"varint,7,opt,name=body_slot,json=bodySlot,proto3" json:"body_slot,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Call) Reset() {
+	*x = Call{}
+	mi := &file_stage_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Call) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Call) ProtoMessage() {}
+
+func (x *Call) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Call.ProtoReflect.Descriptor instead.
+func (*Call) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *Call) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Call) GetOp() int32 {
+	if x != nil {
+		return x.Op
+	}
+	return 0
+}
+
+func (x *Call) GetMeta() *MessageMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *Call) GetHeader() []byte {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *Call) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *Call) GetDelay() *DelayRequest {
+	if x != nil {
+		return x.Delay
+	}
+	return nil
+}
+
+func (x *Call) GetBodySlot() int32 {
+	if x != nil {
+		return x.BodySlot
+	}
+	return 0
+}
+
+type CallBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Calls         []*Call                `protobuf:"bytes,1,rep,name=calls,proto3" json:"calls,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *CallBatch) Reset() {
+	*x = CallBatch{}
+	mi := &file_stage_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *CallBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*CallBatch) ProtoMessage() {}
+
+func (x *CallBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use CallBatch.ProtoReflect.Descriptor instead.
+func (*CallBatch) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{23}
+}
+
+func (x *CallBatch) GetCalls() []*Call {
+	if x != nil {
+		return x.Calls
+	}
+	return nil
+}
+
+// Reply answers the Call with the same id. status kind 3 says the reply
+// did not fit a batch: the core repeats the call as a framed call.
+type Reply struct {
+	state  protoimpl.MessageState `protogen:"open.v1"`
+	Id     uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
+	Status *Status                `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	// Transform: the changed parts, as in a Transform reply's first frame.
+	Meta          *MessageMeta  `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	Header        []byte        `protobuf:"bytes,4,opt,name=header,proto3" json:"header,omitempty"`
+	Body          []byte        `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	Routes        []*RouteReply `protobuf:"bytes,6,rep,name=routes,proto3" json:"routes,omitempty"`
+	Results       []*RcptResult `protobuf:"bytes,7,rep,name=results,proto3" json:"results,omitempty"`
+	DelaysNs      []int64       `protobuf:"varint,8,rep,packed,name=delays_ns,json=delaysNs,proto3" json:"delays_ns,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *Reply) Reset() {
+	*x = Reply{}
+	mi := &file_stage_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *Reply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*Reply) ProtoMessage() {}
+
+func (x *Reply) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use Reply.ProtoReflect.Descriptor instead.
+func (*Reply) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *Reply) GetId() uint64 {
+	if x != nil {
+		return x.Id
+	}
+	return 0
+}
+
+func (x *Reply) GetStatus() *Status {
+	if x != nil {
+		return x.Status
+	}
+	return nil
+}
+
+func (x *Reply) GetMeta() *MessageMeta {
+	if x != nil {
+		return x.Meta
+	}
+	return nil
+}
+
+func (x *Reply) GetHeader() []byte {
+	if x != nil {
+		return x.Header
+	}
+	return nil
+}
+
+func (x *Reply) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+func (x *Reply) GetRoutes() []*RouteReply {
+	if x != nil {
+		return x.Routes
+	}
+	return nil
+}
+
+func (x *Reply) GetResults() []*RcptResult {
+	if x != nil {
+		return x.Results
+	}
+	return nil
+}
+
+func (x *Reply) GetDelaysNs() []int64 {
+	if x != nil {
+		return x.DelaysNs
+	}
+	return nil
+}
+
+type RouteReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Route         *RouteMeta             `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
+	Body          []byte                 `protobuf:"bytes,2,opt,name=body,proto3" json:"body,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RouteReply) Reset() {
+	*x = RouteReply{}
+	mi := &file_stage_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RouteReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RouteReply) ProtoMessage() {}
+
+func (x *RouteReply) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RouteReply.ProtoReflect.Descriptor instead.
+func (*RouteReply) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *RouteReply) GetRoute() *RouteMeta {
+	if x != nil {
+		return x.Route
+	}
+	return nil
+}
+
+func (x *RouteReply) GetBody() []byte {
+	if x != nil {
+		return x.Body
+	}
+	return nil
+}
+
+type ReplyBatch struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Replies       []*Reply               `protobuf:"bytes,1,rep,name=replies,proto3" json:"replies,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReplyBatch) Reset() {
+	*x = ReplyBatch{}
+	mi := &file_stage_proto_msgTypes[26]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReplyBatch) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReplyBatch) ProtoMessage() {}
+
+func (x *ReplyBatch) ProtoReflect() protoreflect.Message {
+	mi := &file_stage_proto_msgTypes[26]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReplyBatch.ProtoReflect.Descriptor instead.
+func (*ReplyBatch) Descriptor() ([]byte, []int) {
+	return file_stage_proto_rawDescGZIP(), []int{26}
+}
+
+func (x *ReplyBatch) GetReplies() []*Reply {
+	if x != nil {
+		return x.Replies
+	}
+	return nil
+}
+
 var File_stage_proto protoreflect.FileDescriptor
 
 const file_stage_proto_rawDesc = "" +
 	"\n" +
 	"\vstage.proto\x12\rmixmta.sdk.v1\"\r\n" +
-	"\vInfoRequest\"\xc0\x01\n" +
+	"\vInfoRequest\"\xf7\x01\n" +
 	"\tInfoReply\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
@@ -1530,7 +1896,10 @@ const file_stage_proto_rawDesc = "" +
 	"\x05needs\x18\x04 \x01(\rR\x05needs\x12#\n" +
 	"\rconfig_schema\x18\x05 \x01(\tR\fconfigSchema\x12\x10\n" +
 	"\x03doc\x18\x06 \x01(\tR\x03doc\x12\"\n" +
-	"\fcapabilities\x18\a \x03(\tR\fcapabilities\"I\n" +
+	"\fcapabilities\x18\a \x03(\tR\fcapabilities\x12\x14\n" +
+	"\x05calls\x18\b \x01(\bR\x05calls\x12\x1f\n" +
+	"\vbody_region\x18\t \x01(\bR\n" +
+	"bodyRegion\"I\n" +
 	"\x10ConfigureRequest\x12\x14\n" +
 	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x1f\n" +
 	"\vconfig_json\x18\x02 \x01(\fR\n" +
@@ -1640,7 +2009,33 @@ const file_stage_proto_rawDesc = "" +
 	"\bnext_hop\x18\x02 \x01(\fR\anextHop\x12\x16\n" +
 	"\x06packet\x18\x03 \x01(\fR\x06packet\x12\x17\n" +
 	"\aloop_id\x18\x04 \x01(\fR\x06loopId\x12\x12\n" +
-	"\x04path\x18\x05 \x03(\fR\x04path2\xf2\x05\n" +
+	"\x04path\x18\x05 \x03(\fR\x04path\"\xd2\x01\n" +
+	"\x04Call\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12\x0e\n" +
+	"\x02op\x18\x02 \x01(\x05R\x02op\x12.\n" +
+	"\x04meta\x18\x03 \x01(\v2\x1a.mixmta.sdk.v1.MessageMetaR\x04meta\x12\x16\n" +
+	"\x06header\x18\x04 \x01(\fR\x06header\x12\x12\n" +
+	"\x04body\x18\x05 \x01(\fR\x04body\x121\n" +
+	"\x05delay\x18\x06 \x01(\v2\x1b.mixmta.sdk.v1.DelayRequestR\x05delay\x12\x1b\n" +
+	"\tbody_slot\x18\a \x01(\x05R\bbodySlot\"6\n" +
+	"\tCallBatch\x12)\n" +
+	"\x05calls\x18\x01 \x03(\v2\x13.mixmta.sdk.v1.CallR\x05calls\"\xa7\x02\n" +
+	"\x05Reply\x12\x0e\n" +
+	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
+	"\x06status\x18\x02 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\x12.\n" +
+	"\x04meta\x18\x03 \x01(\v2\x1a.mixmta.sdk.v1.MessageMetaR\x04meta\x12\x16\n" +
+	"\x06header\x18\x04 \x01(\fR\x06header\x12\x12\n" +
+	"\x04body\x18\x05 \x01(\fR\x04body\x121\n" +
+	"\x06routes\x18\x06 \x03(\v2\x19.mixmta.sdk.v1.RouteReplyR\x06routes\x123\n" +
+	"\aresults\x18\a \x03(\v2\x19.mixmta.sdk.v1.RcptResultR\aresults\x12\x1b\n" +
+	"\tdelays_ns\x18\b \x03(\x03R\bdelaysNs\"P\n" +
+	"\n" +
+	"RouteReply\x12.\n" +
+	"\x05route\x18\x01 \x01(\v2\x18.mixmta.sdk.v1.RouteMetaR\x05route\x12\x12\n" +
+	"\x04body\x18\x02 \x01(\fR\x04body\"<\n" +
+	"\n" +
+	"ReplyBatch\x12.\n" +
+	"\areplies\x18\x01 \x03(\v2\x14.mixmta.sdk.v1.ReplyR\areplies2\xb4\x06\n" +
 	"\x05Stage\x12<\n" +
 	"\x04Info\x12\x1a.mixmta.sdk.v1.InfoRequest\x1a\x18.mixmta.sdk.v1.InfoReply\x12K\n" +
 	"\tConfigure\x12\x1f.mixmta.sdk.v1.ConfigureRequest\x1a\x1d.mixmta.sdk.v1.ConfigureReply\x12A\n" +
@@ -1652,7 +2047,8 @@ const file_stage_proto_rawDesc = "" +
 	"\vSetMixState\x12\x17.mixmta.sdk.v1.MixState\x1a\x15.mixmta.sdk.v1.Status\x129\n" +
 	"\x03Mix\x12\x19.mixmta.sdk.v1.MixRequest\x1a\x17.mixmta.sdk.v1.MixReply\x12?\n" +
 	"\x05Cover\x12\x1b.mixmta.sdk.v1.CoverRequest\x1a\x19.mixmta.sdk.v1.CoverReply\x12H\n" +
-	"\bAssemble\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x1b.mixmta.sdk.v1.MessageFrame(\x010\x01B*Z(github.com/mixmta/mixmta/sdk/internal/pbb\x06proto3"
+	"\bAssemble\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x1b.mixmta.sdk.v1.MessageFrame(\x010\x01\x12@\n" +
+	"\x05Calls\x12\x18.mixmta.sdk.v1.CallBatch\x1a\x19.mixmta.sdk.v1.ReplyBatch(\x010\x01B*Z(github.com/mixmta/mixmta/sdk/internal/pbb\x06proto3"
 
 var (
 	file_stage_proto_rawDescOnce sync.Once
@@ -1666,7 +2062,7 @@ func file_stage_proto_rawDescGZIP() []byte {
 	return file_stage_proto_rawDescData
 }
 
-var file_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
+var file_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
 var file_stage_proto_goTypes = []any{
 	(*InfoRequest)(nil),      // 0: mixmta.sdk.v1.InfoRequest
 	(*InfoReply)(nil),        // 1: mixmta.sdk.v1.InfoReply
@@ -1690,6 +2086,11 @@ var file_stage_proto_goTypes = []any{
 	(*MixReply)(nil),         // 19: mixmta.sdk.v1.MixReply
 	(*CoverRequest)(nil),     // 20: mixmta.sdk.v1.CoverRequest
 	(*CoverReply)(nil),       // 21: mixmta.sdk.v1.CoverReply
+	(*Call)(nil),             // 22: mixmta.sdk.v1.Call
+	(*CallBatch)(nil),        // 23: mixmta.sdk.v1.CallBatch
+	(*Reply)(nil),            // 24: mixmta.sdk.v1.Reply
+	(*RouteReply)(nil),       // 25: mixmta.sdk.v1.RouteReply
+	(*ReplyBatch)(nil),       // 26: mixmta.sdk.v1.ReplyBatch
 }
 var file_stage_proto_depIdxs = []int32{
 	4,  // 0: mixmta.sdk.v1.ConfigureReply.status:type_name -> mixmta.sdk.v1.Status
@@ -1709,33 +2110,44 @@ var file_stage_proto_depIdxs = []int32{
 	16, // 14: mixmta.sdk.v1.MixState.nodes:type_name -> mixmta.sdk.v1.DirectoryNode
 	4,  // 15: mixmta.sdk.v1.MixReply.status:type_name -> mixmta.sdk.v1.Status
 	4,  // 16: mixmta.sdk.v1.CoverReply.status:type_name -> mixmta.sdk.v1.Status
-	0,  // 17: mixmta.sdk.v1.Stage.Info:input_type -> mixmta.sdk.v1.InfoRequest
-	2,  // 18: mixmta.sdk.v1.Stage.Configure:input_type -> mixmta.sdk.v1.ConfigureRequest
-	7,  // 19: mixmta.sdk.v1.Stage.Check:input_type -> mixmta.sdk.v1.MessageFrame
-	7,  // 20: mixmta.sdk.v1.Stage.Transform:input_type -> mixmta.sdk.v1.MessageFrame
-	7,  // 21: mixmta.sdk.v1.Stage.Route:input_type -> mixmta.sdk.v1.MessageFrame
-	11, // 22: mixmta.sdk.v1.Stage.Delay:input_type -> mixmta.sdk.v1.DelayRequest
-	7,  // 23: mixmta.sdk.v1.Stage.Deliver:input_type -> mixmta.sdk.v1.MessageFrame
-	17, // 24: mixmta.sdk.v1.Stage.SetMixState:input_type -> mixmta.sdk.v1.MixState
-	18, // 25: mixmta.sdk.v1.Stage.Mix:input_type -> mixmta.sdk.v1.MixRequest
-	20, // 26: mixmta.sdk.v1.Stage.Cover:input_type -> mixmta.sdk.v1.CoverRequest
-	7,  // 27: mixmta.sdk.v1.Stage.Assemble:input_type -> mixmta.sdk.v1.MessageFrame
-	1,  // 28: mixmta.sdk.v1.Stage.Info:output_type -> mixmta.sdk.v1.InfoReply
-	3,  // 29: mixmta.sdk.v1.Stage.Configure:output_type -> mixmta.sdk.v1.ConfigureReply
-	8,  // 30: mixmta.sdk.v1.Stage.Check:output_type -> mixmta.sdk.v1.CheckReply
-	7,  // 31: mixmta.sdk.v1.Stage.Transform:output_type -> mixmta.sdk.v1.MessageFrame
-	10, // 32: mixmta.sdk.v1.Stage.Route:output_type -> mixmta.sdk.v1.RouteFrame
-	12, // 33: mixmta.sdk.v1.Stage.Delay:output_type -> mixmta.sdk.v1.DelayReply
-	14, // 34: mixmta.sdk.v1.Stage.Deliver:output_type -> mixmta.sdk.v1.DeliverReply
-	4,  // 35: mixmta.sdk.v1.Stage.SetMixState:output_type -> mixmta.sdk.v1.Status
-	19, // 36: mixmta.sdk.v1.Stage.Mix:output_type -> mixmta.sdk.v1.MixReply
-	21, // 37: mixmta.sdk.v1.Stage.Cover:output_type -> mixmta.sdk.v1.CoverReply
-	7,  // 38: mixmta.sdk.v1.Stage.Assemble:output_type -> mixmta.sdk.v1.MessageFrame
-	28, // [28:39] is the sub-list for method output_type
-	17, // [17:28] is the sub-list for method input_type
-	17, // [17:17] is the sub-list for extension type_name
-	17, // [17:17] is the sub-list for extension extendee
-	0,  // [0:17] is the sub-list for field type_name
+	6,  // 17: mixmta.sdk.v1.Call.meta:type_name -> mixmta.sdk.v1.MessageMeta
+	11, // 18: mixmta.sdk.v1.Call.delay:type_name -> mixmta.sdk.v1.DelayRequest
+	22, // 19: mixmta.sdk.v1.CallBatch.calls:type_name -> mixmta.sdk.v1.Call
+	4,  // 20: mixmta.sdk.v1.Reply.status:type_name -> mixmta.sdk.v1.Status
+	6,  // 21: mixmta.sdk.v1.Reply.meta:type_name -> mixmta.sdk.v1.MessageMeta
+	25, // 22: mixmta.sdk.v1.Reply.routes:type_name -> mixmta.sdk.v1.RouteReply
+	13, // 23: mixmta.sdk.v1.Reply.results:type_name -> mixmta.sdk.v1.RcptResult
+	9,  // 24: mixmta.sdk.v1.RouteReply.route:type_name -> mixmta.sdk.v1.RouteMeta
+	24, // 25: mixmta.sdk.v1.ReplyBatch.replies:type_name -> mixmta.sdk.v1.Reply
+	0,  // 26: mixmta.sdk.v1.Stage.Info:input_type -> mixmta.sdk.v1.InfoRequest
+	2,  // 27: mixmta.sdk.v1.Stage.Configure:input_type -> mixmta.sdk.v1.ConfigureRequest
+	7,  // 28: mixmta.sdk.v1.Stage.Check:input_type -> mixmta.sdk.v1.MessageFrame
+	7,  // 29: mixmta.sdk.v1.Stage.Transform:input_type -> mixmta.sdk.v1.MessageFrame
+	7,  // 30: mixmta.sdk.v1.Stage.Route:input_type -> mixmta.sdk.v1.MessageFrame
+	11, // 31: mixmta.sdk.v1.Stage.Delay:input_type -> mixmta.sdk.v1.DelayRequest
+	7,  // 32: mixmta.sdk.v1.Stage.Deliver:input_type -> mixmta.sdk.v1.MessageFrame
+	17, // 33: mixmta.sdk.v1.Stage.SetMixState:input_type -> mixmta.sdk.v1.MixState
+	18, // 34: mixmta.sdk.v1.Stage.Mix:input_type -> mixmta.sdk.v1.MixRequest
+	20, // 35: mixmta.sdk.v1.Stage.Cover:input_type -> mixmta.sdk.v1.CoverRequest
+	7,  // 36: mixmta.sdk.v1.Stage.Assemble:input_type -> mixmta.sdk.v1.MessageFrame
+	23, // 37: mixmta.sdk.v1.Stage.Calls:input_type -> mixmta.sdk.v1.CallBatch
+	1,  // 38: mixmta.sdk.v1.Stage.Info:output_type -> mixmta.sdk.v1.InfoReply
+	3,  // 39: mixmta.sdk.v1.Stage.Configure:output_type -> mixmta.sdk.v1.ConfigureReply
+	8,  // 40: mixmta.sdk.v1.Stage.Check:output_type -> mixmta.sdk.v1.CheckReply
+	7,  // 41: mixmta.sdk.v1.Stage.Transform:output_type -> mixmta.sdk.v1.MessageFrame
+	10, // 42: mixmta.sdk.v1.Stage.Route:output_type -> mixmta.sdk.v1.RouteFrame
+	12, // 43: mixmta.sdk.v1.Stage.Delay:output_type -> mixmta.sdk.v1.DelayReply
+	14, // 44: mixmta.sdk.v1.Stage.Deliver:output_type -> mixmta.sdk.v1.DeliverReply
+	4,  // 45: mixmta.sdk.v1.Stage.SetMixState:output_type -> mixmta.sdk.v1.Status
+	19, // 46: mixmta.sdk.v1.Stage.Mix:output_type -> mixmta.sdk.v1.MixReply
+	21, // 47: mixmta.sdk.v1.Stage.Cover:output_type -> mixmta.sdk.v1.CoverReply
+	7,  // 48: mixmta.sdk.v1.Stage.Assemble:output_type -> mixmta.sdk.v1.MessageFrame
+	26, // 49: mixmta.sdk.v1.Stage.Calls:output_type -> mixmta.sdk.v1.ReplyBatch
+	38, // [38:50] is the sub-list for method output_type
+	26, // [26:38] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_stage_proto_init() }
@@ -1749,7 +2161,7 @@ func file_stage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stage_proto_rawDesc), len(file_stage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   22,
+			NumMessages:   27,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

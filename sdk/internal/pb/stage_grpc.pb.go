@@ -1,9 +1,12 @@
 // The wire protocol between the mixmta core and a stage plugin.
 //
-// One plugin process serves one pipeline stage. Message bytes travel as raw
-// bytes in frames of at most 1 MiB each (header first, then body), so a
-// message of any accepted size crosses gRPC's per-message limit safely. A
-// call carries only the parts of a message the stage declared it needs.
+// One plugin process serves one pipeline stage. A message of at most 256
+// KiB (the parts the stage needs) is one entry of a batched Calls stream,
+// its body in the body region (shared memory, read-only to the plugin);
+// a larger one is a framed call of its own, its bytes in frames of at most
+// 1 MiB each (header first, then body), so a message of any accepted size
+// crosses gRPC's per-message limit safely. A call carries only the parts
+// of a message the stage declared it needs.
 //
 // Regenerate with `make proto` (protoc + protoc-gen-go + protoc-gen-go-grpc).
 
@@ -39,6 +42,7 @@ const (
 	Stage_Mix_FullMethodName         = "/mixmta.sdk.v1.Stage/Mix"
 	Stage_Cover_FullMethodName       = "/mixmta.sdk.v1.Stage/Cover"
 	Stage_Assemble_FullMethodName    = "/mixmta.sdk.v1.Stage/Assemble"
+	Stage_Calls_FullMethodName       = "/mixmta.sdk.v1.Stage/Calls"
 )
 
 // StageClient is the client API for Stage service.
@@ -70,6 +74,14 @@ type StageClient interface {
 	// Assemble turns the concatenated data of a complete set of exit
 	// fragments (sent as body frames) into a message.
 	Assemble(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MessageFrame, MessageFrame], error)
+	// Calls carries many Check, Transform, Route, Delay and Deliver calls
+	// over one stream that lives as long as the plugin: the core sends
+	// whatever calls are pending as one CallBatch, the plugin runs them
+	// concurrently and sends whatever replies are ready as one ReplyBatch,
+	// so under load one round trip serves many items. A reply is matched to
+	// its call by id. Only a plugin whose InfoReply sets calls is sent it;
+	// messages larger than the inline limit take the framed calls above.
+	Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallBatch, ReplyBatch], error)
 }
 
 type stageClient struct {
@@ -205,6 +217,19 @@ func (c *stageClient) Assemble(ctx context.Context, opts ...grpc.CallOption) (gr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Stage_AssembleClient = grpc.BidiStreamingClient[MessageFrame, MessageFrame]
 
+func (c *stageClient) Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallBatch, ReplyBatch], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &Stage_ServiceDesc.Streams[5], Stage_Calls_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[CallBatch, ReplyBatch]{ClientStream: stream}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Stage_CallsClient = grpc.BidiStreamingClient[CallBatch, ReplyBatch]
+
 // StageServer is the server API for Stage service.
 // All implementations must embed UnimplementedStageServer
 // for forward compatibility.
@@ -234,6 +259,14 @@ type StageServer interface {
 	// Assemble turns the concatenated data of a complete set of exit
 	// fragments (sent as body frames) into a message.
 	Assemble(grpc.BidiStreamingServer[MessageFrame, MessageFrame]) error
+	// Calls carries many Check, Transform, Route, Delay and Deliver calls
+	// over one stream that lives as long as the plugin: the core sends
+	// whatever calls are pending as one CallBatch, the plugin runs them
+	// concurrently and sends whatever replies are ready as one ReplyBatch,
+	// so under load one round trip serves many items. A reply is matched to
+	// its call by id. Only a plugin whose InfoReply sets calls is sent it;
+	// messages larger than the inline limit take the framed calls above.
+	Calls(grpc.BidiStreamingServer[CallBatch, ReplyBatch]) error
 	mustEmbedUnimplementedStageServer()
 }
 
@@ -276,6 +309,9 @@ func (UnimplementedStageServer) Cover(context.Context, *CoverRequest) (*CoverRep
 }
 func (UnimplementedStageServer) Assemble(grpc.BidiStreamingServer[MessageFrame, MessageFrame]) error {
 	return status.Errorf(codes.Unimplemented, "method Assemble not implemented")
+}
+func (UnimplementedStageServer) Calls(grpc.BidiStreamingServer[CallBatch, ReplyBatch]) error {
+	return status.Errorf(codes.Unimplemented, "method Calls not implemented")
 }
 func (UnimplementedStageServer) mustEmbedUnimplementedStageServer() {}
 func (UnimplementedStageServer) testEmbeddedByValue()               {}
@@ -441,6 +477,13 @@ func _Stage_Assemble_Handler(srv interface{}, stream grpc.ServerStream) error {
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type Stage_AssembleServer = grpc.BidiStreamingServer[MessageFrame, MessageFrame]
 
+func _Stage_Calls_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(StageServer).Calls(&grpc.GenericServerStream[CallBatch, ReplyBatch]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type Stage_CallsServer = grpc.BidiStreamingServer[CallBatch, ReplyBatch]
+
 // Stage_ServiceDesc is the grpc.ServiceDesc for Stage service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -499,6 +542,12 @@ var Stage_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "Assemble",
 			Handler:       _Stage_Assemble_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+		{
+			StreamName:    "Calls",
+			Handler:       _Stage_Calls_Handler,
 			ServerStreams: true,
 			ClientStreams: true,
 		},

@@ -1,0 +1,201 @@
+package sdk
+
+import (
+	"context"
+	"errors"
+	"io"
+	"sync"
+	"sync/atomic"
+
+	"github.com/mixmta/mixmta/sdk/internal/pb"
+)
+
+// batcher is the host side of the Calls stream: callers queue calls, one
+// goroutine sends whatever is queued as one CallBatch, another matches
+// the replies to their callers by id.
+type batcher struct {
+	stream pb.Stage_CallsClient
+	cancel context.CancelFunc
+	sendq  chan *pb.Call
+	dead   chan struct{} // closed when the stream broke
+
+	// callsSent and batchesSent count what went out (tests read them).
+	callsSent, batchesSent atomic.Int64
+
+	mu      sync.Mutex
+	next    uint64
+	pending map[uint64]*pending
+	err     error
+}
+
+// pending is a call sent and not answered yet. ch gets the reply (nil
+// once the caller gave up); release, if set, frees what the call lends
+// the plugin until its reply (a body region slot).
+type pending struct {
+	ch      chan *pb.Reply
+	release func()
+}
+
+// errBatcherClosed ends the stream when the plugin is stopped.
+var errBatcherClosed = errors.New("sdk: plugin stopped")
+
+func newBatcher(rpc pb.StageClient) (*batcher, error) {
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := rpc.Calls(ctx)
+	if err != nil {
+		cancel()
+		return nil, err
+	}
+	b := &batcher{stream: stream, cancel: cancel, sendq: make(chan *pb.Call, maxBatchCalls),
+		dead: make(chan struct{}), pending: map[uint64]*pending{}}
+	go b.sendLoop()
+	go b.recvLoop()
+	return b, nil
+}
+
+// fail marks the stream broken: every pending and later call fails with
+// err as a *TransportError (the plugin crashed or was stopped).
+func (b *batcher) fail(err error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.err != nil {
+		return
+	}
+	b.err = err
+	close(b.dead)
+	for id, p := range b.pending {
+		if p.ch != nil {
+			close(p.ch)
+		}
+		if p.release != nil {
+			p.release()
+		}
+		delete(b.pending, id)
+	}
+	b.cancel()
+}
+
+func (b *batcher) close() { b.fail(errBatcherClosed) }
+
+func (b *batcher) sendLoop() {
+	for {
+		var c *pb.Call
+		select {
+		case c = <-b.sendq:
+		case <-b.dead:
+			return
+		}
+		batch := &pb.CallBatch{Calls: []*pb.Call{c}}
+		size := len(c.GetHeader()) + len(c.GetBody())
+	more:
+		for len(batch.Calls) < maxBatchCalls && size < maxBatchBytes {
+			select {
+			case c = <-b.sendq:
+				batch.Calls = append(batch.Calls, c)
+				size += len(c.GetHeader()) + len(c.GetBody())
+			default:
+				break more
+			}
+		}
+		if err := b.stream.Send(batch); err != nil {
+			b.fail(err)
+			return
+		}
+		b.callsSent.Add(int64(len(batch.Calls)))
+		b.batchesSent.Add(1)
+	}
+}
+
+func (b *batcher) recvLoop() {
+	for {
+		rb, err := b.stream.Recv()
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			b.fail(err)
+			return
+		}
+		b.mu.Lock()
+		for _, r := range rb.GetReplies() {
+			p := b.pending[r.GetId()]
+			if p == nil {
+				continue
+			}
+			// Freed before the caller wakes: a caller that returned
+			// finds its slot free again.
+			if p.release != nil {
+				p.release()
+			}
+			if p.ch != nil {
+				p.ch <- r
+			}
+			delete(b.pending, r.GetId())
+		}
+		b.mu.Unlock()
+	}
+}
+
+// do sends call c and waits for its reply. release, if not nil, is called
+// once the plugin is done with the call (its reply came, or the stream
+// broke), even after the caller gave up. Errors: the stream broke or ctx
+// ended (as a *TransportError, like a failed framed call); on ctx the
+// plugin is told to cancel the call.
+func (b *batcher) do(ctx context.Context, c *pb.Call, release func()) (*pb.Reply, error) {
+	p := &pending{ch: make(chan *pb.Reply, 1), release: release}
+	b.mu.Lock()
+	if b.err != nil {
+		err := b.err
+		b.mu.Unlock()
+		if release != nil {
+			release()
+		}
+		return nil, transport(err)
+	}
+	b.next++
+	c.Id = b.next
+	b.pending[c.Id] = p
+	b.mu.Unlock()
+	select {
+	case b.sendq <- c:
+	case <-b.dead:
+	case <-ctx.Done():
+		// Not sent: the plugin never sees it.
+		b.mu.Lock()
+		if b.pending[c.Id] == p {
+			delete(b.pending, c.Id)
+			if release != nil {
+				release()
+			}
+		}
+		b.mu.Unlock()
+		return nil, transport(ctx.Err())
+	}
+	select {
+	case r, ok := <-p.ch:
+		if !ok {
+			return nil, transport(b.broken())
+		}
+		return r, nil
+	case <-ctx.Done():
+		b.mu.Lock()
+		waiting := b.pending[c.Id] == p
+		if waiting {
+			p.ch = nil // the reply still releases the slot
+		}
+		b.mu.Unlock()
+		if waiting {
+			select {
+			case b.sendq <- &pb.Call{Id: c.Id, Op: opCancel}:
+			default: // the queue is full: the call runs to its end
+			}
+		}
+		return nil, transport(ctx.Err())
+	}
+}
+
+func (b *batcher) broken() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.err
+}

@@ -1,0 +1,17 @@
+package sdk
+
+// Batched reports how many calls and batches c sent on its Calls stream
+// (0, 0 when it has none).
+func Batched(c *Client) (calls, batches int64) {
+	if c.calls == nil {
+		return 0, 0
+	}
+	return c.calls.callsSent.Load(), c.calls.batchesSent.Load()
+}
+
+// UsesRegion reports whether c sends bodies through a body region.
+func UsesRegion(c *Client) bool { return c.region != nil }
+
+// FreeSlots is the number of free body region slots of c, and how many
+// there are.
+func FreeSlots(c *Client) (free, all int) { return len(c.region.free), regionSlots }
