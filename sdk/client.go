@@ -16,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/mixmta/mixmta/sdk/internal/pb"
 )
@@ -122,7 +123,8 @@ func Launch(o LaunchOptions) (*Client, error) {
 		SyncStdout:       io.Discard,
 		SyncStderr:       io.Discard,
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(MaxCallBytes), grpc.MaxCallSendMsgSize(MaxCallBytes))},
+			grpc.MaxCallRecvMsgSize(MaxCallBytes), grpc.MaxCallSendMsgSize(MaxCallBytes), grpc.ForceCodecV2(poolCodec{})),
+			experimental.WithBufferPool(bufPool)},
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 10 * time.Second

@@ -18,6 +18,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/experimental"
 
 	"github.com/mixmta/mixmta/sdk/internal/pb"
 )
@@ -82,7 +83,7 @@ func Serve[C any](p Plugin[C]) {
 		HandshakeConfig:  Handshake,
 		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {"stage": &grpcPlugin{server: srv}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxCallBytes), grpc.MaxSendMsgSize(MaxCallBytes))...)
+			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxCallBytes), grpc.MaxSendMsgSize(MaxCallBytes), experimental.BufferPool(bufPool), grpc.ForceServerCodecV2(poolCodec{}))...)
 		},
 		Logger: logger,
 	})
