@@ -183,11 +183,14 @@ type Node struct {
 	pathLen   atomic.Int32
 	pathsDown atomic.Bool
 
-	// pending holds a copy of packets Receive stored, by item id, until a
-	// worker unwraps them, so the common path does not read them back from
-	// the queue; at most maxPending (the rest are read back).
-	pending  sync.Map // queue.ID -> []byte
-	nPending atomic.Int64
+	// inbound holds a copy of the packets Receive stored until a worker
+	// unwraps them, outbound the packets apply stored until they are
+	// sent: the common path does not read them back from the queue.
+	inbound, outbound packetCache
+	// stores commits received packets in batches.
+	stores storeBatch
+	// hopDelays are hop delays sampled ahead, in batches.
+	hopDelays delayBatch
 
 	mu        sync.Mutex
 	fragments map[queue.ID]map[int]*queue.Item // message id -> index -> item

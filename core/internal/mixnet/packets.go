@@ -5,6 +5,9 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"slices"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/pipeline"
@@ -29,22 +32,85 @@ func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) erro
 		return fmt.Errorf("packet of %d bytes, want %d", len(packet), n.cfg.PacketSize)
 	}
 	it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketIn, Received: time.Now(), Deliverer: -1}
-	err := n.eng.Commit(func(tx *pipeline.Tx) error { return tx.Put(it, packet) })
-	if err == nil {
-		err = n.eng.Queue().Sync()
-	}
-	if err != nil {
+	if err := n.stores.store(n.eng, it, packet); err != nil {
 		return err // a queue error nacks: the sender tries again
 	}
 	n.Stats.Received.Add(1)
-	if n.nPending.Add(1) <= maxPending {
-		n.pending.Store(it.ID, bytes.Clone(packet)) // the transport reuses its buffer
-	} else {
-		n.nPending.Add(-1)
-	}
+	n.inbound.put(it.ID, packet, true) // the transport reuses its buffer
 	n.eng.Run(it)
 	n.waitAck(ctx, arrived)
 	return nil
+}
+
+// storeBatch stores the packets of concurrent Receive calls in one queue
+// transaction and one sync (group commit). One caller at a time leads: it
+// commits the packets waiting, in arrival order, up to and including its
+// own, then hands the lead to the oldest caller still waiting, so no
+// caller's store waits on more than the packets that arrived before it.
+// A failed batch fails each of its packets (each is nacked and sent
+// again by its previous hop).
+type storeBatch struct {
+	mu      sync.Mutex
+	waiting []*storeReq
+	running bool
+}
+
+type storeReq struct {
+	it     *queue.Item
+	packet []byte
+	done   chan error    // the result, once committed and synced
+	lead   chan struct{} // closed: this caller leads now
+}
+
+// maxStoreBatch bounds one transaction (2 MiB of 64 KiB packets), well
+// under badger's transaction size limit.
+const maxStoreBatch = 32
+
+// store puts it with packet as its content and returns once that is
+// synced.
+func (b *storeBatch) store(eng pipeline.MixHost, it *queue.Item, packet []byte) error {
+	r := &storeReq{it: it, packet: packet, done: make(chan error, 1), lead: make(chan struct{})}
+	b.mu.Lock()
+	b.waiting = append(b.waiting, r)
+	if b.running {
+		b.mu.Unlock()
+		select {
+		case err := <-r.done:
+			return err
+		case <-r.lead:
+		}
+		b.mu.Lock()
+	}
+	b.running = true
+	mine := false
+	for !mine {
+		batch := b.waiting[:min(len(b.waiting), maxStoreBatch)]
+		b.waiting = b.waiting[len(batch):]
+		mine = slices.Contains(batch, r)
+		b.mu.Unlock()
+		err := eng.Commit(func(tx *pipeline.Tx) error {
+			for _, r := range batch {
+				if err := tx.Put(r.it, r.packet); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err == nil {
+			err = eng.Queue().Sync()
+		}
+		for _, r := range batch {
+			r.done <- err
+		}
+		b.mu.Lock()
+	}
+	if len(b.waiting) > 0 {
+		close(b.waiting[0].lead)
+	} else {
+		b.running = false
+	}
+	b.mu.Unlock()
+	return <-r.done
 }
 
 // waitAck returns Config.AckTime after arrived (at once if that has
@@ -66,10 +132,72 @@ func (n *Node) waitAck(ctx context.Context, arrived time.Time) {
 	}
 }
 
-// maxPending bounds the packets held in memory between Receive and their
-// unwrap (16 MiB of 64 KiB packets): a backlog beyond it costs a queue
-// read each, not memory.
-const maxPending = 256
+// maxCached bounds each packetCache (16 MiB of 64 KiB packets): a backlog
+// beyond it costs a queue read per packet, not memory.
+const maxCached = 256
+
+// packetCache keeps copies of stored packets by item id, so that the
+// common path does not read back from the queue what it has just written.
+// The queue stays the truth: a packet not cached (evicted by the bound, or
+// stored before a restart) is read back.
+type packetCache struct {
+	m sync.Map // queue.ID -> []byte
+	n atomic.Int64
+}
+
+// put caches p under id (a copy when clone is set), unless maxCached
+// packets are cached already.
+func (c *packetCache) put(id queue.ID, p []byte, clone bool) {
+	if c.n.Add(1) > maxCached {
+		c.n.Add(-1)
+		return
+	}
+	if clone {
+		p = bytes.Clone(p)
+	}
+	c.m.Store(id, p)
+}
+
+// take removes and returns the packet of item it, reading it from q when
+// it is not cached.
+func (c *packetCache) take(q *queue.Queue, it *queue.Item) ([]byte, error) {
+	if p, ok := c.m.LoadAndDelete(it.ID); ok {
+		c.n.Add(-1)
+		return p.([]byte), nil
+	}
+	return q.Blob(it.Body)
+}
+
+// delayBatch hands out hop delays drawn from the delay stage in batches of
+// hopDelayBatch, one stage call per batch instead of one per packet. The
+// samples are independent and identically distributed, so drawing them
+// ahead changes no packet's delay distribution.
+type delayBatch struct {
+	mu  sync.Mutex
+	buf []time.Duration
+}
+
+const hopDelayBatch = 64
+
+// hopDelay returns the next hop delay for a packet of size bytes.
+func (n *Node) hopDelay(ctx context.Context, size int) (time.Duration, error) {
+	b := &n.hopDelays
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.buf) == 0 {
+		ds, err := n.delay.Delay(ctx, sdk.DelayRequest{Size: int64(size), Count: hopDelayBatch})
+		if err != nil {
+			return 0, err
+		}
+		if len(ds) != hopDelayBatch {
+			return 0, fmt.Errorf("hop delay stage returned %d delays, want %d", len(ds), hopDelayBatch)
+		}
+		b.buf = ds
+	}
+	d := b.buf[0]
+	b.buf = b.buf[1:]
+	return d, nil
+}
 
 func (n *Node) dropped(err error) {
 	n.Stats.Dropped.Add(1)
@@ -100,15 +228,9 @@ func (n *Node) tagTTL(epoch uint64) time.Duration {
 // unwrap runs the mixer on a packet stored by Receive and applies the
 // result.
 func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
-	var packet []byte
-	if p, ok := n.pending.LoadAndDelete(it.ID); ok {
-		n.nPending.Add(-1)
-		packet = p.([]byte)
-	} else {
-		var err error
-		if packet, err = n.eng.Queue().Blob(it.Body); err != nil {
-			return err
-		}
+	packet, err := n.inbound.take(n.eng.Queue(), it)
+	if err != nil {
+		return err
 	}
 	res, err := n.mixer.Mix(ctx, packet)
 	if err != nil {
@@ -145,12 +267,12 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 			n.dropped(sdk.Permanent(554, "6.0", "mixer returned a packet of %d bytes", len(res.Packet)))
 			return true, n.finish(in)
 		}
-		ds, err := n.delay.Delay(ctx, sdk.DelayRequest{Size: int64(len(res.Packet)), Count: 1})
-		if err != nil || len(ds) != 1 {
+		d, err := n.hopDelay(ctx, len(res.Packet))
+		if err != nil {
 			return false, nil
 		}
 		out = &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketOut, NextHop: res.NextHop,
-			Received: in.Received, SendAfter: time.Now().Add(ds[0]), Waiting: true, Deliverer: -1}
+			Received: in.Received, SendAfter: time.Now().Add(d), Waiting: true, Deliverer: -1}
 		outData = res.Packet
 	case sdk.MixExit:
 		if f := res.Fragment; f != nil {
@@ -190,6 +312,7 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 		n.log.Info("[MIX] replayed packet dropped", "epoch", res.Epoch)
 	case res.Action == sdk.MixForward:
 		n.Stats.Forwarded.Add(1)
+		n.outbound.put(out.ID, outData, false)
 		n.eng.Schedule(out)
 	case res.Action == sdk.MixDrop:
 		n.Stats.CoverDropped.Add(1)
@@ -222,7 +345,7 @@ func (n *Node) send(ctx context.Context, it *queue.Item, released bool) error {
 		n.sendq.push(it)
 		return nil
 	}
-	packet, err := n.eng.Queue().Blob(it.Body)
+	packet, err := n.outbound.take(n.eng.Queue(), it)
 	if err != nil {
 		return err
 	}
