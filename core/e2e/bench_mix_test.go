@@ -44,7 +44,7 @@ func BenchmarkMixNodeMemory(b *testing.B) {
 		for j, n := range m.nodes {
 			c, p := rssKiB(n.pid())
 			cm := readProcMem(n.pid())
-			fmt.Printf("mix node %d idle: core %d MiB (anonymous %d, file-backed %d: the queue's mapped files) + plugins %d MiB = %d MiB\n",
+			fmt.Printf("mix node %d idle: core %d MiB (anonymous %d, file-backed %d: the mapped queue files and binary) + plugins %d MiB = %d MiB\n",
 				j+1, c>>10, cm.anon>>10, cm.file>>10, p>>10, (c+p)>>10)
 			idle = max(idle, c+p)
 		}
