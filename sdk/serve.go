@@ -90,7 +90,7 @@ func Serve[C any](p Plugin[C]) {
 			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxCallBytes), grpc.MaxSendMsgSize(MaxCallBytes),
 				grpc.InitialWindowSize(flowWindow), grpc.InitialConnWindowSize(flowWindow),
 				grpc.ReadBufferSize(socketBuffer), grpc.WriteBufferSize(socketBuffer),
-				experimental.BufferPool(bufferPool))...)
+				experimental.BufferPool(bufPool), grpc.ForceServerCodecV2(poolCodec{}))...)
 		},
 		Logger: logger,
 	})

@@ -5,8 +5,6 @@ import (
 	"io"
 	"time"
 
-	"google.golang.org/grpc/mem"
-
 	"github.com/mixmta/mixmta/sdk/internal/pb"
 )
 
@@ -32,18 +30,6 @@ const flowWindow = 8 << 20
 // socketBuffer is gRPC's read and write buffer on the Unix socket (256
 // KiB instead of 32 KiB): a 64 KiB message in a few syscalls, not many.
 const socketBuffer = 256 << 10
-
-// bufferPool is gRPC's buffer pool on both sides, with a tier at every
-// power of two from 256 B to 8 MiB. gRPC's default tiers jump from 32 KiB
-// to 1 MiB, and a pooled buffer is cleared whole when it is reused: every
-// 64 KiB message cost a 1 MiB clear, a third of the host's CPU in a call.
-var bufferPool = func() mem.BufferPool {
-	p, err := mem.NewBinaryTieredBufferPool(8, 10, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23)
-	if err != nil {
-		panic(err)
-	}
-	return p
-}()
 
 // frames splits meta, header and body into MessageFrames of at most
 // FrameSize content bytes each; the first frame carries meta. A frame holds

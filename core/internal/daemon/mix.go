@@ -145,7 +145,8 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 		SendQueueLimit: m.SendQueueLimit,
 		ExitStage:      exitStage,
 		Blocked:        blocks.Blocked,
-	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &links{t: tr, dir: dir, onion: d.tor != nil}, log)
+	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &mixnet.TransportLinks{Transport: tr, Onion: d.tor != nil,
+		Lookup: func(id sdk.NodeID) (*nodes.Node, bool) { return dir.get().Lookup(id) }}, log)
 	parts.node, parts.dir, parts.self = node, dir, id.ID()
 	d.engine.SetPacketHandler(node)
 	d.mix = parts
@@ -270,49 +271,6 @@ func (l *liveDirectory) watch(ctx context.Context) {
 		l.cur.Store(d)
 		l.log.Info("[MIX] nodes file reloaded", "nodes", d.Len())
 	}
-}
-
-// links adapts the transport to mixnet.Links, resolving node ids through
-// the directory.
-type links struct {
-	t   transport.Transport
-	dir *liveDirectory
-	// onion: Tor is configured, links go to the peers' onion addresses.
-	onion bool
-}
-
-func (l *links) peer(id sdk.NodeID) (transport.Peer, error) {
-	n, ok := l.dir.get().Lookup(id)
-	if !ok {
-		return transport.Peer{}, fmt.Errorf("node %s not in the nodes file", id.Short())
-	}
-	addr := n.MixAddress
-	if l.onion {
-		if addr = n.OnionAddress; addr == "" {
-			return transport.Peer{}, fmt.Errorf("node %s has no onion address in its descriptor; with a tor: section mix links go to onion services only", id.Short())
-		}
-	}
-	return transport.Peer{ID: n.ID, Address: addr, Identity: n.Identity}, nil
-}
-
-func (l *links) Send(ctx context.Context, id sdk.NodeID, packet []byte) error {
-	p, err := l.peer(id)
-	if err != nil {
-		return err
-	}
-	link, err := l.t.Dial(ctx, p)
-	if err != nil {
-		return err
-	}
-	return link.Send(ctx, packet)
-}
-
-func (l *links) Probe(ctx context.Context, id sdk.NodeID) error {
-	p, err := l.peer(id)
-	if err != nil {
-		return err
-	}
-	return l.t.Probe(ctx, p)
 }
 
 var _ pipeline.PacketHandler = (*mixnet.Node)(nil)

@@ -115,7 +115,7 @@ func cpuOf(b *testing.B, pid int) time.Duration {
 //
 //	go test -run '^$' -bench MixNodeThroughput -benchtime 3000x ./core/internal/mixnet/
 func BenchmarkMixNodeThroughput(b *testing.B) {
-	for _, r := range []int{8, 32} {
+	for _, r := range []int{8, 32, 96} {
 		b.Run(fmt.Sprintf("receivers=%d", r), func(b *testing.B) { benchThroughput(b, r) })
 	}
 }

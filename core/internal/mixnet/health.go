@@ -5,8 +5,10 @@ import (
 	"errors"
 	"math/rand/v2"
 	"slices"
+	"sync"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -157,7 +159,7 @@ func (n *Node) checkPaths() {
 // never held indefinitely for want of traffic.
 func (n *Node) feedPool(ctx context.Context) {
 	n.every(ctx, n.cfg.PoolWindow, func() {
-		_, pooled := n.eng.Scheduler().Len()
+		pooled := n.eng.Pooled()
 		for i := pooled; i <= n.cfg.MinPool; i++ {
 			if err := n.queueCover(ctx, sdk.CoverDrop, &n.Stats.PoolDummies); err != nil {
 				n.log.Debug("[POOL] no dummy for the pool", "error", err)
@@ -165,4 +167,150 @@ func (n *Node) feedPool(ctx context.Context) {
 			}
 		}
 	})
+}
+
+// sweepLoop expires lost loops and stale fragments.
+func (n *Node) sweepLoop(ctx context.Context) {
+	n.every(ctx, time.Second, func() {
+		now := time.Now()
+		var lost [][]sdk.NodeID
+		n.mu.Lock()
+		for id, l := range n.loops {
+			if now.After(l.deadline) {
+				lost = append(lost, l.path)
+				delete(n.loops, id)
+			}
+		}
+		var stale []*queue.Item
+		for msg, set := range n.fragments {
+			for _, it := range set {
+				if now.Sub(it.Received) > n.cfg.FragmentTTL {
+					for _, p := range set {
+						stale = append(stale, p)
+					}
+					delete(n.fragments, msg)
+					break
+				}
+			}
+		}
+		n.mu.Unlock()
+		for _, path := range lost {
+			n.Stats.LoopsLost.Add(1)
+			for _, h := range path {
+				if h != n.self {
+					n.health.lostLoop(h)
+				}
+			}
+		}
+		for _, it := range stale {
+			n.Stats.Dropped.Add(1)
+			_ = n.eng.Finish(it)
+		}
+		if len(lost) > 0 {
+			n.refresh(ctx, false)
+		}
+	})
+}
+
+// probeLoop dials every other node once per probe interval.
+func (n *Node) probeLoop(ctx context.Context) {
+	probe := func() {
+		var wg sync.WaitGroup
+		for _, d := range n.dir.Nodes() {
+			if d.ID == n.self {
+				continue
+			}
+			wg.Add(1)
+			go func(id sdk.NodeID) {
+				defer wg.Done()
+				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				defer cancel()
+				if err := n.links.Probe(pctx, id); err != nil {
+					n.health.fail(id)
+				} else {
+					n.health.probeOK(id)
+				}
+			}(d.ID)
+		}
+		wg.Wait()
+		n.refresh(ctx, false)
+	}
+	probe()
+	n.every(ctx, n.cfg.ProbeInterval, probe)
+}
+
+// HealthyNodes returns the number of other nodes now considered healthy.
+func (n *Node) HealthyNodes() int {
+	c := 0
+	for _, d := range n.dir.Nodes() {
+		if d.ID != n.self && n.health.healthy(d.ID) {
+			c++
+		}
+	}
+	return c
+}
+
+// health tracks other nodes. A node is healthy once a probe succeeded, and
+// stays so until there is repeated evidence against it: probeFailLimit
+// failed probes or sends in a row (one lost TCP connection is not enough),
+// or loopFailLimit lost loops on paths through it without a returned loop
+// in between. A successful probe clears the probe failures; a returned
+// loop clears the lost loops.
+type health struct {
+	mu    sync.Mutex
+	nodes map[sdk.NodeID]*nodeHealth
+}
+
+type nodeHealth struct {
+	probed     bool // a probe succeeded at least once
+	probeFails int  // failed probes and sends since the last success
+	lostLoops  int
+}
+
+const (
+	probeFailLimit = 3
+	loopFailLimit  = 3
+)
+
+func newHealth() *health { return &health{nodes: map[sdk.NodeID]*nodeHealth{}} }
+
+func (h *health) get(id sdk.NodeID) *nodeHealth {
+	nh := h.nodes[id]
+	if nh == nil {
+		nh = &nodeHealth{}
+		h.nodes[id] = nh
+	}
+	return nh
+}
+
+func (h *health) healthy(id sdk.NodeID) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	nh := h.get(id)
+	return nh.probed && nh.probeFails < probeFailLimit && nh.lostLoops < loopFailLimit
+}
+
+func (h *health) probeOK(id sdk.NodeID) {
+	h.mu.Lock()
+	nh := h.get(id)
+	nh.probed, nh.probeFails = true, 0
+	h.mu.Unlock()
+}
+
+func (h *health) fail(id sdk.NodeID) {
+	h.mu.Lock()
+	h.get(id).probeFails++
+	h.mu.Unlock()
+}
+
+func (h *health) ok(id sdk.NodeID) {
+	h.mu.Lock()
+	h.get(id).lostLoops = 0
+	h.mu.Unlock()
+}
+
+func (h *health) lostLoop(id sdk.NodeID) {
+	h.mu.Lock()
+	h.get(id).lostLoops++
+	h.mu.Unlock()
 }

@@ -149,7 +149,7 @@ func (n *Node) sendOwn(ctx context.Context, it *queue.Item) {
 		err = n.links.Send(ctx, it.NextHop, packet)
 		if err == nil {
 			n.Stats.OwnSent.Add(1)
-			if err := n.eng.Done(it); err != nil {
+			if err := n.eng.Finish(it); err != nil {
 				n.log.Error("[MIX] cannot delete a sent packet", "item", it.ID.String(), "error", err)
 			}
 			return
@@ -165,7 +165,7 @@ func (n *Node) sendOwn(ctx context.Context, it *queue.Item) {
 		n.log.Warn("[MIX] own packet dropped after repeated send failures", "attempts", it.Attempts)
 		n.Stats.Dropped.Add(1)
 		n.eng.Counters().Dropped.Add(1)
-		_ = n.eng.Done(it)
+		_ = n.eng.Finish(it)
 		return
 	}
 	n.log.Info("[MIX] send failed, will retry", "next", it.NextHop.Short(), "attempt", it.Attempts, "retry_in", wait.Round(time.Second))

@@ -1144,43 +1144,6 @@ func (e *Engine) DeleteAll() (int, error) {
 	return n, nil
 }
 
-// Park persists it as waiting until it.SendAfter and hands it to the
-// scheduler (a mix's hop delay, a packet's retry).
-func (e *Engine) Park(it *queue.Item) error {
-	it.Waiting = true
-	if err := e.q.Update(it); err != nil {
-		return err
-	}
-	e.sched.Add(it)
-	return nil
-}
-
-// Hold hands an item already persisted as waiting to the scheduler.
-func (e *Engine) Hold(it *queue.Item) { e.sched.Add(it) }
-
-// Done deletes a finished item.
-func (e *Engine) Done(it *queue.Item) error { return e.done(it) }
-
-// Forget adjusts the queued count for items a caller removed itself in a
-// transaction of its own (n may be negative: items added).
-func (e *Engine) Forget(n int) { e.queued.Add(int64(-n)) }
-
-// Enqueue hands an item to the workers (not released).
-func (e *Engine) Enqueue(it *queue.Item) { e.enqueue(it, false) }
-
-// RetryPacket re-queues a packet item after a temporary failure, with the
-// backoff schedule; it reports false when attempts are exhausted (the
-// caller drops the item).
-func (e *Engine) RetryPacket(it *queue.Item) (bool, error) {
-	w, ok := e.opt.Backoff.Wait(it.Attempts)
-	it.Attempts++
-	if !ok {
-		return false, nil
-	}
-	it.SendAfter = time.Now().Add(w)
-	return true, e.Park(it)
-}
-
 // Queue returns the engine's queue.
 func (e *Engine) Queue() *queue.Queue { return e.q }
 
