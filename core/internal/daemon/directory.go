@@ -115,10 +115,9 @@ func (d *Daemon) newConsensusSource(id *nodes.Identity, ks *nodes.KeyStore, auth
 	client, err := directory.NewClient(directory.ClientConfig{
 		Authorities: auths,
 		Epoch:       m.Epoch.D(),
+		// The mix node's refresh creates the keys (Ensure); a descriptor
+		// only publishes them.
 		Descriptor: func(now time.Time) (*nodes.Descriptor, error) {
-			if _, err := ks.Ensure(now); err != nil {
-				return nil, err
-			}
 			return nodes.Export(id, ks.Published(now), info, now)
 		},
 		CheckParams: func(p directory.Params) error {
