@@ -1,6 +1,7 @@
 package directory
 
 import (
+	"crypto/ecdh"
 	"crypto/ed25519"
 	"crypto/rand"
 	"encoding/json"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
+	"github.com/mixmta/mixmta/sdk"
 )
 
 const testEpoch = 10 * time.Second
@@ -33,6 +35,25 @@ func testNode(t testing.TB, name string, now time.Time) *nodes.Descriptor {
 		t.Fatal(err)
 	}
 	d, err := nodes.Export(id, ks.Published(now), nodes.NodeInfo{Name: name, MixAddress: "127.0.0.1:1", Capabilities: []string{nodes.CapExit}}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// memNode is testNode without files: identity and mix keys in memory (for
+// benchmarks with many nodes).
+func memNode(t testing.TB, name string, now time.Time) *nodes.Descriptor {
+	t.Helper()
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	e := nodes.Epoch(now, testEpoch)
+	var keys []sdk.EpochKey
+	for i := range uint64(3) {
+		k, _ := ecdh.X25519().GenerateKey(rand.Reader)
+		keys = append(keys, sdk.EpochKey{Epoch: e + i, Public: k.PublicKey().Bytes(),
+			NotBefore: nodes.EpochStart(e+i, testEpoch), NotAfter: nodes.EpochStart(e+i+1, testEpoch).Add(time.Second)})
+	}
+	d, err := nodes.Export(nodes.NewIdentity(priv), keys, nodes.NodeInfo{Name: name, MixAddress: "127.0.0.1:1", Capabilities: []string{nodes.CapExit}}, now)
 	if err != nil {
 		t.Fatal(err)
 	}
