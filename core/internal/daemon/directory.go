@@ -13,6 +13,7 @@ import (
 
 	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/core/internal/directory"
+	"github.com/mixmta/mixmta/core/internal/mixnet"
 	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
 	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
 	"github.com/mixmta/mixmta/sdk"
@@ -41,6 +42,10 @@ func (c *consensusSource) get() *nodes.Directory { return c.client.Directory() }
 
 func (c *consensusSource) Nodes() []sdk.DirectoryNode { return c.get().Nodes(time.Now()) }
 
+// FromConsensus implements mixnet.ConsensusDirectory: a node that reaches
+// only a minority of these nodes holds its mail.
+func (c *consensusSource) FromConsensus() bool { return true }
+
 func (c *consensusSource) watch(ctx context.Context) {
 	if c.authority != nil {
 		go func() {
@@ -52,6 +57,8 @@ func (c *consensusSource) watch(ctx context.Context) {
 	}
 	c.client.Run(ctx)
 }
+
+var _ mixnet.ConsensusDirectory = (*consensusSource)(nil)
 
 func (c *consensusSource) close() {
 	if c == nil {

@@ -124,8 +124,11 @@ func (n *Node) PathsAvailable() bool {
 	if hops == 0 {
 		return true // not known yet: the router decides
 	}
-	healthy, exits := 0, 0
+	healthy, exits, others := 0, 0, 0
 	for _, d := range n.dir.Nodes() {
+		if d.ID != n.self {
+			others++
+		}
 		if d.ID == n.self || !n.health.healthy(d.ID) {
 			continue
 		}
@@ -134,7 +137,7 @@ func (n *Node) PathsAvailable() bool {
 			exits++
 		}
 	}
-	return healthy >= hops && exits > 0
+	return healthy >= hops && exits > 0 && n.reachesMajority(healthy, others)
 }
 
 // checkPaths logs when paths become unavailable and when they are back.

@@ -166,3 +166,55 @@ func TestMailHeldWhileTooFewHealthyNodesForAFullPath(t *testing.T) {
 		t.Fatal("no healthy exit: not held")
 	}
 }
+
+type consensusDir struct{ fixedDir }
+
+func (consensusDir) FromConsensus() bool { return true }
+
+// A node whose links to all but two of the consensus' nodes are blocked
+// holds its mail, although two healthy nodes with an exit make a full
+// 2-hop path: it cannot be steered onto the minority it still reaches.
+// The same view from a nodes file routes through the two (the control).
+func TestBlockedLinksToMostConsensusNodesHoldMail(t *testing.T) {
+	self := sdk.NodeID{1}
+	var nodes fixedDir
+	for i := byte(1); i <= 8; i++ {
+		nodes = append(nodes, sdk.DirectoryNode{ID: sdk.NodeID{i}, Exit: i%2 == 0})
+	}
+	cfg := Config{}
+	cfg.defaults()
+	for _, tc := range []struct {
+		name string
+		dir  Directory
+		held bool
+	}{
+		{"consensus", consensusDir{nodes}, true},
+		{"nodes file", nodes, false},
+	} {
+		n := &Node{cfg: cfg, self: self, dir: tc.dir, health: newHealth(), sendq: newSendQueue(), log: hclog.NewNullLogger()}
+		n.learnPathLen(&sdk.Packet{Path: make([]sdk.NodeID, 2)})
+		for i := byte(2); i <= 8; i++ {
+			n.health.probeOK(sdk.NodeID{i})
+		}
+		if !n.PathsAvailable() {
+			t.Fatalf("%s: held with every node reachable", tc.name)
+		}
+		for i := byte(4); i <= 8; i++ { // links to 5 of the 7 others blocked
+			for range probeFailLimit {
+				n.health.fail(sdk.NodeID{i})
+			}
+		}
+		if got := !n.PathsAvailable(); got != tc.held {
+			t.Errorf("%s: reaching 2 of 7 other nodes, held = %v, want %v", tc.name, got, tc.held)
+		}
+		if tc.held {
+			// Reaching 4 of 7 again: a majority, routed.
+			for i := byte(4); i <= 5; i++ {
+				n.health.probeOK(sdk.NodeID{i})
+			}
+			if !n.PathsAvailable() {
+				t.Errorf("%s: held while reaching 4 of 7", tc.name)
+			}
+		}
+	}
+}
