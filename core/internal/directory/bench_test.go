@@ -17,7 +17,7 @@ func BenchmarkConsensusVerify(b *testing.B) {
 	for _, n := range []int{100, 1000} {
 		descs := make([]*nodes.Descriptor, n)
 		for i := range descs {
-			descs[i] = memNode(b, fmt.Sprintf("n%d", i), now)
+			descs[i] = memNode(b, fmt.Sprintf("n%d", i), now, testEpoch)
 		}
 		data := encode(b, signedConsensus(b, ta, 3, now, descs...))
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {

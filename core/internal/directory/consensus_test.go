@@ -41,17 +41,17 @@ func testNode(t testing.TB, name string, now time.Time) *nodes.Descriptor {
 	return d
 }
 
-// memNode is testNode without files: identity and mix keys in memory (for
-// benchmarks with many nodes).
-func memNode(t testing.TB, name string, now time.Time) *nodes.Descriptor {
+// memNode is testNode without files: identity and mix keys for six epochs
+// of length epoch, in memory (for benchmarks with many nodes).
+func memNode(t testing.TB, name string, now time.Time, epoch time.Duration) *nodes.Descriptor {
 	t.Helper()
 	_, priv, _ := ed25519.GenerateKey(rand.Reader)
-	e := nodes.Epoch(now, testEpoch)
+	e := nodes.Epoch(now, epoch)
 	var keys []sdk.EpochKey
-	for i := range uint64(3) {
+	for i := range uint64(6) {
 		k, _ := ecdh.X25519().GenerateKey(rand.Reader)
 		keys = append(keys, sdk.EpochKey{Epoch: e + i, Public: k.PublicKey().Bytes(),
-			NotBefore: nodes.EpochStart(e+i, testEpoch), NotAfter: nodes.EpochStart(e+i+1, testEpoch).Add(time.Second)})
+			NotBefore: nodes.EpochStart(e+i, epoch), NotAfter: nodes.EpochStart(e+i+1, epoch).Add(time.Second)})
 	}
 	d, err := nodes.Export(nodes.NewIdentity(priv), keys, nodes.NodeInfo{Name: name, MixAddress: "127.0.0.1:1", Capabilities: []string{nodes.CapExit}}, now)
 	if err != nil {
@@ -254,4 +254,12 @@ func TestVoteWithAlteredContentIsRefused(t *testing.T) {
 	if err := VerifyVote(v, ta[0].Authority, e); err != nil {
 		t.Fatalf("vote as signed: %v", err)
 	}
+}
+
+func mustJSON(t testing.TB, v any) string {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
 }
