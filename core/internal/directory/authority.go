@@ -69,6 +69,9 @@ type Server struct {
 	// reached is when each node last answered a probe.
 	reached map[sdk.NodeID]time.Time
 	rounds  map[uint64]*round // by the epoch the consensus is for
+	// bootEpoch and bootAt: the epoch in which Run started, and when.
+	bootEpoch uint64
+	bootAt    time.Time
 }
 
 // round is the making of one epoch's consensus.
@@ -116,6 +119,8 @@ func NewServer(cfg AuthorityConfig) (*Server, error) {
 
 // Run drives the epoch schedule (see the package comment) until ctx ends.
 func (a *Server) Run(ctx context.Context) {
+	a.bootAt = time.Now()
+	a.bootEpoch = nodes.Epoch(a.bootAt, a.cfg.Epoch)
 	go a.probeLoop(ctx)
 	tick := time.NewTicker(min(a.cfg.Epoch/32, time.Second))
 	defer tick.Stop()
@@ -129,12 +134,33 @@ func (a *Server) Run(ctx context.Context) {
 	}
 }
 
-// step performs what is due at now for the consensus of the next epoch.
+// step performs what is due at now for the consensus of the next epoch
+// and, in the authority's first epoch, for the bootstrap consensus.
 func (a *Server) step(ctx context.Context, now time.Time) {
 	p := a.cfg.Epoch
 	e := nodes.Epoch(now, p)
-	off := now.Sub(nodes.EpochStart(e, p))
-	target := e + 1
+	start := nodes.EpochStart(e, p)
+	a.advance(ctx, e+1, now.Sub(start), p/2, 5*p/8, 6*p/8, start)
+	if a.bootEpoch == e {
+		// A network that starts has no consensus for the epoch under way
+		// and would wait up to two epochs for one: the authorities make
+		// one for the current epoch right away, with the same steps on
+		// a short schedule from their start (all of them start within
+		// bootSettle of each other, as `mixmta mixnet run` does).
+		s := bootSettle(p)
+		a.advance(ctx, e, now.Sub(a.bootAt), s, s+s/4, 2*s, a.bootAt)
+	}
+}
+
+// bootSettle is how long after its start an authority waits for uploads
+// and probes before its bootstrap vote.
+func bootSettle(epoch time.Duration) time.Duration { return min(epoch/8, 15*time.Second) }
+
+// advance runs the round for target: at off >= voteAt the vote (of nodes
+// reached since `since`), from tallyFrom the fetching of the other votes
+// and the tally (when all are in, at tallyBy at the latest), then the
+// exchange of signatures.
+func (a *Server) advance(ctx context.Context, target uint64, off, voteAt, tallyFrom, tallyBy time.Duration, since time.Time) {
 	a.mu.Lock()
 	r := a.rounds[target]
 	if r == nil {
@@ -149,19 +175,19 @@ func (a *Server) step(ctx context.Context, now time.Time) {
 	hasVote, hasTally, failed := r.vote != nil, r.tally != nil, r.failed
 	a.mu.Unlock()
 	switch {
-	case off < p/2:
+	case off < voteAt:
 		return
 	case !hasVote:
-		a.makeVote(target, nodes.EpochStart(e, p), r)
+		a.makeVote(target, since, r)
 		return
-	case off < 5*p/8:
+	case off < tallyFrom:
 		return
 	case !hasTally && !failed:
 		a.fetchVotes(ctx, target, r)
 		a.mu.Lock()
 		all := len(r.votes) == len(a.cfg.Authorities)
 		a.mu.Unlock()
-		if all || off >= 6*p/8 {
+		if all || off >= tallyBy {
 			a.doTally(target, r)
 		}
 		return
@@ -171,8 +197,7 @@ func (a *Server) step(ctx context.Context, now time.Time) {
 }
 
 // makeVote freezes this authority's vote for target: the descriptors of
-// nodes reached since the start of the current epoch that carry a mix key
-// for target.
+// nodes reached since `since` that carry a mix key for target.
 func (a *Server) makeVote(target uint64, since time.Time, r *round) {
 	targetStart := nodes.EpochStart(target, a.cfg.Epoch)
 	a.mu.Lock()
