@@ -21,8 +21,8 @@ import (
 const dirEpoch = 15 * time.Second
 
 // dirNet is a local mixnet whose nodes take the network from the
-// consensus of authorities among them; nodes are made by `mixmta mixnet
-// init` but nobody hands descriptors around: the nodes file is deleted.
+// consensus of authorities among them, made by `mixmta mixnet init
+// --authorities`: nobody hands descriptors around, there is no nodes file.
 type dirNet struct {
 	dir   string
 	cfgs  []string
@@ -57,33 +57,19 @@ func newDirNet(t *testing.T, n, auths int, relayHost string) *dirNet {
 	profPath := filepath.Join(dir, "profile.yaml")
 	os.WriteFile(profPath, out, 0o600)
 	cmd := exec.Command(filepath.Join(binDir, "mixmta"), "mixnet", "init", "--dir", dir, "--profile", profPath,
-		"--nodes", strconv.Itoa(n), "--smtp-port", strconv.Itoa(smtpPort), "--mix-port", strconv.Itoa(mixPort))
+		"--nodes", strconv.Itoa(n), "--smtp-port", strconv.Itoa(smtpPort), "--mix-port", strconv.Itoa(mixPort),
+		"--authorities", strconv.Itoa(auths), "--dir-port", strconv.Itoa(dirPort))
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("mixnet init: %v\n%s", err, b)
 	}
-	os.Remove(filepath.Join(dir, "nodes.json"))
-	var list []map[string]any
-	for i := 1; i <= auths; i++ {
-		key := filepath.Join(dir, fmt.Sprintf("node%d", i), "authority.key")
-		b, err := exec.Command(filepath.Join(binDir, "mixmta"), "authority", "key", "--key", key).CombinedOutput()
-		if err != nil {
-			t.Fatalf("authority key: %v\n%s", err, b)
-		}
-		list = append(list, map[string]any{"name": fmt.Sprintf("auth%d", i), "identity": strings.TrimSpace(string(b)), "address": fmt.Sprintf("127.0.0.1:%d", dirPort+i-1)})
+	if _, err := os.Stat(filepath.Join(dir, "nodes.json")); err == nil {
+		t.Fatal("mixnet init with authorities wrote a nodes file")
 	}
 	d := &dirNet{dir: dir}
 	for i := 1; i <= n; i++ {
 		cfg := filepath.Join(dir, fmt.Sprintf("node%d", i), "mixmta.yaml")
 		b, _ := os.ReadFile(cfg)
-		p := map[string]any{
-			"mix.frame_log":  filepath.Join(filepath.Dir(cfg), "frames.log"),
-			"mix.nodes_file": "",
-			"mix.directory":  map[string]any{"authorities": list},
-		}
-		if i <= auths {
-			p["mix.directory"] = map[string]any{"authorities": list, "listen": list[i-1]["address"], "authority_key": filepath.Join(filepath.Dir(cfg), "authority.key")}
-		}
-		if b, err = config.Patch(b, p); err != nil {
+		if b, err = config.Patch(b, map[string]any{"mix.frame_log": filepath.Join(filepath.Dir(cfg), "frames.log")}); err != nil {
 			t.Fatal(err)
 		}
 		os.WriteFile(cfg, b, 0o600)
@@ -201,7 +187,7 @@ func TestDirectoryAuthoritiesAgreeAndANodeJoinsByConfig(t *testing.T) {
 	if err != nil {
 		t.Fatalf("nodes consensus: %v\n%s", err, out)
 	}
-	for _, want := range []string{"signed by  auth1, auth2, auth3 (3 of 3 authorities, 2 needed)", "nodes      7", "node1 ", "node7 ", "exit"} {
+	for _, want := range []string{"signed by  node1, node2, node3 (3 of 3 authorities, 2 needed)", "nodes      7", "node1 ", "node7 ", "exit"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("nodes consensus does not show %q:\n%s", want, out)
 		}

@@ -140,15 +140,22 @@ func (a *Server) step(ctx context.Context, now time.Time) {
 	p := a.cfg.Epoch
 	e := nodes.Epoch(now, p)
 	start := nodes.EpochStart(e, p)
-	a.advance(ctx, e+1, now.Sub(start), p/2, 5*p/8, 6*p/8, start)
-	if a.bootEpoch == e {
+	s := bootSettle(p)
+	since := now.Sub(a.bootAt)
+	if since >= s {
+		// Not before the nodes had time to upload and be reached: a vote
+		// right at the start would be empty.
+		a.advance(ctx, e+1, now.Sub(start), p/2, 5*p/8, 6*p/8, start)
+	}
+	if since < 4*s {
 		// A network that starts has no consensus for the epoch under way
 		// and would wait up to two epochs for one: the authorities make
-		// one for the current epoch right away, with the same steps on
-		// a short schedule from their start (all of them start within
-		// bootSettle of each other, as `mixmta mixnet run` does).
-		s := bootSettle(p)
-		a.advance(ctx, e, now.Sub(a.bootAt), s, s+s/4, 2*s, a.bootAt)
+		// one for the epoch they started in right away, with the same
+		// steps on a short schedule from their start (all of them start
+		// within S of each other, as `mixmta mixnet run` does). It is
+		// valid through the next epoch too, so it serves even when the
+		// start was late in an epoch.
+		a.advance(ctx, a.bootEpoch, since, s, s+s/4, 2*s, a.bootAt)
 	}
 }
 

@@ -179,6 +179,11 @@ func (c *Client) step(ctx context.Context, now time.Time) {
 	if c.cur == nil || c.cur.Epoch < e {
 		want = append(want, e)
 	}
+	if c.cur == nil && e > 0 {
+		// The previous epoch's consensus is valid through this one (a
+		// network's bootstrap consensus may be of the epoch before).
+		want = append(want, e-1)
+	}
 	if off >= 7*p/8 && c.next == nil {
 		want = append(want, e+1)
 	}
