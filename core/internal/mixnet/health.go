@@ -120,6 +120,9 @@ func (n *Node) learnPathLen(p *sdk.Packet) {
 // not, mail is held before the router and this is logged and exported: it
 // is never sent on a shorter path.
 func (n *Node) PathsAvailable() bool {
+	if n.noConsensus() {
+		return false
+	}
 	hops := int(n.pathLen.Load())
 	if hops == 0 {
 		return true // not known yet: the router decides

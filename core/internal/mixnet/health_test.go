@@ -218,3 +218,20 @@ func TestBlockedLinksToMostConsensusNodesHoldMail(t *testing.T) {
 		}
 	}
 }
+
+// Before the first consensus (and after the last one expired) mail waits
+// before the router, even while the path length is not known yet: it is
+// held, not failed and quarantined. A nodes file with no nodes is left to
+// the router as before (the control).
+func TestMailHeldWithoutConsensus(t *testing.T) {
+	cfg := Config{}
+	cfg.defaults()
+	n := &Node{cfg: cfg, self: sdk.NodeID{1}, dir: consensusDir{}, health: newHealth(), sendq: newSendQueue(), log: hclog.NewNullLogger()}
+	if n.PathsAvailable() || n.Backlogged() == nil {
+		t.Fatal("no consensus: mail not held")
+	}
+	n.dir = fixedDir{}
+	if !n.PathsAvailable() {
+		t.Fatal("an empty nodes file holds mail before the path length is known")
+	}
+}

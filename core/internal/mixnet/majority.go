@@ -24,3 +24,11 @@ func (n *Node) reachesMajority(healthy, others int) bool {
 	}
 	return 2*healthy > others
 }
+
+// noConsensus reports whether the nodes come from a consensus and there
+// is none in use (none fetched yet, or the last one expired): mail waits
+// before the router, without counting failed attempts, until one comes.
+func (n *Node) noConsensus() bool {
+	c, ok := n.dir.(ConsensusDirectory)
+	return ok && c.FromConsensus() && len(c.Nodes()) == 0
+}
