@@ -23,7 +23,7 @@ build:
 
 run: build
 	@mkdir -p var
-	./$(BIN)/mixmta mixnet run --dir var/mixnet --profile configs/local-mixnet.yaml --nodes 5
+	./$(BIN)/mixmta mixnet run --dir var/mixnet --profile configs/local-mixnet.yaml --nodes 5 --authorities 3
 
 run-single: build
 	@mkdir -p var

@@ -102,7 +102,7 @@ func TestMakeRunMixnetDeliversIntoMaildir(t *testing.T) {
 		"plugin_dir":                   binDir,
 	})
 	cmd := exec.Command(filepath.Join(binDir, "mixmta"), "mixnet", "run", "--dir", filepath.Join(dir, "mixnet"), "--profile", prof,
-		"--nodes", "5", "--smtp-port", fmt.Sprint(smtpPort), "--mix-port", fmt.Sprint(mixPort))
+		"--nodes", "5", "--smtp-port", fmt.Sprint(smtpPort), "--mix-port", fmt.Sprint(mixPort), "--authorities", "3", "--dir-port", fmt.Sprint(freeRange(t, 3)))
 	logf, _ := os.Create(filepath.Join(dir, "run.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {

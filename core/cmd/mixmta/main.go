@@ -62,6 +62,7 @@ func root() *cobra.Command {
 	cmd.AddCommand(serveCmd(load), checkCmd(load), queueCmd(load), pluginsCmd(load), mixnetCmd(), versionCmd(), usersCmd(load), configCmd(load), simulateCmd(load))
 	cmd.AddCommand(nodesCommands(load)...)
 	cmd.AddCommand(onionCmd(load))
+	cmd.AddCommand(authorityCmd(load))
 	return cmd
 }
 

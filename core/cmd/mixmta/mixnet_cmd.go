@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/ed25519"
+	"encoding/base64"
 	"fmt"
 	"io"
 	"os"
@@ -37,7 +39,7 @@ func mixnetCmd() *cobra.Command {
 		Short: "start every node of a mixnet made by init (init first if DIR has none) until SIGTERM/SIGINT",
 		Args:  cobra.NoArgs,
 		RunE: func(c *cobra.Command, _ []string) error {
-			if _, err := os.Stat(filepath.Join(o.Dir, "nodes.json")); os.IsNotExist(err) {
+			if cfgs, _ := filepath.Glob(filepath.Join(o.Dir, "node*", "mixmta.yaml")); len(cfgs) == 0 {
 				if err := mixnetInit(c.OutOrStdout(), o); err != nil {
 					return err
 				}
@@ -52,6 +54,8 @@ func mixnetCmd() *cobra.Command {
 		f.IntVar(&o.Nodes, "nodes", 5, "number of nodes (at least hops + 1)")
 		f.IntVar(&o.SMTPPort, "smtp-port", 2525, "SMTP port of node1; node i listens on smtp-port+i-1")
 		f.IntVar(&o.MixPort, "mix-port", 7101, "mix port of node1; node i listens on mix-port+i-1")
+		f.IntVar(&o.Authorities, "authorities", 0, "nodes 1..N are also directory authorities and every node takes the network from their consensus (no nodes file)")
+		f.IntVar(&o.DirPort, "dir-port", 7301, "directory port of authority 1; authority i listens on dir-port+i-1")
 	}
 	cmd.AddCommand(init, run)
 	return cmd
@@ -60,6 +64,7 @@ func mixnetCmd() *cobra.Command {
 type mixnetOptions struct {
 	Dir, Profile             string
 	Nodes, SMTPPort, MixPort int
+	Authorities, DirPort     int
 }
 
 // mixnetInit writes DIR/nodeI/mixmta.yaml for every node (the profile with
@@ -79,19 +84,31 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 	nodesFile := filepath.Join(o.Dir, "nodes.json")
 	var descs []*nodes.Descriptor
 	now := time.Now()
+	auths, err := mixnetAuthorities(o)
+	if err != nil {
+		return err
+	}
 	for i := 1; i <= o.Nodes; i++ {
 		name := fmt.Sprintf("node%d", i)
 		dir := filepath.Join(o.Dir, name)
 		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return err
 		}
-		data, err := config.Patch(profile, map[string]any{
+		patch := map[string]any{
 			"data_dir":            filepath.Join(dir, "data"),
 			"listeners.0.address": fmt.Sprintf("127.0.0.1:%d", o.SMTPPort+i-1),
 			"mix.name":            name,
 			"mix.address":         fmt.Sprintf("127.0.0.1:%d", o.MixPort+i-1),
 			"mix.nodes_file":      nodesFile,
-		})
+		}
+		if len(auths) > 0 {
+			d := map[string]any{"authorities": auths}
+			if i <= len(auths) {
+				d["listen"], d["authority_key"] = auths[i-1]["address"], filepath.Join(dir, "authority.key")
+			}
+			patch["mix.nodes_file"], patch["mix.directory"] = "", d
+		}
+		data, err := config.Patch(profile, patch)
 		if err != nil {
 			return fmt.Errorf("%s: %w", o.Profile, err)
 		}
@@ -127,11 +144,36 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 		descs = append(descs, d)
 		fmt.Fprintf(out, "%s: SMTP 127.0.0.1:%d, mix %s, node id %s, config %s\n", name, o.SMTPPort+i-1, m.Address, id.ID().Short(), cfgPath)
 	}
+	if len(auths) > 0 {
+		fmt.Fprintf(out, "no nodes file: nodes 1 to %d are directory authorities (127.0.0.1:%d...), every node uploads its descriptor and takes the network from their consensus\n", len(auths), o.DirPort)
+		return nil
+	}
 	if _, err := nodes.AddNodes(nodesFile, descs, now); err != nil {
 		return err
 	}
 	fmt.Fprintf(out, "nodes file %s with %d nodes\n", nodesFile, len(descs))
 	return nil
+}
+
+// mixnetAuthorities creates the authority keys of nodes 1..o.Authorities
+// (DIR/nodeI/authority.key) and returns mix.directory.authorities.
+func mixnetAuthorities(o mixnetOptions) ([]map[string]any, error) {
+	if o.Authorities > o.Nodes {
+		return nil, fmt.Errorf("mixnet init: %d authorities among %d nodes", o.Authorities, o.Nodes)
+	}
+	var out []map[string]any
+	for i := 1; i <= o.Authorities; i++ {
+		key, _, err := nodes.LoadOrCreateKey(filepath.Join(o.Dir, fmt.Sprintf("node%d", i), "authority.key"))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, map[string]any{
+			"name":     fmt.Sprintf("node%d", i),
+			"identity": base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey)),
+			"address":  fmt.Sprintf("127.0.0.1:%d", o.DirPort+i-1),
+		})
+	}
+	return out, nil
 }
 
 // mixnetRun starts `mixmta serve` for every node config in dir, prefixes

@@ -315,7 +315,7 @@ func nodesCmd(load func() (*config.Config, error)) *cobra.Command {
 		},
 	}
 	bindNodeFlags(verify, &vf, flagNodes)
-	cmd.AddCommand(add, verify)
+	cmd.AddCommand(add, verify, nodesConsensusCmd(load))
 	return cmd
 }
 

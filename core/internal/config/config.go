@@ -360,6 +360,31 @@ type Mix struct {
 	// to a recipient it lists. Mail from the mixnet never passes a
 	// listener, so a listener's list does not apply to it.
 	DestinationBlockFile string `yaml:"destination_block_file"`
+	// Directory: take the network's nodes from a consensus signed by a
+	// majority of directory authorities instead of the nodes file.
+	Directory *MixDirectory `yaml:"directory"`
+}
+
+// MixDirectory is the network's list of directory authorities, and this
+// node's authority role when Listen is set.
+type MixDirectory struct {
+	Authorities []MixAuthority `yaml:"authorities"`
+	// Listen: this node is also an authority; its directory listener
+	// binds this host:port (the address the others list for it).
+	Listen string `yaml:"listen"`
+	// AuthorityKey is this authority's Ed25519 key file (PKCS#8 PEM,
+	// 0600), created at start when missing. Default KEYS_DIR/authority.key.
+	AuthorityKey string `yaml:"authority_key"`
+}
+
+// MixAuthority is one directory authority of the network.
+type MixAuthority struct {
+	Name string `yaml:"name"`
+	// Identity is its 32-byte Ed25519 public key, base64.
+	Identity string `yaml:"identity"`
+	// Address of its directory listener, host:port (an onion address
+	// with Tor).
+	Address string `yaml:"address"`
 }
 
 // MixCover sets cover traffic: Poisson processes, in packets per second.

@@ -68,6 +68,11 @@ func (c *Config) SetDefaults() {
 		c.dur(&m.Grace, "mix.grace", 10*time.Minute)
 		num(c, &m.KeysAhead, "mix.keys_ahead", 1)
 		str(&m.SphinxFormat, "x25519")
+		if d := m.Directory; d != nil {
+			// current, next, and one epoch of margin for a missed consensus
+			m.KeysAhead = max(m.KeysAhead, 2)
+			str(&d.AuthorityKey, filepath.Join(m.KeysDir, "authority.key"))
+		}
 		c.dur(&m.ProbeInterval, "mix.probe_interval", 30*time.Second)
 		num(c, &m.SendRate, "mix.send_rate", 0.2)
 		str(&m.HopDelay.Name, "hop-delay")

@@ -4,6 +4,7 @@ import (
 	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
 	"github.com/mixmta/mixmta/core/internal/users"
 
+	"encoding/base64"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -126,9 +127,10 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 	} else if err := checkHostPort(m.Address, 0); err != nil {
 		bad("mix.address", "%v", err)
 	}
-	if m.NodesFile == "" {
-		bad("mix", "nodes_file is required (the nodes.json directory)")
+	if m.NodesFile == "" && m.Directory == nil {
+		bad("mix", "nodes_file or directory is required (the nodes.json directory, or the directory authorities)")
 	}
+	validateMixDirectory(m.Directory, bad)
 	if m.HopDelay.Plugin == "" {
 		bad("mix", "hop_delay is required: a delay stage for every forwarded packet ({plugin: delay-exponential, config: {mean: 5s}})")
 	} else if !NameRE.MatchString(m.HopDelay.Plugin) {
@@ -445,4 +447,27 @@ func fmtDur(d sdk.Duration) string {
 		s = s[:len(s)-2]
 	}
 	return s
+}
+
+func validateMixDirectory(d *MixDirectory, bad func(key, format string, args ...any)) {
+	if d == nil {
+		return
+	}
+	if len(d.Authorities) == 0 {
+		bad("mix.directory.authorities", "at least one authority is required")
+	}
+	for i, a := range d.Authorities {
+		k := fmt.Sprintf("mix.directory.authorities[%d]", i)
+		if b, err := base64.StdEncoding.DecodeString(a.Identity); err != nil || len(b) != 32 {
+			bad(k+".identity", "want a base64 32-byte Ed25519 public key (mixmta authority key prints it)")
+		}
+		if err := checkHostPort(a.Address, 0); err != nil {
+			bad(k+".address", "%v", err)
+		}
+	}
+	if d.Listen != "" {
+		if err := checkHostPort(d.Listen, 0); err != nil {
+			bad("mix.directory.listen", "%v", err)
+		}
+	}
 }

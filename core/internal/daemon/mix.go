@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"os"
 	"path/filepath"
 	"sync"
@@ -15,6 +16,7 @@ import (
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/core/internal/directory"
 	"github.com/mixmta/mixmta/core/internal/mixnet"
 	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
 	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
@@ -31,8 +33,9 @@ type mixParts struct {
 	listener  transport.Listener
 	hopDelay  *pluginhost.Stage
 	frameLog  *os.File
-	dir       *liveDirectory
+	dir       nodeSource
 	self      sdk.NodeID
+	consensus *consensusSource // nil with a nodes file
 }
 
 // mixerStage finds the pipeline stage that serves the mixer kind.
@@ -78,29 +81,48 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 		return fmt.Errorf("mix: %w", err)
 	}
 	ks.SetAhead(m.KeysAhead)
-	dir, err := newLiveDirectory(m.NodesFile, format, log)
-	if err != nil {
-		return nodesFileError(d.cfg, err)
-	}
-	if _, ok := dir.get().Lookup(id.ID()); !ok {
-		log.Warn("[MIX] this node is not in the nodes file; other nodes cannot send to it", "node", id.ID().Short())
+	var dir nodeSource
+	var auths []directory.Authority
+	var cons *consensusSource
+	if m.Directory != nil {
+		if auths, err = authorities(m.Directory); err != nil {
+			return err
+		}
+		var dialer transport.ContextDialer = &net.Dialer{KeepAlive: 15 * time.Second}
+		if d.tor != nil {
+			dialer = d.tor.dialer
+		}
+		if cons, err = d.newConsensusSource(id, ks, auths, dialer, log); err != nil {
+			return fmt.Errorf("mix: directory: %w", err)
+		}
+		dir = cons
+	} else {
+		live, err := newLiveDirectory(m.NodesFile, format, log)
+		if err != nil {
+			return nodesFileError(d.cfg, err)
+		}
+		if _, ok := live.get().Lookup(id.ID()); !ok {
+			log.Warn("[MIX] this node is not in the nodes file; other nodes cannot send to it", "node", id.ID().Short())
+		}
+		dir = live
 	}
 	hd, err := startStage(ctx, d.cfg, m.HopDelay, log)
 	if err != nil {
+		cons.close()
 		return err
 	}
 	if !hd.Info.Has(sdk.KindDelayer) {
 		hd.Close()
 		return fmt.Errorf("%s:%d: mix.hop_delay: plugin %s is not a delayer", d.cfg.Path, m.HopDelay.Line, m.HopDelay.Plugin)
 	}
-	parts := &mixParts{hopDelay: hd}
+	parts := &mixParts{hopDelay: hd, consensus: cons}
 	tcfg := transport.Config{
 		Identity:   id.PrivateKey(),
 		PacketSize: m.PacketSize,
 		Lookup: func(pub ed25519.PublicKey) (sdk.NodeID, bool) {
 			n, ok := dir.get().Lookup(nodes.NodeIDOf(pub))
 			if !ok || !n.Identity.Equal(pub) {
-				return sdk.NodeID{}, false
+				return authorityKnown(auths, pub)
 			}
 			return n.ID, true
 		},
@@ -183,6 +205,7 @@ func (p *mixParts) close() {
 	if p.frameLog != nil {
 		p.frameLog.Close()
 	}
+	p.consensus.close()
 }
 
 // sendQueueChecker refuses new mail (452 4.3.1 at RCPT TO) while the mix
@@ -291,9 +314,11 @@ func CheckMix(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	if !hd.Info.Has(sdk.KindDelayer) {
 		return fmt.Errorf("%s:%d: mix.hop_delay: plugin %s is not a delayer", cfg.Path, m.HopDelay.Line, m.HopDelay.Plugin)
 	}
-	format, _ := mixkey.ParseKind(m.SphinxFormat)
-	if _, err := loadNodesOfFormat(m.NodesFile, format); err != nil {
-		return nodesFileError(cfg, err)
+	if m.Directory == nil {
+		format, _ := mixkey.ParseKind(m.SphinxFormat)
+		if _, err := loadNodesOfFormat(m.NodesFile, format); err != nil {
+			return nodesFileError(cfg, err)
+		}
 	}
 	if _, err := nodes.LoadIdentity(m.KeysDir); err != nil {
 		return fmt.Errorf("mix: %w", err)

@@ -122,12 +122,18 @@ func (n *Node) learnPathLen(p *sdk.Packet) {
 // not, mail is held before the router and this is logged and exported: it
 // is never sent on a shorter path.
 func (n *Node) PathsAvailable() bool {
+	if n.noConsensus() {
+		return false
+	}
 	hops := int(n.pathLen.Load())
 	if hops == 0 {
 		return true // not known yet: the router decides
 	}
-	healthy, exits := 0, 0
+	healthy, exits, others := 0, 0, 0
 	for _, d := range n.dir.Nodes() {
+		if d.ID != n.self {
+			others++
+		}
 		if d.ID == n.self || !n.health.healthy(d.ID) {
 			continue
 		}
@@ -136,7 +142,7 @@ func (n *Node) PathsAvailable() bool {
 			exits++
 		}
 	}
-	return healthy >= hops && exits > 0
+	return healthy >= hops && exits > 0 && n.reachesMajority(healthy, others)
 }
 
 // checkPaths logs when paths become unavailable and when they are back.

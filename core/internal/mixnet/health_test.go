@@ -166,3 +166,72 @@ func TestMailHeldWhileTooFewHealthyNodesForAFullPath(t *testing.T) {
 		t.Fatal("no healthy exit: not held")
 	}
 }
+
+type consensusDir struct{ fixedDir }
+
+func (consensusDir) FromConsensus() bool { return true }
+
+// A node whose links to all but two of the consensus' nodes are blocked
+// holds its mail, although two healthy nodes with an exit make a full
+// 2-hop path: it cannot be steered onto the minority it still reaches.
+// The same view from a nodes file routes through the two (the control).
+func TestBlockedLinksToMostConsensusNodesHoldMail(t *testing.T) {
+	self := sdk.NodeID{1}
+	var nodes fixedDir
+	for i := byte(1); i <= 8; i++ {
+		nodes = append(nodes, sdk.DirectoryNode{ID: sdk.NodeID{i}, Exit: i%2 == 0})
+	}
+	cfg := Config{}
+	cfg.defaults()
+	for _, tc := range []struct {
+		name string
+		dir  Directory
+		held bool
+	}{
+		{"consensus", consensusDir{nodes}, true},
+		{"nodes file", nodes, false},
+	} {
+		n := &Node{cfg: cfg, self: self, dir: tc.dir, health: newHealth(), sendq: newSendQueue(), log: hclog.NewNullLogger()}
+		n.learnPathLen(&sdk.Packet{Path: make([]sdk.NodeID, 2)})
+		for i := byte(2); i <= 8; i++ {
+			n.health.probeOK(sdk.NodeID{i})
+		}
+		if !n.PathsAvailable() {
+			t.Fatalf("%s: held with every node reachable", tc.name)
+		}
+		for i := byte(4); i <= 8; i++ { // links to 5 of the 7 others blocked
+			for range probeFailLimit {
+				n.health.fail(sdk.NodeID{i})
+			}
+		}
+		if got := !n.PathsAvailable(); got != tc.held {
+			t.Errorf("%s: reaching 2 of 7 other nodes, held = %v, want %v", tc.name, got, tc.held)
+		}
+		if tc.held {
+			// Reaching 4 of 7 again: a majority, routed.
+			for i := byte(4); i <= 5; i++ {
+				n.health.probeOK(sdk.NodeID{i})
+			}
+			if !n.PathsAvailable() {
+				t.Errorf("%s: held while reaching 4 of 7", tc.name)
+			}
+		}
+	}
+}
+
+// Before the first consensus (and after the last one expired) mail waits
+// before the router, even while the path length is not known yet: it is
+// held, not failed and quarantined. A nodes file with no nodes is left to
+// the router as before (the control).
+func TestMailHeldWithoutConsensus(t *testing.T) {
+	cfg := Config{}
+	cfg.defaults()
+	n := &Node{cfg: cfg, self: sdk.NodeID{1}, dir: consensusDir{}, health: newHealth(), sendq: newSendQueue(), log: hclog.NewNullLogger()}
+	if n.PathsAvailable() || n.Backlogged() == nil {
+		t.Fatal("no consensus: mail not held")
+	}
+	n.dir = fixedDir{}
+	if !n.PathsAvailable() {
+		t.Fatal("an empty nodes file holds mail before the path length is known")
+	}
+}

@@ -27,7 +27,7 @@ var _ Links = (*TransportLinks)(nil)
 func (l *TransportLinks) peer(id sdk.NodeID) (transport.Peer, error) {
 	n, ok := l.Lookup(id)
 	if !ok {
-		return transport.Peer{}, fmt.Errorf("node %s not in the nodes file", id.Short())
+		return transport.Peer{}, fmt.Errorf("node %s not in the nodes file or consensus", id.Short())
 	}
 	addr := n.MixAddress
 	if l.Onion {

@@ -1,0 +1,513 @@
+package directory
+
+import (
+	"cmp"
+	"context"
+	"crypto/ed25519"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/hashicorp/go-hclog"
+
+	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// MaxBody is the largest request or response body of the directory
+// protocol, bytes (a consensus of 1,000 nodes with three keys each is
+// about 1.5 MB).
+const MaxBody = 16 << 20
+
+// MaxNodes is the most nodes an authority holds descriptors of.
+const MaxNodes = 10000
+
+// maxDescriptor is the largest descriptor upload, bytes.
+const maxDescriptor = 256 << 10
+
+// AuthorityConfig configures a directory authority.
+type AuthorityConfig struct {
+	// Key is this authority's Ed25519 signing key; its public half must
+	// be one of Authorities.
+	Key ed25519.PrivateKey
+	// Authorities are all the network's authorities, this one included.
+	Authorities []Authority
+	// Epoch is the epoch length (whole seconds).
+	Epoch time.Duration
+	// Params are the network parameters this authority votes for.
+	Params Params
+	// ProbeInterval is the time between two probes of a node.
+	ProbeInterval time.Duration
+	// Probe reaches node n on its mix link (a pinned TLS handshake); nil
+	// error means it was reached. Called concurrently.
+	Probe func(ctx context.Context, n *nodes.Node) error
+	// Client fetches other authorities' votes and signatures (its
+	// transport dials through Tor when Tor is configured).
+	Client *http.Client
+	Log    hclog.Logger
+}
+
+// Server is a running directory authority: an http.Handler for the
+// directory protocol and a per-epoch state machine (Run).
+type Server struct {
+	cfg   AuthorityConfig
+	self  int // index of this authority in cfg.Authorities
+	peers []Authority
+
+	mu sync.Mutex
+	// received holds the latest verified descriptor of each node.
+	received map[sdk.NodeID]*nodes.Node
+	// reached is when each node last answered a probe.
+	reached map[sdk.NodeID]time.Time
+	rounds  map[uint64]*round // by the epoch the consensus is for
+	// bootEpoch and bootAt: the epoch in which Run started, and when.
+	bootEpoch uint64
+	bootAt    time.Time
+}
+
+// round is the making of one epoch's consensus.
+type round struct {
+	vote      *Vote
+	votes     map[string]*Vote // by authority key (base64), own included
+	tally     *Consensus
+	digest    [32]byte
+	sig       SignatureMsg
+	published bool
+	failed    bool
+}
+
+// NewServer checks cfg and returns a Server; call Run and Serve.
+func NewServer(cfg AuthorityConfig) (*Server, error) {
+	if len(cfg.Key) != ed25519.PrivateKeySize {
+		return nil, errors.New("directory: authority: no Ed25519 key")
+	}
+	if cfg.Epoch < time.Second || cfg.Epoch%time.Second != 0 {
+		return nil, fmt.Errorf("directory: authority: epoch %s is not a whole number of seconds", cfg.Epoch)
+	}
+	if cfg.ProbeInterval <= 0 {
+		cfg.ProbeInterval = 30 * time.Second
+	}
+	if cfg.Log == nil {
+		cfg.Log = hclog.NewNullLogger()
+	}
+	if cfg.Client == nil {
+		cfg.Client = &http.Client{}
+	}
+	a := &Server{cfg: cfg, self: -1, received: map[sdk.NodeID]*nodes.Node{}, reached: map[sdk.NodeID]time.Time{}, rounds: map[uint64]*round{}}
+	pub := cfg.Key.Public().(ed25519.PublicKey)
+	for i, x := range cfg.Authorities {
+		if x.Identity.Equal(pub) {
+			a.self = i
+		} else {
+			a.peers = append(a.peers, x)
+		}
+	}
+	if a.self < 0 {
+		return nil, errors.New("directory: authority: this node's authority key is not in the list of authorities")
+	}
+	return a, nil
+}
+
+// Run drives the epoch schedule (see the package comment) until ctx ends.
+func (a *Server) Run(ctx context.Context) {
+	a.bootAt = time.Now()
+	a.bootEpoch = nodes.Epoch(a.bootAt, a.cfg.Epoch)
+	go a.probeLoop(ctx)
+	tick := time.NewTicker(min(a.cfg.Epoch/32, time.Second))
+	defer tick.Stop()
+	for {
+		a.step(ctx, time.Now())
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+	}
+}
+
+// step performs what is due at now for the consensus of the next epoch
+// and, in the authority's first epoch, for the bootstrap consensus.
+func (a *Server) step(ctx context.Context, now time.Time) {
+	p := a.cfg.Epoch
+	e := nodes.Epoch(now, p)
+	start := nodes.EpochStart(e, p)
+	s := bootSettle(p)
+	since := now.Sub(a.bootAt)
+	if since >= s {
+		// Not before the nodes had time to upload and be reached: a vote
+		// right at the start would be empty.
+		a.advance(ctx, e+1, now.Sub(start), p/2, 5*p/8, 6*p/8, start)
+	}
+	if since < 4*s {
+		// A network that starts has no consensus for the epoch under way
+		// and would wait up to two epochs for one: the authorities make
+		// one for the epoch they started in right away, with the same
+		// steps on a short schedule from their start (all of them start
+		// within S of each other, as `mixmta mixnet run` does). It is
+		// valid through the next epoch too, so it serves even when the
+		// start was late in an epoch.
+		a.advance(ctx, a.bootEpoch, since, s, s+s/4, 2*s, a.bootAt)
+	}
+}
+
+// bootSettle is how long after its start an authority waits for uploads
+// and probes before its bootstrap vote.
+func bootSettle(epoch time.Duration) time.Duration { return min(epoch/8, 15*time.Second) }
+
+// advance runs the round for target: at off >= voteAt the vote (of nodes
+// reached since `since`), from tallyFrom the fetching of the other votes
+// and the tally (when all are in, at tallyBy at the latest), then the
+// exchange of signatures.
+func (a *Server) advance(ctx context.Context, target uint64, off, voteAt, tallyFrom, tallyBy time.Duration, since time.Time) {
+	a.mu.Lock()
+	r := a.rounds[target]
+	if r == nil {
+		r = &round{votes: map[string]*Vote{}}
+		a.rounds[target] = r
+		for x := range a.rounds {
+			if x+2 < target {
+				delete(a.rounds, x)
+			}
+		}
+	}
+	hasVote, hasTally, failed := r.vote != nil, r.tally != nil, r.failed
+	a.mu.Unlock()
+	switch {
+	case off < voteAt:
+		return
+	case !hasVote:
+		a.makeVote(target, since, r)
+		return
+	case off < tallyFrom:
+		return
+	case !hasTally && !failed:
+		a.fetchVotes(ctx, target, r)
+		a.mu.Lock()
+		all := len(r.votes) == len(a.cfg.Authorities)
+		a.mu.Unlock()
+		if all || off >= tallyBy {
+			a.doTally(target, r)
+		}
+		return
+	case hasTally:
+		a.fetchSignatures(ctx, target, r)
+	}
+}
+
+// makeVote freezes this authority's vote for target: the descriptors of
+// nodes reached since `since` that carry a mix key for target.
+func (a *Server) makeVote(target uint64, since time.Time, r *round) {
+	targetStart := nodes.EpochStart(target, a.cfg.Epoch)
+	a.mu.Lock()
+	v := &Vote{Version: Version, Epoch: target, Params: a.cfg.Params, Nodes: []*nodes.Descriptor{}}
+	for id, n := range a.received {
+		if a.reached[id].Before(since) {
+			continue
+		}
+		hasKey := false
+		for _, k := range n.Keys {
+			hasKey = hasKey || k.Epoch == target
+		}
+		if hasKey && targetStart.Before(n.Keys[len(n.Keys)-1].NotAfter) {
+			v.Nodes = append(v.Nodes, utcDescriptor(n.Descriptor))
+		}
+	}
+	a.mu.Unlock()
+	slices.SortFunc(v.Nodes, func(x, y *nodes.Descriptor) int { return cmp.Compare(x.ID, y.ID) })
+	if err := v.Sign(a.cfg.Key); err != nil {
+		a.cfg.Log.Error("[DIRECTORY] cannot sign vote", "epoch", target, "error", err)
+		return
+	}
+	a.mu.Lock()
+	r.vote = v
+	r.votes[v.Authority] = v
+	a.mu.Unlock()
+	a.cfg.Log.Info("[DIRECTORY] vote signed", "epoch", target, "nodes", len(v.Nodes))
+}
+
+func (a *Server) fetchVotes(ctx context.Context, target uint64, r *round) {
+	for _, p := range a.peers {
+		key := b64(p.Identity)
+		a.mu.Lock()
+		have := r.votes[key] != nil
+		a.mu.Unlock()
+		if have {
+			continue
+		}
+		var v Vote
+		if err := a.get(ctx, p, "/v1/vote/"+strconv.FormatUint(target, 10), &v); err != nil {
+			a.cfg.Log.Debug("[DIRECTORY] no vote yet", "authority", p.Name, "epoch", target, "error", err)
+			continue
+		}
+		if err := VerifyVote(&v, p, target); err != nil {
+			a.cfg.Log.Warn("[DIRECTORY] vote refused", "authority", p.Name, "epoch", target, "error", err)
+			continue
+		}
+		// A vote's descriptors must verify as uploads do: an authority
+		// cannot slip a forged one into the tally.
+		ok := true
+		for _, d := range v.Nodes {
+			if _, err := nodes.VerifyNode(d, time.Now()); err != nil {
+				a.cfg.Log.Warn("[DIRECTORY] vote refused: bad descriptor", "authority", p.Name, "epoch", target, "error", err)
+				ok = false
+				break
+			}
+		}
+		if ok {
+			a.mu.Lock()
+			r.votes[key] = &v
+			a.mu.Unlock()
+		}
+	}
+}
+
+func (a *Server) doTally(target uint64, r *round) {
+	a.mu.Lock()
+	votes := make([]*Vote, 0, len(r.votes))
+	for _, v := range r.votes {
+		votes = append(votes, v)
+	}
+	a.mu.Unlock()
+	c, err := Tally(target, len(a.cfg.Authorities), votes)
+	if err != nil {
+		a.cfg.Log.Error("[DIRECTORY] no consensus this epoch", "epoch", target, "error", err)
+		a.mu.Lock()
+		r.failed = true
+		a.mu.Unlock()
+		return
+	}
+	dg, err := c.Digest()
+	if err == nil {
+		err = c.Sign(a.cfg.Key)
+	}
+	if err != nil {
+		a.cfg.Log.Error("[DIRECTORY] cannot sign the tally", "epoch", target, "error", err)
+		return
+	}
+	a.mu.Lock()
+	r.tally, r.digest, r.sig = c, dg, SignatureBy(a.cfg.Key, target, dg)
+	a.mu.Unlock()
+	a.cfg.Log.Info("[DIRECTORY] votes tallied", "epoch", target, "votes", len(votes), "nodes", len(c.Nodes), "digest", hex.EncodeToString(dg[:8]))
+}
+
+func (a *Server) fetchSignatures(ctx context.Context, target uint64, r *round) {
+	for _, p := range a.peers {
+		key := b64(p.Identity)
+		a.mu.Lock()
+		have := false
+		for _, s := range r.tally.Signatures {
+			have = have || s.Authority == key
+		}
+		dg := r.digest
+		a.mu.Unlock()
+		if have {
+			continue
+		}
+		var s SignatureMsg
+		if err := a.get(ctx, p, "/v1/signature/"+strconv.FormatUint(target, 10), &s); err != nil {
+			continue
+		}
+		if !s.Verify(p.Identity, dg) {
+			// Another tally (it saw other votes): its signature is not
+			// for our document.
+			a.cfg.Log.Debug("[DIRECTORY] authority signed another document", "authority", p.Name, "epoch", target)
+			continue
+		}
+		a.mu.Lock()
+		r.tally.Signatures = append(r.tally.Signatures, Signature{Authority: s.Authority, Signature: s.Signature})
+		a.mu.Unlock()
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if n := len(r.tally.Signatures); n >= Majority(len(a.cfg.Authorities)) && !r.published {
+		r.published = true
+		a.cfg.Log.Info("[DIRECTORY] consensus published", "epoch", target, "signatures", n, "nodes", len(r.tally.Nodes))
+	}
+}
+
+// probeLoop probes every node with a descriptor each ProbeInterval.
+func (a *Server) probeLoop(ctx context.Context) {
+	t := time.NewTicker(a.cfg.ProbeInterval)
+	defer t.Stop()
+	for {
+		a.mu.Lock()
+		ns := make([]*nodes.Node, 0, len(a.received))
+		for _, n := range a.received {
+			ns = append(ns, n)
+		}
+		a.mu.Unlock()
+		for _, n := range ns {
+			go a.probe(ctx, n)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+func (a *Server) probe(ctx context.Context, n *nodes.Node) {
+	if a.cfg.Probe == nil {
+		return
+	}
+	pctx, cancel := context.WithTimeout(ctx, max(a.cfg.ProbeInterval, 10*time.Second))
+	defer cancel()
+	if err := a.cfg.Probe(pctx, n); err != nil {
+		a.cfg.Log.Debug("[DIRECTORY] node not reached", "node", n.ID.Short(), "error", err)
+		return
+	}
+	a.mu.Lock()
+	a.reached[n.ID] = time.Now()
+	a.mu.Unlock()
+}
+
+// get fetches path from authority p and decodes its JSON into v.
+// A request is bounded by a sixteenth of the epoch (at least 5 s): the
+// steps run one after the other, and an authority that is down must not
+// make the others miss their phase deadlines.
+func (a *Server) get(ctx context.Context, p Authority, path string, v any) error {
+	ctx, cancel := context.WithTimeout(ctx, max(5*time.Second, a.cfg.Epoch/16))
+	defer cancel()
+	return getJSON(ctx, a.cfg.Client, p.Address, path, v)
+}
+
+func getJSON(ctx context.Context, c *http.Client, addr, path string, v any) error {
+	b, err := getBody(ctx, c, addr, path)
+	if err != nil {
+		return err
+	}
+	return json.Unmarshal(b, v)
+}
+
+func getBody(ctx context.Context, c *http.Client, addr, path string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+path, nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := c.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(io.LimitReader(resp.Body, MaxBody))
+	if err != nil {
+		return nil, err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(b)))
+	}
+	return b, nil
+}
+
+// ServeHTTP implements the directory protocol (see the package comment).
+func (a *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	switch {
+	case r.Method == http.MethodPost && r.URL.Path == "/v1/descriptor":
+		a.upload(w, r)
+	case r.Method == http.MethodGet && strings.HasPrefix(r.URL.Path, "/v1/"):
+		parts := strings.Split(strings.TrimPrefix(r.URL.Path, "/v1/"), "/")
+		if len(parts) != 2 {
+			http.NotFound(w, r)
+			return
+		}
+		e, err := strconv.ParseUint(parts[1], 10, 64)
+		if err != nil {
+			http.Error(w, "bad epoch", http.StatusBadRequest)
+			return
+		}
+		a.mu.Lock()
+		var v any
+		if rd := a.rounds[e]; rd != nil {
+			switch parts[0] {
+			case "vote":
+				if rd.vote != nil {
+					v = rd.vote
+				}
+			case "signature":
+				if rd.tally != nil {
+					v = rd.sig
+				}
+			case "consensus":
+				if rd.published {
+					v = rd.tally
+				}
+			}
+		}
+		var b []byte
+		if v != nil {
+			b, err = json.Marshal(v)
+		}
+		a.mu.Unlock()
+		if v == nil || err != nil {
+			http.Error(w, fmt.Sprintf("no %s for epoch %d here", parts[0], e), http.StatusNotFound)
+			return
+		}
+		w.Header().Set("Content-Type", "application/json")
+		w.Write(b)
+	default:
+		http.NotFound(w, r)
+	}
+}
+
+func (a *Server) upload(w http.ResponseWriter, r *http.Request) {
+	b, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxDescriptor))
+	if err != nil {
+		http.Error(w, "descriptor too large", http.StatusRequestEntityTooLarge)
+		return
+	}
+	d, err := nodes.ParseDescriptor(b)
+	var n *nodes.Node
+	if err == nil {
+		n, err = nodes.VerifyNode(d, time.Now())
+	}
+	if err == nil {
+		err = a.cfg.Params.checkFormat(n)
+	}
+	if err != nil {
+		a.cfg.Log.Info("[DIRECTORY] descriptor refused", "error", err)
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	a.mu.Lock()
+	old := a.received[n.ID]
+	if old == nil && len(a.received) >= MaxNodes {
+		a.mu.Unlock()
+		http.Error(w, "directory full", http.StatusServiceUnavailable)
+		return
+	}
+	fresh := old == nil || n.Published.After(old.Published)
+	if fresh {
+		a.received[n.ID] = n
+	}
+	a.mu.Unlock()
+	if fresh {
+		go a.probe(context.Background(), n)
+	}
+	w.WriteHeader(http.StatusNoContent)
+}
+
+// Serve answers the directory protocol on ln until ctx ends.
+func (a *Server) Serve(ctx context.Context, ln net.Listener) error {
+	srv := &http.Server{Handler: a, ReadHeaderTimeout: 10 * time.Second, ReadTimeout: time.Minute, WriteTimeout: time.Minute, IdleTimeout: 2 * time.Minute, MaxHeaderBytes: 16 << 10}
+	go func() {
+		<-ctx.Done()
+		srv.Close()
+	}()
+	err := srv.Serve(ln)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
