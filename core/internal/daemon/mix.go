@@ -257,19 +257,26 @@ func (l *liveDirectory) watch(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		fi, err := os.Stat(l.path)
-		if err != nil || fi.ModTime().Equal(l.mtime) {
-			continue
-		}
-		l.mtime = fi.ModTime()
-		d, err := loadNodesOfFormat(l.path, l.format)
-		if err != nil {
-			l.log.Error("[MIX] changed nodes file refused; keeping the previous one", "error", err)
-			continue
-		}
-		l.cur.Store(d)
-		l.log.Info("[MIX] nodes file reloaded", "nodes", d.Len())
+		l.reload()
 	}
+}
+
+// reload loads the nodes file if its mtime changed: a file that does not
+// verify, or states another Sphinx format, is refused and logged, and
+// the previous directory stays in use.
+func (l *liveDirectory) reload() {
+	fi, err := os.Stat(l.path)
+	if err != nil || fi.ModTime().Equal(l.mtime) {
+		return
+	}
+	l.mtime = fi.ModTime()
+	d, err := loadNodesOfFormat(l.path, l.format)
+	if err != nil {
+		l.log.Error("[MIX] changed nodes file refused; keeping the previous one", "error", err)
+		return
+	}
+	l.cur.Store(d)
+	l.log.Info("[MIX] nodes file reloaded", "nodes", d.Len())
 }
 
 // links adapts the transport to mixnet.Links, resolving node ids through
