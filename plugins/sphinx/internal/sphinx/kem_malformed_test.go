@@ -100,3 +100,27 @@ func TestUnwrapKEMRejectsMalformedAuthenticatedSlot(t *testing.T) {
 		}
 	}
 }
+
+// A path shorter than the geometry leaves random routing padding at the
+// end of β (and the filler past it at later hops): a bit flipped there, at
+// any hop, fails that hop's MAC, so no byte of the header is a channel
+// that a later hop could read.
+func TestKEMTamperInShortPathPaddingCaught(t *testing.T) {
+	g := KEMGeometry{PacketSize: 8192, MaxHops: 5}
+	nodes := makeKEMNodes(t, 2)
+	pkt, err := NewKEMPacket(g, kemPath(nodes), Exit, []byte("short"), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ins, _ := kemTravel(t, g, nodes, pkt)
+	L, R := g.payloadRegion(), g.MaxHops*KEMSlotSize
+	for hop, in := range ins {
+		for _, off := range []int{2 * KEMSlotSize, 3*KEMSlotSize + 500, R - 1} {
+			p := clone(in)
+			p[L+KEMCiphertextSize+off] ^= 1
+			if _, err := UnwrapKEM(g, nodes[hop].priv, p); !errors.Is(err, ErrBadMAC) {
+				t.Fatalf("hop %d: β byte %d (padding or filler) flipped: %v, want ErrBadMAC", hop, off, err)
+			}
+		}
+	}
+}
