@@ -324,13 +324,24 @@ func (l *links) Probe(ctx context.Context, id sdk.NodeID) error {
 
 var _ pipeline.PacketHandler = (*mixnet.Node)(nil)
 
-// CheckMix checks a mix section beyond the YAML: the hop delay stage starts
-// and accepts its config, the nodes file verifies, and this node's identity
-// key exists (for check-config).
-func CheckMix(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
+// CheckMix checks a mix section beyond the YAML: one of the started
+// pipeline stages is the mixer and says the same sphinx_format as
+// mix.sphinx_format, the hop delay stage starts and accepts its config,
+// the nodes file verifies and is of the node's format, and this node's
+// identity key exists (for check-config, which finds what serve would
+// refuse).
+func CheckMix(ctx context.Context, cfg *config.Config, started []*pluginhost.Stage, log hclog.Logger) error {
 	m := cfg.Mix
 	if m == nil {
 		return nil
+	}
+	mixIdx, err := mixerStage(cfg, started)
+	if err != nil {
+		return err
+	}
+	format, err := checkSphinxFormat(cfg, mixIdx)
+	if err != nil {
+		return err
 	}
 	hd, err := startStage(ctx, cfg, m.HopDelay, log)
 	if err != nil {
@@ -340,7 +351,6 @@ func CheckMix(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 	if !hd.Info.Has(sdk.KindDelayer) {
 		return fmt.Errorf("%s:%d: mix.hop_delay: plugin %s is not a delayer", cfg.Path, m.HopDelay.Line, m.HopDelay.Plugin)
 	}
-	format, _ := mixkey.ParseKind(m.SphinxFormat)
 	if _, err := loadNodesOfFormat(m.NodesFile, format); err != nil {
 		return nodesFileError(cfg, err)
 	}
