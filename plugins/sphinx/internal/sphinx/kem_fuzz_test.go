@@ -9,8 +9,9 @@ import (
 	"testing"
 )
 
-// FuzzUnwrapKEM: arbitrary bytes never make UnwrapKEM panic, and a success
-// always has a consistent result. The corpus holds valid packets for the
+// FuzzUnwrapKEM: arbitrary bytes never make UnwrapKEM panic, a success
+// always has a consistent result, and ErrBadMAC leaves the packet as it
+// was. The corpus holds valid packets for the
 // fuzz key (one and two hops) so that mutations reach the checks after the
 // size check.
 func FuzzUnwrapKEM(f *testing.F) {
@@ -36,8 +37,14 @@ func FuzzUnwrapKEM(f *testing.F) {
 	f.Add([]byte{})
 	f.Add(make([]byte, g.PacketSize))
 	f.Fuzz(func(t *testing.T, data []byte) {
-		res, err := UnwrapKEM(g, priv, clone(data))
+		in := clone(data)
+		res, err := UnwrapKEM(g, priv, in)
 		checkUnwrapOutcome(t, res, err, g.PacketSize, g.PayloadSize())
+		// The mixer tries the next epoch key on the same buffer after
+		// ErrBadMAC: a rejected header must leave the packet untouched.
+		if errors.Is(err, ErrBadMAC) && !bytes.Equal(in, data) {
+			t.Fatalf("ErrBadMAC, and the packet was modified")
+		}
 	})
 }
 
