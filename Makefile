@@ -56,7 +56,8 @@ FUZZ_TARGETS := ./core/internal/smtpd:FuzzSession ./plugins/sanitize:FuzzSanitiz
 	./plugins/sphinx/internal/sphinx:FuzzUnwrap ./plugins/sphinx/internal/sphinx:FuzzParse \
 	./plugins/sphinx:FuzzAssemble ./plugins/sphinx:FuzzParsePayload ./plugins/sphinx:FuzzMix \
 	./core/internal/config:FuzzParse ./plugins/sphinx/internal/sphinx:FuzzUnwrapKEM \
-	./plugins/mail2news:FuzzBuildArticle ./core/internal/smtpd:FuzzSessionInsideTLS
+	./plugins/mail2news:FuzzBuildArticle ./core/internal/smtpd:FuzzSessionInsideTLS \
+	./plugins/sphinx/internal/sphinx:FuzzUnwrapKEMAuthenticated
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

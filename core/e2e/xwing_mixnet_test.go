@@ -149,8 +149,9 @@ func serveFails(t *testing.T, cfg string) string {
 // A node never mixes packet formats: it refuses to start when its
 // mix.sphinx_format and its mixer stage's sphinx_format differ, when its
 // key directory holds keys of the other format, and when the nodes file
-// states the other format; each error names what to change. Control: the
-// same node with both settings x25519 (its network's) starts.
+// states the other format; each error names what to change (check-config
+// finds the first one too). Control: the same node with both settings
+// x25519 (its network's) starts.
 func TestNodeRefusesToStartWithMixedSphinxFormats(t *testing.T) {
 	dir := t.TempDir()
 	smtpPort, mixPort := freeRange(t, 2), freeRange(t, 2)
@@ -182,7 +183,15 @@ func TestNodeRefusesToStartWithMixedSphinxFormats(t *testing.T) {
 		{"keys-differ", xwingPatches(nil),
 			[]string{"holds an x25519 key and the sphinx format is xwing"}},
 	} {
-		got := serveFails(t, variant(c.name, c.patches))
+		cfgPath := variant(c.name, c.patches)
+		if c.name == "stage-differs" {
+			// check-config finds it too, without starting the node.
+			out, err := exec.Command(filepath.Join(binDir, "mixmta"), "check-config", "-c", cfgPath).CombinedOutput()
+			if err == nil || !strings.Contains(string(out), c.want[1]) {
+				t.Errorf("check-config of a node whose core and mixer formats differ: %v\n%s", err, tailLines(string(out), 10))
+			}
+		}
+		got := serveFails(t, cfgPath)
 		for _, w := range c.want {
 			if !strings.Contains(got, w) {
 				t.Errorf("%s: output lacks %q:\n%s", c.name, w, tailLines(got, 10))

@@ -122,10 +122,11 @@ func checkCmd(load func() (*config.Config, error)) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			err = daemon.CheckMix(context.Background(), cfg, started, log)
 			for _, s := range started {
 				s.Close()
 			}
-			if err := daemon.CheckMix(context.Background(), cfg, log); err != nil {
+			if err != nil {
 				return err
 			}
 			fmt.Fprintf(c.OutOrStdout(), "%s: OK (%d listeners, %d stages)\n", cfg.Path, len(cfg.Listeners), len(cfg.Pipeline))

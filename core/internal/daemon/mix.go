@@ -281,30 +281,48 @@ func (l *liveDirectory) watch(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		fi, err := os.Stat(l.path)
-		if err != nil || fi.ModTime().Equal(l.mtime) {
-			continue
-		}
-		l.mtime = fi.ModTime()
-		d, err := loadNodesOfFormat(l.path, l.format)
-		if err != nil {
-			l.log.Error("[MIX] changed nodes file refused; keeping the previous one", "error", err)
-			continue
-		}
-		l.cur.Store(d)
-		l.log.Info("[MIX] nodes file reloaded", "nodes", d.Len())
+		l.reload()
 	}
+}
+
+// reload loads the nodes file if its mtime changed: a file that does not
+// verify, or states another Sphinx format, is refused and logged, and
+// the previous directory stays in use.
+func (l *liveDirectory) reload() {
+	fi, err := os.Stat(l.path)
+	if err != nil || fi.ModTime().Equal(l.mtime) {
+		return
+	}
+	l.mtime = fi.ModTime()
+	d, err := loadNodesOfFormat(l.path, l.format)
+	if err != nil {
+		l.log.Error("[MIX] changed nodes file refused; keeping the previous one", "error", err)
+		return
+	}
+	l.cur.Store(d)
+	l.log.Info("[MIX] nodes file reloaded", "nodes", d.Len())
 }
 
 var _ pipeline.PacketHandler = (*mixnet.Node)(nil)
 
-// CheckMix checks a mix section beyond the YAML: the hop delay stage starts
-// and accepts its config, the nodes file verifies, and this node's identity
-// key exists (for check-config).
-func CheckMix(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
+// CheckMix checks a mix section beyond the YAML: one of the started
+// pipeline stages is the mixer and says the same sphinx_format as
+// mix.sphinx_format, the hop delay stage starts and accepts its config,
+// the nodes file verifies and is of the node's format, and this node's
+// identity key exists (for check-config, which finds what serve would
+// refuse).
+func CheckMix(ctx context.Context, cfg *config.Config, started []*pluginhost.Stage, log hclog.Logger) error {
 	m := cfg.Mix
 	if m == nil {
 		return nil
+	}
+	mixIdx, err := mixerStage(cfg, started)
+	if err != nil {
+		return err
+	}
+	format, err := checkSphinxFormat(cfg, mixIdx)
+	if err != nil {
+		return err
 	}
 	hd, err := startStage(ctx, cfg, m.HopDelay, log)
 	if err != nil {
@@ -315,7 +333,6 @@ func CheckMix(ctx context.Context, cfg *config.Config, log hclog.Logger) error {
 		return fmt.Errorf("%s:%d: mix.hop_delay: plugin %s is not a delayer", cfg.Path, m.HopDelay.Line, m.HopDelay.Plugin)
 	}
 	if m.Directory == nil {
-		format, _ := mixkey.ParseKind(m.SphinxFormat)
 		if _, err := loadNodesOfFormat(m.NodesFile, format); err != nil {
 			return nodesFileError(cfg, err)
 		}

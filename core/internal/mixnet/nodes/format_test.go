@@ -182,3 +182,39 @@ func TestNodesFileFormatIsEnforced(t *testing.T) {
 		t.Errorf("unknown format: %v", err)
 	}
 }
+
+// An X-Wing mix key, correctly signed, is still refused when it is no
+// key: an ML-KEM-768 encapsulation key with a coefficient not reduced
+// mod q (FIPS 203 §7.2 input check), or an X25519 half of low order. A
+// sender would otherwise encapsulate to it: a low-order X25519 half
+// leaves only ML-KEM protecting the hop, and an invalid ML-KEM key only
+// X25519.
+func TestVerifyRefusesInvalidXWingMixKeys(t *testing.T) {
+	n := newXWingNode(t, "kem", t0)
+	k0 := n.desc.MixKeys[0]
+	good := mustB64(k0.Public)
+	unreduced := bytes.Clone(good)
+	unreduced[0], unreduced[1] = 0xff, 0x0f // first coefficient 4095 ≥ q = 3329
+	lowX := bytes.Clone(good)
+	clear(lowX[mixkey.XWingPublicSize-32:]) // u = 0
+	lowX1 := bytes.Clone(good)
+	clear(lowX1[mixkey.XWingPublicSize-32:])
+	lowX1[mixkey.XWingPublicSize-32] = 1 // u = 1
+	for name, pub := range map[string][]byte{"unreduced ML-KEM coefficient": unreduced, "X25519 half u=0": lowX, "X25519 half u=1": lowX1} {
+		t.Run(name, func(t *testing.T) {
+			d := clone(t, n.desc)
+			d.MixKeys[0] = mixKeyFor(n.id, n.id.ID(), k0.Epoch, pub, k0.NotBefore, k0.NotAfter)
+			signedBy(t, d, n.id)
+			if err := Verify(d, t0); !errors.Is(err, ErrMalformed) {
+				t.Fatalf("err = %v, want ErrMalformed", err)
+			}
+		})
+	}
+	// Control: the same re-signing of the good key verifies.
+	d := clone(t, n.desc)
+	d.MixKeys[0] = mixKeyFor(n.id, n.id.ID(), k0.Epoch, good, k0.NotBefore, k0.NotAfter)
+	signedBy(t, d, n.id)
+	if err := Verify(d, t0); err != nil {
+		t.Fatalf("the re-signed good key: %v", err)
+	}
+}
