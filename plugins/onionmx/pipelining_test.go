@@ -108,3 +108,78 @@ func TestPipeliningSendsTheGroupInOneRoundTrip(t *testing.T) {
 		t.Fatalf("without pipelining the stingy server should stall the client")
 	}
 }
+
+// TestOutOfStepReplyDropsThePipelinedSession: a server that answers DATA
+// with 250 instead of 354 (its replies out of step with the commands)
+// and then reads a message body. The delivery is deferred (451, an
+// unexpected reply), and the session is dropped, not pooled: reused, the
+// next transaction's RSET, MAIL FROM and RCPT TO would go into the body
+// the server is still reading, a message built from another message's
+// envelope. The next delivery opens a new connection and succeeds.
+func TestOutOfStepReplyDropsThePipelinedSession(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	swallowed := make(chan string, 100) // lines read as a body after the bogus 250
+	go func() {
+		for conn := 0; ; conn++ {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func(conn int) {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				c.Write([]byte("220 skewed ESMTP\r\n"))
+				inData := false
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					cmd := strings.ToUpper(strings.TrimSpace(line))
+					switch {
+					case inData && line == ".\r\n":
+						inData = false
+						c.Write([]byte("250 2.0.0 queued\r\n"))
+					case inData:
+						if conn == 0 {
+							swallowed <- strings.TrimSpace(line)
+						}
+					case strings.HasPrefix(cmd, "EHLO"):
+						c.Write([]byte("250-skewed\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
+					case cmd == "DATA" && conn == 0:
+						c.Write([]byte("250 2.0.0 ok\r\n")) // out of step: 354 expected
+						inData = true
+					case cmd == "DATA":
+						c.Write([]byte("354 go on\r\n"))
+						inData = true
+					case strings.HasPrefix(cmd, "QUIT"):
+						c.Write([]byte("221 bye\r\n"))
+						return
+					default:
+						c.Write([]byte("250 2.0.0 ok\r\n"))
+					}
+				}
+			}(conn)
+		}
+	}()
+	cfg := testConfig(l.Addr().String())
+	cfg.CommandTimeout = sdk.Duration(2 * time.Second)
+	d := newTestDeliverer(t, cfg)
+	got := deliver(t, d, testMessage("s@example.org", "a@example.net"))
+	wantResult(t, got, "a@example.net", true, 451, "")
+	got = deliver(t, d, testMessage("other@example.org", "b@example.net"))
+	wantResult(t, got, "b@example.net", false, 0, "")
+	time.Sleep(200 * time.Millisecond)
+	for {
+		select {
+		case line := <-swallowed:
+			t.Errorf("the out-of-step session was reused: %q went into its message body", line)
+		default:
+			return
+		}
+	}
+}
