@@ -184,9 +184,10 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 
 	_ = w.conn.SetWriteDeadline(time.Now().Add(d.cfg.DataTimeout.D()))
 	dw := textproto.NewWriter(w.w).DotWriter()
-	_, err = dw.Write(m.Header)
+	cw := &crlfWriter{w: dw}
+	_, err = cw.Write(m.Header)
 	if err == nil {
-		err = writeBody(dw, m, no8Bit)
+		err = writeBody(cw, m, no8Bit)
 	}
 	if err != nil {
 		// Nothing was delivered: the final dot was never sent, and the

@@ -183,3 +183,81 @@ func TestOutOfStepReplyDropsThePipelinedSession(t *testing.T) {
 		}
 	}
 }
+
+// TestBareCRNeverReachesTheNextMTA: a message whose header and body carry
+// bare CRs (a mixnet exit's payload is whatever its anonymous sender
+// made: SMTP ingress refuses them, the Sphinx payload does not) goes out,
+// pipelined and not, with every CR followed by LF. textproto's dot writer
+// fixes a bare LF but passes "\r.\r": the end-of-data marker of receivers
+// that take a bare CR for a line end (the SMTP smuggling of
+// CVE-2023-51764..51766), behind which a second, forged message would
+// follow.
+func TestBareCRNeverReachesTheNextMTA(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	msgs := make(chan string, 10) // each message's raw bytes up to the final dot
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				r := bufio.NewReader(c)
+				c.Write([]byte("220 raw ESMTP\r\n"))
+				for {
+					line, err := r.ReadString('\n')
+					if err != nil {
+						return
+					}
+					cmd := strings.ToUpper(strings.TrimSpace(line))
+					switch {
+					case strings.HasPrefix(cmd, "EHLO"):
+						c.Write([]byte("250-raw\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
+					case cmd == "DATA":
+						c.Write([]byte("354 go on\r\n"))
+						var raw strings.Builder
+						for {
+							l, err := r.ReadString('\n')
+							if err != nil {
+								return
+							}
+							if l == ".\r\n" {
+								break
+							}
+							raw.WriteString(l)
+						}
+						msgs <- raw.String()
+						c.Write([]byte("250 2.0.0 queued\r\n"))
+					case strings.HasPrefix(cmd, "QUIT"):
+						c.Write([]byte("221 bye\r\n"))
+						return
+					default:
+						c.Write([]byte("250 2.0.0 ok\r\n"))
+					}
+				}
+			}()
+		}
+	}()
+	for _, pipelining := range []bool{true, false} {
+		cfg := testConfig(l.Addr().String())
+		cfg.Pipelining = pipelining
+		d := newTestDeliverer(t, cfg)
+		m := testMessage("s@example.org", "a@example.net")
+		m.Header = []byte("Subject: cr\rX-Injected: 1\r\n\r\n")
+		m.Body = []byte("first\r.\rMAIL FROM:<forged@example.org>\r\r\nlast\r")
+		got := deliver(t, d, m)
+		wantResult(t, got, "a@example.net", false, 0, "")
+		raw := <-msgs
+		if strings.Contains(strings.ReplaceAll(raw, "\r\n", ""), "\r") {
+			t.Errorf("pipelining %v: a bare CR went out:\n%q", pipelining, raw)
+		}
+		if !strings.Contains(raw, "\r\n..\r\nMAIL FROM:<forged@example.org>\r\n") {
+			t.Errorf("pipelining %v: want the CRs as line ends and the dot stuffed:\n%q", pipelining, raw)
+		}
+	}
+}
