@@ -29,6 +29,10 @@ type deliverer struct {
 	pool     *pool
 	roots    *x509.CertPool // for tls_verify; nil: system roots
 	lookup   *lookupServer  // Postfix socketmap, if lookup_listen is set
+	// noPipelining: destinations (pool keys) that offer PIPELINING but
+	// left a pipelined group unanswered; they get one command at a time
+	// for the life of the process (pipelining.go).
+	noPipelining sync.Map
 }
 
 var _ sdk.Deliverer = (*deliverer)(nil)
@@ -300,7 +304,8 @@ func (d *deliverer) connectOnce(ctx context.Context, t target, domain, policy st
 		return nil, ctx.Err()
 	}
 	s := &session{c: c, raw: raw, key: t.String(), encrypted: encrypted}
-	if ok, _ := c.Extension("PIPELINING"); ok && d.cfg.Pipelining {
+	_, broken := d.noPipelining.Load(s.key)
+	if ok, _ := c.Extension("PIPELINING"); ok && d.cfg.Pipelining && !broken {
 		s.wire = newWire(conn)
 	}
 	return s, nil

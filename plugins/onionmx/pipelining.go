@@ -117,6 +117,7 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 		rep, err := w.reply(cmdTimeout)
 		switch {
 		case err != nil:
+			d.falsePipelining(s, err)
 			e := replyToError("RCPT TO", err)
 			for _, r := range rcpts {
 				if _, done := res[r]; !done {
@@ -139,6 +140,7 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 	}
 	dataRep, err := w.reply(cmdTimeout)
 	if err != nil {
+		d.falsePipelining(s, err)
 		e := replyToError("DATA", err)
 		for _, r := range rcpts {
 			if _, done := res[r]; !done {
@@ -237,4 +239,21 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 func stepReply(code int) bool {
 	c := code / 100
 	return c == 2 || c == 4 || c == 5
+}
+
+// falsePipelining notes a destination whose server answered MAIL FROM but
+// timed out on the rest of a pipelined group: it offers PIPELINING and
+// does not do it (it reads one command and drops what came with it, as
+// some naive servers and SMTP-inspecting firewalls do). RFC 2920 has no
+// way to tell; its later sessions get one command at a time, so the
+// retry is delivered instead of timing out the same way until the last
+// attempt.
+func (d *deliverer) falsePipelining(s *session, err error) {
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		return
+	}
+	if _, known := d.noPipelining.LoadOrStore(s.key, true); !known {
+		d.log.Info("server offers PIPELINING but left a pipelined group unanswered; one command at a time from now on", "host", s.key)
+	}
 }

@@ -261,3 +261,81 @@ func TestBareCRNeverReachesTheNextMTA(t *testing.T) {
 		}
 	}
 }
+
+// TestFalsePipeliningFallsBackToOneCommandAtATime: a server that offers
+// PIPELINING but reads one command per network read and throws away the
+// rest of what came with it (so it never answers the RCPT TO and DATA of
+// a group). The first delivery times out (temporary, nothing lost); from
+// then on the destination gets one command at a time, and the retry is
+// delivered. Without the fallback every retry times out the same way and
+// the message is given up after the last attempt.
+func TestFalsePipeliningFallsBackToOneCommandAtATime(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	msgs := make(chan string, 10)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				c.Write([]byte("220 naive ESMTP\r\n"))
+				buf := make([]byte, 64<<10)
+				var body strings.Builder
+				inData := false
+				for {
+					n, err := c.Read(buf)
+					if err != nil {
+						return
+					}
+					chunk := string(buf[:n])
+					if inData {
+						body.WriteString(chunk)
+						if strings.HasSuffix(body.String(), "\r\n.\r\n") {
+							inData = false
+							msgs <- body.String()
+							body.Reset()
+							c.Write([]byte("250 2.0.0 queued\r\n"))
+						}
+						continue
+					}
+					// Only the first line of each read is a command.
+					line, _, _ := strings.Cut(chunk, "\r\n")
+					cmd := strings.ToUpper(line)
+					switch {
+					case strings.HasPrefix(cmd, "EHLO"):
+						c.Write([]byte("250-naive\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
+					case cmd == "DATA":
+						inData = true
+						c.Write([]byte("354 go on\r\n"))
+					case strings.HasPrefix(cmd, "QUIT"):
+						c.Write([]byte("221 bye\r\n"))
+						return
+					default:
+						c.Write([]byte("250 2.0.0 ok\r\n"))
+					}
+				}
+			}()
+		}
+	}()
+	cfg := testConfig(l.Addr().String())
+	cfg.CommandTimeout = sdk.Duration(time.Second)
+	d := newTestDeliverer(t, cfg)
+	got := deliver(t, d, testMessage("s@example.org", "a@example.net"))
+	wantResult(t, got, "a@example.net", true, 451, "")
+	got = deliver(t, d, testMessage("s@example.org", "a@example.net"))
+	wantResult(t, got, "a@example.net", false, 0, "")
+	select {
+	case m := <-msgs:
+		if !strings.Contains(m, "last line\r\n") {
+			t.Fatalf("message cut:\n%q", m)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("no message at the server")
+	}
+}
