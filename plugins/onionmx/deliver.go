@@ -29,6 +29,10 @@ type deliverer struct {
 	pool     *pool
 	roots    *x509.CertPool // for tls_verify; nil: system roots
 	lookup   *lookupServer  // Postfix socketmap, if lookup_listen is set
+	// noPipelining: destinations (pool keys) that offer PIPELINING but
+	// left a pipelined group unanswered; they get one command at a time
+	// for the life of the process (pipelining.go).
+	noPipelining sync.Map
 }
 
 var _ sdk.Deliverer = (*deliverer)(nil)
@@ -300,7 +304,8 @@ func (d *deliverer) connectOnce(ctx context.Context, t target, domain, policy st
 		return nil, ctx.Err()
 	}
 	s := &session{c: c, raw: raw, key: t.String(), encrypted: encrypted}
-	if ok, _ := c.Extension("PIPELINING"); ok && d.cfg.Pipelining {
+	_, broken := d.noPipelining.Load(s.key)
+	if ok, _ := c.Extension("PIPELINING"); ok && d.cfg.Pipelining && !broken {
 		s.wire = newWire(conn)
 	}
 	return s, nil
@@ -422,9 +427,10 @@ func (d *deliverer) transact(ctx context.Context, s *session, m *sdk.Message, rc
 	}
 	// go-smtp sets no deadline while the body is written.
 	_ = s.raw.SetDeadline(time.Now().Add(d.cfg.DataTimeout.D()))
-	_, err = w.Write(m.Header)
+	cw := &crlfWriter{w: w}
+	_, err = cw.Write(m.Header)
 	if err == nil {
-		err = writeBody(w, m, no8Bit)
+		err = writeBody(cw, m, no8Bit)
 	}
 	if err != nil {
 		// Nothing was delivered: the final dot was never sent, and the
@@ -594,6 +600,34 @@ func writeBody(w io.Writer, m *sdk.Message, no8Bit bool) error {
 			return &bodyError{rerr}
 		}
 	}
+}
+
+// crlfWriter turns each bare CR into CR LF on the way to a dot writer,
+// which turns a bare LF into CR LF itself (RFC 5321 §2.3.8: CR and LF
+// only as a pair). Message content from a stage (a mixnet exit's payload
+// is whatever its anonymous sender made) may hold "\r.\r", which
+// textproto's dot writer passes as is: the end of data for receivers
+// that take a bare CR for a line end, and the start of a smuggled second
+// message (CVE-2023-51764..51766). A final bare CR is the dot writer's
+// to end.
+type crlfWriter struct {
+	w  io.Writer
+	cr bool // the last byte written was CR
+}
+
+func (c *crlfWriter) Write(b []byte) (int, error) {
+	out := make([]byte, 0, len(b)+16)
+	for _, x := range b {
+		if c.cr && x != '\n' {
+			out = append(out, '\n')
+		}
+		out = append(out, x)
+		c.cr = x == '\r'
+	}
+	if _, err := c.w.Write(out); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 func has8Bit(b []byte) bool {

@@ -98,6 +98,9 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 	}
 	rep, err := w.reply(cmdTimeout)
 	var mailErr *smtp.SMTPError
+	// inStep: every reply so far is one a server in step with the
+	// commands sends; only such a session may be pooled again.
+	inStep := err != nil || stepReply(rep.Code)
 	switch {
 	case err != nil:
 		if s.reused {
@@ -114,6 +117,7 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 		rep, err := w.reply(cmdTimeout)
 		switch {
 		case err != nil:
+			d.falsePipelining(s, err)
 			e := replyToError("RCPT TO", err)
 			for _, r := range rcpts {
 				if _, done := res[r]; !done {
@@ -121,6 +125,9 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 				}
 			}
 			return res, nil, false, false
+		case !stepReply(rep.Code):
+			inStep = false
+			res[r] = replyToError("RCPT TO", rep)
 		case mailErr != nil:
 			// The server refused the sender; its RCPT replies (503) say
 			// nothing about the recipients.
@@ -133,6 +140,7 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 	}
 	dataRep, err := w.reply(cmdTimeout)
 	if err != nil {
+		d.falsePipelining(s, err)
 		e := replyToError("DATA", err)
 		for _, r := range rcpts {
 			if _, done := res[r]; !done {
@@ -141,6 +149,9 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 		}
 		return res, nil, false, false
 	}
+	// Anything but 354, 4xx or 5xx to DATA (a 250, say) is a server out
+	// of step: reused, it could read the next transaction as a body.
+	dataKeep := inStep && (dataRep.Code/100 == 4 || dataRep.Code/100 == 5) && dataRep.Code != 421
 	if mailErr != nil {
 		se := mailErr
 		e := replyToError("MAIL FROM", se)
@@ -152,20 +163,20 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 			for _, r := range rcpts {
 				res[r] = e
 			}
-			return res, nil, true, false
+			return res, nil, dataKeep, false
 		}
-		return nil, e, se.Code != 421, false
+		return nil, e, dataKeep && se.Code != 421, false
 	}
 	if dataRep.Code != 354 {
 		if len(accepted) == 0 {
-			return res, nil, dataRep.Code != 421, false
+			return res, nil, dataKeep, false
 		}
 		d.log.Debug("DATA refused", "host", s.key, "reply", dataRep)
 		e := replyToError("DATA", dataRep)
 		for _, r := range accepted {
 			res[r] = e
 		}
-		return res, nil, dataRep.Code != 421, false
+		return res, nil, dataKeep, false
 	}
 	if len(accepted) == 0 {
 		// 354 with no recipient (RFC 2920 §3.1 forbids it): send nothing
@@ -175,9 +186,10 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 
 	_ = w.conn.SetWriteDeadline(time.Now().Add(d.cfg.DataTimeout.D()))
 	dw := textproto.NewWriter(w.w).DotWriter()
-	_, err = dw.Write(m.Header)
+	cw := &crlfWriter{w: dw}
+	_, err = cw.Write(m.Header)
 	if err == nil {
-		err = writeBody(dw, m, no8Bit)
+		err = writeBody(cw, m, no8Bit)
 	}
 	if err != nil {
 		// Nothing was delivered: the final dot was never sent, and the
@@ -211,11 +223,37 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 		for _, r := range accepted {
 			res[r] = e
 		}
-		return res, nil, final != nil && final.Code != 421, false
+		return res, nil, inStep && final != nil && final.Code/100 >= 4 && stepReply(final.Code) && final.Code != 421, false
 	}
 	for _, r := range accepted {
 		res[r] = nil
 	}
 	d.log.Debug("delivered", "host", s.key, "recipients", len(accepted), "tls", s.encrypted, "reused", s.reused, "pipelined", true)
-	return res, nil, true, false
+	return res, nil, inStep, false
+}
+
+// stepReply reports whether code is of a class that answers MAIL, RCPT or
+// the end of data (2xx, 4xx, 5xx; RFC 5321 §4.3.2); a 1xx, 3xx or a code
+// past 5xx there means the server's replies are out of step with the
+// commands.
+func stepReply(code int) bool {
+	c := code / 100
+	return c == 2 || c == 4 || c == 5
+}
+
+// falsePipelining notes a destination whose server answered MAIL FROM but
+// timed out on the rest of a pipelined group: it offers PIPELINING and
+// does not do it (it reads one command and drops what came with it, as
+// some naive servers and SMTP-inspecting firewalls do). RFC 2920 has no
+// way to tell; its later sessions get one command at a time, so the
+// retry is delivered instead of timing out the same way until the last
+// attempt.
+func (d *deliverer) falsePipelining(s *session, err error) {
+	var ne net.Error
+	if !errors.As(err, &ne) || !ne.Timeout() {
+		return
+	}
+	if _, known := d.noPipelining.LoadOrStore(s.key, true); !known {
+		d.log.Info("server offers PIPELINING but left a pipelined group unanswered; one command at a time from now on", "host", s.key)
+	}
 }

@@ -1,10 +1,13 @@
 package config
 
 import (
+	"fmt"
 	"strings"
 	"time"
 
 	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/sdk/address"
+	"github.com/mixmta/mixmta/sdk/onion"
 )
 
 // Cover makes the node originate cover messages (docs/tor.md, "Cover
@@ -54,10 +57,25 @@ func (c *Config) validateCover(bad func(string, string, ...any), positive func(s
 	if len(v.To) == 0 {
 		bad("cover", "to is required: the cover sink addresses")
 	}
-	for _, a := range append([]string{v.From}, v.To...) {
+	for i, a := range append([]string{v.From}, v.To...) {
+		key := "cover.from"
+		if i > 0 {
+			key = fmt.Sprintf("cover.to[%d]", i-1)
+		}
 		local, domain, ok := strings.Cut(a, "@")
 		if !ok || local == "" || domain == "" || strings.ContainsAny(a, " <>\r\n\t") {
-			bad("cover", "%q is not a mail address (local@domain)", a)
+			bad(key, "%q is not a mail address (local@domain)", a)
+			continue
+		}
+		// A mistyped or v2 sink onion is never reached: every cover
+		// message would fail at its descriptor lookup, a pattern real
+		// mail (refused at RCPT for such an address) never makes.
+		if m, err := address.Parse(a, false); err != nil {
+			bad(key, "%q is not a mail address: %v", a, err)
+		} else if d := m.ASCIIDomain(); onion.IsOnion(d) {
+			if _, _, err := onion.Parse(d); err != nil {
+				bad(key, "%q: %v", a, err)
+			}
 		}
 	}
 	if v.MinSize < 0 {

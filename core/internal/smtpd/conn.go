@@ -128,6 +128,7 @@ type clientConn struct {
 	rbuf         []byte    // backing array of buf
 	rerr         error     // the error of the read that filled buf, returned once buf is empty
 	resetReply   bool      // swallow the reply to the RSET injected after STARTTLS
+	helloAgain   bool      // STARTTLS done and no EHLO/HELO since (needsHello)
 	userDeadline time.Time // as go-smtp last set it
 	inData       bool
 	credit       time.Duration // DATA/BDAT time credit (min_data_rate)
@@ -313,6 +314,9 @@ func (c *clientConn) Write(b []byte) (int, error) {
 		c.mu.Unlock()
 		return len(b), nil
 	}
+	if bytes.HasPrefix(b, replyEHLO) || bytes.HasPrefix(b, replyHELO) {
+		c.helloAgain = false
+	}
 	c.mu.Unlock()
 	if offerTLS && bytes.HasPrefix(b, replyNoTLS) {
 		return len(b), c.startTLS()
@@ -381,10 +385,22 @@ func (c *clientConn) startTLS() error {
 	c.tc = tc
 	c.buf = []byte("RSET\r\n")
 	c.resetReply = true
+	c.helloAgain = true
 	c.lastCR = false
 	c.partial = nil
 	c.mu.Unlock()
 	return nil
+}
+
+// needsHello reports whether STARTTLS has completed and the client has
+// not greeted again since: RFC 3207 §4.2 has the server discard what it
+// learnt before TLS, the EHLO name included, so MAIL and AUTH wait for a
+// new EHLO as they do at the start of a session. (go-smtp keeps its
+// pre-TLS EHLO name: it does not see the STARTTLS that clientConn runs.)
+func (c *clientConn) needsHello() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.helloAgain
 }
 
 // fail ends the session: every later Read returns net.ErrClosed.
@@ -418,15 +434,17 @@ func cleanReply(b []byte) []byte {
 
 // Replies go-smtp v0.25 writes for commands it handles without asking
 // the session; TestJunkAndErrorLimitsEndTheSession pins the first three,
-// the STARTTLS tests the last two (go-smtp runs without a TLS config, so
-// it refuses STARTTLS, and always lists PIPELINING first in its EHLO
-// reply).
+// the STARTTLS tests the rest (go-smtp runs without a TLS config, so it
+// refuses STARTTLS, and always lists PIPELINING first in its EHLO reply,
+// after the "Hello" line that also answers HELO).
 var (
 	replyNOOP           = []byte("250 2.0.0 I have successfully done nothing")
 	replyRSET           = []byte("250 2.0.0 Session reset")
 	replyVRFY           = []byte("252 ")
 	replyNoTLS          = []byte("502 5.5.1 TLS not supported")
 	replyEHLOPipelining = []byte("250-PIPELINING\r\n")
+	replyEHLO           = []byte("250-Hello ")
+	replyHELO           = []byte("250 2.0.0 Hello ")
 )
 
 // countReply accounts one reply line; it returns the 421 that ends the

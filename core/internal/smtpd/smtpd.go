@@ -202,6 +202,9 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 	if !ss.tls() {
 		return nil, smtpErr(538, smtp.EnhancedCode{5, 7, 11}, "Encryption required for requested authentication mechanism")
 	}
+	if ss.cc.needsHello() {
+		return nil, smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "Send EHLO again after STARTTLS")
+	}
 	return sasl.NewPlainServer(func(identity, username, password string) error {
 		hash, ok := ss.s.users[username]
 		if !ok {
@@ -221,6 +224,9 @@ func (ss *session) Auth(mech string) (sasl.Server, error) {
 }
 
 func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
+	if ss.cc != nil && ss.cc.needsHello() {
+		return ss.reject(smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "Send EHLO again after STARTTLS"), "MAIL")
+	}
 	if from != "" {
 		m, err := address.ParseUnquoted(from, opts != nil && opts.UTF8)
 		if err != nil {

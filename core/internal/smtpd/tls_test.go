@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/core/internal/users"
 )
 
 // modes are the two ways a session runs: every hardening test runs in
@@ -204,5 +205,46 @@ func TestRepliesCarryNoControlCharacters(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// TestNoMailOrAuthBeforeEHLOAfterStartTLS: RFC 3207 §4.2 has the server
+// forget what it learnt before TLS, the EHLO name included. A client that
+// sends MAIL or AUTH right after the handshake gets 503 5.5.1 and must
+// greet again; after EHLO (or HELO) inside TLS, mail flows.
+func TestNoMailOrAuthBeforeEHLOAfterStartTLS(t *testing.T) {
+	usersFile := filepath.Join(t.TempDir(), "users")
+	if err := users.Set(usersFile, "alice", users.HashArgon2id("secret")); err != nil {
+		t.Fatal(err)
+	}
+	s, sink := startServer(t, withTLS(t, testListener(func(l *config.Listener) {
+		l.Auth = &config.Auth{UsersFile: usersFile}
+	})))
+	for _, greet := range []string{"EHLO", "HELO"} {
+		c := dial(t, s, "").hello()
+		c.expect("STARTTLS", "220")
+		tc := tls.Client(c.c, &tls.Config{InsecureSkipVerify: true, ServerName: "mx.test.invalid"})
+		_ = tc.SetDeadline(time.Now().Add(30 * time.Second))
+		if err := tc.Handshake(); err != nil {
+			t.Fatalf("TLS handshake: %v", err)
+		}
+		_ = tc.SetDeadline(time.Time{})
+		c.c, c.r = tc, bufio.NewReader(tc)
+		c.expect("MAIL FROM:<a@example.org>", "503 5.5.1")
+		c.expect("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "503 5.5.1") // alice, secret
+		if greet == "EHLO" {
+			c.ehlo()
+			c.expect("AUTH PLAIN AGFsaWNlAHNlY3JldA==", "235")
+		} else {
+			c.expect("HELO client.example.org", "250")
+		}
+		c.expect("MAIL FROM:<a@example.org>", "250")
+		c.expect("RCPT TO:<b@example.net>", "250")
+		c.expect("DATA", "354")
+		fmt.Fprint(c.c, "Subject: after greeting again\r\n\r\nbody\r\n.\r\n")
+		c.expect("", "250")
+	}
+	if n := len(sink.all()); n != 2 {
+		t.Fatalf("stored %d messages, want 2", n)
 	}
 }
