@@ -47,10 +47,12 @@ func (n *Node) queueCover(ctx context.Context, k sdk.CoverKind, sent *atomic.Int
 		n.Stats.LoopsSent.Add(1)
 		now := time.Now()
 		d := now.Add(n.loopTimeout(p.Path))
+		// counted out before it can come back: loopBack may run as soon
+		// as the loop is in n.loops
+		n.loopStats.sent(n.self, p.Path, now)
 		n.mu.Lock()
 		n.loops[p.LoopID] = loop{sent: now, deadline: d, path: p.Path}
 		n.mu.Unlock()
-		n.loopStats.sent(n.self, p.Path, now)
 	}
 	n.eng.Schedule(it)
 	return nil

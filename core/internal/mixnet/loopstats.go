@@ -29,8 +29,8 @@ const (
 	loopStatsPercentile = 0.95
 )
 
-// loopOutcome is one finished loop through a node: returned after
-// Latency, or lost (timed out) when Lost.
+// loopOutcome is one finished loop through a node, finished at at:
+// returned after latency, or lost (timed out) when lost.
 type loopOutcome struct {
 	at      time.Time
 	latency time.Duration

@@ -73,8 +73,8 @@ func TestLoopStatsWindowIsBounded(t *testing.T) {
 		t.Fatalf("window holds %d returned, %d lost; want %d, 0", st.Returned, st.Lost, loopStatsWindow)
 	}
 	// the oldest loops left the window: the median is of the last ones
-	if min := time.Duration(2*loopStatsWindow) * time.Millisecond; st.LatencyMedian < min {
-		t.Fatalf("median %v from loops that left the window (want >= %v)", st.LatencyMedian, min)
+	if floor := time.Duration(2*loopStatsWindow) * time.Millisecond; st.LatencyMedian < floor {
+		t.Fatalf("median %v from loops that left the window (want >= %v)", st.LatencyMedian, floor)
 	}
 	// Lost loops older than loopStatsAge no longer count.
 	s2 := newLoopStats()
