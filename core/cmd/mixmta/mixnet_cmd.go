@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/ed25519"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -13,11 +14,14 @@ import (
 	"path/filepath"
 	"sync"
 	"syscall"
+	"text/tabwriter"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/core/internal/daemon"
+	"github.com/mixmta/mixmta/core/internal/mixnet"
 	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
 )
 
@@ -57,8 +61,73 @@ func mixnetCmd() *cobra.Command {
 		f.IntVar(&o.Authorities, "authorities", 0, "nodes 1..N are also directory authorities and every node takes the network from their consensus (no nodes file)")
 		f.IntVar(&o.DirPort, "dir-port", 7301, "directory port of authority 1; authority i listens on dir-port+i-1")
 	}
-	cmd.AddCommand(init, run)
+	cmd.AddCommand(init, run, mixnetStatsCmd())
 	return cmd
+}
+
+// mixnetStatsCmd prints the running node's per-node loop statistics, like
+// the Mixmaster/YAMN pinger's mlist. It reads the -c pipeline file (the
+// root's persistent flag) to find the daemon's admin socket.
+func mixnetStatsCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "stats",
+		Short: "per-node reliability and latency from this node's loops (the running daemon of -c)",
+		Args:  cobra.NoArgs,
+		RunE: func(c *cobra.Command, _ []string) error {
+			path, err := c.Flags().GetString("config")
+			if err != nil {
+				return err
+			}
+			cfg, err := config.Load(path)
+			if err != nil {
+				return err
+			}
+			if cfg.Mix == nil {
+				return fmt.Errorf("%s has no mix section", cfg.Path)
+			}
+			var st []mixnet.NodeLoopStats
+			if err := daemon.AdminCall(cfg, "GET", "/mixnet/stats", &st); err != nil {
+				if errors.Is(err, daemon.ErrNotRunning) {
+					return fmt.Errorf("%w: loop statistics live in the running daemon's memory", err)
+				}
+				return err
+			}
+			writeLoopStats(c.OutOrStdout(), st)
+			return nil
+		},
+	}
+}
+
+// writeLoopStats prints the table of `mixmta mixnet stats`, one node a
+// line, sorted by name.
+func writeLoopStats(out io.Writer, st []mixnet.NodeLoopStats) {
+	fmt.Fprintln(out, "loops this node sent through each node, finished in the last 24h (at most 500 per node);")
+	fmt.Fprintln(out, "a lost loop counts against every node of its path")
+	tw := tabwriter.NewWriter(out, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tID\tRELIABILITY\tLAT_MEDIAN\tLAT_P95\tSENT\tRETURNED\tLOST\tPENDING\tHEALTH")
+	for _, s := range st {
+		rel, med, high := "-", "-", "-"
+		if s.Reliability >= 0 {
+			rel = fmt.Sprintf("%.1f%%", 100*s.Reliability)
+		}
+		if s.Returned > 0 {
+			med, high = roundLatency(s.LatencyMedian), roundLatency(s.LatencyHigh)
+		}
+		health := "down"
+		if s.Healthy {
+			health = "up"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%d\t%d\t%d\t%d\t%s\n", s.Name, s.ID.Short(), rel, med, high,
+			s.Returned+s.Lost+s.Pending, s.Returned, s.Lost, s.Pending, health)
+	}
+	tw.Flush()
+}
+
+func roundLatency(d time.Duration) string {
+	if d >= 10*time.Second {
+		return d.Round(time.Second).String()
+	}
+	return d.Round(time.Millisecond).String()
 }
 
 type mixnetOptions struct {

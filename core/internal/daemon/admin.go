@@ -175,6 +175,13 @@ func (d *Daemon) startAdmin() error {
 	mux.HandleFunc("GET /stats", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, d.statsView(), nil)
 	})
+	mux.HandleFunc("GET /mixnet/stats", func(w http.ResponseWriter, r *http.Request) {
+		if d.mix == nil {
+			http.Error(w, "this daemon runs no mix node (no mix: section)", http.StatusNotFound)
+			return
+		}
+		reply(w, d.mix.node.LoopStats(), nil)
+	})
 	mux.HandleFunc("POST /flush", func(w http.ResponseWriter, r *http.Request) {
 		reply(w, map[string]int{"flushed": d.engine.Scheduler().ReleaseAll()}, nil)
 	})

@@ -45,9 +45,13 @@ func (n *Node) queueCover(ctx context.Context, k sdk.CoverKind, sent *atomic.Int
 	sent.Add(1)
 	if k == sdk.CoverLoop {
 		n.Stats.LoopsSent.Add(1)
-		d := time.Now().Add(n.loopTimeout(p.Path))
+		now := time.Now()
+		d := now.Add(n.loopTimeout(p.Path))
+		// counted out before it can come back: loopBack may run as soon
+		// as the loop is in n.loops
+		n.loopStats.sent(n.self, p.Path, now)
 		n.mu.Lock()
-		n.loops[p.LoopID] = loop{deadline: d, path: p.Path}
+		n.loops[p.LoopID] = loop{sent: now, deadline: d, path: p.Path}
 		n.mu.Unlock()
 	}
 	n.eng.Schedule(it)
@@ -63,6 +67,8 @@ func (n *Node) loopBack(id [16]byte) {
 		return // sent before a restart: nothing to credit
 	}
 	n.Stats.LoopsBack.Add(1)
+	now := time.Now()
+	n.loopStats.finished(n.self, l.path, now, now.Sub(l.sent), false)
 	for _, h := range l.path {
 		n.health.ok(h)
 	}
@@ -79,6 +85,7 @@ func expSample(mean float64) float64 {
 }
 
 type loop struct {
+	sent     time.Time
 	deadline time.Time
 	path     []sdk.NodeID
 }

@@ -202,6 +202,7 @@ func (n *Node) sweepLoop(ctx context.Context) {
 		n.mu.Unlock()
 		for _, path := range lost {
 			n.Stats.LoopsLost.Add(1)
+			n.loopStats.finished(n.self, path, now, 0, true)
 			for _, h := range path {
 				if h != n.self {
 					n.health.lostLoop(h)

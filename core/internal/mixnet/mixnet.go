@@ -177,7 +177,9 @@ type Node struct {
 	log    hclog.Logger
 	Stats  Stats
 	health *health
-	sendq  *sendQueue
+	// loopStats are the per-node loop statistics (mixmta mixnet stats).
+	loopStats *loopStats
+	sendq     *sendQueue
 	// pathLen is the mixer's path length, learned from cover packets;
 	// pathsDown is set while too few healthy nodes are known for it.
 	pathLen   atomic.Int32
@@ -207,7 +209,7 @@ type Node struct {
 func New(cfg Config, self sdk.NodeID, eng pipeline.MixHost, mixer Mixer, delay Delayer, keys Keys, dir Directory, links Links, log hclog.Logger) *Node {
 	cfg.defaults()
 	return &Node{cfg: cfg, self: self, eng: eng, mixer: mixer, delay: delay, keys: keys, dir: dir, links: links,
-		log: log.Named("mix"), health: newHealth(), sendq: newSendQueue(), fragments: map[queue.ID]map[int]*queue.Item{}, loops: map[[16]byte]loop{}}
+		log: log.Named("mix"), health: newHealth(), loopStats: newLoopStats(), sendq: newSendQueue(), fragments: map[queue.ID]map[int]*queue.Item{}, loops: map[[16]byte]loop{}}
 }
 
 // Run keeps keys, mix state, health and cover traffic going until ctx ends.
