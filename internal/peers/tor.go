@@ -90,6 +90,12 @@ func Tor(t testing.TB) *TorNet {
 	if sharedTor == nil && sharedTorErr == nil {
 		start := time.Now()
 		sharedTor, sharedTorErr = startTorNet()
+		if sharedTorErr != nil {
+			// A port picked free can be taken by another test binary
+			// before tor binds it: one fresh start on new ports.
+			t.Logf("peers: tor test network: %v; starting it again", sharedTorErr)
+			sharedTor, sharedTorErr = startTorNet()
+		}
 		if sharedTorErr == nil {
 			t.Logf("peers: tor test network ready in %s (socks %s)", time.Since(start).Round(time.Millisecond), sharedTor.SocksAddr)
 		}
@@ -297,10 +303,12 @@ func startTorNet() (tn *TorNet, err error) {
 	if err != nil {
 		return nil, err
 	}
-	tn = &TorNet{Dir: dir}
+	started := &TorNet{Dir: dir}
+	tn = started
 	defer func() {
 		if err != nil {
-			tn.stop()
+			// tn is nil after an error return: stop what was started.
+			started.stop()
 			if os.Getenv("PEERS_KEEP") == "" {
 				os.RemoveAll(dir)
 			} else {
