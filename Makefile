@@ -67,7 +67,7 @@ fuzz:
 
 # Regenerate the plugin protocol (needs protoc, protoc-gen-go, protoc-gen-go-grpc).
 proto:
-	cd sdk/internal/pb && protoc --go_out=. --go_opt=paths=source_relative \
+	cd internal/pb && protoc --go_out=. --go_opt=paths=source_relative \
 	  --go-grpc_out=. --go-grpc_opt=paths=source_relative stage.proto
 
 fmt:

@@ -6,4 +6,4 @@
 # call per item, side by side.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-go test -count=1 -run '^$' -bench 'BenchmarkStageCall|BenchmarkUnaryDelayCall' -benchmem ./sdk/ | grep -E '^Benchmark'
+go test -count=1 -run '^$' -bench 'BenchmarkStageCall|BenchmarkUnaryDelayCall' -benchmem ./internal/pluginclient/ | grep -E '^Benchmark'

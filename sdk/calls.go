@@ -10,46 +10,13 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/mixmta/mixmta/sdk/internal/pb"
+	"github.com/mixmta/mixmta/internal/pb"
+	"github.com/mixmta/mixmta/internal/wire"
 )
-
-// The batched call protocol (the Calls stream of stage.proto): one stream
-// per plugin carries every Check, Transform, Route, Delay and Deliver call
-// whose message fits inlineMax. Setting up a gRPC stream per call costs
-// more than the call itself (a stream's HEADERS, its flow-control window,
-// two goroutine hand-offs on each side); on one long-lived stream a call is
-// one entry in a batch, and under load one round trip carries as many
-// calls as are pending.
-
-// Call operations (pb.Call.op).
-const (
-	opCheck     = 1
-	opTransform = 2
-	opRoute     = 3
-	opDelay     = 4
-	opDeliver   = 5
-	opCancel    = 6
-)
-
-// statusPerCall is the Status kind of a reply too large for a batch: the
-// host repeats the call as a framed call.
-const statusPerCall = 3
-
-// inlineMax is the largest message (the header and body a stage gets, in
-// bytes) that travels inside a batched call (256 KiB); a larger one takes
-// a framed call of its own, streamed in bounded memory.
-const inlineMax = 256 << 10
-
-// maxBatchBytes bounds the message bytes in one CallBatch or ReplyBatch
-// (4 MiB), far below MaxCallBytes.
-const maxBatchBytes = 4 << 20
 
 // maxReplyBytes is the largest single reply sent inside a batch; a larger
 // one (a router's many packets) is redone as a framed call.
-const maxReplyBytes = MaxCallBytes / 2
-
-// maxBatchCalls bounds the calls or replies in one batch.
-const maxBatchCalls = 256
+const maxReplyBytes = wire.MaxCallBytes / 2
 
 // Calls serves the batched call stream: each call runs in its own
 // goroutine (a stage must be safe for concurrent use); replies are sent in
@@ -57,7 +24,7 @@ const maxBatchCalls = 256
 // and every call has replied, or when the stream breaks.
 func (s *stageServer[C]) Calls(stream pb.Stage_CallsServer) error {
 	ctx := stream.Context()
-	out := make(chan *pb.Reply, maxBatchCalls)
+	out := make(chan *pb.Reply, wire.MaxBatchCalls)
 	sendErr := make(chan error, 1)
 	go func() { sendErr <- sendReplies(stream, out) }()
 
@@ -76,7 +43,7 @@ func (s *stageServer[C]) Calls(stream pb.Stage_CallsServer) error {
 			break
 		}
 		for _, c := range cb.GetCalls() {
-			if c.GetOp() == opCancel {
+			if c.GetOp() == wire.OpCancel {
 				mu.Lock()
 				if cancel := cancels[c.GetId()]; cancel != nil {
 					cancel()
@@ -117,7 +84,7 @@ func sendReplies(stream pb.Stage_CallsServer, out <-chan *pb.Reply) error {
 		batch := &pb.ReplyBatch{Replies: []*pb.Reply{r}}
 		size := replySize(r)
 	more:
-		for len(batch.Replies) < maxBatchCalls && size < maxBatchBytes {
+		for len(batch.Replies) < wire.MaxBatchCalls && size < wire.MaxBatchBytes {
 			select {
 			case r, ok := <-out:
 				if !ok {
@@ -191,7 +158,7 @@ func (s *stageServer[C]) inlineMessage(c *pb.Call, stream bool) (*Message, error
 func (s *stageServer[C]) run(ctx context.Context, c *pb.Call) *pb.Reply {
 	streamBody := s.p.Needs&NeedBodyStream != 0
 	switch c.GetOp() {
-	case opCheck:
+	case wire.OpCheck:
 		ck, err := stageAs[Checker](s, KindChecker)
 		var m *Message
 		if err == nil {
@@ -201,7 +168,7 @@ func (s *stageServer[C]) run(ctx context.Context, c *pb.Call) *pb.Reply {
 			err = ck.Check(ctx, m)
 		}
 		return &pb.Reply{Status: statusToPB(err)}
-	case opTransform:
+	case wire.OpTransform:
 		t, err := stageAs[Transformer](s, KindTransformer)
 		var m *Message
 		var ch *Change
@@ -220,7 +187,7 @@ func (s *stageServer[C]) run(ctx context.Context, c *pb.Call) *pb.Reply {
 			r.Header, r.Body = ch.Header, ch.Body
 		}
 		return perCallIfLarge(r)
-	case opRoute:
+	case wire.OpRoute:
 		rt, err := stageAs[Router](s, KindRouter)
 		var m *Message
 		var routes []Route
@@ -238,10 +205,10 @@ func (s *stageServer[C]) run(ctx context.Context, c *pb.Call) *pb.Reply {
 			r.Routes = append(r.Routes, &pb.RouteReply{Route: routeMetaToPB(x), Body: x.Body})
 		}
 		return perCallIfLarge(r)
-	case opDelay:
+	case wire.OpDelay:
 		dr, _ := s.Delay(ctx, c.GetDelay())
 		return &pb.Reply{Status: dr.GetStatus(), DelaysNs: dr.GetDelaysNs()}
-	case opDeliver:
+	case wire.OpDeliver:
 		d, err := stageAs[Deliverer](s, KindDeliverer)
 		var m *Message
 		var res []RcptResult
@@ -265,7 +232,7 @@ func (s *stageServer[C]) run(ctx context.Context, c *pb.Call) *pb.Reply {
 // is deterministic enough to run twice: see Transformer).
 func perCallIfLarge(r *pb.Reply) *pb.Reply {
 	if replySize(r) > maxReplyBytes || proto.Size(r) > maxReplyBytes {
-		return &pb.Reply{Status: &pb.Status{Kind: statusPerCall}}
+		return &pb.Reply{Status: &pb.Status{Kind: wire.StatusPerCall}}
 	}
 	return r
 }

@@ -20,20 +20,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/experimental"
 
-	"github.com/mixmta/mixmta/sdk/internal/pb"
+	"github.com/mixmta/mixmta/internal/pb"
+	"github.com/mixmta/mixmta/internal/wire"
 )
-
-// Handshake is the go-plugin handshake shared by the core and every plugin.
-// A binary started without the cookie (e.g. by hand) prints a hint and exits.
-var Handshake = plugin.HandshakeConfig{
-	ProtocolVersion:  ProtocolVersion,
-	MagicCookieKey:   "MIXMTA_PLUGIN",
-	MagicCookieValue: "stage-v1-9f3b6a1c0d2e4785",
-}
-
-// LogLevelEnv names the environment variable through which the core passes
-// its log level to a plugin (plugins do not inherit the core's environment).
-const LogLevelEnv = "MIXMTA_LOG_LEVEL"
 
 // Env is what a plugin's New function gets besides its config.
 type Env struct {
@@ -68,12 +57,12 @@ type Plugin[C any] struct {
 // Serve runs p as a plugin until the core closes the connection or dies. It
 // never returns. Nothing may be written to stdout before it is called.
 func Serve[C any](p Plugin[C]) {
-	level := hclog.LevelFromString(os.Getenv(LogLevelEnv))
+	level := hclog.LevelFromString(os.Getenv(wire.LogLevelEnv))
 	if level == hclog.NoLevel {
 		level = hclog.Info
 	}
 	logger := hclog.New(&hclog.LoggerOptions{Name: p.Name, Level: level, JSONFormat: true, Output: os.Stderr})
-	if os.Getenv(Handshake.MagicCookieKey) != Handshake.MagicCookieValue {
+	if os.Getenv(wire.Handshake.MagicCookieKey) != wire.Handshake.MagicCookieValue {
 		fmt.Fprintf(os.Stderr, "%s is a mixmta plugin: name it in a pipeline file and start `mixmta serve`\n", p.Name)
 		os.Exit(1)
 	}
@@ -84,13 +73,13 @@ func Serve[C any](p Plugin[C]) {
 	}
 	srv := &stageServer[C]{p: p, logger: logger, schema: mustJSON(SchemaOf(p.Config))}
 	plugin.Serve(&plugin.ServeConfig{
-		HandshakeConfig:  Handshake,
-		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {"stage": &grpcPlugin{server: srv}}},
+		HandshakeConfig:  wire.Handshake,
+		VersionedPlugins: map[int]plugin.PluginSet{wire.ProtocolVersion: {"stage": &grpcPlugin{server: srv}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
-			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(MaxCallBytes), grpc.MaxSendMsgSize(MaxCallBytes),
-				grpc.InitialWindowSize(flowWindow), grpc.InitialConnWindowSize(flowWindow),
-				grpc.ReadBufferSize(socketBuffer), grpc.WriteBufferSize(socketBuffer),
-				experimental.BufferPool(bufPool), grpc.ForceServerCodecV2(poolCodec{}))...)
+			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(wire.MaxCallBytes), grpc.MaxSendMsgSize(wire.MaxCallBytes),
+				grpc.InitialWindowSize(wire.FlowWindow), grpc.InitialConnWindowSize(wire.FlowWindow),
+				grpc.ReadBufferSize(wire.SocketBuffer), grpc.WriteBufferSize(wire.SocketBuffer),
+				experimental.BufferPool(wire.BufPool), grpc.ForceServerCodecV2(wire.Codec{}))...)
 		},
 		Logger: logger,
 	})
@@ -137,8 +126,8 @@ func mustJSON(v any) string {
 	return string(b)
 }
 
-// grpcPlugin is the go-plugin glue on both sides: server registers the
-// stage service in a plugin; the core gets a pb.StageClient.
+// grpcPlugin is the plugin's go-plugin glue: it registers the stage
+// service (the host's side is in internal/pluginclient).
 type grpcPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
 	server pb.StageServer
@@ -149,8 +138,8 @@ func (g *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
 	return nil
 }
 
-func (g *grpcPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
-	return pb.NewStageClient(c), nil
+func (g *grpcPlugin) GRPCClient(context.Context, *plugin.GRPCBroker, *grpc.ClientConn) (any, error) {
+	return nil, errors.New("a plugin dials no plugin")
 }
 
 type stageServer[C any] struct {
@@ -263,15 +252,15 @@ func stageAs[T any, C any](s *stageServer[C], k Kind) (T, error) {
 // stage that declared NeedBodyStream, header in memory and the body as a
 // stream (done drains what the stage left unread, so the reply follows the
 // whole request).
-func (s *stageServer[C]) recv(stream frameReceiver) (m *Message, done func(), err error) {
+func (s *stageServer[C]) recv(stream wire.FrameReceiver) (m *Message, done func(), err error) {
 	if s.p.Needs&NeedBodyStream == 0 {
-		meta, h, b, err := recvMessage(stream, MaxCallBytes*1024)
+		meta, h, b, err := wire.RecvMessage(stream, wire.MaxCallBytes*1024)
 		if err != nil {
 			return nil, nil, err
 		}
 		return messageFromPB(meta, h, b), func() {}, nil
 	}
-	meta, h, body, err := recvStreamed(stream, MaxCallBytes*1024)
+	meta, h, body, err := wire.RecvStreamed(stream, wire.MaxCallBytes*1024)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -303,7 +292,7 @@ func (s *stageServer[C]) Check(stream pb.Stage_CheckServer) error {
 }
 
 func (s *stageServer[C]) Transform(stream pb.Stage_TransformServer) error {
-	meta, h, b, err := recvMessage(stream, MaxCallBytes*1024)
+	meta, h, b, err := wire.RecvMessage(stream, wire.MaxCallBytes*1024)
 	if err != nil {
 		return err
 	}
@@ -317,13 +306,13 @@ func (s *stageServer[C]) Transform(stream pb.Stage_TransformServer) error {
 	}
 	out := changeToPB(meta.GetId(), ch)
 	if ch != nil {
-		return sendMessage(stream, out, ch.Header, ch.Body)
+		return wire.SendMessage(stream, out, ch.Header, ch.Body)
 	}
 	return stream.Send(&pb.MessageFrame{Meta: out})
 }
 
 func (s *stageServer[C]) Route(stream pb.Stage_RouteServer) error {
-	meta, h, b, err := recvMessage(stream, MaxCallBytes*1024)
+	meta, h, b, err := wire.RecvMessage(stream, wire.MaxCallBytes*1024)
 	if err != nil {
 		return err
 	}
@@ -338,13 +327,13 @@ func (s *stageServer[C]) Route(stream pb.Stage_RouteServer) error {
 	for _, rt := range routes {
 		first := &pb.RouteFrame{Route: routeMetaToPB(rt)}
 		body := rt.Body
-		n := min(len(body), FrameSize)
+		n := min(len(body), wire.FrameSize)
 		first.Body, body = body[:n], body[n:]
 		if err := stream.Send(first); err != nil {
 			return err
 		}
 		for len(body) > 0 {
-			n := min(len(body), FrameSize)
+			n := min(len(body), wire.FrameSize)
 			if err := stream.Send(&pb.RouteFrame{Body: body[:n]}); err != nil {
 				return err
 			}
@@ -449,7 +438,7 @@ func (s *stageServer[C]) Cover(ctx context.Context, req *pb.CoverRequest) (*pb.C
 }
 
 func (s *stageServer[C]) Assemble(stream pb.Stage_AssembleServer) error {
-	meta, _, data, err := recvMessage(stream, MaxCallBytes*1024)
+	meta, _, data, err := wire.RecvMessage(stream, wire.MaxCallBytes*1024)
 	if err != nil {
 		return err
 	}
@@ -463,7 +452,7 @@ func (s *stageServer[C]) Assemble(stream pb.Stage_AssembleServer) error {
 	}
 	out := &pb.MessageMeta{Id: meta.GetId(), Envelope: envelopeToPB(msg.Envelope), EnvelopeChanged: true,
 		HeaderPresent: true, HeaderLen: int64(len(msg.Header)), BodyPresent: true, BodyLen: int64(len(msg.Body))}
-	return sendMessage(stream, out, msg.Header, msg.Body)
+	return wire.SendMessage(stream, out, msg.Header, msg.Body)
 }
 
 func keysFromPB(ks []*pb.EpochKey) []EpochKey {
@@ -471,15 +460,6 @@ func keysFromPB(ks []*pb.EpochKey) []EpochKey {
 	for _, k := range ks {
 		out = append(out, EpochKey{Epoch: k.GetEpoch(), Public: k.GetPublicKey(),
 			NotBefore: time.Unix(k.GetNotBeforeUnix(), 0), NotAfter: time.Unix(k.GetNotAfterUnix(), 0)})
-	}
-	return out
-}
-
-func keysToPB(ks []EpochKey) []*pb.EpochKey {
-	out := make([]*pb.EpochKey, 0, len(ks))
-	for _, k := range ks {
-		out = append(out, &pb.EpochKey{Epoch: k.Epoch, PublicKey: k.Public,
-			NotBeforeUnix: k.NotBefore.Unix(), NotAfterUnix: k.NotAfter.Unix()})
 	}
 	return out
 }

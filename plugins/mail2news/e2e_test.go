@@ -58,7 +58,7 @@ func TestMain(m *testing.M) {
 }
 
 // startPlugin launches the plugin with cfg (timeouts shortened).
-func startPlugin(t testing.TB, cfg map[string]any) *sdk.Client {
+func startPlugin(t testing.TB, cfg map[string]any) *plugintest.Plugin {
 	t.Helper()
 	cfg["connect_timeout"] = "5s"
 	cfg["command_timeout"] = "10s"
@@ -69,7 +69,7 @@ func startPlugin(t testing.TB, cfg map[string]any) *sdk.Client {
 	return plugintest.Start(t, pluginBinary(t), string(b))
 }
 
-func deliver(t testing.TB, p *sdk.Client, m *sdk.Message) error {
+func deliver(t testing.TB, p *plugintest.Plugin, m *sdk.Message) error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -26,7 +26,7 @@ import (
 )
 
 // startPlugin builds and launches the plugin with cfg as its config.
-func startPlugin(t *testing.T, cfg map[string]any) *sdk.Client {
+func startPlugin(t *testing.T, cfg map[string]any) *plugintest.Plugin {
 	t.Helper()
 	cfg["connect_timeout"] = "5s"
 	cfg["command_timeout"] = "10s"
@@ -89,7 +89,7 @@ func e2eMessage(from string, rcpts ...string) *sdk.Message {
 
 func lf(b []byte) []byte { return bytes.ReplaceAll(b, []byte("\r\n"), []byte("\n")) }
 
-func deliverVia(t *testing.T, p *sdk.Client, m *sdk.Message) map[string]error {
+func deliverVia(t *testing.T, p *plugintest.Plugin, m *sdk.Message) map[string]error {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()

@@ -23,7 +23,7 @@ func TestRouteMixAssembleAcrossPluginProcesses(t *testing.T) {
 	bin := plugintest.Build(t, ".")
 	now := time.Now()
 	net := newTestNetAt(t, uint64(now.Unix()/3600), 5, testConfig(), 3, 4)
-	clients := map[sdk.NodeID]*sdk.Client{}
+	clients := map[sdk.NodeID]*plugintest.Plugin{}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	for _, nd := range net.nodes {
@@ -148,7 +148,7 @@ func TestConfigErrorsNameTheKey(t *testing.T) {
 func TestMixerAndRouterConformance(t *testing.T) {
 	bin := plugintest.Build(t, ".")
 	net := newTestNetAt(t, uint64(time.Now().Unix()/3600), 5, testConfig(), 3, 4)
-	start := func(t *testing.T) *sdk.Client {
+	start := func(t *testing.T) *plugintest.Plugin {
 		c := plugintest.Start(t, bin, `{"hops": 3}`)
 		plugintest.CheckInfo(t, c.Info(), sdk.KindMixer)
 		plugintest.CheckInfo(t, c.Info(), sdk.KindRouter)

@@ -39,7 +39,7 @@ func callCtx(t *testing.T) context.Context {
 // is a known one, Needs holds only defined bits, a delayer asks for no part
 // of the message (its request carries none), and CapSanitizes comes only
 // with a transformer (the core checks a pipeline's order by it).
-func CheckInfo(t *testing.T, info sdk.Info, kind sdk.Kind) {
+func CheckInfo(t *testing.T, info Info, kind sdk.Kind) {
 	t.Helper()
 	if info.Name == "" {
 		t.Errorf("Info.Name is empty")

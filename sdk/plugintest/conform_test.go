@@ -59,7 +59,7 @@ var brokenStages = map[string]struct {
 			New: func(*testing.T) sdk.Router { return routeTwice{} }}.Run(t)
 	}, `names "stranger@example.org"`},
 	"info of a delayer asking for the body": {func(t *testing.T) {
-		CheckInfo(t, sdk.Info{Name: "x", Kinds: []sdk.Kind{sdk.KindDelayer}, Needs: sdk.NeedBody}, sdk.KindDelayer)
+		CheckInfo(t, Info{Name: "x", Kinds: []sdk.Kind{sdk.KindDelayer}, Needs: sdk.NeedBody}, sdk.KindDelayer)
 	}, "a delay request carries no header or body"},
 }
 

@@ -20,8 +20,23 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
-	"github.com/mixmta/mixmta/sdk"
+	"github.com/mixmta/mixmta/internal/pluginclient"
 )
+
+// Plugin is a plugin process launched through the real host, as the core
+// launches it: its methods (Info, Check, Transform, Route, Delay, Deliver,
+// SetMixState, Mix, Cover, Assemble, Kill, Pid) are the core's calls, and
+// an error of the call itself (the plugin crashed) satisfies IsTransport.
+type Plugin = pluginclient.Client
+
+// Info is what a plugin reported at start: name, version, stage kinds,
+// needs, capabilities and config schema.
+type Info = pluginclient.Info
+
+// IsTransport reports whether err is a failure of the call itself (the
+// plugin crashed or is unreachable), which the core retries after a
+// restart, as opposed to an outcome the stage returned.
+func IsTransport(err error) bool { return pluginclient.IsTransport(err) }
 
 // Build compiles the plugin main package at pkg (a directory or import path,
 // relative to the test's working directory) into a temp dir and returns the
@@ -53,7 +68,7 @@ func BuildTo(pkg, dir string) (string, error) {
 // Start launches the plugin binary at path, configures it as stage "test"
 // with configJSON ("" for defaults), and kills it when the test ends. It
 // fails the test on any launch or config error.
-func Start(t testing.TB, path, configJSON string) *sdk.Client {
+func Start(t testing.TB, path, configJSON string) *Plugin {
 	t.Helper()
 	c, err := StartErr(t, path, configJSON)
 	if err != nil {
@@ -64,12 +79,12 @@ func Start(t testing.TB, path, configJSON string) *sdk.Client {
 
 // StartErr is Start returning the launch or Configure error, for tests of
 // config validation. The plugin is killed when the test ends.
-func StartErr(t testing.TB, path, configJSON string) (*sdk.Client, error) {
+func StartErr(t testing.TB, path, configJSON string) (*Plugin, error) {
 	t.Helper()
 	w := &testWriter{t: t}
 	t.Cleanup(w.stop) // registered first, so it runs after Kill
 	logger := hclog.New(&hclog.LoggerOptions{Name: "plugintest", Level: hclog.Debug, Output: w})
-	c, err := sdk.Launch(sdk.LaunchOptions{Path: path, Logger: logger})
+	c, err := pluginclient.Launch(pluginclient.LaunchOptions{Path: path, Logger: logger})
 	if err != nil {
 		return nil, err
 	}

@@ -30,7 +30,7 @@ type sampleConfig struct {
 }
 
 // schemaAsCoreSees returns the schema of v after the JSON trip from the
-// plugin to the core (sdk.Client decodes it this way).
+// plugin to the core (pluginclient.Client decodes it this way).
 func schemaAsCoreSees(t *testing.T, v any) *sdk.Schema {
 	t.Helper()
 	b, err := json.Marshal(sdk.SchemaOf(v))

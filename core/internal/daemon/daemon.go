@@ -26,6 +26,7 @@ import (
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/core/internal/smtpd"
 	"github.com/mixmta/mixmta/core/internal/stats"
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -128,7 +129,7 @@ func startStage(ctx context.Context, cfg *config.Config, st config.Stage, log hc
 // stageKind is the kind a stage has in the pipeline order. A plugin that
 // is both a router and a mixer (sphinx) is a router there; its mixer kind
 // serves the mix section.
-func stageKind(info sdk.Info) (sdk.Kind, error) {
+func stageKind(info pluginclient.Info) (sdk.Kind, error) {
 	var kinds []sdk.Kind
 	for _, k := range info.Kinds {
 		if k != sdk.KindMixer {

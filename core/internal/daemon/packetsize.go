@@ -5,6 +5,7 @@ import (
 	"fmt"
 
 	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -19,7 +20,7 @@ const PacketSizeKey = "packet_size"
 // mixer kind and declares the key to mix.packet_size, and refuses a stage
 // that sets it to another value. Without a mix section js is returned
 // unchanged (the plugin's own default applies).
-func mixStageConfig(cfg *config.Config, st config.Stage, info sdk.Info, js []byte) ([]byte, error) {
+func mixStageConfig(cfg *config.Config, st config.Stage, info pluginclient.Info, js []byte) ([]byte, error) {
 	if cfg.Mix == nil || !info.Has(sdk.KindMixer) || info.Schema == nil || info.Schema.Properties[PacketSizeKey] == nil {
 		return js, nil
 	}

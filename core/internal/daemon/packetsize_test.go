@@ -11,6 +11,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/mixmta/mixmta/core/internal/config"
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/plugintest"
 )
@@ -21,7 +22,7 @@ import (
 // the key or the kind, and configs without mix: are left alone.
 func TestMixStageConfigSetsAndGuardsPacketSize(t *testing.T) {
 	withKey := &sdk.Schema{Type: "object", Properties: map[string]*sdk.Schema{"packet_size": {Type: "integer"}, "hops": {Type: "integer"}}}
-	mixer := sdk.Info{Kinds: []sdk.Kind{sdk.KindRouter, sdk.KindMixer}, Schema: withKey}
+	mixer := pluginclient.Info{Kinds: []sdk.Kind{sdk.KindRouter, sdk.KindMixer}, Schema: withKey}
 	cfg := &config.Config{Path: "p.yaml", Mix: &config.Mix{PacketSize: 32768}}
 	st := config.Stage{Name: "sphinx", Plugin: "sphinx"}
 
@@ -37,7 +38,7 @@ func TestMixStageConfigSetsAndGuardsPacketSize(t *testing.T) {
 			t.Fatalf("%s: %v, want refused", other, err)
 		}
 	}
-	router := sdk.Info{Kinds: []sdk.Kind{sdk.KindRouter}, Schema: withKey}
+	router := pluginclient.Info{Kinds: []sdk.Kind{sdk.KindRouter}, Schema: withKey}
 	if got, _ := mixStageConfig(cfg, st, router, []byte(`{"packet_size":1024}`)); string(got) != `{"packet_size":1024}` {
 		t.Fatalf("a plugin that is no mixer changed: %s", got)
 	}

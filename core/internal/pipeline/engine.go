@@ -23,6 +23,7 @@ import (
 
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/core/internal/stats"
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -696,7 +697,7 @@ func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queu
 	defer func() { <-sem }()
 	start := time.Now()
 	results, callErr := st.Impl.Deliver(ctx, m)
-	if sdk.IsTransport(callErr) || (len(results) == 0 && stageDown(st, callErr)) {
+	if pluginclient.IsTransport(callErr) || (len(results) == 0 && stageDown(st, callErr)) {
 		return callErr // plugin crashed or down: stageFailed decides
 	}
 	// The call itself worked: the stage no longer fails on this item.
@@ -815,7 +816,7 @@ func reply(err error) string {
 	if err == nil {
 		return "250 2.0.0 ok"
 	}
-	if sdk.IsTransport(err) {
+	if pluginclient.IsTransport(err) {
 		return "plugin crashed or unreachable"
 	}
 	var se *sdk.Error
@@ -927,7 +928,7 @@ func (e *Engine) stageFailed(st Stage, it *queue.Item, err error, alone bool) {
 		}
 		return
 	}
-	crash := sdk.IsTransport(err)
+	crash := pluginclient.IsTransport(err)
 	it.Failures++
 	if crash {
 		it.Crashes++
@@ -951,7 +952,7 @@ func (e *Engine) stageFailed(st Stage, it *queue.Item, err error, alone bool) {
 // during the call, came while the stage's plugin process is not running
 // (it cannot be started).
 func stageDown(st Stage, err error) bool {
-	return err != nil && !sdk.IsTransport(err) && !sdk.IsPermanent(err) && !st.Impl.Healthy()
+	return err != nil && !pluginclient.IsTransport(err) && !sdk.IsPermanent(err) && !st.Impl.Healthy()
 }
 
 // quarantine holds an item with its reason: it stays in the queue, is

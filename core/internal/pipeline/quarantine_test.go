@@ -9,6 +9,7 @@ import (
 
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/core/internal/stats"
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -38,7 +39,7 @@ func TestCrashQuarantinesOnlyTheItemThatCausesIt(t *testing.T) {
 	q := openQueue(t, t.TempDir())
 	defer q.Close()
 	var gen atomic.Int64 // "process generation": a crash starts a new one
-	crashErr := &sdk.TransportError{Err: errors.New("plugin exited")}
+	crashErr := &pluginclient.TransportError{Err: errors.New("plugin exited")}
 	tr := &fakeStage{transform: func(m *sdk.Message) (*sdk.Change, error) {
 		g := gen.Load()
 		if bytes.Contains(m.Header, []byte("Poison")) {

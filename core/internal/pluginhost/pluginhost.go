@@ -1,8 +1,8 @@
 // Package pluginhost launches and supervises the pipeline's plugin
 // processes: one process per stage, started once and reused, restarted with
-// backoff when it fails to start; a call during which it crashed fails as a
-// *sdk.TransportError and the pipeline engine retries the item on the new
-// process so no item is lost.
+// backoff when it fails to start; a call during which it crashed fails as
+// a *pluginclient.TransportError and the pipeline engine retries the item
+// on the new process so no item is lost.
 package pluginhost
 
 import (
@@ -18,6 +18,7 @@ import (
 
 	"github.com/hashicorp/go-hclog"
 
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -64,11 +65,11 @@ const (
 // Stage is a supervised plugin process serving one stage.
 type Stage struct {
 	Spec Spec
-	Info sdk.Info
+	Info pluginclient.Info
 
 	log    hclog.Logger
 	mu     sync.Mutex
-	client *sdk.Client
+	client *pluginclient.Client
 	gen    uint64
 	// failures counts failed launches in a row (restart backoff).
 	failures int
@@ -83,7 +84,7 @@ type Stage struct {
 // then calls Configure. On error nothing is left running.
 func Launch(spec Spec, log hclog.Logger) (*Stage, error) {
 	s := &Stage{Spec: spec, log: log}
-	c, err := sdk.Launch(sdk.LaunchOptions{Path: spec.Path, SHA256: spec.SHA256, Logger: log})
+	c, err := pluginclient.Launch(pluginclient.LaunchOptions{Path: spec.Path, SHA256: spec.SHA256, Logger: log})
 	if err != nil {
 		return nil, err
 	}
@@ -105,17 +106,17 @@ func (s *Stage) Configure(ctx context.Context, configJSON []byte) error {
 
 // Probe launches the plugin only to read its Info (no Configure), then
 // stops it. Used by check-config and `mixmta plugins`.
-func Probe(path, sha string, log hclog.Logger) (sdk.Info, error) {
-	c, err := sdk.Launch(sdk.LaunchOptions{Path: path, SHA256: sha, Logger: log})
+func Probe(path, sha string, log hclog.Logger) (pluginclient.Info, error) {
+	c, err := pluginclient.Launch(pluginclient.LaunchOptions{Path: path, SHA256: sha, Logger: log})
 	if err != nil {
-		return sdk.Info{}, err
+		return pluginclient.Info{}, err
 	}
 	defer c.Kill()
 	return c.Info(), nil
 }
 
-func (s *Stage) launch(ctx context.Context) (*sdk.Client, error) {
-	c, err := sdk.Launch(sdk.LaunchOptions{Path: s.Spec.Path, SHA256: s.Spec.SHA256, Logger: s.log})
+func (s *Stage) launch(ctx context.Context) (*pluginclient.Client, error) {
+	c, err := pluginclient.Launch(pluginclient.LaunchOptions{Path: s.Spec.Path, SHA256: s.Spec.SHA256, Logger: s.log})
 	if err != nil {
 		return nil, err
 	}
@@ -169,7 +170,7 @@ var errClosed = errors.New("pluginhost: stage closed")
 
 // current returns the live client and its generation, restarting the
 // process (with backoff) when it is gone.
-func (s *Stage) current(ctx context.Context) (*sdk.Client, uint64, error) {
+func (s *Stage) current(ctx context.Context) (*pluginclient.Client, uint64, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for {
@@ -241,14 +242,14 @@ func (s *Stage) markDead(gen uint64) {
 // killed) is returned, not retried here: the caller retries the item and
 // counts the crash against it. A call cut by ctx (timeout) fails with a
 // temporary *sdk.Error instead.
-func call[T any](ctx context.Context, s *Stage, fn func(*sdk.Client) (T, error)) (T, error) {
+func call[T any](ctx context.Context, s *Stage, fn func(*pluginclient.Client) (T, error)) (T, error) {
 	var zero T
 	c, gen, err := s.current(ctx)
 	if err != nil {
 		return zero, err
 	}
 	v, err := fn(c)
-	if err == nil || !sdk.IsTransport(err) {
+	if err == nil || !pluginclient.IsTransport(err) {
 		return v, err
 	}
 	if ctx.Err() != nil {
@@ -267,28 +268,28 @@ func call[T any](ctx context.Context, s *Stage, fn func(*sdk.Client) (T, error))
 
 // Check runs the stage as a checker.
 func (s *Stage) Check(ctx context.Context, m *sdk.Message) error {
-	_, err := call(ctx, s, func(c *sdk.Client) (struct{}, error) { return struct{}{}, c.Check(ctx, m) })
+	_, err := call(ctx, s, func(c *pluginclient.Client) (struct{}, error) { return struct{}{}, c.Check(ctx, m) })
 	return err
 }
 
 // Transform runs the stage as a transformer.
 func (s *Stage) Transform(ctx context.Context, m *sdk.Message) (*sdk.Change, error) {
-	return call(ctx, s, func(c *sdk.Client) (*sdk.Change, error) { return c.Transform(ctx, m) })
+	return call(ctx, s, func(c *pluginclient.Client) (*sdk.Change, error) { return c.Transform(ctx, m) })
 }
 
 // Route runs the stage as a router.
 func (s *Stage) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) {
-	return call(ctx, s, func(c *sdk.Client) ([]sdk.Route, error) { return c.Route(ctx, m) })
+	return call(ctx, s, func(c *pluginclient.Client) ([]sdk.Route, error) { return c.Route(ctx, m) })
 }
 
 // Delay runs the stage as a delayer.
 func (s *Stage) Delay(ctx context.Context, req sdk.DelayRequest) ([]time.Duration, error) {
-	return call(ctx, s, func(c *sdk.Client) ([]time.Duration, error) { return c.Delay(ctx, req) })
+	return call(ctx, s, func(c *pluginclient.Client) ([]time.Duration, error) { return c.Delay(ctx, req) })
 }
 
 // Deliver runs the stage as a deliverer.
 func (s *Stage) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, error) {
-	return call(ctx, s, func(c *sdk.Client) ([]sdk.RcptResult, error) { return c.Deliver(ctx, m) })
+	return call(ctx, s, func(c *pluginclient.Client) ([]sdk.RcptResult, error) { return c.Deliver(ctx, m) })
 }
 
 // SetMixState sends the mixer's keys and directory, and keeps them to send
@@ -297,23 +298,23 @@ func (s *Stage) SetMixState(ctx context.Context, st sdk.MixState) error {
 	s.mu.Lock()
 	s.mixState = &st
 	s.mu.Unlock()
-	_, err := call(ctx, s, func(c *sdk.Client) (struct{}, error) { return struct{}{}, c.SetMixState(ctx, st) })
+	_, err := call(ctx, s, func(c *pluginclient.Client) (struct{}, error) { return struct{}{}, c.SetMixState(ctx, st) })
 	return err
 }
 
 // Mix runs the stage as a mixer on one packet.
 func (s *Stage) Mix(ctx context.Context, packet []byte) (*sdk.MixResult, error) {
-	return call(ctx, s, func(c *sdk.Client) (*sdk.MixResult, error) { return c.Mix(ctx, packet) })
+	return call(ctx, s, func(c *pluginclient.Client) (*sdk.MixResult, error) { return c.Mix(ctx, packet) })
 }
 
 // Cover asks the mixer for a cover packet.
 func (s *Stage) Cover(ctx context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
-	return call(ctx, s, func(c *sdk.Client) (*sdk.Packet, error) { return c.Cover(ctx, k) })
+	return call(ctx, s, func(c *pluginclient.Client) (*sdk.Packet, error) { return c.Cover(ctx, k) })
 }
 
 // Assemble asks the mixer to parse a reassembled message.
 func (s *Stage) Assemble(ctx context.Context, data []byte) (*sdk.Message, error) {
-	return call(ctx, s, func(c *sdk.Client) (*sdk.Message, error) { return c.Assemble(ctx, data) })
+	return call(ctx, s, func(c *pluginclient.Client) (*sdk.Message, error) { return c.Assemble(ctx, data) })
 }
 
 // closest returns the executable in dir whose name is nearest to name (at

@@ -19,6 +19,7 @@ import (
 
 	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/core/internal/stats"
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -392,7 +393,7 @@ func TestCheckerFailureRepliesCarryNoInternals(t *testing.T) {
 		want string
 	}{
 		{errors.New("dial unix /tmp/plugin3141592: connect: connection refused"), "451 4.3.0 Temporary local problem"},
-		{&sdk.TransportError{Err: errors.New("rpc error: code = Unavailable desc = error reading from server: EOF")}, "451 4.3.0 Temporary local problem"},
+		{&pluginclient.TransportError{Err: errors.New("rpc error: code = Unavailable desc = error reading from server: EOF")}, "451 4.3.0 Temporary local problem"},
 		{sdk.Temporary(450, "7.1", "Greylisted, try again later"), "450 4.7.1 Greylisted, try again later"},
 	} {
 		sink := newMemSink(t)

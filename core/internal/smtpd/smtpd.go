@@ -32,6 +32,7 @@ import (
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/core/internal/stats"
 	"github.com/mixmta/mixmta/core/internal/users"
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/address"
 )
@@ -337,7 +338,7 @@ func (ss *session) Rcpt(to string, opts *smtp.RcptOptions) error {
 // the client Go error text or socket paths).
 func toSMTP(err error) *smtp.SMTPError {
 	var se *sdk.Error
-	if !errors.As(err, &se) || sdk.IsTransport(err) {
+	if !errors.As(err, &se) || pluginclient.IsTransport(err) {
 		return smtpErr(451, smtp.EnhancedCode{4, 3, 0}, "Temporary local problem, try again later")
 	}
 	e := sdk.AsError(err)

@@ -1,4 +1,4 @@
-package sdk
+package wire
 
 import (
 	"fmt"
@@ -23,8 +23,8 @@ type dirtyPool struct {
 
 var _ mem.BufferPool = (*dirtyPool)(nil)
 
-// bufPool is shared by every client and server of this process.
-var bufPool = &dirtyPool{}
+// BufPool is shared by every client and server of this process.
+var BufPool = &dirtyPool{}
 
 func class(size int) int {
 	if size <= 1 {
@@ -57,20 +57,20 @@ func (p *dirtyPool) Put(b *[]byte) {
 	p.classes[c].Put(b)
 }
 
-// poolCodec is the protobuf codec of the plugin protocol, grpc-go's own
-// but with bufPool: the stock codec takes its buffers from grpc-go's
+// Codec is the protobuf codec of the plugin protocol, grpc-go's own
+// but with BufPool: the stock codec takes its buffers from grpc-go's
 // default pool, which clears the whole size class (1 MiB for anything
 // over 32 KiB) on every call.
-type poolCodec struct{}
+type Codec struct{}
 
-var _ encoding.CodecV2 = poolCodec{}
+var _ encoding.CodecV2 = Codec{}
 
-func (poolCodec) Name() string { return "proto" }
+func (Codec) Name() string { return "proto" }
 
-func (poolCodec) Marshal(v any) (mem.BufferSlice, error) {
+func (Codec) Marshal(v any) (mem.BufferSlice, error) {
 	m, ok := v.(proto.Message)
 	if !ok {
-		return nil, fmt.Errorf("sdk: cannot marshal %T: not a protobuf message", v)
+		return nil, fmt.Errorf("plugin protocol: cannot marshal %T: not a protobuf message", v)
 	}
 	size := proto.Size(m)
 	if mem.IsBelowBufferPoolingThreshold(size) {
@@ -80,20 +80,20 @@ func (poolCodec) Marshal(v any) (mem.BufferSlice, error) {
 		}
 		return mem.BufferSlice{mem.SliceBuffer(b)}, nil
 	}
-	buf := bufPool.Get(size)
+	buf := BufPool.Get(size)
 	if _, err := (proto.MarshalOptions{UseCachedSize: true}).MarshalAppend((*buf)[:0], m); err != nil {
-		bufPool.Put(buf)
+		BufPool.Put(buf)
 		return nil, err
 	}
-	return mem.BufferSlice{mem.NewBuffer(buf, bufPool)}, nil
+	return mem.BufferSlice{mem.NewBuffer(buf, BufPool)}, nil
 }
 
-func (poolCodec) Unmarshal(data mem.BufferSlice, v any) error {
+func (Codec) Unmarshal(data mem.BufferSlice, v any) error {
 	m, ok := v.(proto.Message)
 	if !ok {
-		return fmt.Errorf("sdk: cannot unmarshal into %T: not a protobuf message", v)
+		return fmt.Errorf("plugin protocol: cannot unmarshal into %T: not a protobuf message", v)
 	}
-	buf := data.MaterializeToBuffer(bufPool)
+	buf := data.MaterializeToBuffer(BufPool)
 	defer buf.Free()
 	// proto.Unmarshal copies bytes fields: nothing refers to buf after.
 	return proto.Unmarshal(buf.ReadOnlyData(), m)

@@ -1,4 +1,4 @@
-package sdk
+package wire
 
 import (
 	"bytes"
@@ -6,18 +6,18 @@ import (
 
 	"google.golang.org/grpc/mem"
 
-	"github.com/mixmta/mixmta/sdk/internal/pb"
+	"github.com/mixmta/mixmta/internal/pb"
 )
 
 // TestPoolCodecDoesNotAliasPooledBuffers: a 64 KiB packet goes through
-// poolCodec both ways; after the buffers went back to bufPool and were
+// Codec both ways; after the buffers went back to BufPool and were
 // handed out again and overwritten, the decoded packet is unchanged. A
 // codec that let the message refer to a pooled buffer (no copy on
 // Unmarshal) would hand the next call's bytes to this one.
 func TestPoolCodecDoesNotAliasPooledBuffers(t *testing.T) {
 	packet := bytes.Repeat([]byte("sphinx packet "), 65536/14+1)[:65536]
 	want := bytes.Clone(packet)
-	var c poolCodec
+	var c Codec
 	wire, err := c.Marshal(&pb.MixRequest{Packet: packet})
 	if err != nil {
 		t.Fatal(err)
@@ -27,9 +27,9 @@ func TestPoolCodecDoesNotAliasPooledBuffers(t *testing.T) {
 	wire.Free()
 	var in mem.BufferSlice
 	for off := 0; off < len(flat); off += 16 << 10 {
-		b := bufPool.Get(min(16<<10, len(flat)-off))
+		b := BufPool.Get(min(16<<10, len(flat)-off))
 		copy(*b, flat[off:])
-		in = append(in, mem.NewBuffer(b, bufPool))
+		in = append(in, mem.NewBuffer(b, BufPool))
 	}
 	var got pb.MixRequest
 	if err := c.Unmarshal(in, &got); err != nil {
@@ -38,11 +38,11 @@ func TestPoolCodecDoesNotAliasPooledBuffers(t *testing.T) {
 	in.Free()
 	for range 8 { // reuse whatever went back to the pool
 		for _, size := range []int{16 << 10, len(flat)} {
-			b := bufPool.Get(size)
+			b := BufPool.Get(size)
 			for i := range *b {
 				(*b)[i] = 0xAA
 			}
-			bufPool.Put(b)
+			BufPool.Put(b)
 		}
 	}
 	if !bytes.Equal(got.GetPacket(), want) {
@@ -57,12 +57,12 @@ func TestPoolCodecDoesNotAliasPooledBuffers(t *testing.T) {
 // that holds it, and Put keeps only buffers of a class's capacity.
 func TestBufPoolSizes(t *testing.T) {
 	for _, n := range []int{0, 1, 2, 255, 256, 257, 16 << 10, 65536 + 40, 1 << 20} {
-		b := bufPool.Get(n)
+		b := BufPool.Get(n)
 		if len(*b) != n || cap(*b) < n || cap(*b) >= 2*max(n, 1) {
 			t.Fatalf("Get(%d): len %d cap %d", n, len(*b), cap(*b))
 		}
-		bufPool.Put(b)
+		BufPool.Put(b)
 	}
 	odd := make([]byte, 100)
-	bufPool.Put(&odd) // not a class capacity: ignored, no panic
+	BufPool.Put(&odd) // not a class capacity: ignored, no panic
 }

@@ -1,4 +1,4 @@
-package sdk
+package pluginclient
 
 import (
 	"bytes"
@@ -6,6 +6,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/mixmta/mixmta/internal/wire"
 )
 
 // TestBodyRegionIsReadOnlyToThePlugin: the descriptor a plugin gets can
@@ -21,11 +23,11 @@ func TestBodyRegionIsReadOnlyToThePlugin(t *testing.T) {
 	if _, err := ro.Write([]byte("x")); err == nil {
 		t.Fatal("the plugin's descriptor is writable")
 	}
-	if m, err := unix.Mmap(int(ro.Fd()), 0, inlineMax, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
+	if m, err := unix.Mmap(int(ro.Fd()), 0, wire.InlineMax, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err == nil {
 		unix.Munmap(m)
 		t.Fatal("the plugin's descriptor maps writable")
 	}
-	mem, err := unix.Mmap(int(ro.Fd()), 0, regionSlots*inlineMax, unix.PROT_READ, unix.MAP_SHARED)
+	mem, err := unix.Mmap(int(ro.Fd()), 0, wire.RegionSlots*wire.InlineMax, unix.PROT_READ, unix.MAP_SHARED)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +41,7 @@ func TestBodyRegionIsReadOnlyToThePlugin(t *testing.T) {
 	if err := r.write(slot, nil, open, int64(len(body))); err != nil {
 		t.Fatal(err)
 	}
-	off := int(slot) * inlineMax
+	off := int(slot) * wire.InlineMax
 	if !bytes.Equal(mem[off:off+len(body)], body) {
 		t.Fatal("the mapping does not show the body written into the slot")
 	}

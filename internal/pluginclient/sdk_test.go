@@ -1,4 +1,4 @@
-package sdk_test
+package pluginclient_test
 
 import (
 	"bytes"
@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/plugintest"
 )
@@ -32,7 +33,7 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-func echo(t *testing.T, cfg string) *sdk.Client {
+func echo(t *testing.T, cfg string) *pluginclient.Client {
 	t.Helper()
 	return plugintest.Start(t, echoBin, cfg)
 }
@@ -132,7 +133,7 @@ func TestNeedsLimitWhatCrossesTheWire(t *testing.T) {
 func TestCrashedPluginCallIsTransportError(t *testing.T) {
 	p := echo(t, `{"crash":"boom"}`)
 	_, err := p.Deliver(context.Background(), &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"boom@example.net"}}})
-	if !sdk.IsTransport(err) {
+	if !pluginclient.IsTransport(err) {
 		t.Fatalf("got %v, want a transport error", err)
 	}
 }

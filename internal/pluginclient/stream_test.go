@@ -1,4 +1,4 @@
-package sdk_test
+package pluginclient_test
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"io"
 	"testing"
 
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -62,12 +63,12 @@ func TestBodyReadFailureIsNotAPluginFailure(t *testing.T) {
 	m := &sdk.Message{ID: "02", Envelope: sdk.Envelope{RcptTo: []string{"ok@example.net"}}, Header: []byte("S: 1\r\n\r\n"),
 		BodyLen: 3 << 20, OpenBody: func() (io.Reader, error) { return &failingReader{n: 1 << 20, err: broken}, nil }}
 	_, err := p.Deliver(context.Background(), m)
-	if !errors.Is(err, broken) || sdk.IsTransport(err) {
-		t.Fatalf("Deliver with a failing body: %v (transport: %v); want the read error", err, sdk.IsTransport(err))
+	if !errors.Is(err, broken) || pluginclient.IsTransport(err) {
+		t.Fatalf("Deliver with a failing body: %v (transport: %v); want the read error", err, pluginclient.IsTransport(err))
 	}
 	short := *m
 	short.OpenBody = func() (io.Reader, error) { return bytes.NewReader(make([]byte, 10)), nil }
-	if _, err := p.Deliver(context.Background(), &short); err == nil || sdk.IsTransport(err) {
+	if _, err := p.Deliver(context.Background(), &short); err == nil || pluginclient.IsTransport(err) {
 		t.Fatalf("Deliver with a body shorter than BodyLen: %v; want a non-transport error", err)
 	}
 	ok := *m

@@ -1,4 +1,8 @@
-package sdk
+// Package pluginclient is the host's end of the plugin protocol: how the
+// core (core/internal/pluginhost) and plugin tests (sdk/plugintest) launch
+// a plugin binary and call its stage. The plugin's end is sdk.Serve; what
+// both ends share is internal/wire. Plugin authors do not import it.
+package pluginclient
 
 import (
 	"context"
@@ -19,25 +23,23 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/experimental"
 
-	"github.com/mixmta/mixmta/sdk/internal/pb"
+	"github.com/mixmta/mixmta/internal/pb"
+	"github.com/mixmta/mixmta/internal/wire"
+	"github.com/mixmta/mixmta/sdk"
 )
-
-// This file is the host side of the protocol: how the core (and
-// sdk/plugintest) launches a plugin binary and calls it. Plugin authors do
-// not need it.
 
 // Info is what a plugin reports about itself at start.
 type Info struct {
 	Name, Version, Doc string
-	Kinds              []Kind
-	Needs              Needs
-	Schema             *Schema
+	Kinds              []sdk.Kind
+	Needs              sdk.Needs
+	Schema             *sdk.Schema
 	// Capabilities the plugin reports (e.g. CapSanitizes).
-	Capabilities []Capability
+	Capabilities []sdk.Capability
 }
 
 // Can reports whether the plugin reports capability c.
-func (i Info) Can(c Capability) bool {
+func (i Info) Can(c sdk.Capability) bool {
 	for _, x := range i.Capabilities {
 		if x == c {
 			return true
@@ -47,7 +49,7 @@ func (i Info) Can(c Capability) bool {
 }
 
 // Has reports whether the plugin implements kind k.
-func (i Info) Has(k Kind) bool {
+func (i Info) Has(k sdk.Kind) bool {
 	for _, x := range i.Kinds {
 		if x == k {
 			return true
@@ -88,7 +90,7 @@ func IsTransport(err error) bool {
 }
 
 // Client is a launched plugin process. Its methods are safe for concurrent
-// use. Calls send only the message parts the plugin declared in Needs.
+// use. Calls send only the message parts the plugin declared in sdk.Needs.
 type Client struct {
 	pc   *plugin.Client
 	rpc  pb.StageClient
@@ -122,7 +124,7 @@ func Launch(o LaunchOptions) (*Client, error) {
 	case logger.IsWarn() && !logger.IsInfo():
 		level = "warn"
 	}
-	cmd.Env = []string{LogLevelEnv + "=" + level}
+	cmd.Env = []string{wire.LogLevelEnv + "=" + level}
 	var region *bodyRegion
 	if !o.NoBatch {
 		r, ro, err := newBodyRegion()
@@ -132,7 +134,7 @@ func Launch(o LaunchOptions) (*Client, error) {
 		defer ro.Close() // the plugin has its own copy once started
 		region = r
 		cmd.ExtraFiles = []*os.File{ro}
-		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", bodyRegionEnv, regionFD))
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", wire.BodyRegionEnv, wire.RegionFD))
 	}
 	fail := func(err error) (*Client, error) {
 		if region != nil {
@@ -141,8 +143,8 @@ func Launch(o LaunchOptions) (*Client, error) {
 		return nil, err
 	}
 	cfg := &plugin.ClientConfig{
-		HandshakeConfig:  Handshake,
-		VersionedPlugins: map[int]plugin.PluginSet{ProtocolVersion: {"stage": &grpcPlugin{}}},
+		HandshakeConfig:  wire.Handshake,
+		VersionedPlugins: map[int]plugin.PluginSet{wire.ProtocolVersion: {"stage": &grpcPlugin{}}},
 		Cmd:              cmd,
 		SkipHostEnv:      true,
 		AllowedProtocols: []plugin.Protocol{plugin.ProtocolGRPC},
@@ -151,10 +153,10 @@ func Launch(o LaunchOptions) (*Client, error) {
 		SyncStdout:       io.Discard,
 		SyncStderr:       io.Discard,
 		GRPCDialOptions: []grpc.DialOption{grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(MaxCallBytes), grpc.MaxCallSendMsgSize(MaxCallBytes), grpc.ForceCodecV2(poolCodec{})),
-			grpc.WithInitialWindowSize(flowWindow), grpc.WithInitialConnWindowSize(flowWindow),
-			grpc.WithReadBufferSize(socketBuffer), grpc.WithWriteBufferSize(socketBuffer),
-			experimental.WithBufferPool(bufPool)},
+			grpc.MaxCallRecvMsgSize(wire.MaxCallBytes), grpc.MaxCallSendMsgSize(wire.MaxCallBytes), grpc.ForceCodecV2(wire.Codec{})),
+			grpc.WithInitialWindowSize(wire.FlowWindow), grpc.WithInitialConnWindowSize(wire.FlowWindow),
+			grpc.WithReadBufferSize(wire.SocketBuffer), grpc.WithWriteBufferSize(wire.SocketBuffer),
+			experimental.WithBufferPool(wire.BufPool)},
 	}
 	if cfg.StartTimeout == 0 {
 		cfg.StartTimeout = 10 * time.Second
@@ -185,14 +187,14 @@ func Launch(o LaunchOptions) (*Client, error) {
 		pc.Kill()
 		return fail(fmt.Errorf("plugin %s: info: %w", o.Path, err))
 	}
-	c.info = Info{Name: ir.GetName(), Version: ir.GetVersion(), Doc: ir.GetDoc(), Needs: Needs(ir.GetNeeds())}
+	c.info = Info{Name: ir.GetName(), Version: ir.GetVersion(), Doc: ir.GetDoc(), Needs: sdk.Needs(ir.GetNeeds())}
 	for _, k := range ir.GetKinds() {
-		c.info.Kinds = append(c.info.Kinds, Kind(k))
+		c.info.Kinds = append(c.info.Kinds, sdk.Kind(k))
 	}
 	for _, k := range ir.GetCapabilities() {
-		c.info.Capabilities = append(c.info.Capabilities, Capability(k))
+		c.info.Capabilities = append(c.info.Capabilities, sdk.Capability(k))
 	}
-	c.info.Schema = new(Schema)
+	c.info.Schema = new(sdk.Schema)
 	if err := json.Unmarshal([]byte(ir.GetConfigSchema()), c.info.Schema); err != nil {
 		pc.Kill()
 		return fail(fmt.Errorf("plugin %s: bad config schema: %w", o.Path, err))
@@ -244,7 +246,7 @@ func transport(err error) error {
 }
 
 // Configure sends the stage's config block as JSON. A config error comes
-// back as a *FieldError (naming the key) or an *Error.
+// back as a *sdk.FieldError (naming the key) or an *sdk.Error.
 func (c *Client) Configure(ctx context.Context, stage string, configJSON []byte) error {
 	r, err := c.rpc.Configure(ctx, &pb.ConfigureRequest{Stage: stage, ConfigJson: configJSON})
 	if err != nil {
@@ -255,44 +257,44 @@ func (c *Client) Configure(ctx context.Context, stage string, configJSON []byte)
 	}
 	msg := errors.New(r.GetStatus().GetText())
 	if r.GetField() != "" {
-		return &FieldError{Field: r.GetField(), Err: msg}
+		return &sdk.FieldError{Field: r.GetField(), Err: msg}
 	}
 	return msg
 }
 
 // send writes m to s as frames, with the parts the plugin declared in
-// Needs. A body given as OpenBody is streamed from its reader in bounded
+// sdk.Needs. A body given as OpenBody is streamed from its reader in bounded
 // memory. Errors: a stream failure as a *TransportError, a failure to read
 // the body as is.
-func (c *Client) send(s frameSender, m *Message) error {
-	meta := metaToPB(m, c.info.Needs&NeedHeader != 0, c.info.Needs.Body())
+func (c *Client) send(s wire.FrameSender, m *sdk.Message) error {
+	meta := metaToPB(m, c.info.Needs&sdk.NeedHeader != 0, c.info.Needs.Body())
 	var h []byte
-	if c.info.Needs&NeedHeader != 0 {
+	if c.info.Needs&sdk.NeedHeader != 0 {
 		h = m.Header
 	}
 	var err error
 	switch {
 	case !c.info.Needs.Body():
-		err = sendMessage(s, meta, h, nil)
+		err = wire.SendMessage(s, meta, h, nil)
 	case m.Body == nil && m.OpenBody != nil:
 		var r io.Reader
 		if r, err = m.OpenBody(); err != nil {
 			return err
 		}
-		err = sendStreamed(s, meta, h, r, m.BodyLen)
+		err = wire.SendStreamed(s, meta, h, r, m.BodyLen)
 	default:
-		err = sendMessage(s, meta, h, m.Body)
+		err = wire.SendMessage(s, meta, h, m.Body)
 	}
-	var be *bodyReadError
+	var be *wire.BodyReadError
 	if errors.As(err, &be) {
-		return be.err
+		return be.Err
 	}
 	return transport(err)
 }
 
-// Check runs a checker. nil accepts; an *Error rejects.
-func (c *Client) Check(ctx context.Context, m *Message) error {
-	if r, err := c.inline(ctx, opCheck, m); err != nil || r != nil {
+// Check runs a checker. nil accepts; an *sdk.Error rejects.
+func (c *Client) Check(ctx context.Context, m *sdk.Message) error {
+	if r, err := c.inline(ctx, wire.OpCheck, m); err != nil || r != nil {
 		if err != nil {
 			return err
 		}
@@ -314,9 +316,9 @@ func (c *Client) Check(ctx context.Context, m *Message) error {
 	return statusFromPB(r.GetStatus())
 }
 
-// Transform runs a transformer and returns its Change (never nil on success).
-func (c *Client) Transform(ctx context.Context, m *Message) (*Change, error) {
-	if r, err := c.inline(ctx, opTransform, m); err != nil || r != nil {
+// Transform runs a transformer and returns its sdk.Change (never nil on success).
+func (c *Client) Transform(ctx context.Context, m *sdk.Message) (*sdk.Change, error) {
+	if r, err := c.inline(ctx, wire.OpTransform, m); err != nil || r != nil {
 		if err != nil {
 			return nil, err
 		}
@@ -338,11 +340,11 @@ func (c *Client) Transform(ctx context.Context, m *Message) (*Change, error) {
 	return changeFromPB(meta, header, body)
 }
 
-// changeFromPB is the Change a Transform reply describes (header and body
+// changeFromPB is the sdk.Change a Transform reply describes (header and body
 // are the caller's: decoding made them). Errors: a part whose length is
 // not the one announced, as a *TransportError.
-func changeFromPB(meta *pb.MessageMeta, header, body []byte) (*Change, error) {
-	ch := &Change{}
+func changeFromPB(meta *pb.MessageMeta, header, body []byte) (*sdk.Change, error) {
+	ch := &sdk.Change{}
 	if meta.GetHeaderPresent() {
 		if int64(len(header)) != meta.GetHeaderLen() {
 			return nil, transport(errors.New("transform header length differs from the announced one"))
@@ -372,16 +374,16 @@ func present(b []byte) []byte {
 }
 
 // inline runs m as a batched call of op when the plugin serves the Calls
-// stream and the parts it needs fit inlineMax; it returns a nil reply when
+// stream and the parts it needs fit wire.InlineMax; it returns a nil reply when
 // the call must be a framed call instead (too large, or the plugin's reply
 // would not fit a batch). A body given as OpenBody is read whole (it is at
-// most inlineMax). Errors: reading the body, as is; the stream, as a
+// most wire.InlineMax). Errors: reading the body, as is; the stream, as a
 // *TransportError.
-func (c *Client) inline(ctx context.Context, op int32, m *Message) (*pb.Reply, error) {
+func (c *Client) inline(ctx context.Context, op int32, m *sdk.Message) (*pb.Reply, error) {
 	if c.calls == nil {
 		return nil, nil
 	}
-	sendH, sendB := c.info.Needs&NeedHeader != 0, c.info.Needs.Body()
+	sendH, sendB := c.info.Needs&sdk.NeedHeader != 0, c.info.Needs.Body()
 	var n int64
 	if sendH {
 		n += int64(len(m.Header))
@@ -393,7 +395,7 @@ func (c *Client) inline(ctx context.Context, op int32, m *Message) (*pb.Reply, e
 			n += m.BodyLen
 		}
 	}
-	if n > inlineMax {
+	if n > wire.InlineMax {
 		return nil, nil
 	}
 	call := &pb.Call{Op: op, Meta: metaToPB(m, sendH, sendB)}
@@ -427,7 +429,7 @@ func (c *Client) inline(ctx context.Context, op int32, m *Message) (*pb.Reply, e
 		}
 	}
 	r, err := c.calls.do(ctx, call, release)
-	if err != nil || r.GetStatus().GetKind() == statusPerCall {
+	if err != nil || r.GetStatus().GetKind() == wire.StatusPerCall {
 		return nil, err
 	}
 	return r, nil
@@ -436,8 +438,8 @@ func (c *Client) inline(ctx context.Context, op int32, m *Message) (*pb.Reply, e
 // messageStream is a bidirectional stream of MessageFrames (Transform,
 // Assemble).
 type messageStream interface {
-	frameSender
-	frameReceiver
+	wire.FrameSender
+	wire.FrameReceiver
 	CloseSend() error
 }
 
@@ -458,7 +460,7 @@ func exchange(s messageStream, send func() error) (*pb.MessageMeta, []byte, []by
 	if err := statusFromPB(first.GetStatus()); err != nil {
 		return nil, nil, nil, err
 	}
-	m, h, b, err := recvMessage(&prepended{first: first, r: s}, MaxCallBytes*1024)
+	m, h, b, err := wire.RecvMessage(&prepended{first: first, r: s}, wire.MaxCallBytes*1024)
 	if err != nil {
 		return nil, nil, nil, transport(err)
 	}
@@ -467,7 +469,7 @@ func exchange(s messageStream, send func() error) (*pb.MessageMeta, []byte, []by
 
 type prepended struct {
 	first *pb.MessageFrame
-	r     frameReceiver
+	r     wire.FrameReceiver
 }
 
 func (p *prepended) Recv() (*pb.MessageFrame, error) {
@@ -478,19 +480,19 @@ func (p *prepended) Recv() (*pb.MessageFrame, error) {
 	return p.r.Recv()
 }
 
-// Route runs a router.
-func (c *Client) Route(ctx context.Context, m *Message) ([]Route, error) {
-	if r, err := c.inline(ctx, opRoute, m); err != nil || r != nil {
+// sdk.Route runs a router.
+func (c *Client) Route(ctx context.Context, m *sdk.Message) ([]sdk.Route, error) {
+	if r, err := c.inline(ctx, wire.OpRoute, m); err != nil || r != nil {
 		if err != nil {
 			return nil, err
 		}
 		if err := statusFromPB(r.GetStatus()); err != nil {
 			return nil, err
 		}
-		routes := make([]Route, 0, len(r.GetRoutes()))
+		routes := make([]sdk.Route, 0, len(r.GetRoutes()))
 		for _, x := range r.GetRoutes() {
 			rm := x.GetRoute()
-			rt := Route{RcptTo: rm.GetRcptTo(), Deliverer: rm.GetDeliverer()}
+			rt := sdk.Route{RcptTo: rm.GetRcptTo(), Deliverer: rm.GetDeliverer()}
 			copy(rt.NextHop[:], rm.GetNextHop())
 			if rm.GetBodyPresent() {
 				if int64(len(x.GetBody())) != rm.GetBodyLen() {
@@ -514,7 +516,7 @@ func (c *Client) Route(ctx context.Context, m *Message) ([]Route, error) {
 	if err := s.CloseSend(); err != nil {
 		return nil, transport(err)
 	}
-	var routes []Route
+	var routes []sdk.Route
 	var want int64
 	for {
 		f, err := s.Recv()
@@ -528,7 +530,7 @@ func (c *Client) Route(ctx context.Context, m *Message) ([]Route, error) {
 			return nil, err
 		}
 		if rm := f.GetRoute(); rm != nil {
-			r := Route{RcptTo: rm.GetRcptTo(), Deliverer: rm.GetDeliverer()}
+			r := sdk.Route{RcptTo: rm.GetRcptTo(), Deliverer: rm.GetDeliverer()}
 			copy(r.NextHop[:], rm.GetNextHop())
 			want = 0
 			if rm.GetBodyPresent() {
@@ -549,12 +551,12 @@ func (c *Client) Route(ctx context.Context, m *Message) ([]Route, error) {
 }
 
 // Delay asks a delayer for req.Count delays.
-func (c *Client) Delay(ctx context.Context, req DelayRequest) ([]time.Duration, error) {
+func (c *Client) Delay(ctx context.Context, req sdk.DelayRequest) ([]time.Duration, error) {
 	dr := &pb.DelayRequest{Envelope: envelopeToPB(req.Envelope), Size: req.Size, Count: int32(max(req.Count, 1))}
 	var status *pb.Status
 	var delays []int64
 	if c.calls != nil {
-		r, err := c.calls.do(ctx, &pb.Call{Op: opDelay, Delay: dr}, nil)
+		r, err := c.calls.do(ctx, &pb.Call{Op: wire.OpDelay, Delay: dr}, nil)
 		if err != nil {
 			return nil, err
 		}
@@ -577,10 +579,10 @@ func (c *Client) Delay(ctx context.Context, req DelayRequest) ([]time.Duration, 
 }
 
 // Deliver runs a deliverer. Recipients without a result should be retried.
-func (c *Client) Deliver(ctx context.Context, m *Message) ([]RcptResult, error) {
+func (c *Client) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, error) {
 	var status *pb.Status
 	var results []*pb.RcptResult
-	if r, err := c.inline(ctx, opDeliver, m); err != nil {
+	if r, err := c.inline(ctx, wire.OpDeliver, m); err != nil {
 		return nil, err
 	} else if r != nil {
 		status, results = r.GetStatus(), r.GetResults()
@@ -591,14 +593,14 @@ func (c *Client) Deliver(ctx context.Context, m *Message) ([]RcptResult, error) 
 		}
 		status, results = r.GetStatus(), r.GetResults()
 	}
-	out := make([]RcptResult, 0, len(results))
+	out := make([]sdk.RcptResult, 0, len(results))
 	for _, x := range results {
-		out = append(out, RcptResult{Rcpt: x.GetRcpt(), Err: statusFromPB(x.GetStatus()), Relay: x.GetRelay()})
+		out = append(out, sdk.RcptResult{Rcpt: x.GetRcpt(), Err: statusFromPB(x.GetStatus()), Relay: x.GetRelay()})
 	}
 	return out, statusFromPB(status)
 }
 
-func (c *Client) deliverFramed(ctx context.Context, m *Message) (*pb.DeliverReply, error) {
+func (c *Client) deliverFramed(ctx context.Context, m *sdk.Message) (*pb.DeliverReply, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	s, err := c.rpc.Deliver(ctx)
@@ -616,7 +618,7 @@ func (c *Client) deliverFramed(ctx context.Context, m *Message) (*pb.DeliverRepl
 }
 
 // SetMixState runs a mixer's SetMixState.
-func (c *Client) SetMixState(ctx context.Context, st MixState) error {
+func (c *Client) SetMixState(ctx context.Context, st sdk.MixState) error {
 	req := &pb.MixState{Epoch: st.Epoch, Keys: keysToPB(st.Keys), Self: st.Self[:], KeyDir: st.KeyDir}
 	for _, n := range st.Nodes {
 		req.Nodes = append(req.Nodes, &pb.DirectoryNode{Id: append([]byte(nil), n.ID[:]...), Name: n.Name, Exit: n.Exit, Healthy: n.Healthy, Keys: keysToPB(n.Keys), Capabilities: n.Capabilities})
@@ -629,7 +631,7 @@ func (c *Client) SetMixState(ctx context.Context, st MixState) error {
 }
 
 // Mix runs a mixer on one packet.
-func (c *Client) Mix(ctx context.Context, packet []byte) (*MixResult, error) {
+func (c *Client) Mix(ctx context.Context, packet []byte) (*sdk.MixResult, error) {
 	r, err := c.rpc.Mix(ctx, &pb.MixRequest{Packet: packet})
 	if err != nil {
 		return nil, transport(err)
@@ -637,12 +639,12 @@ func (c *Client) Mix(ctx context.Context, packet []byte) (*MixResult, error) {
 	if err := statusFromPB(r.GetStatus()); err != nil {
 		return nil, err
 	}
-	out := &MixResult{Action: MixAction(r.GetAction()), Packet: r.GetPacket(), Epoch: r.GetEpoch()}
+	out := &sdk.MixResult{Action: sdk.MixAction(r.GetAction()), Packet: r.GetPacket(), Epoch: r.GetEpoch()}
 	copy(out.NextHop[:], r.GetNextHop())
 	copy(out.ReplayTag[:], r.GetReplayTag())
 	copy(out.LoopID[:], r.GetLoopId())
 	if r.GetFragmentCount() > 0 {
-		f := &Fragment{Index: int(r.GetFragmentIndex()), Count: int(r.GetFragmentCount()), Data: r.GetFragmentData()}
+		f := &sdk.Fragment{Index: int(r.GetFragmentIndex()), Count: int(r.GetFragmentCount()), Data: r.GetFragmentData()}
 		copy(f.MessageID[:], r.GetFragmentMessageId())
 		out.Fragment = f
 	}
@@ -650,7 +652,7 @@ func (c *Client) Mix(ctx context.Context, packet []byte) (*MixResult, error) {
 }
 
 // Cover asks a mixer for one cover packet.
-func (c *Client) Cover(ctx context.Context, k CoverKind) (*Packet, error) {
+func (c *Client) Cover(ctx context.Context, k sdk.CoverKind) (*sdk.Packet, error) {
 	r, err := c.rpc.Cover(ctx, &pb.CoverRequest{Kind: int32(k)})
 	if err != nil {
 		return nil, transport(err)
@@ -658,11 +660,11 @@ func (c *Client) Cover(ctx context.Context, k CoverKind) (*Packet, error) {
 	if err := statusFromPB(r.GetStatus()); err != nil {
 		return nil, err
 	}
-	p := &Packet{Data: r.GetPacket()}
+	p := &sdk.Packet{Data: r.GetPacket()}
 	copy(p.NextHop[:], r.GetNextHop())
 	copy(p.LoopID[:], r.GetLoopId())
 	for _, b := range r.GetPath() {
-		var id NodeID
+		var id sdk.NodeID
 		copy(id[:], b)
 		p.Path = append(p.Path, id)
 	}
@@ -670,16 +672,30 @@ func (c *Client) Cover(ctx context.Context, k CoverKind) (*Packet, error) {
 }
 
 // Assemble asks a mixer to parse a reassembled message.
-func (c *Client) Assemble(ctx context.Context, data []byte) (*Message, error) {
+func (c *Client) Assemble(ctx context.Context, data []byte) (*sdk.Message, error) {
 	s, err := c.rpc.Assemble(ctx)
 	if err != nil {
 		return nil, transport(err)
 	}
 	meta, header, body, err := exchange(s, func() error {
-		return transport(sendMessage(s, &pb.MessageMeta{BodyPresent: true, BodyLen: int64(len(data))}, nil, data))
+		return transport(wire.SendMessage(s, &pb.MessageMeta{BodyPresent: true, BodyLen: int64(len(data))}, nil, data))
 	})
 	if err != nil {
 		return nil, err
 	}
-	return &Message{Envelope: envelopeFromPB(meta.GetEnvelope()), Header: header, Body: body, Size: int64(len(header) + len(body))}, nil
+	return &sdk.Message{Envelope: envelopeFromPB(meta.GetEnvelope()), Header: header, Body: body, Size: int64(len(header) + len(body))}, nil
+}
+
+// grpcPlugin is the host's go-plugin glue: it gets a pb.StageClient on the
+// plugin's connection (the plugin's side is in sdk.Serve).
+type grpcPlugin struct {
+	plugin.NetRPCUnsupportedPlugin
+}
+
+func (*grpcPlugin) GRPCServer(*plugin.GRPCBroker, *grpc.Server) error {
+	return errors.New("the host serves no plugin")
+}
+
+func (*grpcPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
+	return pb.NewStageClient(c), nil
 }

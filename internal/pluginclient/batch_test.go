@@ -1,4 +1,4 @@
-package sdk_test
+package pluginclient_test
 
 import (
 	"bytes"
@@ -12,14 +12,15 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 )
 
 // launch starts the echo plugin configured with cfg, with or without the
 // batched Calls stream.
-func launch(t *testing.T, cfg string, noBatch bool) *sdk.Client {
+func launch(t *testing.T, cfg string, noBatch bool) *pluginclient.Client {
 	t.Helper()
-	c, err := sdk.Launch(sdk.LaunchOptions{Path: echoBin, NoBatch: noBatch})
+	c, err := pluginclient.Launch(pluginclient.LaunchOptions{Path: echoBin, NoBatch: noBatch})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +33,7 @@ func launch(t *testing.T, cfg string, noBatch bool) *sdk.Client {
 
 // outcome runs every stage kind on a small message and renders what came
 // back, errors included.
-func outcome(c *sdk.Client) string {
+func outcome(c *pluginclient.Client) string {
 	ctx := context.Background()
 	m := &sdk.Message{ID: "0a", Envelope: sdk.Envelope{MailFrom: "a@example.org", RcptTo: []string{"ok@example.net", "temp@example.net", "gone@example.net"}},
 		Header: []byte("Subject: small\r\n\r\n"), Body: []byte("hello\r\n"), Size: 25, Attempt: 2, ReceivedAt: time.Unix(1e9, 0)}
@@ -65,14 +66,14 @@ func TestBatchedCallsAnswerAsFramedCalls(t *testing.T) {
 	if !strings.Contains(want, "SUBJECT: SMALL") || !strings.Contains(want, "5.7.1") || !strings.Contains(want, "len=") {
 		t.Fatalf("unexpected outcome:\n%s", want)
 	}
-	if calls, _ := sdk.Batched(batched); calls < 7 {
+	if calls, _ := pluginclient.Batched(batched); calls < 7 {
 		t.Fatalf("batched client sent %d calls on its stream, want every call", calls)
 	}
-	if calls, _ := sdk.Batched(framed); calls != 0 {
+	if calls, _ := pluginclient.Batched(framed); calls != 0 {
 		t.Fatalf("framed client sent %d batched calls", calls)
 	}
-	if !sdk.UsesRegion(batched) || sdk.UsesRegion(framed) {
-		t.Fatalf("body region: batched %v, framed %v; want only the batched client to use one", sdk.UsesRegion(batched), sdk.UsesRegion(framed))
+	if !pluginclient.UsesRegion(batched) || pluginclient.UsesRegion(framed) {
+		t.Fatalf("body region: batched %v, framed %v; want only the batched client to use one", pluginclient.UsesRegion(batched), pluginclient.UsesRegion(framed))
 	}
 }
 
@@ -108,13 +109,13 @@ func TestConcurrentCallsShareBatches(t *testing.T) {
 	for err := range errs {
 		t.Fatal(err)
 	}
-	calls, batches := sdk.Batched(c)
+	calls, batches := pluginclient.Batched(c)
 	if calls != callers*each || batches >= calls {
 		t.Fatalf("%d calls in %d batches: want all %d calls, in fewer batches", calls, batches, callers*each)
 	}
 	t.Logf("%d calls in %d batches", calls, batches)
 	// Every slot lent to a call came back with its reply.
-	if free, all := sdk.FreeSlots(c); free != all {
+	if free, all := pluginclient.FreeSlots(c); free != all {
 		t.Fatalf("%d of %d body region slots free after every call returned", free, all)
 	}
 }
@@ -146,11 +147,11 @@ func TestCrashFailsBatchedCallsAsTransportErrors(t *testing.T) {
 	}
 	wg.Wait()
 	for i, err := range errs {
-		if !sdk.IsTransport(err) || errors.Is(err, context.DeadlineExceeded) {
+		if !pluginclient.IsTransport(err) || errors.Is(err, context.DeadlineExceeded) {
 			t.Fatalf("caller %d: got %v, want a transport error from the crash", i, err)
 		}
 	}
-	if _, err := c.Delay(ctx, sdk.DelayRequest{Count: 1}); !sdk.IsTransport(err) {
+	if _, err := c.Delay(ctx, sdk.DelayRequest{Count: 1}); !pluginclient.IsTransport(err) {
 		t.Fatalf("call after the crash: %v", err)
 	}
 }
@@ -162,7 +163,7 @@ func TestCancelledBatchedCallReturns(t *testing.T) {
 	c := launch(t, "", false)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	if _, err := c.Deliver(ctx, &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"ok@example.net"}}}); !sdk.IsTransport(err) || !errors.Is(err, context.Canceled) {
+	if _, err := c.Deliver(ctx, &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"ok@example.net"}}}); !pluginclient.IsTransport(err) || !errors.Is(err, context.Canceled) {
 		t.Fatalf("got %v, want a transport error wrapping context.Canceled", err)
 	}
 	res, err := c.Deliver(context.Background(), &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"ok@example.net"}}})

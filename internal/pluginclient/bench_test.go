@@ -1,4 +1,4 @@
-package sdk_test
+package pluginclient_test
 
 import (
 	"bytes"
@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/plugintest"
 )
@@ -31,7 +32,7 @@ func (inProcess) Deliver(_ context.Context, m *sdk.Message) ([]sdk.RcptResult, e
 // the same logic in process: headers only (a sanitizer's view of a 1 KiB
 // message) and a full 64 KiB message (a deliverer's view).
 //
-//	go test -run '^$' -bench StageCall -benchmem ./sdk/
+//	go test -run '^$' -bench StageCall -benchmem ./internal/pluginclient/
 func BenchmarkStageCall(b *testing.B) {
 	header := []byte("From: a@example.org\r\nTo: ok@example.net\r\nSubject: bench\r\n\r\n")
 	cases := []struct {
@@ -87,7 +88,7 @@ func BenchmarkUnaryDelayCall(b *testing.B) {
 // side in the same run, with every call a framed call of its own (the
 // protocol before batching). ns/op is wall time per item over all callers.
 //
-//	go test -run '^$' -bench StageCallLoaded -benchmem ./sdk/
+//	go test -run '^$' -bench StageCallLoaded -benchmem ./internal/pluginclient/
 func BenchmarkStageCallLoaded(b *testing.B) {
 	header := []byte("From: a@example.org\r\nTo: ok@example.net\r\nSubject: bench\r\n\r\n")
 	cases := []struct {
@@ -102,7 +103,7 @@ func BenchmarkStageCallLoaded(b *testing.B) {
 		name    string
 		noBatch bool
 	}{{"batched", false}, {"framed", true}} {
-		c, err := sdk.Launch(sdk.LaunchOptions{Path: echoBin, NoBatch: mode.noBatch})
+		c, err := pluginclient.Launch(pluginclient.LaunchOptions{Path: echoBin, NoBatch: mode.noBatch})
 		if err != nil {
 			b.Fatal(err)
 		}

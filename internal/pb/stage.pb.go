@@ -2048,7 +2048,7 @@ const file_stage_proto_rawDesc = "" +
 	"\x03Mix\x12\x19.mixmta.sdk.v1.MixRequest\x1a\x17.mixmta.sdk.v1.MixReply\x12?\n" +
 	"\x05Cover\x12\x1b.mixmta.sdk.v1.CoverRequest\x1a\x19.mixmta.sdk.v1.CoverReply\x12H\n" +
 	"\bAssemble\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x1b.mixmta.sdk.v1.MessageFrame(\x010\x01\x12@\n" +
-	"\x05Calls\x12\x18.mixmta.sdk.v1.CallBatch\x1a\x19.mixmta.sdk.v1.ReplyBatch(\x010\x01B*Z(github.com/mixmta/mixmta/sdk/internal/pbb\x06proto3"
+	"\x05Calls\x12\x18.mixmta.sdk.v1.CallBatch\x1a\x19.mixmta.sdk.v1.ReplyBatch(\x010\x01B&Z$github.com/mixmta/mixmta/internal/pbb\x06proto3"
 
 var (
 	file_stage_proto_rawDescOnce sync.Once

@@ -1,4 +1,6 @@
-package sdk
+package pluginclient
+
+import "github.com/mixmta/mixmta/internal/wire"
 
 // Batched reports how many calls and batches c sent on its Calls stream
 // (0, 0 when it has none).
@@ -14,4 +16,4 @@ func UsesRegion(c *Client) bool { return c.region != nil }
 
 // FreeSlots is the number of free body region slots of c, and how many
 // there are.
-func FreeSlots(c *Client) (free, all int) { return len(c.region.free), regionSlots }
+func FreeSlots(c *Client) (free, all int) { return len(c.region.free), wire.RegionSlots }

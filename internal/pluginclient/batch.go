@@ -1,4 +1,4 @@
-package sdk
+package pluginclient
 
 import (
 	"context"
@@ -7,7 +7,8 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/mixmta/mixmta/sdk/internal/pb"
+	"github.com/mixmta/mixmta/internal/pb"
+	"github.com/mixmta/mixmta/internal/wire"
 )
 
 // batcher is the host side of the Calls stream: callers queue calls, one
@@ -37,7 +38,7 @@ type pending struct {
 }
 
 // errBatcherClosed ends the stream when the plugin is stopped.
-var errBatcherClosed = errors.New("sdk: plugin stopped")
+var errBatcherClosed = errors.New("pluginclient: plugin stopped")
 
 func newBatcher(rpc pb.StageClient) (*batcher, error) {
 	ctx, cancel := context.WithCancel(context.Background())
@@ -46,7 +47,7 @@ func newBatcher(rpc pb.StageClient) (*batcher, error) {
 		cancel()
 		return nil, err
 	}
-	b := &batcher{stream: stream, cancel: cancel, sendq: make(chan *pb.Call, maxBatchCalls),
+	b := &batcher{stream: stream, cancel: cancel, sendq: make(chan *pb.Call, wire.MaxBatchCalls),
 		dead: make(chan struct{}), pending: map[uint64]*pending{}}
 	go b.sendLoop()
 	go b.recvLoop()
@@ -88,7 +89,7 @@ func (b *batcher) sendLoop() {
 		batch := &pb.CallBatch{Calls: []*pb.Call{c}}
 		size := len(c.GetHeader()) + len(c.GetBody())
 	more:
-		for len(batch.Calls) < maxBatchCalls && size < maxBatchBytes {
+		for len(batch.Calls) < wire.MaxBatchCalls && size < wire.MaxBatchBytes {
 			select {
 			case c = <-b.sendq:
 				batch.Calls = append(batch.Calls, c)
@@ -186,7 +187,7 @@ func (b *batcher) do(ctx context.Context, c *pb.Call, release func()) (*pb.Reply
 		b.mu.Unlock()
 		if waiting {
 			select {
-			case b.sendq <- &pb.Call{Id: c.Id, Op: opCancel}:
+			case b.sendq <- &pb.Call{Id: c.Id, Op: wire.OpCancel}:
 			default: // the queue is full: the call runs to its end
 			}
 		}
