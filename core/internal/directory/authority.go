@@ -93,6 +93,9 @@ func NewServer(cfg AuthorityConfig) (*Server, error) {
 	if cfg.Epoch < time.Second || cfg.Epoch%time.Second != 0 {
 		return nil, fmt.Errorf("directory: authority: epoch %s is not a whole number of seconds", cfg.Epoch)
 	}
+	if err := CheckAuthorities(cfg.Authorities); err != nil {
+		return nil, err
+	}
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = 30 * time.Second
 	}

@@ -65,6 +65,9 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if len(cfg.Authorities) == 0 {
 		return nil, errors.New("directory: no authorities configured")
 	}
+	if err := CheckAuthorities(cfg.Authorities); err != nil {
+		return nil, err
+	}
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
 	}

@@ -350,6 +350,9 @@ func VerifyConsensus(data []byte, auths []Authority, minEpoch uint64, now time.T
 		return nil, fmt.Errorf("directory: consensus: %w: %v", ErrMalformed, err)
 	}
 	msg := signed(consensusContext, dg)
+	// One key listed twice (a pasted line) is one authority: its
+	// signature counts once, and the majority is of distinct keys.
+	auths = distinctAuthorities(auths)
 	var signers []string
 	bad := 0
 	for _, a := range auths {
@@ -407,6 +410,32 @@ func unb64(s string, n int) ([]byte, error) {
 		return nil, fmt.Errorf("%d bytes, want %d", len(b), n)
 	}
 	return b, nil
+}
+
+// distinctAuthorities is auths without the later entries of a key listed
+// more than once.
+func distinctAuthorities(auths []Authority) []Authority {
+	var out []Authority
+	for _, a := range auths {
+		if !slices.ContainsFunc(out, func(o Authority) bool { return o.Identity.Equal(a.Identity) }) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// CheckAuthorities refuses a list of authorities with one key (or one
+// name) given twice: a signature must count once among distinct
+// authorities, or one authority makes a majority.
+func CheckAuthorities(auths []Authority) error {
+	for i, a := range auths {
+		for _, o := range auths[:i] {
+			if o.Identity.Equal(a.Identity) || o.Name == a.Name {
+				return fmt.Errorf("directory: authorities %s and %s: key or name listed twice", o.Name, a.Name)
+			}
+		}
+	}
+	return nil
 }
 
 // ParseAuthorityKey decodes a base64 32-byte Ed25519 public key.
