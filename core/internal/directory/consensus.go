@@ -236,8 +236,9 @@ func Window(e uint64, epoch time.Duration) (validAfter, validUntil time.Time) {
 // (at most one per authority, already verified): the parameters a majority
 // of all n configured authorities voted for, and every node a majority
 // voted for, with the most recently published of the descriptors voted
-// for it (ties: the smallest digest). Nodes are sorted by id; of nodes
-// sharing a name only the one with the smallest id is kept. Error:
+// for it (ties: the smallest digest). Nodes are sorted by id. Names are
+// labels, not identities: nodes sharing a name all stay (keeping one would
+// let any node evict another by taking its name). Error:
 // ErrNoMajority when fewer than a majority of votes came or they agree on
 // no parameters. Every authority that tallies the same votes makes the
 // same document.
@@ -292,12 +293,6 @@ func Tally(epoch uint64, n int, votes []*Vote) (*Consensus, error) {
 		out = append(out, best.d)
 	}
 	slices.SortFunc(out, func(a, b *nodes.Descriptor) int { return cmp.Compare(a.ID, b.ID) })
-	names := map[string]bool{}
-	out = slices.DeleteFunc(out, func(d *nodes.Descriptor) bool {
-		dup := names[d.Name]
-		names[d.Name] = true
-		return dup
-	})
 	if out == nil {
 		out = []*nodes.Descriptor{}
 	}
@@ -392,7 +387,7 @@ func VerifyConsensus(data []byte, auths []Authority, minEpoch uint64, now time.T
 		}
 		live = append(live, n)
 	}
-	dir, err := nodes.NewDirectory(live...)
+	dir, err := nodes.NewConsensusDirectory(live...)
 	if err != nil {
 		return nil, fmt.Errorf("directory: consensus of epoch %d refused: %w: %w", c.Epoch, ErrBadDescriptor, err)
 	}

@@ -310,3 +310,28 @@ func TestAuthorityListedTwiceCountsOnce(t *testing.T) {
 		t.Fatalf("client with an authority key listed twice: got %v, want an error naming it", err)
 	}
 }
+
+// A node's name is its operator's label, not an identity: a malicious node
+// that takes an honest node's name (and grinds an id that sorts first)
+// must not push the honest node out of the consensus.
+func TestNodeWithAnotherNodesNameDoesNotEvictIt(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 3)
+	honest := testNode(t, "mix1", now)
+	var impostor *nodes.Descriptor
+	for impostor == nil || impostor.ID > honest.ID {
+		impostor = memNode(t, "mix1", now, testEpoch)
+	}
+	c := signedConsensus(t, ta, 3, now, honest, impostor)
+	v, err := VerifyConsensus(encode(t, c), as, 0, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := NodeID(honest)
+	if _, ok := v.Directory.Lookup(id); !ok {
+		t.Fatalf("the honest node is not in the consensus (%d nodes): a namesake evicted it", v.Directory.Len())
+	}
+	if v.Directory.Len() != 2 {
+		t.Fatalf("%d nodes, want both", v.Directory.Len())
+	}
+}
