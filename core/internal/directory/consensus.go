@@ -122,6 +122,9 @@ const (
 // one descriptor is the same at every authority (its signature covers unix
 // seconds, not the zone).
 func utcDescriptor(d *nodes.Descriptor) *nodes.Descriptor {
+	if d == nil {
+		return nil // refused by the verifiers; never a panic
+	}
 	c := *d
 	c.Published = c.Published.UTC()
 	c.MixKeys = slices.Clone(d.MixKeys)
@@ -212,6 +215,9 @@ func VerifyVote(v *Vote, auth Authority, epoch uint64) error {
 	if v.Version != Version || v.Epoch != epoch {
 		return fmt.Errorf("directory: vote of %s: %w: version %d epoch %d, want version %d epoch %d", auth.Name, ErrMalformed, v.Version, v.Epoch, Version, epoch)
 	}
+	if slices.Contains(v.Nodes, nil) {
+		return fmt.Errorf("directory: vote of %s: %w: a null node", auth.Name, ErrMalformed)
+	}
 	if v.Authority != b64(auth.Identity) {
 		return fmt.Errorf("directory: vote of %s: %w: signed as %s", auth.Name, ErrMalformed, v.Authority)
 	}
@@ -267,7 +273,7 @@ func Tally(epoch uint64, n int, votes []*Vote) (*Consensus, error) {
 	for _, v := range votes {
 		seen := map[string]bool{}
 		for _, d := range v.Nodes {
-			if seen[d.ID] {
+			if d == nil || seen[d.ID] {
 				continue
 			}
 			seen[d.ID] = true
@@ -326,6 +332,9 @@ func VerifyConsensus(data []byte, auths []Authority, minEpoch uint64, now time.T
 	}
 	if c.Version != Version {
 		return nil, fmt.Errorf("directory: consensus: %w: version %d, want %d", ErrMalformed, c.Version, Version)
+	}
+	if slices.Contains(c.Nodes, nil) {
+		return nil, fmt.Errorf("directory: consensus of epoch %d: %w: a null node", c.Epoch, ErrMalformed)
 	}
 	if c.Params.EpochSeconds <= 0 {
 		return nil, fmt.Errorf("directory: consensus of epoch %d: %w: epoch_seconds %d", c.Epoch, ErrMalformed, c.Params.EpochSeconds)

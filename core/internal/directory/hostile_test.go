@@ -1,0 +1,70 @@
+package directory
+
+import (
+	"context"
+	"crypto/ed25519"
+	"crypto/rand"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+)
+
+// hostileAuthority serves body for every GET, as a malicious authority or
+// an on-path attacker on the unauthenticated HTTP channel would.
+func hostileAuthority(t *testing.T, body string) string {
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { w.Write([]byte(body)) }))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+// A consensus or vote whose node list holds a JSON null was dereferenced
+// while computing its digest, before any signature check: anyone on the
+// path to an authority crashed every node that fetched a consensus, and
+// every authority that fetched a vote. Each is now refused as malformed.
+func TestNullDescriptorIsRefusedNotAPanic(t *testing.T) {
+	e := uint64(5)
+	va, vu := Window(e, testEpoch)
+	consensus := `{"version":1,"epoch":5,"valid_after":"` + va.UTC().Format(time.RFC3339) + `","valid_until":"` + vu.UTC().Format(time.RFC3339) +
+		`","params":{"epoch_seconds":10,"packet_size":2048,"send_rate":1,"drop_rate":0,"loop_rate":0},"nodes":[null]}`
+
+	// A node fetching the consensus from a hostile authority.
+	_, as := testAuthorities(t, 3)
+	as[0].Address = hostileAuthority(t, consensus)
+	c, err := NewClient(ClientConfig{Authorities: as[:1], Epoch: testEpoch})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.fetch(context.Background(), e) // panicked
+	if err := c.Accept([]byte(consensus), va); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("consensus with a null node: got %v, want ErrMalformed", err)
+	}
+	if c.Current() != nil {
+		t.Fatal("the hostile consensus is in use")
+	}
+
+	// An authority fetching the vote of a hostile peer.
+	ta, as := testAuthorities(t, 2)
+	vote := `{"version":1,"epoch":5,"authority":"` + b64(as[1].Identity) + `","params":{"epoch_seconds":10,"packet_size":2048,"send_rate":1,"drop_rate":0,"loop_rate":0},"nodes":[null],"signature":"` + b64(make([]byte, 64)) + `"}`
+	as[1].Address = hostileAuthority(t, vote)
+	a, err := NewServer(AuthorityConfig{Key: ta[0].key, Authorities: as, Epoch: testEpoch, Params: testParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &round{votes: map[string]*Vote{}}
+	a.fetchVotes(context.Background(), e, r) // panicked
+	if len(r.votes) != 0 {
+		t.Fatal("the hostile vote was taken")
+	}
+	// Signed by the authority itself (a malicious authority): refused too.
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	v := &Vote{Version: Version, Epoch: e, Params: testParams, Nodes: nil}
+	v.Nodes = append(v.Nodes, nil)
+	if err := v.Sign(priv); err == nil {
+		if err := VerifyVote(v, Authority{Name: "x", Identity: priv.Public().(ed25519.PublicKey)}, e); !errors.Is(err, ErrMalformed) {
+			t.Fatalf("signed vote with a null node: got %v, want ErrMalformed", err)
+		}
+	}
+}
