@@ -72,6 +72,14 @@ type Params struct {
 	LoopRate float64 `json:"loop_rate"`
 }
 
+// maxEpochSeconds bounds Params.EpochSeconds: its time.Duration must not
+// overflow (about 68 years).
+const maxEpochSeconds = 1<<31 - 1
+
+// epochOK reports whether EpochSeconds is a usable epoch length: 1 s to
+// maxEpochSeconds (a larger one wraps around as a time.Duration).
+func (p Params) epochOK() bool { return p.EpochSeconds >= 1 && p.EpochSeconds <= maxEpochSeconds }
+
 // Vote is one authority's view of the network for an epoch.
 type Vote struct {
 	Version   int                 `json:"version"`
@@ -256,6 +264,9 @@ func Tally(epoch uint64, n int, votes []*Vote) (*Consensus, error) {
 	paramVotes := map[Params]int{}
 	var params *Params
 	for _, v := range votes {
+		if !v.Params.epochOK() {
+			continue
+		}
 		paramVotes[v.Params]++
 		if paramVotes[v.Params] >= need {
 			p := v.Params
@@ -336,8 +347,8 @@ func VerifyConsensus(data []byte, auths []Authority, minEpoch uint64, now time.T
 	if slices.Contains(c.Nodes, nil) {
 		return nil, fmt.Errorf("directory: consensus of epoch %d: %w: a null node", c.Epoch, ErrMalformed)
 	}
-	if c.Params.EpochSeconds <= 0 {
-		return nil, fmt.Errorf("directory: consensus of epoch %d: %w: epoch_seconds %d", c.Epoch, ErrMalformed, c.Params.EpochSeconds)
+	if !c.Params.epochOK() {
+		return nil, fmt.Errorf("directory: consensus of epoch %d: %w: epoch_seconds %d, want 1 to %d", c.Epoch, ErrMalformed, c.Params.EpochSeconds, int64(maxEpochSeconds))
 	}
 	if va, vu := Window(c.Epoch, time.Duration(c.Params.EpochSeconds)*time.Second); !va.Equal(c.ValidAfter) || !vu.Equal(c.ValidUntil) {
 		return nil, fmt.Errorf("directory: consensus of epoch %d: %w: valid %s to %s, the epoch says %s to %s", c.Epoch, ErrMalformed,

@@ -68,3 +68,18 @@ func TestNullDescriptorIsRefusedNotAPanic(t *testing.T) {
 		}
 	}
 }
+
+// An epoch length that overflows time.Duration (2^33 s) made the epoch
+// arithmetic panic before any signature check; it is refused as malformed.
+func TestHugeEpochLengthIsRefusedNotAPanic(t *testing.T) {
+	_, as := testAuthorities(t, 3)
+	doc := `{"version":1,"epoch":5,"valid_after":"1970-01-01T00:00:00Z","valid_until":"1970-01-01T00:00:00Z","params":{"epoch_seconds":9223372037,"packet_size":2048,"send_rate":1,"drop_rate":0,"loop_rate":0},"nodes":[]}`
+	if _, err := VerifyConsensus([]byte(doc), as, 0, time.Now()); !errors.Is(err, ErrMalformed) {
+		t.Fatalf("got %v, want ErrMalformed", err)
+	}
+	// Tallied votes with such parameters make no consensus either.
+	v := &Vote{Version: Version, Epoch: 5, Params: Params{EpochSeconds: 9223372037}, Nodes: nil}
+	if _, err := Tally(5, 1, []*Vote{v}); !errors.Is(err, ErrNoMajority) {
+		t.Fatalf("tally: got %v, want ErrNoMajority", err)
+	}
+}
