@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
 )
 
 // hostileAuthority serves body for every GET, as a malicious authority or
@@ -81,5 +83,35 @@ func TestHugeEpochLengthIsRefusedNotAPanic(t *testing.T) {
 	v := &Vote{Version: Version, Epoch: 5, Params: Params{EpochSeconds: 9223372037}, Nodes: nil}
 	if _, err := Tally(5, 1, []*Vote{v}); !errors.Is(err, ErrNoMajority) {
 		t.Fatalf("tally: got %v, want ErrNoMajority", err)
+	}
+}
+
+// A node (malicious, or with its clock ahead) publishes its descriptor
+// nearly MaxClockSkew ahead of the authorities' clocks; they accept it.
+// A node whose clock is a little behind theirs fetches the consensus soon
+// after (the bootstrap round, short epochs): it must not refuse the whole
+// document, signed by a majority, for that one descriptor, and hold its
+// mail for an epoch.
+func TestDescriptorPublishedAheadDoesNotSinkTheConsensus(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 3)
+	ahead := now.Add(nodes.MaxClockSkew - time.Second)
+	early := testNode(t, "early", ahead)
+	honest := testNode(t, "honest", now)
+	c := signedConsensus(t, ta, 3, now, honest, early)
+	behind := now.Add(-2 * time.Minute) // the verifying node's clock
+	v, err := VerifyConsensus(encode(t, c), as, 0, behind)
+	if err != nil {
+		t.Fatalf("consensus refused for one descriptor published ahead: %v", err)
+	}
+	if v.Directory.Len() != 2 {
+		t.Fatalf("%d nodes, want 2", v.Directory.Len())
+	}
+	// A forged descriptor is still refused (the control).
+	forged := *early
+	forged.MixAddress = "127.0.0.1:2"
+	c = signedConsensus(t, ta, 3, now, honest, &forged)
+	if _, err := VerifyConsensus(encode(t, c), as, 0, behind); !errors.Is(err, nodes.ErrForged) {
+		t.Fatalf("forged descriptor: got %v, want ErrForged", err)
 	}
 }
