@@ -66,9 +66,13 @@ type Server struct {
 	mu sync.Mutex
 	// received holds the latest verified descriptor of each node.
 	received map[sdk.NodeID]*nodes.Node
-	// reached is when each node last answered a probe.
+	// reached is when each node last answered a probe; failed when a
+	// probe of it last failed.
 	reached map[sdk.NodeID]time.Time
-	rounds  map[uint64]*round // by the epoch the consensus is for
+	failed  map[sdk.NodeID]time.Time
+	// maxNodes is MaxNodes (smaller in tests).
+	maxNodes int
+	rounds   map[uint64]*round // by the epoch the consensus is for
 	// bootEpoch and bootAt: the epoch in which Run started, and when.
 	bootEpoch uint64
 	bootAt    time.Time
@@ -105,7 +109,7 @@ func NewServer(cfg AuthorityConfig) (*Server, error) {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{}
 	}
-	a := &Server{cfg: cfg, self: -1, received: map[sdk.NodeID]*nodes.Node{}, reached: map[sdk.NodeID]time.Time{}, rounds: map[uint64]*round{}}
+	a := &Server{cfg: cfg, self: -1, received: map[sdk.NodeID]*nodes.Node{}, reached: map[sdk.NodeID]time.Time{}, failed: map[sdk.NodeID]time.Time{}, maxNodes: MaxNodes, rounds: map[uint64]*round{}}
 	pub := cfg.Key.Public().(ed25519.PublicKey)
 	for i, x := range cfg.Authorities {
 		if x.Identity.Equal(pub) {
@@ -367,6 +371,9 @@ func (a *Server) probe(ctx context.Context, n *nodes.Node) {
 	defer cancel()
 	if err := a.cfg.Probe(pctx, n); err != nil {
 		a.cfg.Log.Debug("[DIRECTORY] node not reached", "node", n.ID.Short(), "error", err)
+		a.mu.Lock()
+		a.failed[n.ID] = time.Now()
+		a.mu.Unlock()
 		return
 	}
 	a.mu.Lock()
@@ -485,7 +492,7 @@ func (a *Server) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	a.mu.Lock()
 	old := a.received[n.ID]
-	if old == nil && len(a.received) >= MaxNodes {
+	if old == nil && len(a.received) >= a.maxNodes && !a.evictOne(time.Now()) {
 		a.mu.Unlock()
 		http.Error(w, "directory full", http.StatusServiceUnavailable)
 		return
@@ -499,6 +506,26 @@ func (a *Server) upload(w http.ResponseWriter, r *http.Request) {
 		go a.probe(context.Background(), n)
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// evictOne drops one node that cannot be in a vote, to make room for a
+// new upload: one whose keys have all expired, or whose last probe failed
+// and that was not reached during the last epoch (never reached: a node
+// that does not exist, as a flood of fresh keys makes them). A node not
+// probed yet since its upload is kept: it has had no chance. Call with mu
+// held; false if none can go.
+func (a *Server) evictOne(now time.Time) bool {
+	for id, n := range a.received {
+		expired := !now.Before(n.Keys[len(n.Keys)-1].NotAfter)
+		unreached := a.failed[id].After(a.reached[id]) && now.Sub(a.reached[id]) > a.cfg.Epoch
+		if expired || unreached {
+			delete(a.received, id)
+			delete(a.reached, id)
+			delete(a.failed, id)
+			return true
+		}
+	}
+	return false
 }
 
 // Serve answers the directory protocol on ln until ctx ends.

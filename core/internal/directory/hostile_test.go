@@ -5,6 +5,7 @@ import (
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -113,5 +114,64 @@ func TestDescriptorPublishedAheadDoesNotSinkTheConsensus(t *testing.T) {
 	c = signedConsensus(t, ta, 3, now, honest, &forged)
 	if _, err := VerifyConsensus(encode(t, c), as, 0, behind); !errors.Is(err, nodes.ErrForged) {
 		t.Fatalf("forged descriptor: got %v, want ErrForged", err)
+	}
+}
+
+// An attacker fills an authority with descriptors of nodes that do not
+// exist (fresh keys are free): the authority held them forever and
+// answered every later node "directory full", so no honest node could
+// join. Nodes it never reached make room; a node it reached is kept.
+func TestUploadFloodDoesNotLockOutNewNodes(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 3)
+	a, err := NewServer(AuthorityConfig{Key: ta[0].key, Authorities: as, Epoch: testEpoch, Params: testParams,
+		Probe: func(_ context.Context, n *nodes.Node) error {
+			if strings.HasPrefix(n.Name, "honest") {
+				return nil
+			}
+			return errors.New("connection refused")
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.maxNodes = 3
+	upload := func(d *nodes.Descriptor) int {
+		w := httptest.NewRecorder()
+		a.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/descriptor", strings.NewReader(mustJSON(t, d))))
+		return w.Code
+	}
+	probed := func(d *nodes.Descriptor, reached bool) func() bool {
+		id, _ := NodeID(d)
+		return func() bool {
+			a.mu.Lock()
+			defer a.mu.Unlock()
+			if reached {
+				return !a.reached[id].IsZero()
+			}
+			return !a.failed[id].IsZero()
+		}
+	}
+	honest1 := memNode(t, "honest1", now, testEpoch)
+	if code := upload(honest1); code != http.StatusNoContent {
+		t.Fatalf("first upload: %d", code)
+	}
+	waitFor(t, 10*time.Second, "probe of honest1", probed(honest1, true))
+	for i := range 2 {
+		fake := memNode(t, fmt.Sprintf("fake%d", i), now, testEpoch)
+		if code := upload(fake); code != http.StatusNoContent {
+			t.Fatalf("fake upload %d: %d", i, code)
+		}
+		waitFor(t, 10*time.Second, "failed probe of a fake node", probed(fake, false))
+	}
+	honest2 := memNode(t, "honest2", now, testEpoch)
+	if code := upload(honest2); code != http.StatusNoContent {
+		t.Fatalf("honest node after a flood of fake ones: %d, want 204", code)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	id1, _ := NodeID(honest1)
+	id2, _ := NodeID(honest2)
+	if a.received[id1] == nil || a.received[id2] == nil || len(a.received) != 3 {
+		t.Fatalf("held %d nodes; the reached node or the new one is missing", len(a.received))
 	}
 }
