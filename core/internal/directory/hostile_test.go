@@ -1,6 +1,7 @@
 package directory
 
 import (
+	"bytes"
 	"context"
 	"crypto/ed25519"
 	"crypto/rand"
@@ -11,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/hashicorp/go-hclog"
 
 	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
 )
@@ -173,5 +176,68 @@ func TestUploadFloodDoesNotLockOutNewNodes(t *testing.T) {
 	id2, _ := NodeID(honest2)
 	if a.received[id1] == nil || a.received[id2] == nil || len(a.received) != 3 {
 		t.Fatalf("held %d nodes; the reached node or the new one is missing", len(a.received))
+	}
+}
+
+// A malicious authority (auth3) gives its vote to auth1 and withholds it
+// from auth2, then signs both tallies: two documents for one epoch, each
+// signed by a majority (auth1+auth3, auth2+auth3). A node that took the
+// first one it fetched used one or the other at random, which splits the
+// network's users into two views. Every node now fetches from every
+// authority and keeps, of documents for one epoch, the one with the
+// smallest digest, naming the authorities that signed both.
+func TestEquivocatedConsensusDoesNotSplitTheNodes(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 3)
+	a, b := testNode(t, "a", now), testNode(t, "b", now)
+	e := nodes.Epoch(now, testEpoch)
+	tally := func(views [][]*nodes.Descriptor, signers ...int) *Consensus {
+		var votes []*Vote
+		for i, v := range views {
+			vt := &Vote{Version: Version, Epoch: e, Params: testParams, Nodes: v}
+			vt.Sign(ta[i].key)
+			votes = append(votes, vt)
+		}
+		c, err := Tally(e, 3, votes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range signers {
+			c.Sign(ta[s].key)
+		}
+		return c
+	}
+	one := tally([][]*nodes.Descriptor{{a, b}, {a}, {b}}, 0, 2) // auth1 saw auth3's vote
+	two := tally([][]*nodes.Descriptor{{a, b}, {a}}, 1, 2)      // auth2 did not
+	d1, _ := one.Digest()
+	d2, _ := two.Digest()
+	if d1 == d2 {
+		t.Fatal("the two tallies are the same document")
+	}
+	want := d1
+	if bytes.Compare(d2[:], d1[:]) < 0 {
+		want = d2
+	}
+	served := []*Consensus{one, two, one}
+	for i := range as {
+		as[i].Address = hostileAuthority(t, mustJSON(t, served[i]))
+	}
+	var logs bytes.Buffer
+	for i := range 12 {
+		c, err := NewClient(ClientConfig{Authorities: as, Epoch: testEpoch, Log: hclog.New(&hclog.LoggerOptions{Output: &logs})})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.fetch(context.Background(), e)
+		v := c.Current()
+		if v == nil {
+			t.Fatalf("node %d: no consensus", i)
+		}
+		if dg, _ := v.Digest(); dg != want {
+			t.Fatalf("node %d uses the document of digest %x, another node %x: the nodes are split", i, dg[:4], want[:4])
+		}
+	}
+	if !strings.Contains(logs.String(), "auth3") || !strings.Contains(logs.String(), "two consensus documents") {
+		t.Fatalf("the equivocating authority is not named:\n%s", logs.String())
 	}
 }
