@@ -70,6 +70,9 @@ type Server struct {
 	// probe of it last failed.
 	reached map[sdk.NodeID]time.Time
 	failed  map[sdk.NodeID]time.Time
+	// probing holds the nodes with a probe under way: one at a time per
+	// node, however often it uploads.
+	probing map[sdk.NodeID]bool
 	// maxNodes is MaxNodes (smaller in tests).
 	maxNodes int
 	rounds   map[uint64]*round // by the epoch the consensus is for
@@ -109,7 +112,7 @@ func NewServer(cfg AuthorityConfig) (*Server, error) {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{}
 	}
-	a := &Server{cfg: cfg, self: -1, received: map[sdk.NodeID]*nodes.Node{}, reached: map[sdk.NodeID]time.Time{}, failed: map[sdk.NodeID]time.Time{}, maxNodes: MaxNodes, rounds: map[uint64]*round{}}
+	a := &Server{cfg: cfg, self: -1, received: map[sdk.NodeID]*nodes.Node{}, reached: map[sdk.NodeID]time.Time{}, failed: map[sdk.NodeID]time.Time{}, probing: map[sdk.NodeID]bool{}, maxNodes: MaxNodes, rounds: map[uint64]*round{}}
 	pub := cfg.Key.Public().(ed25519.PublicKey)
 	for i, x := range cfg.Authorities {
 		if x.Identity.Equal(pub) {
@@ -367,6 +370,18 @@ func (a *Server) probe(ctx context.Context, n *nodes.Node) {
 	if a.cfg.Probe == nil {
 		return
 	}
+	a.mu.Lock()
+	busy := a.probing[n.ID]
+	a.probing[n.ID] = true
+	a.mu.Unlock()
+	if busy {
+		return
+	}
+	defer func() {
+		a.mu.Lock()
+		delete(a.probing, n.ID)
+		a.mu.Unlock()
+	}()
 	pctx, cancel := context.WithTimeout(ctx, max(a.cfg.ProbeInterval, 10*time.Second))
 	defer cancel()
 	if err := a.cfg.Probe(pctx, n); err != nil {

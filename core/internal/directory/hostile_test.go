@@ -3,6 +3,7 @@ package directory
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
 	"crypto/ed25519"
 	"crypto/rand"
 	"errors"
@@ -10,12 +11,14 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
 
 	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
+	"github.com/mixmta/mixmta/sdk"
 )
 
 // hostileAuthority serves body for every GET, as a malicious authority or
@@ -239,5 +242,55 @@ func TestEquivocatedConsensusDoesNotSplitTheNodes(t *testing.T) {
 	}
 	if !strings.Contains(logs.String(), "auth3") || !strings.Contains(logs.String(), "two consensus documents") {
 		t.Fatalf("the equivocating authority is not named:\n%s", logs.String())
+	}
+}
+
+// A node re-uploads its descriptor again and again, each time a little
+// newer (it signs them itself): every upload started a probe of the
+// address it names, so an authority could be made to open any number of
+// connections at once to any address. One probe per node at a time.
+func TestReuploadsDoNotMultiplyProbes(t *testing.T) {
+	ta, as := testAuthorities(t, 3)
+	release := make(chan struct{})
+	var running, most atomic.Int32
+	a, err := NewServer(AuthorityConfig{Key: ta[0].key, Authorities: as, Epoch: testEpoch, Params: testParams,
+		Probe: func(ctx context.Context, n *nodes.Node) error {
+			r := running.Add(1)
+			defer running.Add(-1)
+			for m := most.Load(); r > m && !most.CompareAndSwap(m, r); m = most.Load() {
+			}
+			select {
+			case <-release:
+			case <-ctx.Done():
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer close(release)
+	_, priv, _ := ed25519.GenerateKey(rand.Reader)
+	id := nodes.NewIdentity(priv)
+	now := time.Now()
+	e := nodes.Epoch(now, testEpoch)
+	var keys []sdk.EpochKey
+	for i := range uint64(6) {
+		k, _ := ecdh.X25519().GenerateKey(rand.Reader)
+		keys = append(keys, sdk.EpochKey{Epoch: e + i, Public: k.PublicKey().Bytes(), NotBefore: nodes.EpochStart(e+i, testEpoch), NotAfter: nodes.EpochStart(e+i+1, testEpoch)})
+	}
+	for i := range 20 {
+		d, err := nodes.Export(id, keys, nodes.NodeInfo{Name: "flood", MixAddress: "192.0.2.1:9"}, now.Add(time.Duration(i)*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := httptest.NewRecorder()
+		a.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/descriptor", strings.NewReader(mustJSON(t, d))))
+		if w.Code != http.StatusNoContent {
+			t.Fatalf("upload %d: %d %s", i, w.Code, w.Body)
+		}
+	}
+	time.Sleep(200 * time.Millisecond)
+	if m := most.Load(); m != 1 {
+		t.Fatalf("%d probes of one node at once, want 1", m)
 	}
 }
