@@ -90,6 +90,9 @@ type round struct {
 	sig       SignatureMsg
 	published bool
 	failed    bool
+	// refused holds the authorities whose signed vote had bad content:
+	// their own doing, not the channel's, so not fetched again.
+	refused map[string]bool
 }
 
 // NewServer checks cfg and returns a Server; call Run and Serve.
@@ -248,7 +251,7 @@ func (a *Server) fetchVotes(ctx context.Context, target uint64, r *round) {
 	for _, p := range a.peers {
 		key := b64(p.Identity)
 		a.mu.Lock()
-		have := r.votes[key] != nil
+		have := r.votes[key] != nil || r.refused[key]
 		a.mu.Unlock()
 		if have {
 			continue
@@ -264,19 +267,38 @@ func (a *Server) fetchVotes(ctx context.Context, target uint64, r *round) {
 		}
 		// A vote's descriptors must verify as uploads do: an authority
 		// cannot slip a forged one into the tally.
-		ok := true
+		// It signed what it sent: a bad vote is refused for the round,
+		// not fetched and verified again at every step.
+		ok := len(v.Nodes) <= MaxNodes
+		if !ok {
+			a.cfg.Log.Warn("[DIRECTORY] vote refused: too many nodes", "authority", p.Name, "epoch", target, "nodes", len(v.Nodes))
+		}
 		for _, d := range v.Nodes {
-			if _, err := nodes.VerifyNode(d, time.Now()); err != nil {
+			if !ok {
+				break
+			}
+			// The voter checked the publication time against its clock;
+			// ours may be a little behind.
+			at := time.Now()
+			if d.Published.After(at) {
+				at = d.Published
+			}
+			if _, err := nodes.VerifyNode(d, at); err != nil {
 				a.cfg.Log.Warn("[DIRECTORY] vote refused: bad descriptor", "authority", p.Name, "epoch", target, "error", err)
 				ok = false
 				break
 			}
 		}
+		a.mu.Lock()
 		if ok {
-			a.mu.Lock()
 			r.votes[key] = &v
-			a.mu.Unlock()
+		} else {
+			if r.refused == nil {
+				r.refused = map[string]bool{}
+			}
+			r.refused[key] = true
 		}
+		a.mu.Unlock()
 	}
 }
 

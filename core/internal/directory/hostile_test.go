@@ -294,3 +294,40 @@ func TestReuploadsDoNotMultiplyProbes(t *testing.T) {
 		t.Fatalf("%d probes of one node at once, want 1", m)
 	}
 }
+
+// A malicious authority signs a vote with a forged descriptor at its end
+// (and up to MaxBody of valid ones before it): the vote was fetched and
+// every descriptor verified again at every step of the tally window. It
+// signed it, so it is refused once for the round and not fetched again.
+func TestSignedBadVoteIsNotFetchedAgain(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 2)
+	e := nodes.Epoch(now, testEpoch)
+	good := testNode(t, "a", now)
+	forged := *testNode(t, "b", now)
+	forged.MixAddress = "127.0.0.1:2"
+	v := &Vote{Version: Version, Epoch: e, Params: testParams, Nodes: []*nodes.Descriptor{good, &forged}}
+	v.Sign(ta[1].key)
+	body := mustJSON(t, v)
+	var fetches atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fetches.Add(1)
+		w.Write([]byte(body))
+	}))
+	defer srv.Close()
+	as[1].Address = strings.TrimPrefix(srv.URL, "http://")
+	a, err := NewServer(AuthorityConfig{Key: ta[0].key, Authorities: as, Epoch: testEpoch, Params: testParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &round{votes: map[string]*Vote{}}
+	for range 3 {
+		a.fetchVotes(context.Background(), e, r)
+	}
+	if len(r.votes) != 0 {
+		t.Fatal("the vote with a forged descriptor was taken")
+	}
+	if n := fetches.Load(); n != 1 {
+		t.Fatalf("the signed bad vote was fetched %d times in one round, want 1", n)
+	}
+}
