@@ -34,6 +34,11 @@ const MaxNodes = 10000
 // maxDescriptor is the largest descriptor upload, bytes.
 const maxDescriptor = 256 << 10
 
+// MaxHeldBytes bounds the descriptors an authority holds, bytes of their
+// uploads: MaxNodes descriptors of maxDescriptor would be 2.5 GB, for the
+// price of fresh keys.
+const MaxHeldBytes = 256 << 20
+
 // AuthorityConfig configures a directory authority.
 type AuthorityConfig struct {
 	// Key is this authority's Ed25519 signing key; its public half must
@@ -73,12 +78,17 @@ type Server struct {
 	// probing holds the nodes with a probe under way: one at a time per
 	// node, however often it uploads.
 	probing map[sdk.NodeID]bool
-	// maxNodes is MaxNodes (smaller in tests).
-	maxNodes int
-	rounds   map[uint64]*round // by the epoch the consensus is for
+	rounds  map[uint64]*round // by the epoch the consensus is for
 	// bootEpoch and bootAt: the epoch in which Run started, and when.
 	bootEpoch uint64
 	bootAt    time.Time
+
+	// maxNodes is MaxNodes (smaller in tests).
+	maxNodes int
+	// held is the size of each held descriptor's upload, heldBytes their
+	// sum, at most maxBytes (MaxHeldBytes).
+	held                map[sdk.NodeID]int
+	heldBytes, maxBytes int
 }
 
 // round is the making of one epoch's consensus.
@@ -115,7 +125,7 @@ func NewServer(cfg AuthorityConfig) (*Server, error) {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{}
 	}
-	a := &Server{cfg: cfg, self: -1, received: map[sdk.NodeID]*nodes.Node{}, reached: map[sdk.NodeID]time.Time{}, failed: map[sdk.NodeID]time.Time{}, probing: map[sdk.NodeID]bool{}, maxNodes: MaxNodes, rounds: map[uint64]*round{}}
+	a := &Server{cfg: cfg, self: -1, received: map[sdk.NodeID]*nodes.Node{}, reached: map[sdk.NodeID]time.Time{}, failed: map[sdk.NodeID]time.Time{}, probing: map[sdk.NodeID]bool{}, maxNodes: MaxNodes, held: map[sdk.NodeID]int{}, maxBytes: MaxHeldBytes, rounds: map[uint64]*round{}}
 	pub := cfg.Key.Public().(ed25519.PublicKey)
 	for i, x := range cfg.Authorities {
 		if x.Identity.Equal(pub) {
@@ -529,14 +539,19 @@ func (a *Server) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	a.mu.Lock()
 	old := a.received[n.ID]
-	if old == nil && len(a.received) >= a.maxNodes && !a.evictOne(time.Now()) {
-		a.mu.Unlock()
-		http.Error(w, "directory full", http.StatusServiceUnavailable)
-		return
+	grow := len(b) - a.held[n.ID]
+	for old == nil && len(a.received) >= a.maxNodes || a.heldBytes+grow > a.maxBytes {
+		if !a.evictOne(time.Now(), n.ID) {
+			a.mu.Unlock()
+			http.Error(w, "directory full", http.StatusServiceUnavailable)
+			return
+		}
 	}
 	fresh := old == nil || n.Published.After(old.Published)
 	if fresh {
 		a.received[n.ID] = n
+		a.held[n.ID] = len(b)
+		a.heldBytes += grow
 	}
 	a.mu.Unlock()
 	if fresh {
@@ -549,14 +564,19 @@ func (a *Server) upload(w http.ResponseWriter, r *http.Request) {
 // new upload: one whose keys have all expired, or whose last probe failed
 // and that was not reached during the last epoch (never reached: a node
 // that does not exist, as a flood of fresh keys makes them). A node not
-// probed yet since its upload is kept: it has had no chance. Call with mu
-// held; false if none can go.
-func (a *Server) evictOne(now time.Time) bool {
+// probed yet since its upload is kept: it has had no chance, and so is
+// keep (the node uploading). Call with mu held; false if none can go.
+func (a *Server) evictOne(now time.Time, keep sdk.NodeID) bool {
 	for id, n := range a.received {
+		if id == keep {
+			continue
+		}
 		expired := !now.Before(n.Keys[len(n.Keys)-1].NotAfter)
 		unreached := a.failed[id].After(a.reached[id]) && now.Sub(a.reached[id]) > a.cfg.Epoch
 		if expired || unreached {
 			delete(a.received, id)
+			a.heldBytes -= a.held[id]
+			delete(a.held, id)
 			delete(a.reached, id)
 			delete(a.failed, id)
 			return true

@@ -331,3 +331,36 @@ func TestSignedBadVoteIsNotFetchedAgain(t *testing.T) {
 		t.Fatalf("the signed bad vote was fetched %d times in one round, want 1", n)
 	}
 }
+
+// Descriptors of up to 256 KiB (a thousand mix keys) from nodes that
+// never run, up to MaxNodes of them: 2.5 GB an authority held for the
+// price of fresh keys. What it holds is bounded in bytes too; beyond it,
+// "directory full" until unreached nodes make room.
+func TestHugeDescriptorsAreBoundedInBytes(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 3)
+	a, err := NewServer(AuthorityConfig{Key: ta[0].key, Authorities: as, Epoch: testEpoch, Params: testParams})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var bodies []string
+	for i := range 5 {
+		bodies = append(bodies, mustJSON(t, memNode(t, fmt.Sprintf("big%d", i), now, testEpoch)))
+	}
+	a.maxBytes = 3*len(bodies[0]) + len(bodies[0])/2
+	var codes []int
+	for _, b := range bodies {
+		w := httptest.NewRecorder()
+		a.ServeHTTP(w, httptest.NewRequest(http.MethodPost, "/v1/descriptor", strings.NewReader(b)))
+		codes = append(codes, w.Code)
+	}
+	want := []int{204, 204, 204, 503, 503}
+	if fmt.Sprint(codes) != fmt.Sprint(want) {
+		t.Fatalf("uploads answered %v, want %v", codes, want)
+	}
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.heldBytes > a.maxBytes || len(a.received) != 3 {
+		t.Fatalf("holds %d descriptors, %d bytes, bound %d", len(a.received), a.heldBytes, a.maxBytes)
+	}
+}
