@@ -364,3 +364,25 @@ func TestHugeDescriptorsAreBoundedInBytes(t *testing.T) {
 		t.Fatalf("holds %d descriptors, %d bytes, bound %d", len(a.received), a.heldBytes, a.maxBytes)
 	}
 }
+
+// Rollback across a restart: a node that stored the consensus of epoch E
+// refuses E-1, still valid, after it restarts (a check that holds; it
+// fails if the stored epoch is not read back).
+func TestRestartedNodeRefusesOlderConsensus(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 3)
+	state := t.TempDir() + "/consensus.json"
+	old := signedConsensus(t, ta, 3, now, testNode(t, "a", now))
+	newer := signedConsensus(t, ta, 3, now.Add(testEpoch), testNode(t, "a", now))
+	c, _ := NewClient(ClientConfig{Authorities: as, Epoch: testEpoch, StateFile: state})
+	if err := c.Accept(encode(t, newer), now); err != nil {
+		t.Fatal(err)
+	}
+	c2, err := NewClient(ClientConfig{Authorities: as, Epoch: testEpoch, StateFile: state})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c2.Accept(encode(t, old), now); !errors.Is(err, ErrRollback) {
+		t.Fatalf("restarted node took the older consensus: %v", err)
+	}
+}
