@@ -1,6 +1,7 @@
 package directory
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/ed25519"
@@ -103,6 +104,9 @@ type round struct {
 	// refused holds the authorities whose signed vote had bad content:
 	// their own doing, not the channel's, so not fetched again.
 	refused map[string]bool
+	// compared holds the peers whose published consensus was compared
+	// with this one (compareConsensus).
+	compared map[string]bool
 }
 
 // NewServer checks cfg and returns a Server; call Run and Serve.
@@ -223,6 +227,7 @@ func (a *Server) advance(ctx context.Context, target uint64, off, voteAt, tallyF
 		return
 	case hasTally:
 		a.fetchSignatures(ctx, target, r)
+		a.compareConsensus(ctx, target, r)
 	}
 }
 
@@ -373,6 +378,60 @@ func (a *Server) fetchSignatures(ctx context.Context, target uint64, r *round) {
 	if n := len(r.tally.Signatures); n >= Majority(len(a.cfg.Authorities)) && !r.published {
 		r.published = true
 		a.cfg.Log.Info("[DIRECTORY] consensus published", "epoch", target, "signatures", n, "nodes", len(r.tally.Nodes))
+	}
+}
+
+// compareConsensus fetches, once the consensus is published, each peer's
+// published consensus of target once. A different one also signed by a
+// majority means an authority signed two tallies (it gave its vote to one
+// peer and not the other, or different votes): this authority then
+// serves, without signing it, the one with the smaller digest, which is
+// also the one every node keeps (Client.Accept), so that nodes reaching
+// different authorities get the same document.
+func (a *Server) compareConsensus(ctx context.Context, target uint64, r *round) {
+	a.mu.Lock()
+	published := r.published
+	a.mu.Unlock()
+	if !published {
+		return
+	}
+	for _, p := range a.peers {
+		key := b64(p.Identity)
+		a.mu.Lock()
+		done := r.compared[key]
+		a.mu.Unlock()
+		if done {
+			continue
+		}
+		gctx, cancel := context.WithTimeout(ctx, max(5*time.Second, a.cfg.Epoch/16))
+		b, err := getBody(gctx, a.cfg.Client, p.Address, "/v1/consensus/"+strconv.FormatUint(target, 10))
+		cancel()
+		if err != nil {
+			continue // not published there (yet)
+		}
+		a.mu.Lock()
+		if r.compared == nil {
+			r.compared = map[string]bool{}
+		}
+		r.compared[key] = true
+		a.mu.Unlock()
+		v, err := VerifyConsensus(b, a.cfg.Authorities, target, time.Now())
+		if err != nil || v.Epoch != target {
+			continue
+		}
+		dg, err := v.Digest()
+		if err != nil {
+			continue
+		}
+		a.mu.Lock()
+		if dg != r.digest {
+			a.cfg.Log.Error("[DIRECTORY] a peer publishes another consensus for this epoch, also signed by a majority: an authority signed both; the one with the smaller digest is served",
+				"authority", p.Name, "epoch", target, "signers", strings.Join(v.Signers, ","), "digests", fmt.Sprintf("%x %x", r.digest[:8], dg[:8]))
+			if bytes.Compare(dg[:], r.digest[:]) < 0 {
+				r.tally, r.digest = v.Consensus, dg
+			}
+		}
+		a.mu.Unlock()
 	}
 }
 

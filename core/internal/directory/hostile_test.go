@@ -386,3 +386,67 @@ func TestRestartedNodeRefusesOlderConsensus(t *testing.T) {
 		t.Fatalf("restarted node took the older consensus: %v", err)
 	}
 }
+
+// The same equivocation seen from an honest authority: it published its
+// tally (signed by itself and the equivocating authority), and a peer
+// publishes another, also signed by a majority. Every honest authority
+// then serves the one with the smaller digest (without signing it), so
+// that nodes that reach only some authorities still get the same one.
+func TestAuthorityServesTheSameDocumentAsItsPeersAfterEquivocation(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 3)
+	a, b := testNode(t, "a", now), testNode(t, "b", now)
+	e := nodes.Epoch(now, testEpoch)
+	tally := func(views [][]*nodes.Descriptor, signers ...int) *Consensus {
+		var votes []*Vote
+		for i, v := range views {
+			vt := &Vote{Version: Version, Epoch: e, Params: testParams, Nodes: v}
+			vt.Sign(ta[i].key)
+			votes = append(votes, vt)
+		}
+		c, _ := Tally(e, 3, votes)
+		for _, s := range signers {
+			c.Sign(ta[s].key)
+		}
+		return c
+	}
+	one := tally([][]*nodes.Descriptor{{a, b}, {a}, {b}}, 0, 2)
+	two := tally([][]*nodes.Descriptor{{a, b}, {a}}, 1, 2)
+	d1, _ := one.Digest()
+	d2, _ := two.Digest()
+	// auth1 holds the document with the greater digest, its peer auth2
+	// publishes the other.
+	mine, theirs, want := one, two, d2
+	if bytes.Compare(d1[:], d2[:]) < 0 {
+		mine, theirs, want = two, one, d1
+		mine.Signatures = nil
+		mine.Sign(ta[0].key)
+		mine.Sign(ta[2].key)
+		theirs.Signatures = nil
+		theirs.Sign(ta[1].key)
+		theirs.Sign(ta[2].key)
+	}
+	as[1].Address = hostileAuthority(t, mustJSON(t, theirs))
+	as[2].Address = "127.0.0.1:1"
+	srv, err := NewServer(AuthorityConfig{Key: ta[0].key, Authorities: as, Epoch: testEpoch, Params: testParams, Log: hclog.NewNullLogger()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dm, _ := mine.Digest()
+	srv.rounds[e] = &round{votes: map[string]*Vote{}, tally: mine, digest: dm, published: true}
+	srv.compareConsensus(context.Background(), e, srv.rounds[e])
+	w := httptest.NewRecorder()
+	srv.ServeHTTP(w, httptest.NewRequest(http.MethodGet, fmt.Sprintf("/v1/consensus/%d", e), nil))
+	v, err := VerifyConsensus(w.Body.Bytes(), as, 0, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if dg, _ := v.Digest(); dg != want {
+		t.Fatalf("auth1 serves the document of digest %x, its peer %x", dg[:4], want[:4])
+	}
+	for _, s := range v.Signatures {
+		if s.Authority == b64(as[0].Identity) {
+			t.Fatal("auth1 signed its peer's document too: it would equivocate itself")
+		}
+	}
+}
