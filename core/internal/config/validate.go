@@ -461,6 +461,16 @@ func validateMixDirectory(d *MixDirectory, bad func(key, format string, args ...
 		if b, err := base64.StdEncoding.DecodeString(a.Identity); err != nil || len(b) != 32 {
 			bad(k+".identity", "want a base64 32-byte Ed25519 public key (mixmta authority key prints it)")
 		}
+		// One authority listed twice would count its signature twice
+		// toward the majority.
+		for j, o := range d.Authorities[:i] {
+			if o.Identity == a.Identity {
+				bad(k+".identity", "the key of authorities[%d] again: each authority once", j)
+			}
+			if o.Name == a.Name {
+				bad(k+".name", "the name of authorities[%d] again: each authority once", j)
+			}
+		}
 		if err := checkHostPort(a.Address, 0); err != nil {
 			bad(k+".address", "%v", err)
 		}

@@ -1,6 +1,7 @@
 package directory
 
 import (
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/ed25519"
@@ -34,6 +35,11 @@ const MaxNodes = 10000
 // maxDescriptor is the largest descriptor upload, bytes.
 const maxDescriptor = 256 << 10
 
+// MaxHeldBytes bounds the descriptors an authority holds, bytes of their
+// uploads: MaxNodes descriptors of maxDescriptor would be 2.5 GB, for the
+// price of fresh keys.
+const MaxHeldBytes = 256 << 20
+
 // AuthorityConfig configures a directory authority.
 type AuthorityConfig struct {
 	// Key is this authority's Ed25519 signing key; its public half must
@@ -66,12 +72,24 @@ type Server struct {
 	mu sync.Mutex
 	// received holds the latest verified descriptor of each node.
 	received map[sdk.NodeID]*nodes.Node
-	// reached is when each node last answered a probe.
+	// reached is when each node last answered a probe; failed when a
+	// probe of it last failed.
 	reached map[sdk.NodeID]time.Time
+	failed  map[sdk.NodeID]time.Time
+	// probing holds the nodes with a probe under way: one at a time per
+	// node, however often it uploads.
+	probing map[sdk.NodeID]bool
 	rounds  map[uint64]*round // by the epoch the consensus is for
 	// bootEpoch and bootAt: the epoch in which Run started, and when.
 	bootEpoch uint64
 	bootAt    time.Time
+
+	// maxNodes is MaxNodes (smaller in tests).
+	maxNodes int
+	// held is the size of each held descriptor's upload, heldBytes their
+	// sum, at most maxBytes (MaxHeldBytes).
+	held                map[sdk.NodeID]int
+	heldBytes, maxBytes int
 }
 
 // round is the making of one epoch's consensus.
@@ -83,6 +101,12 @@ type round struct {
 	sig       SignatureMsg
 	published bool
 	failed    bool
+	// refused holds the authorities whose signed vote had bad content:
+	// their own doing, not the channel's, so not fetched again.
+	refused map[string]bool
+	// compared holds the peers whose published consensus was compared
+	// with this one (compareConsensus).
+	compared map[string]bool
 }
 
 // NewServer checks cfg and returns a Server; call Run and Serve.
@@ -93,6 +117,9 @@ func NewServer(cfg AuthorityConfig) (*Server, error) {
 	if cfg.Epoch < time.Second || cfg.Epoch%time.Second != 0 {
 		return nil, fmt.Errorf("directory: authority: epoch %s is not a whole number of seconds", cfg.Epoch)
 	}
+	if err := CheckAuthorities(cfg.Authorities); err != nil {
+		return nil, err
+	}
 	if cfg.ProbeInterval <= 0 {
 		cfg.ProbeInterval = 30 * time.Second
 	}
@@ -102,7 +129,7 @@ func NewServer(cfg AuthorityConfig) (*Server, error) {
 	if cfg.Client == nil {
 		cfg.Client = &http.Client{}
 	}
-	a := &Server{cfg: cfg, self: -1, received: map[sdk.NodeID]*nodes.Node{}, reached: map[sdk.NodeID]time.Time{}, rounds: map[uint64]*round{}}
+	a := &Server{cfg: cfg, self: -1, received: map[sdk.NodeID]*nodes.Node{}, reached: map[sdk.NodeID]time.Time{}, failed: map[sdk.NodeID]time.Time{}, probing: map[sdk.NodeID]bool{}, maxNodes: MaxNodes, held: map[sdk.NodeID]int{}, maxBytes: MaxHeldBytes, rounds: map[uint64]*round{}}
 	pub := cfg.Key.Public().(ed25519.PublicKey)
 	for i, x := range cfg.Authorities {
 		if x.Identity.Equal(pub) {
@@ -200,6 +227,7 @@ func (a *Server) advance(ctx context.Context, target uint64, off, voteAt, tallyF
 		return
 	case hasTally:
 		a.fetchSignatures(ctx, target, r)
+		a.compareConsensus(ctx, target, r)
 	}
 }
 
@@ -238,7 +266,7 @@ func (a *Server) fetchVotes(ctx context.Context, target uint64, r *round) {
 	for _, p := range a.peers {
 		key := b64(p.Identity)
 		a.mu.Lock()
-		have := r.votes[key] != nil
+		have := r.votes[key] != nil || r.refused[key]
 		a.mu.Unlock()
 		if have {
 			continue
@@ -254,19 +282,38 @@ func (a *Server) fetchVotes(ctx context.Context, target uint64, r *round) {
 		}
 		// A vote's descriptors must verify as uploads do: an authority
 		// cannot slip a forged one into the tally.
-		ok := true
+		// It signed what it sent: a bad vote is refused for the round,
+		// not fetched and verified again at every step.
+		ok := len(v.Nodes) <= MaxNodes
+		if !ok {
+			a.cfg.Log.Warn("[DIRECTORY] vote refused: too many nodes", "authority", p.Name, "epoch", target, "nodes", len(v.Nodes))
+		}
 		for _, d := range v.Nodes {
-			if _, err := nodes.VerifyNode(d, time.Now()); err != nil {
+			if !ok {
+				break
+			}
+			// The voter checked the publication time against its clock;
+			// ours may be a little behind.
+			at := time.Now()
+			if d.Published.After(at) {
+				at = d.Published
+			}
+			if _, err := nodes.VerifyNode(d, at); err != nil {
 				a.cfg.Log.Warn("[DIRECTORY] vote refused: bad descriptor", "authority", p.Name, "epoch", target, "error", err)
 				ok = false
 				break
 			}
 		}
+		a.mu.Lock()
 		if ok {
-			a.mu.Lock()
 			r.votes[key] = &v
-			a.mu.Unlock()
+		} else {
+			if r.refused == nil {
+				r.refused = map[string]bool{}
+			}
+			r.refused[key] = true
 		}
+		a.mu.Unlock()
 	}
 }
 
@@ -334,6 +381,60 @@ func (a *Server) fetchSignatures(ctx context.Context, target uint64, r *round) {
 	}
 }
 
+// compareConsensus fetches, once the consensus is published, each peer's
+// published consensus of target once. A different one also signed by a
+// majority means an authority signed two tallies (it gave its vote to one
+// peer and not the other, or different votes): this authority then
+// serves, without signing it, the one with the smaller digest, which is
+// also the one every node keeps (Client.Accept), so that nodes reaching
+// different authorities get the same document.
+func (a *Server) compareConsensus(ctx context.Context, target uint64, r *round) {
+	a.mu.Lock()
+	published := r.published
+	a.mu.Unlock()
+	if !published {
+		return
+	}
+	for _, p := range a.peers {
+		key := b64(p.Identity)
+		a.mu.Lock()
+		done := r.compared[key]
+		a.mu.Unlock()
+		if done {
+			continue
+		}
+		gctx, cancel := context.WithTimeout(ctx, max(5*time.Second, a.cfg.Epoch/16))
+		b, err := getBody(gctx, a.cfg.Client, p.Address, "/v1/consensus/"+strconv.FormatUint(target, 10))
+		cancel()
+		if err != nil {
+			continue // not published there (yet)
+		}
+		a.mu.Lock()
+		if r.compared == nil {
+			r.compared = map[string]bool{}
+		}
+		r.compared[key] = true
+		a.mu.Unlock()
+		v, err := VerifyConsensus(b, a.cfg.Authorities, target, time.Now())
+		if err != nil || v.Epoch != target {
+			continue
+		}
+		dg, err := v.Digest()
+		if err != nil {
+			continue
+		}
+		a.mu.Lock()
+		if dg != r.digest {
+			a.cfg.Log.Error("[DIRECTORY] a peer publishes another consensus for this epoch, also signed by a majority: an authority signed both; the one with the smaller digest is served",
+				"authority", p.Name, "epoch", target, "signers", strings.Join(v.Signers, ","), "digests", fmt.Sprintf("%x %x", r.digest[:8], dg[:8]))
+			if bytes.Compare(dg[:], r.digest[:]) < 0 {
+				r.tally, r.digest = v.Consensus, dg
+			}
+		}
+		a.mu.Unlock()
+	}
+}
+
 // probeLoop probes every node with a descriptor each ProbeInterval.
 func (a *Server) probeLoop(ctx context.Context) {
 	t := time.NewTicker(a.cfg.ProbeInterval)
@@ -360,10 +461,25 @@ func (a *Server) probe(ctx context.Context, n *nodes.Node) {
 	if a.cfg.Probe == nil {
 		return
 	}
+	a.mu.Lock()
+	busy := a.probing[n.ID]
+	a.probing[n.ID] = true
+	a.mu.Unlock()
+	if busy {
+		return
+	}
+	defer func() {
+		a.mu.Lock()
+		delete(a.probing, n.ID)
+		a.mu.Unlock()
+	}()
 	pctx, cancel := context.WithTimeout(ctx, max(a.cfg.ProbeInterval, 10*time.Second))
 	defer cancel()
 	if err := a.cfg.Probe(pctx, n); err != nil {
 		a.cfg.Log.Debug("[DIRECTORY] node not reached", "node", n.ID.Short(), "error", err)
+		a.mu.Lock()
+		a.failed[n.ID] = time.Now()
+		a.mu.Unlock()
 		return
 	}
 	a.mu.Lock()
@@ -482,20 +598,50 @@ func (a *Server) upload(w http.ResponseWriter, r *http.Request) {
 	}
 	a.mu.Lock()
 	old := a.received[n.ID]
-	if old == nil && len(a.received) >= MaxNodes {
-		a.mu.Unlock()
-		http.Error(w, "directory full", http.StatusServiceUnavailable)
-		return
+	grow := len(b) - a.held[n.ID]
+	for old == nil && len(a.received) >= a.maxNodes || a.heldBytes+grow > a.maxBytes {
+		if !a.evictOne(time.Now(), n.ID) {
+			a.mu.Unlock()
+			http.Error(w, "directory full", http.StatusServiceUnavailable)
+			return
+		}
 	}
 	fresh := old == nil || n.Published.After(old.Published)
 	if fresh {
 		a.received[n.ID] = n
+		a.held[n.ID] = len(b)
+		a.heldBytes += grow
 	}
 	a.mu.Unlock()
 	if fresh {
 		go a.probe(context.Background(), n)
 	}
 	w.WriteHeader(http.StatusNoContent)
+}
+
+// evictOne drops one node that cannot be in a vote, to make room for a
+// new upload: one whose keys have all expired, or whose last probe failed
+// and that was not reached during the last epoch (never reached: a node
+// that does not exist, as a flood of fresh keys makes them). A node not
+// probed yet since its upload is kept: it has had no chance, and so is
+// keep (the node uploading). Call with mu held; false if none can go.
+func (a *Server) evictOne(now time.Time, keep sdk.NodeID) bool {
+	for id, n := range a.received {
+		if id == keep {
+			continue
+		}
+		expired := !now.Before(n.Keys[len(n.Keys)-1].NotAfter)
+		unreached := a.failed[id].After(a.reached[id]) && now.Sub(a.reached[id]) > a.cfg.Epoch
+		if expired || unreached {
+			delete(a.received, id)
+			a.heldBytes -= a.held[id]
+			delete(a.held, id)
+			delete(a.reached, id)
+			delete(a.failed, id)
+			return true
+		}
+	}
+	return false
 }
 
 // Serve answers the directory protocol on ln until ctx ends.

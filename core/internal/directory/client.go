@@ -12,7 +12,9 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -64,6 +66,9 @@ type Client struct {
 func NewClient(cfg ClientConfig) (*Client, error) {
 	if len(cfg.Authorities) == 0 {
 		return nil, errors.New("directory: no authorities configured")
+	}
+	if err := CheckAuthorities(cfg.Authorities); err != nil {
+		return nil, err
 	}
 	if cfg.Log == nil {
 		cfg.Log = hclog.NewNullLogger()
@@ -137,7 +142,7 @@ func (c *Client) install(v *Verified, now time.Time, save bool) {
 	c.mu.Lock()
 	if now.Before(v.ValidAfter) {
 		c.next = v
-	} else if c.cur == nil || v.Epoch > c.cur.Epoch {
+	} else if c.cur == nil || v.Epoch >= c.cur.Epoch {
 		c.cur = v
 		c.expired = false
 		c.cfg.Log.Info("[DIRECTORY] consensus in use", "epoch", v.Epoch, "signers", len(v.Signers), "nodes", v.Directory.Len())
@@ -258,8 +263,11 @@ func (c *Client) upload(ctx context.Context, a Authority, d *nodes.Descriptor, t
 	c.cfg.Log.Debug("[DIRECTORY] descriptor uploaded", "authority", a.Name)
 }
 
-// fetch gets the consensus of epoch e from the authorities in random
-// order until one verifies.
+// fetch gets the consensus of epoch e from every authority, in random
+// order: a malicious authority that signed two tallies for one epoch makes
+// two documents each signed by a majority, and a node that stopped at the
+// first one that verifies would use one or the other at random (Accept
+// keeps one of them, the same at every node).
 func (c *Client) fetch(ctx context.Context, e uint64) {
 	order := rand.Perm(len(c.cfg.Authorities))
 	for _, i := range order {
@@ -271,9 +279,7 @@ func (c *Client) fetch(ctx context.Context, e uint64) {
 		}
 		if err := c.Accept(b, time.Now()); err != nil {
 			c.cfg.Log.Error("[DIRECTORY] consensus refused", "authority", a.Name, "error", err)
-			continue
 		}
-		return
 	}
 }
 
@@ -284,6 +290,14 @@ func (c *Client) Accept(data []byte, now time.Time) error {
 	c.mu.Lock()
 	minEpoch := c.minEpoch
 	c.mu.Unlock()
+	// The same document from another authority (fetch asks them all)
+	// need not be verified again.
+	var peek Consensus
+	if json.Unmarshal(data, &peek) == nil && !slices.Contains(peek.Nodes, nil) && peek.Params.epochOK() {
+		if dg, err := peek.Digest(); err == nil && c.holds(peek.Epoch, dg) {
+			return nil
+		}
+	}
 	v, err := VerifyConsensus(data, c.cfg.Authorities, minEpoch, now)
 	if err != nil {
 		return err
@@ -293,8 +307,60 @@ func (c *Client) Accept(data []byte, now time.Time) error {
 			return fmt.Errorf("directory: consensus of epoch %d refused: %w", v.Epoch, err)
 		}
 	}
+	if !c.preferred(v) {
+		return nil
+	}
 	c.install(v, now, true)
 	return nil
+}
+
+// holds reports whether the consensus of epoch e in use or next has
+// digest dg.
+func (c *Client) holds(e uint64, dg [32]byte) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, h := range []*Verified{c.cur, c.next} {
+		if h != nil && h.Epoch == e {
+			if hd, err := h.Digest(); err == nil && hd == dg {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+// preferred reports whether v is to be installed: no document of its
+// epoch is held, or one with a greater digest. Two documents of one epoch,
+// each signed by a majority, mean that an authority signed both (with
+// three authorities, one malicious one suffices): every node keeps the one
+// with the smaller digest, so that they all use the same, and the
+// authorities that signed both are named.
+func (c *Client) preferred(v *Verified) bool {
+	c.mu.Lock()
+	var held *Verified
+	for _, h := range []*Verified{c.cur, c.next} {
+		if h != nil && h.Epoch == v.Epoch {
+			held = h
+		}
+	}
+	c.mu.Unlock()
+	if held == nil {
+		return true
+	}
+	dv, _ := v.Digest()
+	dh, _ := held.Digest()
+	if dv == dh {
+		return false
+	}
+	var both []string
+	for _, s := range v.Signers {
+		if slices.Contains(held.Signers, s) {
+			both = append(both, s)
+		}
+	}
+	c.cfg.Log.Error("[DIRECTORY] two consensus documents for one epoch, each signed by a majority: the authorities that signed both equivocate; the one with the smaller digest is used",
+		"epoch", v.Epoch, "signed_both", strings.Join(both, ","), "digests", fmt.Sprintf("%x %x", dh[:8], dv[:8]))
+	return bytes.Compare(dv[:], dh[:]) < 0
 }
 
 // Lookup finds the node with id in the consensus in use.

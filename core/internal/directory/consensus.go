@@ -72,6 +72,14 @@ type Params struct {
 	LoopRate float64 `json:"loop_rate"`
 }
 
+// maxEpochSeconds bounds Params.EpochSeconds: its time.Duration must not
+// overflow (about 68 years).
+const maxEpochSeconds = 1<<31 - 1
+
+// epochOK reports whether EpochSeconds is a usable epoch length: 1 s to
+// maxEpochSeconds (a larger one wraps around as a time.Duration).
+func (p Params) epochOK() bool { return p.EpochSeconds >= 1 && p.EpochSeconds <= maxEpochSeconds }
+
 // Vote is one authority's view of the network for an epoch.
 type Vote struct {
 	Version   int                 `json:"version"`
@@ -122,6 +130,9 @@ const (
 // one descriptor is the same at every authority (its signature covers unix
 // seconds, not the zone).
 func utcDescriptor(d *nodes.Descriptor) *nodes.Descriptor {
+	if d == nil {
+		return nil // refused by the verifiers; never a panic
+	}
 	c := *d
 	c.Published = c.Published.UTC()
 	c.MixKeys = slices.Clone(d.MixKeys)
@@ -212,6 +223,9 @@ func VerifyVote(v *Vote, auth Authority, epoch uint64) error {
 	if v.Version != Version || v.Epoch != epoch {
 		return fmt.Errorf("directory: vote of %s: %w: version %d epoch %d, want version %d epoch %d", auth.Name, ErrMalformed, v.Version, v.Epoch, Version, epoch)
 	}
+	if slices.Contains(v.Nodes, nil) {
+		return fmt.Errorf("directory: vote of %s: %w: a null node", auth.Name, ErrMalformed)
+	}
 	if v.Authority != b64(auth.Identity) {
 		return fmt.Errorf("directory: vote of %s: %w: signed as %s", auth.Name, ErrMalformed, v.Authority)
 	}
@@ -236,8 +250,9 @@ func Window(e uint64, epoch time.Duration) (validAfter, validUntil time.Time) {
 // (at most one per authority, already verified): the parameters a majority
 // of all n configured authorities voted for, and every node a majority
 // voted for, with the most recently published of the descriptors voted
-// for it (ties: the smallest digest). Nodes are sorted by id; of nodes
-// sharing a name only the one with the smallest id is kept. Error:
+// for it (ties: the smallest digest). Nodes are sorted by id. Names are
+// labels, not identities: nodes sharing a name all stay (keeping one would
+// let any node evict another by taking its name). Error:
 // ErrNoMajority when fewer than a majority of votes came or they agree on
 // no parameters. Every authority that tallies the same votes makes the
 // same document.
@@ -249,6 +264,9 @@ func Tally(epoch uint64, n int, votes []*Vote) (*Consensus, error) {
 	paramVotes := map[Params]int{}
 	var params *Params
 	for _, v := range votes {
+		if !v.Params.epochOK() {
+			continue
+		}
 		paramVotes[v.Params]++
 		if paramVotes[v.Params] >= need {
 			p := v.Params
@@ -266,7 +284,7 @@ func Tally(epoch uint64, n int, votes []*Vote) (*Consensus, error) {
 	for _, v := range votes {
 		seen := map[string]bool{}
 		for _, d := range v.Nodes {
-			if seen[d.ID] {
+			if d == nil || seen[d.ID] {
 				continue
 			}
 			seen[d.ID] = true
@@ -292,12 +310,6 @@ func Tally(epoch uint64, n int, votes []*Vote) (*Consensus, error) {
 		out = append(out, best.d)
 	}
 	slices.SortFunc(out, func(a, b *nodes.Descriptor) int { return cmp.Compare(a.ID, b.ID) })
-	names := map[string]bool{}
-	out = slices.DeleteFunc(out, func(d *nodes.Descriptor) bool {
-		dup := names[d.Name]
-		names[d.Name] = true
-		return dup
-	})
 	if out == nil {
 		out = []*nodes.Descriptor{}
 	}
@@ -332,8 +344,11 @@ func VerifyConsensus(data []byte, auths []Authority, minEpoch uint64, now time.T
 	if c.Version != Version {
 		return nil, fmt.Errorf("directory: consensus: %w: version %d, want %d", ErrMalformed, c.Version, Version)
 	}
-	if c.Params.EpochSeconds <= 0 {
-		return nil, fmt.Errorf("directory: consensus of epoch %d: %w: epoch_seconds %d", c.Epoch, ErrMalformed, c.Params.EpochSeconds)
+	if slices.Contains(c.Nodes, nil) {
+		return nil, fmt.Errorf("directory: consensus of epoch %d: %w: a null node", c.Epoch, ErrMalformed)
+	}
+	if !c.Params.epochOK() {
+		return nil, fmt.Errorf("directory: consensus of epoch %d: %w: epoch_seconds %d, want 1 to %d", c.Epoch, ErrMalformed, c.Params.EpochSeconds, int64(maxEpochSeconds))
 	}
 	if va, vu := Window(c.Epoch, time.Duration(c.Params.EpochSeconds)*time.Second); !va.Equal(c.ValidAfter) || !vu.Equal(c.ValidUntil) {
 		return nil, fmt.Errorf("directory: consensus of epoch %d: %w: valid %s to %s, the epoch says %s to %s", c.Epoch, ErrMalformed,
@@ -350,6 +365,9 @@ func VerifyConsensus(data []byte, auths []Authority, minEpoch uint64, now time.T
 		return nil, fmt.Errorf("directory: consensus: %w: %v", ErrMalformed, err)
 	}
 	msg := signed(consensusContext, dg)
+	// One key listed twice (a pasted line) is one authority: its
+	// signature counts once, and the majority is of distinct keys.
+	auths = distinctAuthorities(auths)
 	var signers []string
 	bad := 0
 	for _, a := range auths {
@@ -377,7 +395,15 @@ func VerifyConsensus(data []byte, auths []Authority, minEpoch uint64, now time.T
 	}
 	var live []*nodes.Node
 	for i, d := range c.Nodes {
-		n, err := nodes.VerifyNode(d, now)
+		// A majority of the authorities checked the publication time
+		// against their clocks: a node whose clock is behind theirs (or
+		// a node that published ahead on purpose) must not refuse the
+		// whole document for it.
+		at := now
+		if d.Published.After(at) {
+			at = d.Published
+		}
+		n, err := nodes.VerifyNode(d, at)
 		switch {
 		case errors.Is(err, nodes.ErrExpired):
 			continue
@@ -389,7 +415,7 @@ func VerifyConsensus(data []byte, auths []Authority, minEpoch uint64, now time.T
 		}
 		live = append(live, n)
 	}
-	dir, err := nodes.NewDirectory(live...)
+	dir, err := nodes.NewConsensusDirectory(live...)
 	if err != nil {
 		return nil, fmt.Errorf("directory: consensus of epoch %d refused: %w: %w", c.Epoch, ErrBadDescriptor, err)
 	}
@@ -407,6 +433,32 @@ func unb64(s string, n int) ([]byte, error) {
 		return nil, fmt.Errorf("%d bytes, want %d", len(b), n)
 	}
 	return b, nil
+}
+
+// distinctAuthorities is auths without the later entries of a key listed
+// more than once.
+func distinctAuthorities(auths []Authority) []Authority {
+	var out []Authority
+	for _, a := range auths {
+		if !slices.ContainsFunc(out, func(o Authority) bool { return o.Identity.Equal(a.Identity) }) {
+			out = append(out, a)
+		}
+	}
+	return out
+}
+
+// CheckAuthorities refuses a list of authorities with one key (or one
+// name) given twice: a signature must count once among distinct
+// authorities, or one authority makes a majority.
+func CheckAuthorities(auths []Authority) error {
+	for i, a := range auths {
+		for _, o := range auths[:i] {
+			if o.Identity.Equal(a.Identity) || o.Name == a.Name {
+				return fmt.Errorf("directory: authorities %s and %s: key or name listed twice", o.Name, a.Name)
+			}
+		}
+	}
+	return nil
 }
 
 // ParseAuthorityKey decodes a base64 32-byte Ed25519 public key.

@@ -294,3 +294,44 @@ func TestConsensusWithNodeOfOtherSphinxFormatIsRefused(t *testing.T) {
 		t.Fatalf("consensus of an x25519 network with an xwing node: got %v, want %v", err, nodes.ErrWrongFormat)
 	}
 }
+
+// A careless operator lists one authority twice (a pasted line): its one
+// signature must not count as two and make a "majority" of three.
+func TestAuthorityListedTwiceCountsOnce(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 2)
+	c := signedConsensus(t, ta, 1, now, testNode(t, "a", now))
+	twice := []Authority{as[0], {Name: "auth1-again", Identity: as[0].Identity, Address: "127.0.0.1:2"}, as[1]}
+	_, err := VerifyConsensus(encode(t, c), twice, 0, now)
+	if !errors.Is(err, ErrMinority) {
+		t.Fatalf("one authority's signature, listed twice among three: got %v, want ErrMinority", err)
+	}
+	if _, err := NewClient(ClientConfig{Authorities: twice, Epoch: testEpoch}); err == nil || !strings.Contains(err.Error(), "twice") {
+		t.Fatalf("client with an authority key listed twice: got %v, want an error naming it", err)
+	}
+}
+
+// A node's name is its operator's label, not an identity: a malicious node
+// that takes an honest node's name (and grinds an id that sorts first)
+// must not push the honest node out of the consensus.
+func TestNodeWithAnotherNodesNameDoesNotEvictIt(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 3)
+	honest := testNode(t, "mix1", now)
+	var impostor *nodes.Descriptor
+	for impostor == nil || impostor.ID > honest.ID {
+		impostor = memNode(t, "mix1", now, testEpoch)
+	}
+	c := signedConsensus(t, ta, 3, now, honest, impostor)
+	v, err := VerifyConsensus(encode(t, c), as, 0, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _ := NodeID(honest)
+	if _, ok := v.Directory.Lookup(id); !ok {
+		t.Fatalf("the honest node is not in the consensus (%d nodes): a namesake evicted it", v.Directory.Len())
+	}
+	if v.Directory.Len() != 2 {
+		t.Fatalf("%d nodes, want both", v.Directory.Len())
+	}
+}

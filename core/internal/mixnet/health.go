@@ -125,10 +125,6 @@ func (n *Node) PathsAvailable() bool {
 	if n.noConsensus() {
 		return false
 	}
-	hops := int(n.pathLen.Load())
-	if hops == 0 {
-		return true // not known yet: the router decides
-	}
 	healthy, exits, others := 0, 0, 0
 	for _, d := range n.dir.Nodes() {
 		if d.ID != n.self {
@@ -142,7 +138,16 @@ func (n *Node) PathsAvailable() bool {
 			exits++
 		}
 	}
-	return healthy >= hops && exits > 0 && n.reachesMajority(healthy, others)
+	if !n.reachesMajority(healthy, others) {
+		// Whatever the path length: a mixer left to route would take the
+		// few nodes still reached.
+		return false
+	}
+	hops := int(n.pathLen.Load())
+	if hops == 0 {
+		return true // not known yet: the router decides
+	}
+	return healthy >= hops && exits > 0
 }
 
 // checkPaths logs when paths become unavailable and when they are back.

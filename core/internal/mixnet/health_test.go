@@ -235,3 +235,28 @@ func TestMailHeldWithoutConsensus(t *testing.T) {
 		t.Fatal("an empty nodes file holds mail before the path length is known")
 	}
 }
+
+// The majority rule does not wait for the path length: right after a
+// start (before the first cover packet tells the path length), a node that
+// reaches only 2 of 7 consensus nodes holds its mail too, instead of
+// leaving it to a mixer that would route through the two.
+func TestBlockedLinksHoldMailBeforeThePathLengthIsKnown(t *testing.T) {
+	var all fixedDir
+	for i := byte(1); i <= 8; i++ {
+		all = append(all, sdk.DirectoryNode{ID: sdk.NodeID{i}, Exit: i%2 == 0})
+	}
+	cfg := Config{}
+	cfg.defaults()
+	n := &Node{cfg: cfg, self: sdk.NodeID{1}, dir: consensusDir{all}, health: newHealth(), sendq: newSendQueue(), log: hclog.NewNullLogger()}
+	n.health.probeOK(sdk.NodeID{2})
+	n.health.probeOK(sdk.NodeID{3})
+	if n.PathsAvailable() || n.Backlogged() == nil {
+		t.Fatal("reaching 2 of 7 consensus nodes, path length not known yet: mail not held")
+	}
+	for i := byte(4); i <= 5; i++ {
+		n.health.probeOK(sdk.NodeID{i})
+	}
+	if !n.PathsAvailable() {
+		t.Fatal("reaching 4 of 7 consensus nodes, path length not known yet: held")
+	}
+}

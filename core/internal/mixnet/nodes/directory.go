@@ -296,7 +296,15 @@ func LoadNodes(path string, now time.Time) (*Directory, error) {
 // NewDirectory makes a Directory of verified nodes (for example from
 // VerifyNode), refusing two nodes with one id or one name (ErrDuplicate)
 // and nodes of two Sphinx formats (ErrWrongFormat); its Format is theirs.
-func NewDirectory(nodes ...*Node) (*Directory, error) {
+func NewDirectory(nodes ...*Node) (*Directory, error) { return newDirectory(true, nodes) }
+
+// NewConsensusDirectory is NewDirectory for the nodes of a consensus:
+// there ids are unique but names need not be, since the authorities cannot
+// tell which of two nodes owns a name, and keeping one would let any node
+// push another out of the network by taking its name.
+func NewConsensusDirectory(nodes ...*Node) (*Directory, error) { return newDirectory(false, nodes) }
+
+func newDirectory(uniqueNames bool, nodes []*Node) (*Directory, error) {
 	d := &Directory{byID: map[sdk.NodeID]*Node{}}
 	if len(nodes) > 0 {
 		d.Format = nodes[0].Format
@@ -306,7 +314,7 @@ func NewDirectory(nodes ...*Node) (*Directory, error) {
 		if n.Format != d.Format {
 			return nil, &DescriptorError{Name: n.Name, ID: n.ID.Short(), Kind: ErrWrongFormat, Detail: fmt.Sprintf("sphinx format %s among nodes of format %s", n.Format, d.Format)}
 		}
-		if d.byID[n.ID] != nil || names[n.Name] {
+		if d.byID[n.ID] != nil || uniqueNames && names[n.Name] {
 			return nil, &DescriptorError{Name: n.Name, ID: n.ID.Short(), Kind: ErrDuplicate, Detail: "id or name given twice"}
 		}
 		d.byID[n.ID], names[n.Name] = n, true
