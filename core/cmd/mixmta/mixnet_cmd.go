@@ -176,6 +176,9 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 				d["listen"], d["authority_key"] = auths[i-1]["address"], filepath.Join(dir, "authority.key")
 			}
 			patch["mix.nodes_file"], patch["mix.directory"] = "", d
+			// The profile's keys_ahead serves a nodes file; with a
+			// directory more than the margin is refused.
+			patch["mix.keys_ahead"] = config.DirectoryKeysAhead
 		}
 		data, err := config.Patch(profile, patch)
 		if err != nil {
