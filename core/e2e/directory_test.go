@@ -35,6 +35,13 @@ type dirNet struct {
 // newDirNet prepares n nodes, the first auths of them authorities.
 func newDirNet(t *testing.T, n, auths int, relayHost string) *dirNet {
 	t.Helper()
+	return newDirNetWith(t, n, auths, relayHost, dirEpoch, nil)
+}
+
+// newDirNetWith is newDirNet with another epoch length and more profile
+// settings (dotted paths, applied to the profile before mixnet init).
+func newDirNetWith(t *testing.T, n, auths int, relayHost string, epoch time.Duration, extra map[string]any) *dirNet {
+	t.Helper()
 	dir := t.TempDir()
 	smtpPort, mixPort, dirPort := freeRange(t, n), freeRange(t, n), freeRange(t, auths)
 	prof := map[string]any{
@@ -45,8 +52,11 @@ func newDirNet(t *testing.T, n, auths int, relayHost string) *dirNet {
 		"pipeline.delay.config":   map[string]any{"mean": "50ms", "max": "500ms"},
 		"mix.hop_delay.config":    map[string]any{"mean": "50ms", "max": "500ms"},
 		"mix.probe_interval":      "1s",
-		"mix.epoch":               fmt.Sprintf("%ds", int(dirEpoch/time.Second)),
+		"mix.epoch":               fmt.Sprintf("%ds", int(epoch/time.Second)),
 		"mix.grace":               "10s", // packets outlive most of a short epoch on a loaded machine
+	}
+	for k, v := range extra {
+		prof[k] = v
 	}
 	text, err := os.ReadFile(filepath.Join(repoRoot, "configs/local-mixnet.yaml"))
 	if err != nil {
