@@ -455,7 +455,7 @@ func fmtDur(d sdk.Duration) string {
 // validateMixDirectory checks the authorities; with tor (every connection
 // through Tor) their addresses must be onion services: a clearnet
 // authority would be reached through an exit that sees, and can block or
-// answer for, every upload and fetch of this node.
+// delay, every upload and fetch of this node.
 func validateMixDirectory(d *MixDirectory, tor bool, bad func(key, format string, args ...any)) {
 	if d == nil {
 		return
