@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/core/internal/directory"
+	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
 	"github.com/mixmta/mixmta/internal/peers"
 )
 
@@ -33,6 +35,13 @@ type dirNet struct {
 // newDirNet prepares n nodes, the first auths of them authorities.
 func newDirNet(t *testing.T, n, auths int, relayHost string) *dirNet {
 	t.Helper()
+	return newDirNetWith(t, n, auths, relayHost, dirEpoch, nil)
+}
+
+// newDirNetWith is newDirNet with another epoch length and more profile
+// settings (dotted paths, applied to the profile before mixnet init).
+func newDirNetWith(t *testing.T, n, auths int, relayHost string, epoch time.Duration, extra map[string]any) *dirNet {
+	t.Helper()
 	dir := t.TempDir()
 	smtpPort, mixPort, dirPort := freeRange(t, n), freeRange(t, n), freeRange(t, auths)
 	prof := map[string]any{
@@ -43,8 +52,11 @@ func newDirNet(t *testing.T, n, auths int, relayHost string) *dirNet {
 		"pipeline.delay.config":   map[string]any{"mean": "50ms", "max": "500ms"},
 		"mix.hop_delay.config":    map[string]any{"mean": "50ms", "max": "500ms"},
 		"mix.probe_interval":      "1s",
-		"mix.epoch":               fmt.Sprintf("%ds", int(dirEpoch/time.Second)),
+		"mix.epoch":               fmt.Sprintf("%ds", int(epoch/time.Second)),
 		"mix.grace":               "10s", // packets outlive most of a short epoch on a loaded machine
+	}
+	for k, v := range extra {
+		prof[k] = v
 	}
 	text, err := os.ReadFile(filepath.Join(repoRoot, "configs/local-mixnet.yaml"))
 	if err != nil {
@@ -258,4 +270,73 @@ func TestDirectoryAuthoritiesAgreeAndANodeJoinsByConfig(t *testing.T) {
 	if log := d.nodes[3].log(); !strings.Contains(log, "mail is held") {
 		t.Errorf("node4 does not say it holds mail:\n%s", tailLines(log, 20))
 	}
+}
+
+// futureKeys returns the epochs of the mix key files in keyDir and the
+// current epoch, read while no epoch boundary passed.
+func futureKeys(t *testing.T, keyDir string) (cur uint64, epochs []uint64) {
+	t.Helper()
+	for {
+		cur = nodes.Epoch(time.Now(), dirEpoch)
+		epochs = nil
+		ents, err := os.ReadDir(keyDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, e := range ents {
+			s, ok := strings.CutPrefix(e.Name(), "mix-")
+			if s, ok2 := strings.CutSuffix(s, ".key"); ok && ok2 {
+				n, err := strconv.ParseUint(s, 10, 64)
+				if err != nil {
+					t.Fatalf("key file %s", e.Name())
+				}
+				epochs = append(epochs, n)
+			}
+		}
+		if nodes.Epoch(time.Now(), dirEpoch) == cur {
+			slices.Sort(epochs)
+			return cur, epochs
+		}
+	}
+}
+
+// TestDirectoryNodeKeepsOnlyCurrentNextAndMarginKeys: the local-mixnet
+// profile sets keys_ahead 24 for its nodes file; `mixmta mixnet init
+// --authorities` makes configs that drop it to the directory's margin, and
+// a node with a directory has on disk the mix keys of the current, the next
+// and one margin epoch only (and the previous one during its grace), at
+// init, at start and after an epoch change.
+func TestDirectoryNodeKeepsOnlyCurrentNextAndMarginKeys(t *testing.T) {
+	prof, err := os.ReadFile(filepath.Join(repoRoot, "configs/local-mixnet.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(string(prof), "keys_ahead: 24") {
+		t.Fatal("configs/local-mixnet.yaml no longer sets keys_ahead 24: this test would not show the margin wins over a profile's value")
+	}
+	d := newDirNet(t, 2, 1, "127.0.0.1:9")
+	keyDir := filepath.Join(filepath.Dir(d.cfgs[0]), "data", "keys")
+	check := func(when string) {
+		t.Helper()
+		cur, got := futureKeys(t, keyDir)
+		var ahead []uint64
+		for _, e := range got {
+			switch {
+			case e >= cur:
+				ahead = append(ahead, e)
+			case e+1 != cur:
+				t.Errorf("%s: key of epoch %d on disk, %d epochs before the current %d", when, e, cur-e, cur)
+			}
+		}
+		if want := []uint64{cur, cur + 1, cur + 2}; !slices.Equal(ahead, want) {
+			t.Errorf("%s: mix keys on disk for epochs %v (current %d), want exactly %v", when, got, cur, want)
+		}
+	}
+	check("after mixnet init")
+	d.start(t, 0)
+	d.nodes[0].waitLog(t, "[DIRECTORY] authority listening", 30*time.Second)
+	check("after start")
+	next := nodes.EpochStart(nodes.Epoch(time.Now(), dirEpoch)+1, dirEpoch)
+	time.Sleep(time.Until(next) + 3*time.Second)
+	check("an epoch later")
 }

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/core/internal/daemon"
@@ -153,7 +154,19 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 	nodesFile := filepath.Join(o.Dir, "nodes.json")
 	var descs []*nodes.Descriptor
 	now := time.Now()
-	auths, err := mixnetAuthorities(o)
+	// With a tor: section every connection goes through Tor, so the
+	// authorities are onion services: each publishes its directory
+	// listener, and the list names those onions.
+	var prof struct {
+		Tor *struct {
+			OnionServices []map[string]any `yaml:"onion_services"`
+		} `yaml:"tor"`
+	}
+	if err := yaml.Unmarshal(profile, &prof); err != nil {
+		return fmt.Errorf("%s: %w", o.Profile, err)
+	}
+	onionAuths := prof.Tor != nil
+	auths, err := mixnetAuthorities(o, onionAuths)
 	if err != nil {
 		return err
 	}
@@ -173,9 +186,16 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 		if len(auths) > 0 {
 			d := map[string]any{"authorities": auths}
 			if i <= len(auths) {
-				d["listen"], d["authority_key"] = auths[i-1]["address"], filepath.Join(dir, "authority.key")
+				d["listen"], d["authority_key"] = fmt.Sprintf("127.0.0.1:%d", o.DirPort+i-1), filepath.Join(dir, "authority.key")
+				if onionAuths {
+					patch["tor.onion_services"] = append(append([]map[string]any(nil), prof.Tor.OnionServices...),
+						map[string]any{"listener": config.DirectoryOnion, "key_file": directoryOnionKey(dir)})
+				}
 			}
 			patch["mix.nodes_file"], patch["mix.directory"] = "", d
+			// The profile's keys_ahead serves a nodes file; with a
+			// directory more than the margin is refused.
+			patch["mix.keys_ahead"] = config.DirectoryKeysAhead
 		}
 		data, err := config.Patch(profile, patch)
 		if err != nil {
@@ -214,7 +234,11 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 		fmt.Fprintf(out, "%s: SMTP 127.0.0.1:%d, mix %s, node id %s, config %s\n", name, o.SMTPPort+i-1, m.Address, id.ID().Short(), cfgPath)
 	}
 	if len(auths) > 0 {
-		fmt.Fprintf(out, "no nodes file: nodes 1 to %d are directory authorities (127.0.0.1:%d...), every node uploads its descriptor and takes the network from their consensus\n", len(auths), o.DirPort)
+		where := fmt.Sprintf("127.0.0.1:%d...", o.DirPort)
+		if onionAuths {
+			where = "onion services " + auths[0]["address"].(string) + "..."
+		}
+		fmt.Fprintf(out, "no nodes file: nodes 1 to %d are directory authorities (%s), every node uploads its descriptor and takes the network from their consensus\n", len(auths), where)
 		return nil
 	}
 	if _, err := nodes.AddNodes(nodesFile, descs, now); err != nil {
@@ -224,9 +248,15 @@ func mixnetInit(out io.Writer, o mixnetOptions) error {
 	return nil
 }
 
+// directoryOnionKey is the key of the onion service of an authority's
+// directory listener, in its node directory.
+func directoryOnionKey(nodeDir string) string { return filepath.Join(nodeDir, "directory.onion.key") }
+
 // mixnetAuthorities creates the authority keys of nodes 1..o.Authorities
-// (DIR/nodeI/authority.key) and returns mix.directory.authorities.
-func mixnetAuthorities(o mixnetOptions) ([]map[string]any, error) {
+// (DIR/nodeI/authority.key) and returns mix.directory.authorities; with
+// onion, their addresses are the onion services of their directory
+// listeners (keys DIR/nodeI/directory.onion.key, created here).
+func mixnetAuthorities(o mixnetOptions, onion bool) ([]map[string]any, error) {
 	if o.Authorities > o.Nodes {
 		return nil, fmt.Errorf("mixnet init: %d authorities among %d nodes", o.Authorities, o.Nodes)
 	}
@@ -236,10 +266,18 @@ func mixnetAuthorities(o mixnetOptions) ([]map[string]any, error) {
 		if err != nil {
 			return nil, err
 		}
+		addr := fmt.Sprintf("127.0.0.1:%d", o.DirPort+i-1)
+		if onion {
+			k, err := daemon.OnionKey(directoryOnionKey(filepath.Join(o.Dir, fmt.Sprintf("node%d", i))))
+			if err != nil {
+				return nil, err
+			}
+			addr = fmt.Sprintf("%s:%d", k.Address(), o.DirPort+i-1)
+		}
 		out = append(out, map[string]any{
 			"name":     fmt.Sprintf("node%d", i),
 			"identity": base64.StdEncoding.EncodeToString(key.Public().(ed25519.PublicKey)),
-			"address":  fmt.Sprintf("127.0.0.1:%d", o.DirPort+i-1),
+			"address":  addr,
 		})
 	}
 	return out, nil

@@ -365,6 +365,12 @@ type Mix struct {
 	Directory *MixDirectory `yaml:"directory"`
 }
 
+// DirectoryKeysAhead is mix.keys_ahead with mix.directory, default and
+// maximum: the next epoch's key and one epoch of margin, because a
+// consensus is valid through the epoch after its own (a missed round is
+// tolerated).
+const DirectoryKeysAhead = 2
+
 // MixDirectory is the network's list of directory authorities, and this
 // node's authority role when Listen is set.
 type MixDirectory struct {

@@ -69,8 +69,7 @@ func (c *Config) SetDefaults() {
 		num(c, &m.KeysAhead, "mix.keys_ahead", 1)
 		str(&m.SphinxFormat, "x25519")
 		if d := m.Directory; d != nil {
-			// current, next, and one epoch of margin for a missed consensus
-			m.KeysAhead = max(m.KeysAhead, 2)
+			m.KeysAhead = max(m.KeysAhead, DirectoryKeysAhead)
 			str(&d.AuthorityKey, filepath.Join(m.KeysDir, "authority.key"))
 		}
 		c.dur(&m.ProbeInterval, "mix.probe_interval", 30*time.Second)

@@ -55,11 +55,12 @@ type Tor struct {
 // OnionService publishes one listener as a v3 onion service whose key is
 // kept in KeyFile (0600), so its address is stable.
 type OnionService struct {
-	// Listener is the name of an SMTP listener, or "mix" for the mix
-	// listener (required).
+	// Listener is the name of an SMTP listener, "mix" for the mix
+	// listener, or "directory" for an authority's directory listener
+	// (required).
 	Listener string `yaml:"listener"`
 	// Port is the onion service's virtual port. Default 25 for SMTP, the
-	// mix listener's port for "mix".
+	// listener's own port for "mix" and "directory".
 	Port int `yaml:"port"`
 	// KeyFile holds the service's ed25519 seed (created 0600 on first
 	// start). Default DATA_DIR/onion/LISTENER.key.
@@ -68,6 +69,10 @@ type OnionService struct {
 
 // MixOnion is the listener name of the mix listener in OnionServices.
 const MixOnion = "mix"
+
+// DirectoryOnion is the listener name of an authority's directory
+// listener (mix.directory.listen) in OnionServices.
+const DirectoryOnion = "directory"
 
 func (c *Config) torDefaults() {
 	t := c.Tor
@@ -131,10 +136,12 @@ func (c *Config) validateTor(bad func(string, string, ...any), positive func(str
 		p := fmt.Sprintf("tor.onion_services[%d]", i)
 		switch {
 		case o.Listener == "":
-			bad(p, "listener is required (an SMTP listener's name, or %q)", MixOnion)
+			bad(p, "listener is required (an SMTP listener's name, %q or %q)", MixOnion, DirectoryOnion)
 		case o.Listener == MixOnion && c.Mix == nil:
 			bad(p+".listener", "%q needs a mix: section", MixOnion)
-		case o.Listener != MixOnion && !names[o.Listener]:
+		case o.Listener == DirectoryOnion && (c.Mix == nil || c.Mix.Directory == nil || c.Mix.Directory.Listen == ""):
+			bad(p+".listener", "%q needs mix.directory.listen (this node an authority)", DirectoryOnion)
+		case o.Listener != MixOnion && o.Listener != DirectoryOnion && !names[o.Listener]:
 			bad(p+".listener", "no listener named %q", o.Listener)
 		case seen[o.Listener]:
 			bad(p+".listener", "%q is published twice", o.Listener)
@@ -158,8 +165,15 @@ func (c *Config) OnionPort(o OnionService) int {
 	if o.Port != 0 {
 		return o.Port
 	}
-	if o.Listener == MixOnion && c.Mix != nil {
-		if _, ps, err := net.SplitHostPort(c.Mix.Address); err == nil {
+	addr := ""
+	switch {
+	case o.Listener == MixOnion && c.Mix != nil:
+		addr = c.Mix.Address
+	case o.Listener == DirectoryOnion && c.Mix != nil && c.Mix.Directory != nil:
+		addr = c.Mix.Directory.Listen
+	}
+	if addr != "" {
+		if _, ps, err := net.SplitHostPort(addr); err == nil {
 			if p, err := strconv.Atoi(ps); err == nil && p > 0 {
 				return p
 			}

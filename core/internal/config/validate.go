@@ -21,6 +21,7 @@ import (
 
 	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/mixkey"
+	"github.com/mixmta/mixmta/sdk/onion"
 )
 
 // NameRE is the syntax of stage names and plugin names. A plugin name is
@@ -130,7 +131,7 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 	if m.NodesFile == "" && m.Directory == nil {
 		bad("mix", "nodes_file or directory is required (the nodes.json directory, or the directory authorities)")
 	}
-	validateMixDirectory(m.Directory, bad)
+	validateMixDirectory(m.Directory, c.Tor != nil, bad)
 	if m.HopDelay.Plugin == "" {
 		bad("mix", "hop_delay is required: a delay stage for every forwarded packet ({plugin: delay-exponential, config: {mean: 5s}})")
 	} else if !NameRE.MatchString(m.HopDelay.Plugin) {
@@ -142,6 +143,8 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 	positive("mix.epoch", m.Epoch)
 	if m.KeysAhead < 1 || m.KeysAhead > 1000 {
 		bad("mix.keys_ahead", "must be between 1 and 1000 epochs, got %d", m.KeysAhead)
+	} else if m.Directory != nil && m.KeysAhead > DirectoryKeysAhead {
+		bad("mix.keys_ahead", "%d with mix.directory: the node publishes its keys to the authorities every epoch, so it keeps only the current, the next and one epoch of margin (keys_ahead %d); every key further ahead is a private key on disk that decrypts its epoch's traffic if the node is seized. Remove keys_ahead or set %d", m.KeysAhead, DirectoryKeysAhead, DirectoryKeysAhead)
 	}
 	if _, err := mixkey.ParseKind(m.SphinxFormat); err != nil {
 		bad("mix.sphinx_format", "must be x25519 or xwing, got %q", m.SphinxFormat)
@@ -449,7 +452,11 @@ func fmtDur(d sdk.Duration) string {
 	return s
 }
 
-func validateMixDirectory(d *MixDirectory, bad func(key, format string, args ...any)) {
+// validateMixDirectory checks the authorities; with tor (every connection
+// through Tor) their addresses must be onion services: a clearnet
+// authority would be reached through an exit that sees, and can block or
+// delay, every upload and fetch of this node.
+func validateMixDirectory(d *MixDirectory, tor bool, bad func(key, format string, args ...any)) {
 	if d == nil {
 		return
 	}
@@ -473,6 +480,10 @@ func validateMixDirectory(d *MixDirectory, bad func(key, format string, args ...
 		}
 		if err := checkHostPort(a.Address, 0); err != nil {
 			bad(k+".address", "%v", err)
+		} else if host, _, _ := net.SplitHostPort(a.Address); tor {
+			if _, _, err := onion.Parse(host); err != nil {
+				bad(k+".address", "%q: with a tor: section an authority is reached only as a v3 onion service (NAME.onion:PORT; publish its directory listener with tor.onion_services listener %q): %v", a.Address, DirectoryOnion, err)
+			}
 		}
 	}
 	if d.Listen != "" {

@@ -110,7 +110,8 @@ func controlAuth(cfg *config.Config) (tor.Auth, error) {
 // publishOnions publishes every onion service of cfg, each on its own
 // control connection (the service lives as long as that connection), and
 // waits in the background for each descriptor upload, logging it. targets
-// maps a listener name (or config.MixOnion) to its bound address.
+// maps a listener name (or config.MixOnion, config.DirectoryOnion) to its
+// bound address.
 func (tp *torParts) publishOnions(cfg *config.Config, targets map[string]string) error {
 	auth, err := controlAuth(cfg)
 	if err != nil {
@@ -258,6 +259,9 @@ func (d *Daemon) publishOnions() error {
 	}
 	if d.cfg.Mix != nil {
 		targets[config.MixOnion] = d.cfg.Mix.Address
+	}
+	if d.mix != nil && d.mix.consensus != nil && d.mix.consensus.authLn != nil {
+		targets[config.DirectoryOnion] = d.mix.consensus.authLn.Addr().String()
 	}
 	return d.tor.publishOnions(d.cfg, targets)
 }

@@ -184,11 +184,11 @@ func (n *Node) feedPool(ctx context.Context) {
 func (n *Node) sweepLoop(ctx context.Context) {
 	n.every(ctx, time.Second, func() {
 		now := time.Now()
-		var lost [][]sdk.NodeID
+		var lost []loop
 		n.mu.Lock()
 		for id, l := range n.loops {
 			if now.After(l.deadline) {
-				lost = append(lost, l.path)
+				lost = append(lost, l)
 				delete(n.loops, id)
 			}
 		}
@@ -205,12 +205,12 @@ func (n *Node) sweepLoop(ctx context.Context) {
 			}
 		}
 		n.mu.Unlock()
-		for _, path := range lost {
+		for _, l := range lost {
 			n.Stats.LoopsLost.Add(1)
-			n.loopStats.finished(n.self, path, now, 0, true)
-			for _, h := range path {
+			n.loopStats.finished(n.self, l.path, now, 0, true)
+			for _, h := range l.path {
 				if h != n.self {
-					n.health.lostLoop(h)
+					n.health.lostLoop(h, l.sent)
 				}
 			}
 		}
@@ -268,6 +268,15 @@ func (n *Node) HealthyNodes() int {
 // or loopFailLimit lost loops on paths through it without a returned loop
 // in between. A successful probe clears the probe failures; a returned
 // loop clears the lost loops.
+//
+// A node down for lost loops gets no loops (paths use healthy nodes only),
+// so no returned loop could ever clear it: under load, when late loops
+// blame every node of their paths, nodes would drop out of this node's
+// paths one by one for good, and whoever delays the loops through a node
+// could steer this node's paths off it. So it is readmitted after
+// readmitProbes successful probes, doubled for every time in a row it went
+// down again without a returned loop (up to maxReadmitShift doublings);
+// loops sent before the readmission no longer count against it.
 type health struct {
 	mu    sync.Mutex
 	nodes map[sdk.NodeID]*nodeHealth
@@ -277,12 +286,26 @@ type nodeHealth struct {
 	probed     bool // a probe succeeded at least once
 	probeFails int  // failed probes and sends since the last success
 	lostLoops  int
+	// loopDowns: times in a row it went down for lost loops with no
+	// returned loop since; downProbes: successful probes since it last
+	// went down; readmitted: when it was last readmitted.
+	loopDowns  int
+	downProbes int
+	readmitted time.Time
 }
 
 const (
-	probeFailLimit = 3
-	loopFailLimit  = 3
+	probeFailLimit  = 3
+	loopFailLimit   = 3
+	readmitProbes   = 3
+	maxReadmitShift = 5
 )
+
+// readmitAfter is the number of successful probes after which a node down
+// for lost loops for the downs-th time in a row is readmitted.
+func readmitAfter(downs int) int {
+	return readmitProbes << min(max(downs-1, 0), maxReadmitShift)
+}
 
 func newHealth() *health { return &health{nodes: map[sdk.NodeID]*nodeHealth{}} }
 
@@ -306,6 +329,11 @@ func (h *health) probeOK(id sdk.NodeID) {
 	h.mu.Lock()
 	nh := h.get(id)
 	nh.probed, nh.probeFails = true, 0
+	if nh.lostLoops >= loopFailLimit {
+		if nh.downProbes++; nh.downProbes >= readmitAfter(nh.loopDowns) {
+			nh.lostLoops, nh.downProbes, nh.readmitted = 0, 0, time.Now()
+		}
+	}
 	h.mu.Unlock()
 }
 
@@ -317,12 +345,21 @@ func (h *health) fail(id sdk.NodeID) {
 
 func (h *health) ok(id sdk.NodeID) {
 	h.mu.Lock()
-	h.get(id).lostLoops = 0
+	nh := h.get(id)
+	nh.lostLoops, nh.loopDowns, nh.downProbes = 0, 0, 0
 	h.mu.Unlock()
 }
 
-func (h *health) lostLoop(id sdk.NodeID) {
+// lostLoop counts a loop sent at sent through id that did not come back.
+func (h *health) lostLoop(id sdk.NodeID, sent time.Time) {
 	h.mu.Lock()
-	h.get(id).lostLoops++
-	h.mu.Unlock()
+	defer h.mu.Unlock()
+	nh := h.get(id)
+	if sent.Before(nh.readmitted) {
+		return
+	}
+	if nh.lostLoops++; nh.lostLoops == loopFailLimit {
+		nh.loopDowns++
+		nh.downProbes = 0
+	}
 }
