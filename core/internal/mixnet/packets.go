@@ -132,9 +132,10 @@ func (n *Node) waitAck(ctx context.Context, arrived time.Time) {
 	}
 }
 
-// maxCached bounds each packetCache (16 MiB of 64 KiB packets): a backlog
-// beyond it costs a queue read per packet, not memory.
-const maxCached = 256
+// maxCached bounds each packetCache (32 MiB of 64 KiB packets): a backlog
+// beyond it costs a queue read per packet (and a forward packet another
+// unwrap by the mixer), not memory.
+const maxCached = 512
 
 // packetCache keeps copies of stored packets by item id, so that the
 // common path does not read back from the queue what it has just written.
@@ -158,14 +159,13 @@ func (c *packetCache) put(id queue.ID, p []byte, clone bool) {
 	c.m.Store(id, p)
 }
 
-// take removes and returns the packet of item it, reading it from q when
-// it is not cached.
-func (c *packetCache) take(q *queue.Queue, it *queue.Item) ([]byte, error) {
-	if p, ok := c.m.LoadAndDelete(it.ID); ok {
+// take removes and returns the packet cached under id.
+func (c *packetCache) take(id queue.ID) ([]byte, bool) {
+	if p, ok := c.m.LoadAndDelete(id); ok {
 		c.n.Add(-1)
-		return p.([]byte), nil
+		return p.([]byte), true
 	}
-	return q.Blob(it.Body)
+	return nil, false
 }
 
 // delayBatch hands out hop delays drawn from the delay stage in batches of
@@ -228,9 +228,12 @@ func (n *Node) tagTTL(epoch uint64) time.Duration {
 // unwrap runs the mixer on a packet stored by Receive and applies the
 // result.
 func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
-	packet, err := n.inbound.take(n.eng.Queue(), it)
-	if err != nil {
-		return err
+	packet, ok := n.inbound.take(it.ID)
+	if !ok {
+		var err error
+		if packet, err = n.eng.Queue().Blob(it.Body); err != nil {
+			return err
+		}
 	}
 	res, err := n.mixer.Mix(ctx, packet)
 	if err != nil {
@@ -249,7 +252,11 @@ func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
 
 // apply turns a mix result, in one queue transaction with its replay tag
 // that also deletes the stored packet in, into a forward item, a fragment,
-// or nothing (drop, loop back, replay). The transaction is synced before a
+// or nothing (drop, loop back, replay). A forward item takes over the
+// packet as received (Item.AsReceived): its forward form is kept in
+// memory until sent and derived again by the mixer if it is not there, so
+// the 64 KiB are stored and sealed once per packet, not twice, and the
+// transaction writes only small records. The transaction is synced before a
 // forward item reaches the scheduler or a fragment can complete a message,
 // so nothing leaves before its replay tag is on disk (a crash cannot make
 // it leave twice). A drop, loop or replay is synced too, though nothing
@@ -272,7 +279,7 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 			return false, nil
 		}
 		out = &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketOut, NextHop: res.NextHop,
-			Received: in.Received, SendAfter: time.Now().Add(d), Waiting: true, Deliverer: -1}
+			Received: in.Received, SendAfter: time.Now().Add(d), Waiting: true, Deliverer: -1, AsReceived: true}
 		outData = res.Packet
 	case sdk.MixExit:
 		if f := res.Fragment; f != nil {
@@ -292,7 +299,11 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 			return err
 		}
 		replay = seen
-		if !seen && out != nil {
+		switch {
+		case seen || out == nil:
+		case out.AsReceived:
+			return tx.Handover(in, out)
+		default:
 			if err := tx.Put(out, outData); err != nil {
 				return err
 			}
@@ -345,14 +356,45 @@ func (n *Node) send(ctx context.Context, it *queue.Item, released bool) error {
 		n.sendq.push(it)
 		return nil
 	}
-	packet, err := n.outbound.take(n.eng.Queue(), it)
-	if err != nil {
+	packet, mixErr, err := n.forwardForm(ctx, it)
+	switch {
+	case err != nil:
 		return err
+	case mixErr != nil && sdk.IsPermanent(mixErr):
+		n.dropped(mixErr)
+		return n.finish(it)
+	case mixErr != nil:
+		return n.retry(it)
 	}
 	if err := n.links.Send(ctx, it.NextHop, packet); err != nil {
 		n.log.Info("[MIX] send failed, will retry", "next", it.NextHop.Short(), "attempt", it.Attempts+1)
 		n.health.fail(it.NextHop)
+		n.outbound.put(it.ID, packet, false) // the retry need not derive it again
 		return n.retry(it)
 	}
 	return n.eng.Finish(it)
+}
+
+// forwardForm returns the packet to send for item it: from memory, else
+// its stored body, which for an item stored as received (Item.AsReceived)
+// is unwrapped again. The unwrap is deterministic (the same epoch key
+// gives the same next hop and packet); its replay tag was marked when the
+// item was stored and is not checked again. mixErr is the unwrap's error
+// (permanent when the epoch key is gone or the result is not this
+// forward: the item is dropped), err a queue error.
+func (n *Node) forwardForm(ctx context.Context, it *queue.Item) (p []byte, mixErr, err error) {
+	if p, ok := n.outbound.take(it.ID); ok {
+		return p, nil, nil
+	}
+	if p, err = n.eng.Queue().Blob(it.Body); err != nil || !it.AsReceived {
+		return p, nil, err
+	}
+	res, err := n.mixer.Mix(ctx, p)
+	if err != nil {
+		return nil, err, nil
+	}
+	if res.Action != sdk.MixForward || res.NextHop != it.NextHop || len(res.Packet) != n.cfg.PacketSize {
+		return nil, sdk.Permanent(554, "6.0", "stored packet no longer unwraps to its forward form"), nil
+	}
+	return res.Packet, nil, nil
 }
