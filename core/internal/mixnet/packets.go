@@ -1,7 +1,6 @@
 package mixnet
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -36,7 +35,13 @@ func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) erro
 		return err // a queue error nacks: the sender tries again
 	}
 	n.Stats.Received.Add(1)
-	n.inbound.put(it.ID, packet, true) // the transport reuses its buffer
+	// The transport reuses its buffer: the cache keeps a copy, in a buffer
+	// that unwrap recycles.
+	buf := n.packetBuf()
+	copy(buf, packet)
+	if !n.inbound.put(it.ID, buf) {
+		n.bufs.Put(&buf)
+	}
 	n.eng.Run(it)
 	n.waitAck(ctx, arrived)
 	return nil
@@ -144,19 +149,34 @@ const maxCached = 512
 type packetCache struct {
 	m sync.Map // queue.ID -> []byte
 	n atomic.Int64
+	// limit, if set, replaces maxCached (tests: a full cache).
+	limit atomic.Int64
 }
 
-// put caches p under id (a copy when clone is set), unless maxCached
-// packets are cached already.
-func (c *packetCache) put(id queue.ID, p []byte, clone bool) {
-	if c.n.Add(1) > maxCached {
-		c.n.Add(-1)
-		return
+// put caches p under id, unless maxCached packets are cached already
+// (false).
+func (c *packetCache) put(id queue.ID, p []byte) bool {
+	limit := int64(maxCached)
+	if l := c.limit.Load(); l != 0 {
+		limit = l
 	}
-	if clone {
-		p = bytes.Clone(p)
+	if c.n.Add(1) > limit {
+		c.n.Add(-1)
+		return false
 	}
 	c.m.Store(id, p)
+	return true
+}
+
+// packetBuf returns a buffer of PacketSize bytes (recycled from n.bufs when
+// one is there): a received packet is copied into it, and unwrap gives it
+// back once the mixer has returned, so the steady state allocates and
+// clears no 64 KiB per packet.
+func (n *Node) packetBuf() []byte {
+	if p, ok := n.bufs.Get().(*[]byte); ok && len(*p) == n.cfg.PacketSize {
+		return *p
+	}
+	return make([]byte, n.cfg.PacketSize)
 }
 
 // take removes and returns the packet cached under id.
@@ -228,14 +248,17 @@ func (n *Node) tagTTL(epoch uint64) time.Duration {
 // unwrap runs the mixer on a packet stored by Receive and applies the
 // result.
 func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
-	packet, ok := n.inbound.take(it.ID)
-	if !ok {
+	packet, cached := n.inbound.take(it.ID)
+	if !cached {
 		var err error
 		if packet, err = n.eng.Queue().Blob(it.Body); err != nil {
 			return err
 		}
 	}
 	res, err := n.mixer.Mix(ctx, packet)
+	if cached {
+		n.bufs.Put(&packet) // Mixer.Mix keeps no reference to it
+	}
 	if err != nil {
 		if sdk.IsPermanent(err) {
 			n.dropped(err)
@@ -252,11 +275,14 @@ func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
 
 // apply turns a mix result, in one queue transaction with its replay tag
 // that also deletes the stored packet in, into a forward item, a fragment,
-// or nothing (drop, loop back, replay). A forward item takes over the
-// packet as received (Item.AsReceived): its forward form is kept in
-// memory until sent and derived again by the mixer if it is not there, so
-// the 64 KiB are stored and sealed once per packet, not twice, and the
-// transaction writes only small records. The transaction is synced before a
+// or nothing (drop, loop back, replay). A forward packet whose forward
+// form fits in memory (n.outbound, until sent) is stored once: its forward
+// item takes over the packet as received (Item.AsReceived; the
+// transaction writes only small records), and only after a restart does
+// the mixer derive the forward form again (forwardForm). One that does not
+// fit (a pool longer than maxCached packets: long hop delays, a backlog)
+// is stored in its forward form, sealed, so that sending it costs a queue
+// read, not another unwrap. The transaction is synced before a
 // forward item reaches the scheduler or a fragment can complete a message,
 // so nothing leaves before its replay tag is on disk (a crash cannot make
 // it leave twice). A drop, loop or replay is synced too, though nothing
@@ -279,8 +305,11 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 			return false, nil
 		}
 		out = &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketOut, NextHop: res.NextHop,
-			Received: in.Received, SendAfter: time.Now().Add(d), Waiting: true, Deliverer: -1, AsReceived: true}
+			Received: in.Received, SendAfter: time.Now().Add(d), Waiting: true, Deliverer: -1}
 		outData = res.Packet
+		// Cached now, under an id no item has yet: only send takes it,
+		// after the commit below scheduled the item.
+		out.AsReceived = n.outbound.put(out.ID, outData)
 	case sdk.MixExit:
 		if f := res.Fragment; f != nil {
 			if f.Count < 1 || f.Index < 0 || f.Index >= f.Count {
@@ -313,6 +342,9 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 	if err == nil {
 		err = q.Sync()
 	}
+	if out != nil && out.AsReceived && (err != nil || replay) {
+		n.outbound.take(out.ID) // never sent
+	}
 	if err != nil {
 		return true, err
 	}
@@ -323,7 +355,6 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 		n.log.Info("[MIX] replayed packet dropped", "epoch", res.Epoch)
 	case res.Action == sdk.MixForward:
 		n.Stats.Forwarded.Add(1)
-		n.outbound.put(out.ID, outData, false)
 		n.eng.Schedule(out)
 	case res.Action == sdk.MixDrop:
 		n.Stats.CoverDropped.Add(1)
@@ -369,7 +400,7 @@ func (n *Node) send(ctx context.Context, it *queue.Item, released bool) error {
 	if err := n.links.Send(ctx, it.NextHop, packet); err != nil {
 		n.log.Info("[MIX] send failed, will retry", "next", it.NextHop.Short(), "attempt", it.Attempts+1)
 		n.health.fail(it.NextHop)
-		n.outbound.put(it.ID, packet, false) // the retry need not derive it again
+		n.outbound.put(it.ID, packet) // the retry need not derive it again
 		return n.retry(it)
 	}
 	return n.eng.Finish(it)

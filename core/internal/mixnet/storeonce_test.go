@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/mixnet"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -56,13 +57,26 @@ func sealedPackets(t *testing.T, dir string) int {
 // stays in memory). After a restart, when that memory is gone, the forward
 // form is derived again by the mixer from the stored packet: the packets
 // waiting in the pool across the restart leave unwrapped, for the next hop
-// the packet names, and the exit reads the messages behind them.
+// the packet names, and the exit reads the messages behind them. With no
+// room in memory (a long pool, a backlog) the forward form is stored
+// sealed instead, and the packets leave after the restart just as well.
 func TestForwardedPacketIsStoredOnceAndSentAfterRestart(t *testing.T) {
+	t.Run("in memory", func(t *testing.T) { storedOnceAndSent(t, 0, 1) })
+	t.Run("memory full", func(t *testing.T) { storedOnceAndSent(t, -1, 2) })
+}
+
+// storedOnceAndSent forwards packets with the node's packet memory bounded
+// by cacheLimit (0: the default) and wants perPacket sealed packet-sized
+// values written for each.
+func storedOnceAndSent(t *testing.T, cacheLimit int64, perPacket int) {
 	now := time.Now()
 	net, s, u, x := threeNodes(t, now)
 	// Long enough that the packets still wait when the node stops.
 	const hopDelay = 8 * time.Second
 	h := startNode(t, net, u, nodeOptions{hopDelay: hopDelay})
+	if cacheLimit != 0 {
+		mixnet.SetCacheLimit(h.node, cacheLimit)
+	}
 	sender := peer(t, net, s, 2, now, u, x)
 	const n = 3
 	var msgs [][]byte
@@ -84,8 +98,8 @@ func TestForwardedPacketIsStoredOnceAndSentAfterRestart(t *testing.T) {
 	if time.Since(start) >= hopDelay || len(h.links.all()) != 0 {
 		t.Fatalf("%d packets sent before the restart (the machine took %v for %d packets): the test needs them waiting", len(h.links.all()), time.Since(start), n)
 	}
-	if got := sealedPackets(t, h.qdir); got != n {
-		t.Errorf("%d packet-sized sealed values written for %d forwarded packets, want %d (one each)", got, n, n)
+	if got := sealedPackets(t, h.qdir); got != perPacket*n {
+		t.Errorf("%d packet-sized sealed values written for %d forwarded packets, want %d", got, n, perPacket*n)
 	}
 
 	h.start()

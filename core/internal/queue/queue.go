@@ -338,7 +338,7 @@ func (q *Queue) Put(it *Item, content []byte) error {
 		if it.Body, err = w.putBlob(content); err != nil {
 			return err
 		}
-		it.Header = ID{}
+		it.Header, it.Size = ID{}, int64(len(content))
 		return w.putItem(it)
 	})
 	if err != nil {
