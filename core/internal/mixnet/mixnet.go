@@ -189,8 +189,9 @@ type Node struct {
 	pathsDown atomic.Bool
 
 	// inbound holds a copy of the packets Receive stored until a worker
-	// unwraps them, outbound the packets apply stored until they are
-	// sent: the common path does not read them back from the queue.
+	// unwraps them, outbound the forward forms apply made until they are
+	// sent: the common path neither reads them back from the queue nor
+	// stores a forward form (apply).
 	inbound, outbound packetCache
 	// bufs recycles the PacketSize buffers of inbound (packetBuf).
 	bufs sync.Pool

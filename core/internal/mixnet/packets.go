@@ -373,6 +373,7 @@ func (n *Node) retry(it *queue.Item) error {
 	ok, err := n.eng.Retry(it)
 	if err == nil && !ok {
 		n.Stats.Dropped.Add(1)
+		n.outbound.take(it.ID) // a failed send put it back
 		return n.eng.Finish(it)
 	}
 	return err
