@@ -105,8 +105,9 @@ func cpuOf(b *testing.B, pid int) time.Duration {
 // rate: b.N pre-built 64 KiB packets enter through Node.Receive from
 // several goroutines (receivers=8: a few inbound links; receivers=32: one
 // link's default transport window) and each is stored and synced,
-// unwrapped by the real sphinx plugin over gRPC, stored as its forward
-// item with its replay tag, released by the scheduler (10 ms window, zero
+// unwrapped by the real sphinx plugin over gRPC, turned into its forward
+// item with its replay tag (the stored packet taken over, its forward
+// form kept in memory), released by the scheduler (10 ms window, zero
 // hop delay) and handed to the links, which only count. The clock runs
 // from the first Receive to the last send. Metrics: packets/s, and the CPU
 // time per packet of the core process (queue, engine, gRPC client, the

@@ -38,6 +38,9 @@ import (
 // Mixer is the mixer stage (a *pluginhost.Stage).
 type Mixer interface {
 	SetMixState(ctx context.Context, st sdk.MixState) error
+	// Mix unwraps packet (PacketSize bytes). packet is the caller's again
+	// once Mix returns (it is recycled): the result must not refer to it,
+	// as a plugin's never does (it comes back through gRPC).
 	Mix(ctx context.Context, packet []byte) (*sdk.MixResult, error)
 	Cover(ctx context.Context, k sdk.CoverKind) (*sdk.Packet, error)
 	Assemble(ctx context.Context, data []byte) (*sdk.Message, error)
@@ -186,9 +189,12 @@ type Node struct {
 	pathsDown atomic.Bool
 
 	// inbound holds a copy of the packets Receive stored until a worker
-	// unwraps them, outbound the packets apply stored until they are
-	// sent: the common path does not read them back from the queue.
+	// unwraps them, outbound the forward forms apply made until they are
+	// sent: the common path neither reads them back from the queue nor
+	// stores a forward form (apply).
 	inbound, outbound packetCache
+	// bufs recycles the PacketSize buffers of inbound (packetBuf).
+	bufs sync.Pool
 	// stores commits received packets in batches.
 	stores storeBatch
 	// hopDelays are hop delays sampled ahead, in batches.

@@ -1,7 +1,6 @@
 package mixnet
 
 import (
-	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -36,7 +35,13 @@ func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) erro
 		return err // a queue error nacks: the sender tries again
 	}
 	n.Stats.Received.Add(1)
-	n.inbound.put(it.ID, packet, true) // the transport reuses its buffer
+	// The transport reuses its buffer: the cache keeps a copy, in a buffer
+	// that unwrap recycles.
+	buf := n.packetBuf()
+	copy(buf, packet)
+	if !n.inbound.put(it.ID, buf) {
+		n.bufs.Put(&buf)
+	}
 	n.eng.Run(it)
 	n.waitAck(ctx, arrived)
 	return nil
@@ -132,9 +137,10 @@ func (n *Node) waitAck(ctx context.Context, arrived time.Time) {
 	}
 }
 
-// maxCached bounds each packetCache (16 MiB of 64 KiB packets): a backlog
-// beyond it costs a queue read per packet, not memory.
-const maxCached = 256
+// maxCached bounds each packetCache (32 MiB of 64 KiB packets): a backlog
+// beyond it costs a queue read per packet (and a forward packet another
+// unwrap by the mixer), not memory.
+const maxCached = 512
 
 // packetCache keeps copies of stored packets by item id, so that the
 // common path does not read back from the queue what it has just written.
@@ -143,29 +149,43 @@ const maxCached = 256
 type packetCache struct {
 	m sync.Map // queue.ID -> []byte
 	n atomic.Int64
+	// limit, if set, replaces maxCached (tests: a full cache).
+	limit atomic.Int64
 }
 
-// put caches p under id (a copy when clone is set), unless maxCached
-// packets are cached already.
-func (c *packetCache) put(id queue.ID, p []byte, clone bool) {
-	if c.n.Add(1) > maxCached {
-		c.n.Add(-1)
-		return
+// put caches p under id, unless maxCached packets are cached already
+// (false).
+func (c *packetCache) put(id queue.ID, p []byte) bool {
+	limit := int64(maxCached)
+	if l := c.limit.Load(); l != 0 {
+		limit = l
 	}
-	if clone {
-		p = bytes.Clone(p)
+	if c.n.Add(1) > limit {
+		c.n.Add(-1)
+		return false
 	}
 	c.m.Store(id, p)
+	return true
 }
 
-// take removes and returns the packet of item it, reading it from q when
-// it is not cached.
-func (c *packetCache) take(q *queue.Queue, it *queue.Item) ([]byte, error) {
-	if p, ok := c.m.LoadAndDelete(it.ID); ok {
-		c.n.Add(-1)
-		return p.([]byte), nil
+// packetBuf returns a buffer of PacketSize bytes (recycled from n.bufs when
+// one is there): a received packet is copied into it, and unwrap gives it
+// back once the mixer has returned, so the steady state allocates and
+// clears no 64 KiB per packet.
+func (n *Node) packetBuf() []byte {
+	if p, ok := n.bufs.Get().(*[]byte); ok && len(*p) == n.cfg.PacketSize {
+		return *p
 	}
-	return q.Blob(it.Body)
+	return make([]byte, n.cfg.PacketSize)
+}
+
+// take removes and returns the packet cached under id.
+func (c *packetCache) take(id queue.ID) ([]byte, bool) {
+	if p, ok := c.m.LoadAndDelete(id); ok {
+		c.n.Add(-1)
+		return p.([]byte), true
+	}
+	return nil, false
 }
 
 // delayBatch hands out hop delays drawn from the delay stage in batches of
@@ -228,11 +248,17 @@ func (n *Node) tagTTL(epoch uint64) time.Duration {
 // unwrap runs the mixer on a packet stored by Receive and applies the
 // result.
 func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
-	packet, err := n.inbound.take(n.eng.Queue(), it)
-	if err != nil {
-		return err
+	packet, cached := n.inbound.take(it.ID)
+	if !cached {
+		var err error
+		if packet, err = n.eng.Queue().Blob(it.Body); err != nil {
+			return err
+		}
 	}
 	res, err := n.mixer.Mix(ctx, packet)
+	if cached {
+		n.bufs.Put(&packet) // Mixer.Mix keeps no reference to it
+	}
 	if err != nil {
 		if sdk.IsPermanent(err) {
 			n.dropped(err)
@@ -249,7 +275,14 @@ func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
 
 // apply turns a mix result, in one queue transaction with its replay tag
 // that also deletes the stored packet in, into a forward item, a fragment,
-// or nothing (drop, loop back, replay). The transaction is synced before a
+// or nothing (drop, loop back, replay). A forward packet whose forward
+// form fits in memory (n.outbound, until sent) is stored once: its forward
+// item takes over the packet as received (Item.AsReceived; the
+// transaction writes only small records), and only after a restart does
+// the mixer derive the forward form again (forwardForm). One that does not
+// fit (a pool longer than maxCached packets: long hop delays, a backlog)
+// is stored in its forward form, sealed, so that sending it costs a queue
+// read, not another unwrap. The transaction is synced before a
 // forward item reaches the scheduler or a fragment can complete a message,
 // so nothing leaves before its replay tag is on disk (a crash cannot make
 // it leave twice). A drop, loop or replay is synced too, though nothing
@@ -274,6 +307,9 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 		out = &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketOut, NextHop: res.NextHop,
 			Received: in.Received, SendAfter: time.Now().Add(d), Waiting: true, Deliverer: -1}
 		outData = res.Packet
+		// Cached now, under an id no item has yet: only send takes it,
+		// after the commit below scheduled the item.
+		out.AsReceived = n.outbound.put(out.ID, outData)
 	case sdk.MixExit:
 		if f := res.Fragment; f != nil {
 			if f.Count < 1 || f.Index < 0 || f.Index >= f.Count {
@@ -292,7 +328,11 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 			return err
 		}
 		replay = seen
-		if !seen && out != nil {
+		switch {
+		case seen || out == nil:
+		case out.AsReceived:
+			return tx.Handover(in, out)
+		default:
 			if err := tx.Put(out, outData); err != nil {
 				return err
 			}
@@ -301,6 +341,9 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 	})
 	if err == nil {
 		err = q.Sync()
+	}
+	if out != nil && out.AsReceived && (err != nil || replay) {
+		n.outbound.take(out.ID) // never sent
 	}
 	if err != nil {
 		return true, err
@@ -312,7 +355,6 @@ func (n *Node) apply(ctx context.Context, in *queue.Item, res *sdk.MixResult) (d
 		n.log.Info("[MIX] replayed packet dropped", "epoch", res.Epoch)
 	case res.Action == sdk.MixForward:
 		n.Stats.Forwarded.Add(1)
-		n.outbound.put(out.ID, outData, false)
 		n.eng.Schedule(out)
 	case res.Action == sdk.MixDrop:
 		n.Stats.CoverDropped.Add(1)
@@ -331,6 +373,7 @@ func (n *Node) retry(it *queue.Item) error {
 	ok, err := n.eng.Retry(it)
 	if err == nil && !ok {
 		n.Stats.Dropped.Add(1)
+		n.outbound.take(it.ID) // a failed send put it back
 		return n.eng.Finish(it)
 	}
 	return err
@@ -345,14 +388,45 @@ func (n *Node) send(ctx context.Context, it *queue.Item, released bool) error {
 		n.sendq.push(it)
 		return nil
 	}
-	packet, err := n.outbound.take(n.eng.Queue(), it)
-	if err != nil {
+	packet, mixErr, err := n.forwardForm(ctx, it)
+	switch {
+	case err != nil:
 		return err
+	case mixErr != nil && sdk.IsPermanent(mixErr):
+		n.dropped(mixErr)
+		return n.finish(it)
+	case mixErr != nil:
+		return n.retry(it)
 	}
 	if err := n.links.Send(ctx, it.NextHop, packet); err != nil {
 		n.log.Info("[MIX] send failed, will retry", "next", it.NextHop.Short(), "attempt", it.Attempts+1)
 		n.health.fail(it.NextHop)
+		n.outbound.put(it.ID, packet) // the retry need not derive it again
 		return n.retry(it)
 	}
 	return n.eng.Finish(it)
+}
+
+// forwardForm returns the packet to send for item it: from memory, else
+// its stored body, which for an item stored as received (Item.AsReceived)
+// is unwrapped again. The unwrap is deterministic (the same epoch key
+// gives the same next hop and packet); its replay tag was marked when the
+// item was stored and is not checked again. mixErr is the unwrap's error
+// (permanent when the epoch key is gone or the result is not this
+// forward: the item is dropped), err a queue error.
+func (n *Node) forwardForm(ctx context.Context, it *queue.Item) (p []byte, mixErr, err error) {
+	if p, ok := n.outbound.take(it.ID); ok {
+		return p, nil, nil
+	}
+	if p, err = n.eng.Queue().Blob(it.Body); err != nil || !it.AsReceived {
+		return p, nil, err
+	}
+	res, err := n.mixer.Mix(ctx, p)
+	if err != nil {
+		return nil, err, nil
+	}
+	if res.Action != sdk.MixForward || res.NextHop != it.NextHop || len(res.Packet) != n.cfg.PacketSize {
+		return nil, sdk.Permanent(554, "6.0", "stored packet no longer unwraps to its forward form"), nil
+	}
+	return res.Packet, nil, nil
 }

@@ -79,6 +79,17 @@ func (t *Tx) Delete(it *queue.Item) error {
 	return nil
 }
 
+// Handover replaces item old by next, which takes over old's blobs
+// (queue.Tx.Handover); the count of queued items does not change.
+func (t *Tx) Handover(old, next *queue.Item) error {
+	if err := t.Tx.Handover(old, next); err != nil {
+		return err
+	}
+	t.added++
+	t.removed++
+	return nil
+}
+
 // Commit implements MixHost.
 func (e *Engine) Commit(fn func(*Tx) error) error {
 	var t *Tx

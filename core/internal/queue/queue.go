@@ -122,6 +122,12 @@ type Item struct {
 	// (whose id is Msg).
 	FragIndex int `json:"fi,omitempty"`
 	FragCount int `json:"fc,omitempty"`
+	// AsReceived marks a KindPacketOut item whose body is the packet as
+	// this node received it, not its forward form: the mixer's unwrap is
+	// deterministic, so the forward form is derived again from it when it
+	// is not in memory (after a restart). A forwarded packet is then
+	// stored once, not a second time after its unwrap.
+	AsReceived bool `json:"rx,omitempty"`
 }
 
 // Kind is the kind of a queue item.
@@ -332,7 +338,7 @@ func (q *Queue) Put(it *Item, content []byte) error {
 		if it.Body, err = w.putBlob(content); err != nil {
 			return err
 		}
-		it.Header = ID{}
+		it.Header, it.Size = ID{}, int64(len(content))
 		return w.putItem(it)
 	})
 	if err != nil {
@@ -720,3 +726,16 @@ func (t *Tx) Insert(it *Item, header, body []byte) error {
 
 // Delete removes an item and releases its blobs.
 func (t *Tx) Delete(it *Item) error { return t.w.deleteItem(it) }
+
+// Handover replaces item old by next, a new item (its own id and key)
+// that takes over old's header and body blobs: their reference counts do
+// not change and nothing is written but next's record. old's key is
+// destroyed once the transaction has committed.
+func (t *Tx) Handover(old, next *Item) error {
+	if err := t.w.txn.Delete(key(prefixItem, old.ID)); err != nil {
+		return err
+	}
+	t.w.dead = append(t.w.dead, old.ID)
+	next.Header, next.Body, next.Size = old.Header, old.Body, old.Size
+	return t.w.putItem(next)
+}

@@ -221,3 +221,51 @@ func TestValueLogGCReclaimsDeletedMessages(t *testing.T) {
 		t.Fatalf("value log holds %d MiB on disk after %d MiB of bodies were written and all but %d messages delivered: GC gave back %d MiB, want at least %d MiB (two value-log files)", disk>>20, written>>20, len(held), givenBack>>20, 2*vlogFile>>20)
 	}
 }
+
+// Handover replaces an item by a new one that takes its content over: the
+// old record and key are gone, the content is readable under the new
+// item after a reopen (written once, not copied), and deleting the new
+// item releases it.
+func TestHandoverMovesContentWithoutCopy(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, dir)
+	packet := bytes.Repeat([]byte("packet as received "), 3000)
+	old := &Item{ID: NewID(), Msg: NewID(), Kind: KindPacketIn, Deliverer: -1}
+	if err := q.Put(old, packet); err != nil {
+		t.Fatal(err)
+	}
+	next := &Item{ID: NewID(), Msg: NewID(), Kind: KindPacketOut, Deliverer: -1, AsReceived: true}
+	if err := q.Do(func(tx *Tx) error { return tx.Handover(old, next) }); err != nil {
+		t.Fatal(err)
+	}
+	if next.Body != old.Body || next.Size != int64(len(packet)) {
+		t.Fatalf("new item body %s size %d, want the old item's %s, %d", next.Body, next.Size, old.Body, len(packet))
+	}
+	if q.keys.key(old.ID) != nil {
+		t.Error("the old item's key survived the handover")
+	}
+	q.Close()
+
+	q = open(t, dir)
+	defer q.Close()
+	if _, err := q.Get(old.ID); !errors.Is(err, ErrNotFound) {
+		t.Errorf("old item after the handover: %v, want ErrNotFound", err)
+	}
+	got, err := q.Get(next.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !got.AsReceived || got.Kind != KindPacketOut {
+		t.Errorf("new item read back as %+v", got)
+	}
+	data, err := q.Blob(got.Body)
+	if err != nil || !bytes.Equal(data, packet) {
+		t.Fatalf("content under the new item: %d bytes, %v", len(data), err)
+	}
+	if err := q.Delete(got); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := q.Blob(got.Body); !errors.Is(err, ErrNotFound) {
+		t.Errorf("content after the new item's delete: %v, want ErrNotFound", err)
+	}
+}
