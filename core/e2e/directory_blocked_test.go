@@ -338,9 +338,13 @@ func TestBlockedLinksHoldMailEndToEnd(t *testing.T) {
 	if err != nil || len(msgs) != 1 || !strings.Contains(string(msgs[0].Data), "held, not routed") {
 		t.Fatalf("smtp-sink has %d messages (%v), want the held one", len(msgs), err)
 	}
-	st = lastStats(nx.log())
-	if statValue(st, "own_sent") < 1 {
-		t.Errorf("node7 delivered without sending its own packets: %s", st)
+	// The stats line comes once a second: it may not count the send yet.
+	deadline = time.Now().Add(10 * time.Second)
+	for st = lastStats(nx.log()); statValue(st, "own_sent") < 1; st = lastStats(nx.log()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("node7 delivered without sending its own packets: %s", st)
+		}
+		time.Sleep(250 * time.Millisecond)
 	}
 	t.Logf("delivered after unblocking: %s", st)
 }
