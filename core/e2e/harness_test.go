@@ -63,6 +63,7 @@ type node struct {
 	logPath string
 	logFile *os.File
 	mu      sync.Mutex
+	wrap    []string // a command mixmta runs under (e.g. ip netns exec NS)
 }
 
 // profile loads a YAML profile (a path relative to the repo root, or YAML
@@ -116,7 +117,8 @@ func (n *node) start() {
 	if err != nil {
 		n.t.Fatal(err)
 	}
-	cmd := exec.Command(filepath.Join(binDir, "mixmta"), "serve", "-c", n.cfgPath)
+	args := append(append([]string{}, n.wrap...), filepath.Join(binDir, "mixmta"), "serve", "-c", n.cfgPath)
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {
