@@ -103,7 +103,9 @@ func TestMixnetStatsShowsTheNodeThatIsDown(t *testing.T) {
 		}
 	}
 
-	m.nodes[4].stop()
+	// SIGKILL, not a graceful stop: a stopping node drains its pool, so
+	// the loop that was out through it would come back.
+	m.nodes[4].kill9()
 	deadline = time.Now().Add(120 * time.Second)
 	for {
 		rows, out = mixnetStats(t, cfg)
