@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -56,7 +55,7 @@ func newDirNet(t *testing.T, n, auths int, relayHost string) *dirNet {
 	}
 	profPath := filepath.Join(dir, "profile.yaml")
 	os.WriteFile(profPath, out, 0o600)
-	cmd := exec.Command(filepath.Join(binDir, "mixmta"), "mixnet", "init", "--dir", dir, "--profile", profPath,
+	cmd := mixmtaCommand(t, "mixnet", "init", "--dir", dir, "--profile", profPath,
 		"--nodes", strconv.Itoa(n), "--smtp-port", strconv.Itoa(smtpPort), "--mix-port", strconv.Itoa(mixPort),
 		"--authorities", strconv.Itoa(auths), "--dir-port", strconv.Itoa(dirPort))
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -183,7 +182,7 @@ func TestDirectoryAuthoritiesAgreeAndANodeJoinsByConfig(t *testing.T) {
 	})
 	t.Logf("epoch %d: 7 nodes agree on a consensus signed by 3 authorities", first)
 	// The operator's view of it.
-	out, err := exec.Command(filepath.Join(binDir, "mixmta"), "nodes", "consensus", "-c", d.cfgs[3]).CombinedOutput()
+	out, err := mixmtaCommand(t, "nodes", "consensus", "-c", d.cfgs[3]).CombinedOutput()
 	if err != nil {
 		t.Fatalf("nodes consensus: %v\n%s", err, out)
 	}

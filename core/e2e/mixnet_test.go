@@ -9,7 +9,6 @@ import (
 	mrand "math/rand/v2"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -64,7 +63,7 @@ func startProfileMixnet(t testing.TB, profileName string, n int, relayHost strin
 	}
 	prof := filepath.Join(dir, "profile.yaml")
 	os.WriteFile(prof, out, 0o600)
-	cmd := exec.Command(filepath.Join(binDir, "mixmta"), "mixnet", "init", "--dir", dir, "--profile", prof,
+	cmd := mixmtaCommand(t, "mixnet", "init", "--dir", dir, "--profile", prof,
 		"--nodes", strconv.Itoa(n), "--smtp-port", strconv.Itoa(smtpPort), "--mix-port", strconv.Itoa(mixPort))
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("mixnet init: %v\n%s", err, b)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -136,7 +135,7 @@ func serveFails(t *testing.T, cfg string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, filepath.Join(binDir, "mixmta"), "serve", "-c", cfg).CombinedOutput()
+	out, err := mixmtaCommandContext(ctx, t, "serve", "-c", cfg).CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("mixmta serve still running after 60 s:\n%s", tailLines(string(out), 20))
 	}
@@ -155,7 +154,7 @@ func serveFails(t *testing.T, cfg string) string {
 func TestNodeRefusesToStartWithMixedSphinxFormats(t *testing.T) {
 	dir := t.TempDir()
 	smtpPort, mixPort := freeRange(t, 2), freeRange(t, 2)
-	out, err := exec.Command(filepath.Join(binDir, "mixmta"), "mixnet", "init", "--dir", dir,
+	out, err := mixmtaCommand(t, "mixnet", "init", "--dir", dir,
 		"--profile", filepath.Join(repoRoot, "configs/local-mixnet.yaml"), "--nodes", "2",
 		"--smtp-port", fmt.Sprint(smtpPort), "--mix-port", fmt.Sprint(mixPort)).CombinedOutput()
 	if err != nil {
@@ -186,7 +185,7 @@ func TestNodeRefusesToStartWithMixedSphinxFormats(t *testing.T) {
 		cfgPath := variant(c.name, c.patches)
 		if c.name == "stage-differs" {
 			// check-config finds it too, without starting the node.
-			out, err := exec.Command(filepath.Join(binDir, "mixmta"), "check-config", "-c", cfgPath).CombinedOutput()
+			out, err := mixmtaCommand(t, "check-config", "-c", cfgPath).CombinedOutput()
 			if err == nil || !strings.Contains(string(out), c.want[1]) {
 				t.Errorf("check-config of a node whose core and mixer formats differ: %v\n%s", err, tailLines(string(out), 10))
 			}
