@@ -166,6 +166,24 @@ func peerDir(t testing.TB, name string) string {
 	return dir
 }
 
+// startRetrying calls start up to three times and fails t with the last
+// error: a free port picked for a peer is most likely taken by another
+// process in between when start fails, and the next try picks another.
+func startRetrying[P any](t testing.TB, name string, start func() (P, error)) P {
+	t.Helper()
+	var last error
+	for attempt := 0; attempt < 3; attempt++ {
+		p, err := start()
+		if err == nil {
+			return p
+		}
+		last = err
+	}
+	t.Fatalf("peers: %s: %v", name, last)
+	var zero P
+	return zero
+}
+
 // process is a started peer daemon, stopped by PID.
 type process struct {
 	name string
