@@ -4,9 +4,11 @@ import (
 	"bufio"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/internal/peers"
 	"github.com/mixmta/mixmta/sdk"
 )
 
@@ -15,24 +17,8 @@ import (
 // closing the connection when serve returns.
 func rawMX(t *testing.T, serve func(conn int, c net.Conn)) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for conn := 0; ; conn++ {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func(conn int) {
-				defer c.Close()
-				serve(conn, c)
-			}(conn)
-		}
-	}()
-	return l.Addr().String()
+	var n atomic.Int64
+	return peers.ServeTCP(t, func(c net.Conn) { serve(int(n.Add(1)-1), c) })
 }
 
 // readData reads a message's lines up to the final "." line and returns
