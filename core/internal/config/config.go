@@ -112,8 +112,7 @@ type Queue struct {
 	// MAIL, RCPT and DATA are answered 451 4.3.2 (RFC 3463 "system not
 	// accepting network messages") until deliveries make room: the client
 	// keeps the message, nothing accepted is dropped. Sessions finishing
-	// DATA at the same moment may each take one item past it. A mix node
-	// refuses (nacks) packets from its links at the limit too. Default 0.
+	// DATA at the same moment may each take one item past it. Default 0.
 	MaxItems int64 `yaml:"max_items"`
 }
 

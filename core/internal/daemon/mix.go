@@ -167,7 +167,6 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 		SendQueueLimit: m.SendQueueLimit,
 		ExitStage:      exitStage,
 		Blocked:        blocks.Blocked,
-		QueueFull:      d.QueueFull,
 	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &mixnet.TransportLinks{Transport: tr, Onion: d.tor != nil,
 		Lookup: func(id sdk.NodeID) (*nodes.Node, bool) { return dir.get().Lookup(id) }}, log)
 	parts.node, parts.dir, parts.self = node, dir, id.ID()

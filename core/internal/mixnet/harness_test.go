@@ -430,8 +430,6 @@ type nodeOptions struct {
 	sendRate float64
 	// blocked is the exit's destination opt-out check (nil: none).
 	blocked func(string) bool
-	// queueFull is Config.QueueFull (nil: never full).
-	queueFull func() bool
 }
 
 // harness is the node under test: engine, queue, mixer, node.
@@ -507,7 +505,6 @@ func (h *harness) start() {
 		AckTime:       h.opt.ackTime,
 		SendRate:      h.opt.sendRate,
 		Blocked:       h.opt.blocked,
-		QueueFull:     h.opt.queueFull,
 	}
 	if cfg.SendRate == 0 {
 		cfg.SendRate = 1e-9

@@ -123,15 +123,6 @@ type Config struct {
 	// to a recipient (the exit's destination opt-out list); nil blocks
 	// none. A message left without recipients is dropped.
 	Blocked func(rcpt string) bool
-	// QueueFull, when set, reports whether the queue holds
-	// queue.max_items. Receive then refuses a packet before storing it:
-	// the transport nacks it and the previous hop keeps it and sends it
-	// again later (backpressure on the link), so packets from links, like
-	// SMTP ingress, stop at the bound instead of growing the queue past
-	// it. What a stored packet becomes (a forwarded packet, a reassembled
-	// message at an exit, which replaces its fragments) needs no room of
-	// its own and is never refused: it was acknowledged upstream.
-	QueueFull func() bool
 }
 
 func (c *Config) defaults() {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -15,10 +14,6 @@ import (
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/sdk"
 )
-
-// ErrQueueFull is Receive's refusal of a packet while the queue holds
-// queue.max_items (Config.QueueFull).
-var ErrQueueFull = errors.New("mixnet: queue full, packet refused")
 
 // Receive is the transport's handler. It stores the raw packet durably
 // (synced, group commit) and returns Config.AckTime after it was called,
@@ -35,9 +30,6 @@ func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) erro
 	if len(packet) != n.cfg.PacketSize {
 		n.Stats.Dropped.Add(1)
 		return fmt.Errorf("packet of %d bytes, want %d", len(packet), n.cfg.PacketSize)
-	}
-	if n.cfg.QueueFull != nil && n.cfg.QueueFull() {
-		return ErrQueueFull // nacked: the previous hop tries again
 	}
 	it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketIn, Received: time.Now(), Deliverer: -1}
 	if err := n.stores.store(n.eng, it, packet); err != nil {
