@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -193,7 +192,7 @@ func TestCheckConfigReportsFileAndLine(t *testing.T) {
 			cfg := filepath.Join(dir, "bad.yaml")
 			text := "plugin_dir: " + binDir + "\ndata_dir: " + dir + "/data\n" + c.yaml
 			os.WriteFile(cfg, []byte(text), 0o600)
-			out, err := exec.Command(filepath.Join(binDir, "mixmta"), "check-config", "-c", cfg).CombinedOutput()
+			out, err := mixmtaCommand(t, "check-config", "-c", cfg).CombinedOutput()
 			if err == nil {
 				t.Fatalf("check-config accepted a bad config:\n%s", out)
 			}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -18,7 +17,7 @@ import (
 
 func mixmta(t *testing.T, args ...string) (string, error) {
 	t.Helper()
-	out, err := exec.Command(filepath.Join(binDir, "mixmta"), args...).CombinedOutput()
+	out, err := mixmtaCommand(t, args...).CombinedOutput()
 	return string(out), err
 }
 

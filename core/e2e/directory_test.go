@@ -4,7 +4,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -68,7 +67,7 @@ func newDirNetWith(t *testing.T, n, auths int, relayHost string, epoch time.Dura
 	}
 	profPath := filepath.Join(dir, "profile.yaml")
 	os.WriteFile(profPath, out, 0o600)
-	cmd := exec.Command(filepath.Join(binDir, "mixmta"), "mixnet", "init", "--dir", dir, "--profile", profPath,
+	cmd := mixmtaCommand(t, "mixnet", "init", "--dir", dir, "--profile", profPath,
 		"--nodes", strconv.Itoa(n), "--smtp-port", strconv.Itoa(smtpPort), "--mix-port", strconv.Itoa(mixPort),
 		"--authorities", strconv.Itoa(auths), "--dir-port", strconv.Itoa(dirPort))
 	if b, err := cmd.CombinedOutput(); err != nil {
@@ -195,7 +194,7 @@ func TestDirectoryAuthoritiesAgreeAndANodeJoinsByConfig(t *testing.T) {
 	})
 	t.Logf("epoch %d: 7 nodes agree on a consensus signed by 3 authorities", first)
 	// The operator's view of it.
-	out, err := exec.Command(filepath.Join(binDir, "mixmta"), "nodes", "consensus", "-c", d.cfgs[3]).CombinedOutput()
+	out, err := mixmtaCommand(t, "nodes", "consensus", "-c", d.cfgs[3]).CombinedOutput()
 	if err != nil {
 		t.Fatalf("nodes consensus: %v\n%s", err, out)
 	}

@@ -6,6 +6,7 @@ package e2e
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -47,10 +48,44 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	binDir = dir
+	before := entries(".")
 	code := m.Run()
+	// Tests write only under their temp dirs: anything new here is a
+	// relative path that reached a process run from the source tree.
+	for e := range entries(".") {
+		if !before[e] {
+			// Left in place: it may be a file someone is writing.
+			fmt.Fprintf(os.Stderr, "e2e: a test wrote %s into the source tree\n", filepath.Join("core/e2e", e))
+			code = 1
+		}
+	}
 	peers.StopTor()
 	os.RemoveAll(dir)
 	os.Exit(code)
+}
+
+// entries lists dir's entries by name.
+func entries(dir string) map[string]bool {
+	des, _ := os.ReadDir(dir)
+	m := map[string]bool{}
+	for _, de := range des {
+		m[de.Name()] = true
+	}
+	return m
+}
+
+// mixmtaCommand is exec.Command of the mixmta binary run from a fresh
+// temp dir of t, so a relative path in its config (configs/local.yaml's
+// ./var/maildir) never lands in the source tree.
+func mixmtaCommand(t testing.TB, args ...string) *exec.Cmd {
+	return mixmtaCommandContext(context.Background(), t, args...)
+}
+
+// mixmtaCommandContext is mixmtaCommand killed when ctx is done.
+func mixmtaCommandContext(ctx context.Context, t testing.TB, args ...string) *exec.Cmd {
+	cmd := exec.CommandContext(ctx, filepath.Join(binDir, "mixmta"), args...)
+	cmd.Dir = t.TempDir()
+	return cmd
 }
 
 // node is one running `mixmta serve` process.
@@ -119,6 +154,9 @@ func (n *node) start() {
 	}
 	args := append(append([]string{}, n.wrap...), filepath.Join(binDir, "mixmta"), "serve", "-c", n.cfgPath)
 	cmd := exec.Command(args[0], args[1:]...)
+	// A relative path in a profile (configs/local.yaml's ./var/maildir)
+	// lands beside the config, in the test's temp dir.
+	cmd.Dir = filepath.Dir(n.cfgPath)
 	cmd.Stdout, cmd.Stderr = f, f
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
 	if err := cmd.Start(); err != nil {

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -43,8 +42,7 @@ func startNewsMixnet(t *testing.T, relayHost, innAddr string) *mixnet {
 	}
 	prof := filepath.Join(dir, "profile.yaml")
 	os.WriteFile(prof, out, 0o600)
-	bin := filepath.Join(binDir, "mixmta")
-	if b, err := exec.Command(bin, "mixnet", "init", "--dir", dir, "--profile", prof, "--nodes", strconv.Itoa(n),
+	if b, err := mixmtaCommand(t, "mixnet", "init", "--dir", dir, "--profile", prof, "--nodes", strconv.Itoa(n),
 		"--smtp-port", strconv.Itoa(smtpPort), "--mix-port", strconv.Itoa(mixPort)).CombinedOutput(); err != nil {
 		t.Fatalf("mixnet init: %v\n%s", err, b)
 	}
@@ -60,13 +58,13 @@ func startNewsMixnet(t *testing.T, relayHost, innAddr string) *mixnet {
 		t.Fatal(err)
 	}
 	os.WriteFile(news, b, 0o600)
-	desc, err := exec.Command(bin, "node", "export", "-c", news).Output()
+	desc, err := mixmtaCommand(t, "node", "export", "-c", news).Output()
 	if err != nil {
 		t.Fatalf("node export: %v", err)
 	}
 	descFile := filepath.Join(dir, "node5.json")
 	os.WriteFile(descFile, desc, 0o600)
-	if b, err := exec.Command(bin, "nodes", "add", "-c", news, descFile).CombinedOutput(); err != nil {
+	if b, err := mixmtaCommand(t, "nodes", "add", "-c", news, descFile).CombinedOutput(); err != nil {
 		t.Fatalf("nodes add: %v\n%s", err, b)
 	}
 	m := &mixnet{dir: dir}

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -45,7 +44,7 @@ func TestEveryProfileChecksOut(t *testing.T) {
 					t.Fatalf("nodes add: %v\n%s", err, out)
 				}
 			}
-			out, err := exec.Command(filepath.Join(binDir, "mixmta"), "check-config", "-c", cfg).CombinedOutput()
+			out, err := mixmtaCommand(t, "check-config", "-c", cfg).CombinedOutput()
 			if err != nil || !strings.Contains(string(out), "OK") {
 				t.Fatalf("check-config %s: %v\n%s", filepath.Base(p), err, out)
 			}
@@ -101,7 +100,7 @@ func TestMakeRunMixnetDeliversIntoMaildir(t *testing.T) {
 		"pipeline.deliver.config.path": maildir,
 		"plugin_dir":                   binDir,
 	})
-	cmd := exec.Command(filepath.Join(binDir, "mixmta"), "mixnet", "run", "--dir", filepath.Join(dir, "mixnet"), "--profile", prof,
+	cmd := mixmtaCommand(t, "mixnet", "run", "--dir", filepath.Join(dir, "mixnet"), "--profile", prof,
 		"--nodes", "5", "--smtp-port", fmt.Sprint(smtpPort), "--mix-port", fmt.Sprint(mixPort), "--authorities", "3", "--dir-port", fmt.Sprint(freeRange(t, 3)))
 	logf, _ := os.Create(filepath.Join(dir, "run.log"))
 	cmd.Stdout, cmd.Stderr = logf, logf

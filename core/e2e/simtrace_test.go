@@ -47,7 +47,7 @@ func TestSimulatorAgreesWithARealMixnet(t *testing.T) {
 		"mix.cover.loop_rate":     loopRate,
 		"log.stats_interval":      "5s",
 		"pipeline.deliver.plugin": "maildir",
-		"pipeline.deliver.config": map[string]any{"path": "./unused", "layout": "recipient"},
+		"pipeline.deliver.config": map[string]any{"path": filepath.Join(t.TempDir(), "unused"), "layout": "recipient"},
 	})
 	// Each exit delivers into a Maildir of its own, so a delivery names
 	// its exit (an observer sees which exit hands mail to the MTA).

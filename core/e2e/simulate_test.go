@@ -34,7 +34,7 @@ type simReport struct {
 
 func simulateRun(t *testing.T, cfg string, args ...string) []byte {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "mixmta"), append([]string{"simulate", "-c", cfg}, args...)...)
+	cmd := mixmtaCommand(t, append([]string{"simulate", "-c", cfg}, args...)...)
 	out, err := cmd.Output()
 	if err != nil {
 		var stderr []byte

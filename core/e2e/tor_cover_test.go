@@ -36,40 +36,26 @@ type tap struct {
 
 func newTap(t *testing.T, target string) *tap {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	tp := &tap{addr: l.Addr().String()}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				at := time.Now()
-				u, err := net.Dial("tcp", target)
-				if err != nil {
-					return
-				}
-				defer u.Close()
-				upc := make(chan int64)
-				go func() {
-					n, _ := io.Copy(u, c)
-					u.(*net.TCPConn).CloseWrite()
-					upc <- n
-				}()
-				down, _ := io.Copy(c, u)
-				up := <-upc
-				tp.mu.Lock()
-				tp.seen = append(tp.seen, observed{up: up, down: down, at: at})
-				tp.mu.Unlock()
-			}()
+	tp := &tap{}
+	tp.addr = peers.ServeTCP(t, func(c net.Conn) {
+		at := time.Now()
+		u, err := net.Dial("tcp", target)
+		if err != nil {
+			return
 		}
-	}()
+		defer u.Close()
+		upc := make(chan int64)
+		go func() {
+			n, _ := io.Copy(u, c)
+			u.(*net.TCPConn).CloseWrite()
+			upc <- n
+		}()
+		down, _ := io.Copy(c, u)
+		up := <-upc
+		tp.mu.Lock()
+		tp.seen = append(tp.seen, observed{up: up, down: down, at: at})
+		tp.mu.Unlock()
+	})
 	return tp
 }
 

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,7 +13,7 @@ import (
 
 func usersAdd(t *testing.T, file, name, password string, extra ...string) {
 	t.Helper()
-	cmd := exec.Command(filepath.Join(binDir, "mixmta"), append([]string{"users", "add", name, "--file", file}, extra...)...)
+	cmd := mixmtaCommand(t, append([]string{"users", "add", name, "--file", file}, extra...)...)
 	cmd.Stdin = strings.NewReader(password + "\n")
 	out, err := cmd.CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "user "+name+" set in "+file) {

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -63,69 +62,9 @@ func TestXWingMixnetCarriesMessagesOfEverySize(t *testing.T) {
 	m.waitHealthy(t)
 
 	sizes := []int{1 << 10, 60 << 10, 200 << 10, 1 << 20}
-	want := map[string][]byte{}
-	for i, size := range sizes {
-		rcpt := fmt.Sprintf("pq%d@example.net", i)
-		tok := token()
-		var body bytes.Buffer
-		fmt.Fprintf(&body, "token %s\r\n", tok)
-		line := strings.Repeat("abcdefghij", 7) + "\r\n"
-		for body.Len() < size {
-			body.WriteString(line)
-		}
-		msg := fmt.Sprintf("From: LEAK-PQFROM%d <sender%d@example.org>\r\nTo: %s\r\nSubject: secret-subject-%s\r\n\r\n", i, i, rcpt, tok)
-		if err := sendRaw(m.smtp[0], fmt.Sprintf("envsender%d@example.org", i), []string{rcpt}, append([]byte(msg), body.Bytes()...), false); err != nil {
-			t.Fatalf("size %d: %v", size, err)
-		}
-		want[rcpt] = bytes.ReplaceAll(body.Bytes(), []byte("\r\n"), []byte("\n"))
-	}
-	files := pf.WaitMessages(t, len(sizes), 180*time.Second)
-	if len(files) != len(sizes) {
-		t.Fatalf("Postfix got %d messages, want %d", len(files), len(sizes))
-	}
-	for _, f := range files {
-		d := parseDelivered(t, f)
-		checkSanitized(t, d)
-		rcpt := strings.Trim(strings.TrimSpace(strings.Join(d.header["delivered-to"], "")), "<>")
-		if !bytes.Equal(d.body, want[rcpt]) {
-			t.Errorf("%s: body of %d bytes differs from the %d sent", rcpt, len(d.body), len(want[rcpt]))
-		}
-		if rp := strings.TrimSpace(strings.Join(d.header["return-path"], "")); rp != "<>" {
-			t.Errorf("%s: envelope sender %q, want the exit's <>", rcpt, rp)
-		}
-	}
-	frames := m.frameSizes(t)
-	for dir, bySize := range frames {
-		if len(bySize) != 1 {
-			t.Errorf("frames %s have %d different sizes: %v", dir, len(bySize), bySize)
-		}
-	}
-	if len(frames["out"]) == 0 {
-		t.Fatalf("no frames logged: %v", frames)
-	}
-	for i, n := range m.nodes {
-		log := n.log()
-		for _, s := range []string{"sender", "envsender", "pq0@", "example.net", "secret-subject", "LEAK-"} {
-			if strings.Contains(log, s) {
-				t.Errorf("node%d's log contains %q", i+1, s)
-			}
-		}
-	}
-	// The [STATS] line comes every second: wait for the one that counts
-	// the last assembly.
-	assembled := 0
-	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(200 * time.Millisecond) {
-		assembled = 0
-		for _, n := range m.nodes {
-			if v := statValue(lastStats(n.log()), "assembled"); v > 0 {
-				assembled += v
-			}
-		}
-		if assembled >= len(sizes) || time.Now().After(deadline) {
-			break
-		}
-	}
-	if assembled != len(sizes) {
+	sendEverySize(t, m, pf, "pq", sizes, 180*time.Second)
+	checkFramesAndLogs(t, m, "pq0@")
+	if assembled := waitAssembled(m, len(sizes)); assembled != len(sizes) {
 		t.Errorf("exits assembled %d messages, want %d", assembled, len(sizes))
 	}
 }
@@ -136,7 +75,7 @@ func serveFails(t *testing.T, cfg string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	out, err := exec.CommandContext(ctx, filepath.Join(binDir, "mixmta"), "serve", "-c", cfg).CombinedOutput()
+	out, err := mixmtaCommandContext(ctx, t, "serve", "-c", cfg).CombinedOutput()
 	if ctx.Err() != nil {
 		t.Fatalf("mixmta serve still running after 60 s:\n%s", tailLines(string(out), 20))
 	}
@@ -155,7 +94,7 @@ func serveFails(t *testing.T, cfg string) string {
 func TestNodeRefusesToStartWithMixedSphinxFormats(t *testing.T) {
 	dir := t.TempDir()
 	smtpPort, mixPort := freeRange(t, 2), freeRange(t, 2)
-	out, err := exec.Command(filepath.Join(binDir, "mixmta"), "mixnet", "init", "--dir", dir,
+	out, err := mixmtaCommand(t, "mixnet", "init", "--dir", dir,
 		"--profile", filepath.Join(repoRoot, "configs/local-mixnet.yaml"), "--nodes", "2",
 		"--smtp-port", fmt.Sprint(smtpPort), "--mix-port", fmt.Sprint(mixPort)).CombinedOutput()
 	if err != nil {
@@ -186,7 +125,7 @@ func TestNodeRefusesToStartWithMixedSphinxFormats(t *testing.T) {
 		cfgPath := variant(c.name, c.patches)
 		if c.name == "stage-differs" {
 			// check-config finds it too, without starting the node.
-			out, err := exec.Command(filepath.Join(binDir, "mixmta"), "check-config", "-c", cfgPath).CombinedOutput()
+			out, err := mixmtaCommand(t, "check-config", "-c", cfgPath).CombinedOutput()
 			if err == nil || !strings.Contains(string(out), c.want[1]) {
 				t.Errorf("check-config of a node whose core and mixer formats differ: %v\n%s", err, tailLines(string(out), 10))
 			}

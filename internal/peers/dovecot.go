@@ -47,16 +47,7 @@ func Dovecot(t testing.TB, cfg ...DovecotConfig) *DovecotPeer {
 	if len(cfg) > 0 {
 		c = cfg[0]
 	}
-	var last error
-	for attempt := 0; attempt < 3; attempt++ {
-		p, err := startDovecot(t, c)
-		if err == nil {
-			return p
-		}
-		last = err // most likely the port was taken in between: retry
-	}
-	t.Fatalf("peers: dovecot: %v", last)
-	return nil
+	return startRetrying(t, "dovecot", func() (*DovecotPeer, error) { return startDovecot(t, c) })
 }
 
 func startDovecot(t testing.TB, c DovecotConfig) (*DovecotPeer, error) {

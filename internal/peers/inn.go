@@ -62,16 +62,7 @@ func INN(t testing.TB, cfg ...INNConfig) *INNPeer {
 	if len(c.Users) > 0 {
 		Ensure(t, "openssl", "openssl")
 	}
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		p, err := startINN(t, c)
-		if err == nil {
-			return p
-		}
-		lastErr = err // most likely the port was taken in between: retry
-	}
-	t.Fatalf("peers: inn: %v", lastErr)
-	return nil
+	return startRetrying(t, "inn", func() (*INNPeer, error) { return startINN(t, c) })
 }
 
 // ensureINN installs inn2 together with postfix (so apt does not pull

@@ -166,6 +166,24 @@ func peerDir(t testing.TB, name string) string {
 	return dir
 }
 
+// startRetrying calls start up to three times and fails t with the last
+// error: a free port picked for a peer is most likely taken by another
+// process in between when start fails, and the next try picks another.
+func startRetrying[P any](t testing.TB, name string, start func() (P, error)) P {
+	t.Helper()
+	var last error
+	for attempt := 0; attempt < 3; attempt++ {
+		p, err := start()
+		if err == nil {
+			return p
+		}
+		last = err
+	}
+	t.Fatalf("peers: %s: %v", name, last)
+	var zero P
+	return zero
+}
+
 // process is a started peer daemon, stopped by PID.
 type process struct {
 	name string
@@ -279,4 +297,35 @@ func lookupIDs(name, group string) (uid, gid, ggid int, err error) {
 		ggid, _ = strconv.Atoi(g.Gid)
 	}
 	return uid, gid, ggid, nil
+}
+
+// Serve accepts connections on l until the test ends (l is closed then)
+// and runs handle on each in its own goroutine, closing the connection
+// when handle returns: the accept loop of a test's fake server, relay or
+// tap. It returns l's address ("127.0.0.1:port" for TCP).
+func Serve(t testing.TB, l net.Listener, handle func(c net.Conn)) string {
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+	return l.Addr().String()
+}
+
+// ServeTCP is Serve on a new TCP listener on a free 127.0.0.1 port.
+func ServeTCP(t testing.TB, handle func(c net.Conn)) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("peers: %v", err)
+	}
+	return Serve(t, l, handle)
 }

@@ -89,16 +89,7 @@ func Postfix(t testing.TB, cfg ...PostfixConfig) *PostfixPeer {
 	if c.TLS == "" {
 		c.TLS = "may"
 	}
-	var lastErr error
-	for attempt := 0; attempt < 3; attempt++ {
-		p, err := startPostfix(t, c)
-		if err == nil {
-			return p
-		}
-		lastErr = err // most likely the port was taken in between: retry
-	}
-	t.Fatalf("peers: postfix: %v", lastErr)
-	return nil
+	return startRetrying(t, "postfix", func() (*PostfixPeer, error) { return startPostfix(t, c) })
 }
 
 func startPostfix(t testing.TB, c PostfixConfig) (*PostfixPeer, error) {

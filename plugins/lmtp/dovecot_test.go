@@ -82,3 +82,43 @@ func TestDelivererConformance(t *testing.T) {
 		},
 	}.Run(t)
 }
+
+// TestBareCRCannotSmuggleIntoDovecot delivers a message whose header and
+// body carry bare CRs ("\r.\r" then LMTP commands for a second message to
+// another recipient: a mixnet exit's payload is whatever its anonymous
+// sender made) through the real plugin host into a real Dovecot. The one
+// recipient gets one message, stored with every CR as a line end and the
+// lone dot as content; the other recipient gets nothing.
+func TestBareCRCannotSmuggleIntoDovecot(t *testing.T) {
+	dc := peers.Dovecot(t)
+	bin := plugintest.Build(t, ".")
+	cfg, _ := json.Marshal(map[string]string{"address": dc.Addr})
+	p := plugintest.Start(t, bin, string(cfg))
+	msg := loadMessage(t, "bob@example.net")
+	msg.Header = []byte("Subject: cr\rX-Injected: 1\r\n\r\n")
+	msg.Body = []byte("first\r.\rMAIL FROM:<forged@example.org>\rRCPT TO:<carol@example.net>\rDATA\rforged\r.\r\nlast\r")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	res, err := p.Deliver(ctx, msg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 1 || res[0].Err != nil {
+		t.Fatalf("results %+v\n%s", res, dc.Log())
+	}
+	files := dc.Messages("bob@example.net")
+	if len(files) != 1 {
+		t.Fatalf("bob's Maildir holds %d messages, want 1", len(files))
+	}
+	stored, _ := os.ReadFile(files[0])
+	if bytes.IndexByte(stored, '\r') >= 0 {
+		t.Errorf("a bare CR was stored:\n%q", stored)
+	}
+	want := "Subject: cr\nX-Injected: 1\n\nfirst\n.\nMAIL FROM:<forged@example.org>\nRCPT TO:<carol@example.net>\nDATA\nforged\n.\nlast\n"
+	if !bytes.HasSuffix(stored, []byte(want)) {
+		t.Errorf("stored message does not end with the CRs as line ends:\n%q", stored)
+	}
+	if n := len(dc.Messages("carol@example.net")); n != 0 {
+		t.Errorf("a smuggled message reached carol: %d messages", n)
+	}
+}

@@ -135,9 +135,13 @@ func (l *lmtp) Deliver(ctx context.Context, m *sdk.Message) ([]sdk.RcptResult, e
 	if err != nil {
 		return all(replyError("DATA", err)), nil
 	}
-	// A write that fails must not be mistaken for a sent body.
-	if _, err = w.Write(m.Header); err == nil {
-		_, err = w.Write(m.Body)
+	// A write that fails must not be mistaken for a sent body. The dot
+	// writer passes a bare CR: "\r.\r" in a mixnet exit's payload would
+	// end the data early for an LMTP server that takes a bare CR for a
+	// line end, and smuggle what follows as commands.
+	cw := sdk.CRLFWriter(w)
+	if _, err = cw.Write(m.Header); err == nil {
+		_, err = cw.Write(m.Body)
 	}
 	if err != nil {
 		return all(replyError("DATA", err)), nil

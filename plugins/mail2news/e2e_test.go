@@ -342,3 +342,27 @@ func TestDelivererConformance(t *testing.T) {
 		},
 	}.Run(t)
 }
+
+// TestBareCRCannotSmuggleIntoINN posts an article whose body carries bare
+// CRs ("\r.\r" then a second POST of a forged article to another group: a
+// body from the mixnet is whatever its anonymous sender made) into a real
+// INN. The article reads back with every CR as a line end and the lone dot
+// as content, and the other group stays empty.
+func TestBareCRCannotSmuggleIntoINN(t *testing.T) {
+	inn := peers.INN(t)
+	p := startPlugin(t, map[string]any{"servers": []map[string]any{{"address": inn.Addr}}, "path_host": "gw.example.test"})
+	m := newsMsg("bare-cr-1", "Newsgroups: alt.test\nSubject: bare cr", "")
+	m.Body = []byte("first\r.\rPOST\rNewsgroups: local.test\rFrom: f@example.org\rSubject: forged\r\rforged\r.\r\nlast\r")
+	if err := deliver(t, p, m); err != nil {
+		t.Fatalf("Deliver: %v\n%s", err, inn.Log())
+	}
+	art := inn.WaitArticle(t, "<bare-cr-1@test.invalid>", "", "", 10*time.Second)
+	_, gotBody, _ := strings.Cut(art, "\r\n\r\n")
+	want := "first\r\n.\r\nPOST\r\nNewsgroups: local.test\r\nFrom: f@example.org\r\nSubject: forged\r\n\r\nforged\r\n.\r\nlast\r\n"
+	if gotBody != want {
+		t.Errorf("body = %q, want %q", gotBody, want)
+	}
+	if n, err := inn.GroupCount("local.test", "", ""); err != nil || n != 0 {
+		t.Errorf("local.test holds %d articles (%v), want 0: a smuggled article", n, err)
+	}
+}

@@ -376,7 +376,10 @@ func (c *nntpConn) ihave(a *Article) error {
 func (c *nntpConn) send(a *Article) (nntpReply, error) {
 	_ = c.raw.SetDeadline(time.Now().Add(c.timeout))
 	w := c.tp.DotWriter()
-	_, err := w.Write(a.Bytes())
+	// The dot writer passes a bare CR: "\r.\r" in a body from the mixnet
+	// would end the article early for a news server that takes a bare CR
+	// for a line end, with what follows read as commands.
+	_, err := sdk.CRLFWriter(w).Write(a.Bytes())
 	if err == nil {
 		err = w.Close()
 	}

@@ -32,21 +32,8 @@ type socksRequest struct{ user, dest string }
 
 func startSOCKS(t *testing.T, route func(string) string) *socksProxy {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	p := &socksProxy{Addr: l.Addr().String(), route: route}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c)
-		}
-	}()
+	p := &socksProxy{route: route}
+	p.Addr = peers.ServeTCP(t, p.serve)
 	return p
 }
 
@@ -178,25 +165,15 @@ func TestImplicitTLSToNNTPS(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				up, err := net.Dial("tcp", inn.Addr)
-				if err != nil {
-					return
-				}
-				defer up.Close()
-				go io.Copy(up, c)
-				io.Copy(c, up)
-			}()
+	peers.Serve(t, l, func(c net.Conn) {
+		up, err := net.Dial("tcp", inn.Addr)
+		if err != nil {
+			return
 		}
-	}()
+		defer up.Close()
+		go io.Copy(up, c)
+		io.Copy(c, up)
+	})
 	ca := t.TempDir() + "/ca.pem"
 	if err := os.WriteFile(ca, cert.CertPEM, 0o644); err != nil {
 		t.Fatal(err)

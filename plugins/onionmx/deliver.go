@@ -427,7 +427,7 @@ func (d *deliverer) transact(ctx context.Context, s *session, m *sdk.Message, rc
 	}
 	// go-smtp sets no deadline while the body is written.
 	_ = s.raw.SetDeadline(time.Now().Add(d.cfg.DataTimeout.D()))
-	cw := &crlfWriter{w: w}
+	cw := sdk.CRLFWriter(w)
 	_, err = cw.Write(m.Header)
 	if err == nil {
 		err = writeBody(cw, m, no8Bit)
@@ -600,34 +600,6 @@ func writeBody(w io.Writer, m *sdk.Message, no8Bit bool) error {
 			return &bodyError{rerr}
 		}
 	}
-}
-
-// crlfWriter turns each bare CR into CR LF on the way to a dot writer,
-// which turns a bare LF into CR LF itself (RFC 5321 §2.3.8: CR and LF
-// only as a pair). Message content from a stage (a mixnet exit's payload
-// is whatever its anonymous sender made) may hold "\r.\r", which
-// textproto's dot writer passes as is: the end of data for receivers
-// that take a bare CR for a line end, and the start of a smuggled second
-// message (CVE-2023-51764..51766). A final bare CR is the dot writer's
-// to end.
-type crlfWriter struct {
-	w  io.Writer
-	cr bool // the last byte written was CR
-}
-
-func (c *crlfWriter) Write(b []byte) (int, error) {
-	out := make([]byte, 0, len(b)+16)
-	for _, x := range b {
-		if c.cr && x != '\n' {
-			out = append(out, '\n')
-		}
-		out = append(out, x)
-		c.cr = x == '\r'
-	}
-	if _, err := c.w.Write(out); err != nil {
-		return 0, err
-	}
-	return len(b), nil
 }
 
 func has8Bit(b []byte) bool {

@@ -311,21 +311,8 @@ type socksConnect struct {
 
 func startSOCKS(t *testing.T, route func(dest string) string) *socksProxy {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := &socksProxy{Addr: l.Addr().String(), route: route}
-	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go p.serve(c)
-		}
-	}()
+	p := &socksProxy{route: route}
+	p.Addr = peers.ServeTCP(t, p.serve)
 	return p
 }
 

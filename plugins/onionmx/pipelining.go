@@ -186,7 +186,7 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 
 	_ = w.conn.SetWriteDeadline(time.Now().Add(d.cfg.DataTimeout.D()))
 	dw := textproto.NewWriter(w.w).DotWriter()
-	cw := &crlfWriter{w: dw}
+	cw := sdk.CRLFWriter(dw)
 	_, err = cw.Write(m.Header)
 	if err == nil {
 		err = writeBody(cw, m, no8Bit)

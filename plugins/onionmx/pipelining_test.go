@@ -4,11 +4,39 @@ import (
 	"bufio"
 	"net"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/mixmta/mixmta/internal/peers"
 	"github.com/mixmta/mixmta/sdk"
 )
+
+// rawMX listens on a free 127.0.0.1 port until the test ends and runs
+// serve on each connection in its own goroutine (conn counts from 0),
+// closing the connection when serve returns.
+func rawMX(t *testing.T, serve func(conn int, c net.Conn)) string {
+	t.Helper()
+	var n atomic.Int64
+	return peers.ServeTCP(t, func(c net.Conn) { serve(int(n.Add(1)-1), c) })
+}
+
+// readData reads a message's lines up to the final "." line and returns
+// them as sent (dot-stuffed, line ends as they came); ok is false when
+// the connection ended first.
+func readData(r *bufio.Reader) (raw string, ok bool) {
+	var b strings.Builder
+	for {
+		l, err := r.ReadString('\n')
+		if err != nil {
+			return b.String(), false
+		}
+		if l == ".\r\n" {
+			return b.String(), true
+		}
+		b.WriteString(l)
+	}
+}
 
 // stingyMX offers PIPELINING and answers nothing of a transaction until it
 // has read the whole group up to DATA (RFC 2920 §3.1 lets a server do
@@ -16,66 +44,45 @@ import (
 // and times out. It records the commands of every group and the message.
 func stingyMX(t *testing.T) (addr string, groups chan []string, msgs chan string) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
 	groups, msgs = make(chan []string, 10), make(chan string, 10)
-	go func() {
+	addr = rawMX(t, func(_ int, c net.Conn) {
+		r := bufio.NewReader(c)
+		c.Write([]byte("220 stingy ESMTP\r\n"))
+		var group []string
 		for {
-			c, err := l.Accept()
+			line, err := r.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				c.Write([]byte("220 stingy ESMTP\r\n"))
-				var group []string
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					cmd := strings.ToUpper(strings.TrimSpace(line))
-					switch {
-					case strings.HasPrefix(cmd, "EHLO"):
-						c.Write([]byte("250-stingy\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
-					case strings.HasPrefix(cmd, "QUIT"):
-						c.Write([]byte("221 bye\r\n"))
-						return
-					case cmd == "DATA":
-						group = append(group, "DATA")
-						groups <- group
-						var out strings.Builder
-						for range group[:len(group)-1] {
-							out.WriteString("250 2.0.0 ok\r\n")
-						}
-						out.WriteString("354 go on\r\n")
-						c.Write([]byte(out.String()))
-						group = nil
-						var body strings.Builder
-						for {
-							l, err := r.ReadString('\n')
-							if err != nil {
-								return
-							}
-							if l == ".\r\n" {
-								break
-							}
-							body.WriteString(l)
-						}
-						msgs <- body.String()
-						c.Write([]byte("250 2.0.0 queued\r\n"))
-					default:
-						group = append(group, strings.Fields(cmd)[0])
-					}
+			cmd := strings.ToUpper(strings.TrimSpace(line))
+			switch {
+			case strings.HasPrefix(cmd, "EHLO"):
+				c.Write([]byte("250-stingy\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
+			case strings.HasPrefix(cmd, "QUIT"):
+				c.Write([]byte("221 bye\r\n"))
+				return
+			case cmd == "DATA":
+				group = append(group, "DATA")
+				groups <- group
+				var out strings.Builder
+				for range group[:len(group)-1] {
+					out.WriteString("250 2.0.0 ok\r\n")
 				}
-			}()
+				out.WriteString("354 go on\r\n")
+				c.Write([]byte(out.String()))
+				group = nil
+				body, ok := readData(r)
+				if !ok {
+					return
+				}
+				msgs <- body
+				c.Write([]byte("250 2.0.0 queued\r\n"))
+			default:
+				group = append(group, strings.Fields(cmd)[0])
+			}
 		}
-	}()
-	return l.Addr().String(), groups, msgs
+	})
+	return addr, groups, msgs
 }
 
 // With pipelining, RSET (on a reused session), MAIL, both RCPT and DATA
@@ -117,56 +124,42 @@ func TestPipeliningSendsTheGroupInOneRoundTrip(t *testing.T) {
 // the server is still reading, a message built from another message's
 // envelope. The next delivery opens a new connection and succeeds.
 func TestOutOfStepReplyDropsThePipelinedSession(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
 	swallowed := make(chan string, 100) // lines read as a body after the bogus 250
-	go func() {
-		for conn := 0; ; conn++ {
-			c, err := l.Accept()
+	addr := rawMX(t, func(conn int, c net.Conn) {
+		r := bufio.NewReader(c)
+		c.Write([]byte("220 skewed ESMTP\r\n"))
+		inData := false
+		for {
+			line, err := r.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func(conn int) {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				c.Write([]byte("220 skewed ESMTP\r\n"))
-				inData := false
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					cmd := strings.ToUpper(strings.TrimSpace(line))
-					switch {
-					case inData && line == ".\r\n":
-						inData = false
-						c.Write([]byte("250 2.0.0 queued\r\n"))
-					case inData:
-						if conn == 0 {
-							swallowed <- strings.TrimSpace(line)
-						}
-					case strings.HasPrefix(cmd, "EHLO"):
-						c.Write([]byte("250-skewed\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
-					case cmd == "DATA" && conn == 0:
-						c.Write([]byte("250 2.0.0 ok\r\n")) // out of step: 354 expected
-						inData = true
-					case cmd == "DATA":
-						c.Write([]byte("354 go on\r\n"))
-						inData = true
-					case strings.HasPrefix(cmd, "QUIT"):
-						c.Write([]byte("221 bye\r\n"))
-						return
-					default:
-						c.Write([]byte("250 2.0.0 ok\r\n"))
-					}
+			cmd := strings.ToUpper(strings.TrimSpace(line))
+			switch {
+			case inData && line == ".\r\n":
+				inData = false
+				c.Write([]byte("250 2.0.0 queued\r\n"))
+			case inData:
+				if conn == 0 {
+					swallowed <- strings.TrimSpace(line)
 				}
-			}(conn)
+			case strings.HasPrefix(cmd, "EHLO"):
+				c.Write([]byte("250-skewed\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
+			case cmd == "DATA" && conn == 0:
+				c.Write([]byte("250 2.0.0 ok\r\n")) // out of step: 354 expected
+				inData = true
+			case cmd == "DATA":
+				c.Write([]byte("354 go on\r\n"))
+				inData = true
+			case strings.HasPrefix(cmd, "QUIT"):
+				c.Write([]byte("221 bye\r\n"))
+				return
+			default:
+				c.Write([]byte("250 2.0.0 ok\r\n"))
+			}
 		}
-	}()
-	cfg := testConfig(l.Addr().String())
+	})
+	cfg := testConfig(addr)
 	cfg.CommandTimeout = sdk.Duration(2 * time.Second)
 	d := newTestDeliverer(t, cfg)
 	got := deliver(t, d, testMessage("s@example.org", "a@example.net"))
@@ -193,58 +186,37 @@ func TestOutOfStepReplyDropsThePipelinedSession(t *testing.T) {
 // CVE-2023-51764..51766), behind which a second, forged message would
 // follow.
 func TestBareCRNeverReachesTheNextMTA(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
 	msgs := make(chan string, 10) // each message's raw bytes up to the final dot
-	go func() {
+	addr := rawMX(t, func(_ int, c net.Conn) {
+		r := bufio.NewReader(c)
+		c.Write([]byte("220 raw ESMTP\r\n"))
 		for {
-			c, err := l.Accept()
+			line, err := r.ReadString('\n')
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				r := bufio.NewReader(c)
-				c.Write([]byte("220 raw ESMTP\r\n"))
-				for {
-					line, err := r.ReadString('\n')
-					if err != nil {
-						return
-					}
-					cmd := strings.ToUpper(strings.TrimSpace(line))
-					switch {
-					case strings.HasPrefix(cmd, "EHLO"):
-						c.Write([]byte("250-raw\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
-					case cmd == "DATA":
-						c.Write([]byte("354 go on\r\n"))
-						var raw strings.Builder
-						for {
-							l, err := r.ReadString('\n')
-							if err != nil {
-								return
-							}
-							if l == ".\r\n" {
-								break
-							}
-							raw.WriteString(l)
-						}
-						msgs <- raw.String()
-						c.Write([]byte("250 2.0.0 queued\r\n"))
-					case strings.HasPrefix(cmd, "QUIT"):
-						c.Write([]byte("221 bye\r\n"))
-						return
-					default:
-						c.Write([]byte("250 2.0.0 ok\r\n"))
-					}
+			cmd := strings.ToUpper(strings.TrimSpace(line))
+			switch {
+			case strings.HasPrefix(cmd, "EHLO"):
+				c.Write([]byte("250-raw\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
+			case cmd == "DATA":
+				c.Write([]byte("354 go on\r\n"))
+				raw, ok := readData(r)
+				if !ok {
+					return
 				}
-			}()
+				msgs <- raw
+				c.Write([]byte("250 2.0.0 queued\r\n"))
+			case strings.HasPrefix(cmd, "QUIT"):
+				c.Write([]byte("221 bye\r\n"))
+				return
+			default:
+				c.Write([]byte("250 2.0.0 ok\r\n"))
+			}
 		}
-	}()
+	})
 	for _, pipelining := range []bool{true, false} {
-		cfg := testConfig(l.Addr().String())
+		cfg := testConfig(addr)
 		cfg.Pipelining = pipelining
 		d := newTestDeliverer(t, cfg)
 		m := testMessage("s@example.org", "a@example.net")
@@ -270,60 +242,46 @@ func TestBareCRNeverReachesTheNextMTA(t *testing.T) {
 // delivered. Without the fallback every retry times out the same way and
 // the message is given up after the last attempt.
 func TestFalsePipeliningFallsBackToOneCommandAtATime(t *testing.T) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
 	msgs := make(chan string, 10)
-	go func() {
+	addr := rawMX(t, func(_ int, c net.Conn) {
+		c.Write([]byte("220 naive ESMTP\r\n"))
+		buf := make([]byte, 64<<10)
+		var body strings.Builder
+		inData := false
 		for {
-			c, err := l.Accept()
+			n, err := c.Read(buf)
 			if err != nil {
 				return
 			}
-			go func() {
-				defer c.Close()
-				c.Write([]byte("220 naive ESMTP\r\n"))
-				buf := make([]byte, 64<<10)
-				var body strings.Builder
-				inData := false
-				for {
-					n, err := c.Read(buf)
-					if err != nil {
-						return
-					}
-					chunk := string(buf[:n])
-					if inData {
-						body.WriteString(chunk)
-						if strings.HasSuffix(body.String(), "\r\n.\r\n") {
-							inData = false
-							msgs <- body.String()
-							body.Reset()
-							c.Write([]byte("250 2.0.0 queued\r\n"))
-						}
-						continue
-					}
-					// Only the first line of each read is a command.
-					line, _, _ := strings.Cut(chunk, "\r\n")
-					cmd := strings.ToUpper(line)
-					switch {
-					case strings.HasPrefix(cmd, "EHLO"):
-						c.Write([]byte("250-naive\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
-					case cmd == "DATA":
-						inData = true
-						c.Write([]byte("354 go on\r\n"))
-					case strings.HasPrefix(cmd, "QUIT"):
-						c.Write([]byte("221 bye\r\n"))
-						return
-					default:
-						c.Write([]byte("250 2.0.0 ok\r\n"))
-					}
+			chunk := string(buf[:n])
+			if inData {
+				body.WriteString(chunk)
+				if strings.HasSuffix(body.String(), "\r\n.\r\n") {
+					inData = false
+					msgs <- body.String()
+					body.Reset()
+					c.Write([]byte("250 2.0.0 queued\r\n"))
 				}
-			}()
+				continue
+			}
+			// Only the first line of each read is a command.
+			line, _, _ := strings.Cut(chunk, "\r\n")
+			cmd := strings.ToUpper(line)
+			switch {
+			case strings.HasPrefix(cmd, "EHLO"):
+				c.Write([]byte("250-naive\r\n250-PIPELINING\r\n250 8BITMIME\r\n"))
+			case cmd == "DATA":
+				inData = true
+				c.Write([]byte("354 go on\r\n"))
+			case strings.HasPrefix(cmd, "QUIT"):
+				c.Write([]byte("221 bye\r\n"))
+				return
+			default:
+				c.Write([]byte("250 2.0.0 ok\r\n"))
+			}
 		}
-	}()
-	cfg := testConfig(l.Addr().String())
+	})
+	cfg := testConfig(addr)
 	cfg.CommandTimeout = sdk.Duration(time.Second)
 	d := newTestDeliverer(t, cfg)
 	got := deliver(t, d, testMessage("s@example.org", "a@example.net"))

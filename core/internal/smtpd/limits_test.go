@@ -441,6 +441,31 @@ func TestMappedDomainIsDeliveredAsJudged(t *testing.T) {
 	}
 }
 
+// TestMappedSenderDomainIsQueuedAsJudged: MAIL FROM with a domain that
+// UTS #46 maps (fullwidth letters, an ideographic full stop, a soft
+// hyphen) is queued in the same normalized spelling as RCPT TO: the
+// sender checks (onion refusal, checker stages) judge the A-label form,
+// and the next MTA must get that address, not the client's spelling.
+func TestMappedSenderDomainIsQueuedAsJudged(t *testing.T) {
+	s, sink := startServer(t, testListener(nil))
+	for _, from := range []string{"a@ｅｘａｍｐｌｅ.org", "a@example\u3002org", "a@exa\u00admple.org", "a@ｂüｃｈｅｒ.example", "a@EXAMPLE.org"} {
+		c := dial(t, s, "").hello()
+		c.expect("MAIL FROM:<"+from+"> SMTPUTF8", "250")
+		c.expect("RCPT TO:<bob@example.net>", "250")
+		c.expect("DATA", "354")
+		fmt.Fprint(c.c, "Subject: idn\r\n\r\nbody\r\n.\r\n")
+		c.expect("", "250")
+	}
+	var got []string
+	for _, m := range sink.all() {
+		got = append(got, m.env.MailFrom)
+	}
+	want := []string{"a@example.org", "a@example.org", "a@example.org", "a@bücher.example", "a@EXAMPLE.org"}
+	if strings.Join(got, " ") != strings.Join(want, " ") {
+		t.Errorf("queued senders %q, want %q", got, want)
+	}
+}
+
 // TestBlockListCatchesEveryIDNASpelling: an opted-out domain is refused
 // whether the client spells it in ASCII, with fullwidth letters, or with
 // the U-labels of an entry (entries are A-labels).

@@ -236,7 +236,9 @@ func (ss *session) Mail(from string, opts *smtp.MailOptions) error {
 		if err := checkOnion(m.ASCIIDomain()); err != nil {
 			return ss.reject(smtpErr(553, smtp.EnhancedCode{5, 1, 7}, "Bad sender address: "+err.Error()), "MAIL")
 		}
-		from = m.String()
+		// Like RCPT TO: the queue and the next MTA get the spelling the
+		// checks here and the checker stages judged.
+		from = m.Normalized().String()
 	}
 	if ss.s.limiter != nil && !ss.s.limiter.allow(clientKey(ss.ip), time.Now()) {
 		return ss.reject(smtpErr(450, smtp.EnhancedCode{4, 7, 1}, "Rate limit exceeded, try again later"), "MAIL")
