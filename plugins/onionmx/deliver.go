@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -602,32 +603,98 @@ func writeBody(w io.Writer, m *sdk.Message, no8Bit bool) error {
 	}
 }
 
-// crlfWriter turns each bare CR into CR LF on the way to a dot writer,
-// which turns a bare LF into CR LF itself (RFC 5321 §2.3.8: CR and LF
-// only as a pair). Message content from a stage (a mixnet exit's payload
-// is whatever its anonymous sender made) may hold "\r.\r", which
-// textproto's dot writer passes as is: the end of data for receivers
-// that take a bare CR for a line end, and the start of a smuggled second
-// message (CVE-2023-51764..51766). A final bare CR is the dot writer's
-// to end.
+// crlfWriter writes message content as SMTP DATA lines (RFC 5321
+// §2.3.8, §4.5.2): every bare CR and every bare LF becomes CR LF, and,
+// with stuff, a line starting with "." gets a second one and Close ends
+// the data with ".\r\n". Message content from a stage (a mixnet exit's
+// payload is whatever its anonymous sender made) may hold "\r.\r",
+// which textproto's dot writer passes as is: the end of data for
+// receivers that take a bare CR for a line end, and the start of a
+// smuggled second message (CVE-2023-51764..51766). It works on spans
+// between line ends (bytes.IndexByte), not a byte at a time. Without
+// stuff it feeds go-smtp's DATA writer, which stuffs and ends the data
+// itself.
 type crlfWriter struct {
-	w  io.Writer
-	cr bool // the last byte written was CR
+	w         io.Writer
+	stuff     bool
+	cr        bool // the last byte written was CR: its LF is not written yet
+	midLine   bool // not at the start of a line
+	wroteSome bool
 }
 
+var (
+	lfByte    = []byte("\n")
+	crlfBytes = []byte("\r\n")
+	dotByte   = []byte(".")
+)
+
 func (c *crlfWriter) Write(b []byte) (int, error) {
-	out := make([]byte, 0, len(b)+16)
-	for _, x := range b {
-		if c.cr && x != '\n' {
-			out = append(out, '\n')
+	n := len(b)
+	if n > 0 {
+		c.wroteSome = true
+	}
+	for len(b) > 0 {
+		if c.cr {
+			c.cr = false
+			if _, err := c.w.Write(lfByte); err != nil {
+				return 0, err
+			}
+			c.midLine = false
+			if b[0] == '\n' {
+				b = b[1:]
+				continue
+			}
 		}
-		out = append(out, x)
-		c.cr = x == '\r'
+		if !c.midLine && c.stuff && b[0] == '.' {
+			if _, err := c.w.Write(dotByte); err != nil {
+				return 0, err
+			}
+		}
+		c.midLine = true
+		end := len(b)
+		if i := bytes.IndexByte(b, '\n'); i >= 0 {
+			end = i
+		}
+		if i := bytes.IndexByte(b[:end], '\r'); i >= 0 {
+			// CR: written now, its LF (or the LF that follows) next.
+			if _, err := c.w.Write(b[:i+1]); err != nil {
+				return 0, err
+			}
+			c.cr = true
+			b = b[i+1:]
+			continue
+		}
+		if _, err := c.w.Write(b[:end]); err != nil {
+			return 0, err
+		}
+		if end == len(b) {
+			break
+		}
+		// A bare LF.
+		if _, err := c.w.Write(crlfBytes); err != nil {
+			return 0, err
+		}
+		c.midLine = false
+		b = b[end+1:]
 	}
-	if _, err := c.w.Write(out); err != nil {
-		return 0, err
+	return n, nil
+}
+
+// Close ends the last line and, with stuff, writes the end of data. As
+// textproto's dot writer, it ends empty content with an empty line.
+func (c *crlfWriter) Close() error {
+	if !c.stuff {
+		return nil
 	}
-	return len(b), nil
+	end := ".\r\n"
+	switch {
+	case c.cr:
+		end = "\n" + end
+	case c.midLine || !c.wroteSome:
+		end = "\r\n" + end
+	}
+	_, err := io.WriteString(c.w, end)
+	return err
 }
 
 func has8Bit(b []byte) bool {
