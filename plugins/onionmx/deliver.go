@@ -629,55 +629,70 @@ var (
 )
 
 func (c *crlfWriter) Write(b []byte) (int, error) {
-	n := len(b)
-	if n > 0 {
+	if len(b) > 0 {
 		c.wroteSome = true
 	}
-	for len(b) > 0 {
+	// b[start:i] is checked and not yet written: clean lines go out in
+	// one Write, split only where a byte must be added.
+	start, i := 0, 0
+	add := func(extra []byte) error {
+		if _, err := c.w.Write(b[start:i]); err != nil {
+			return err
+		}
+		start = i
+		_, err := c.w.Write(extra)
+		return err
+	}
+	for i < len(b) {
 		if c.cr {
 			c.cr = false
-			if _, err := c.w.Write(lfByte); err != nil {
-				return 0, err
-			}
 			c.midLine = false
-			if b[0] == '\n' {
-				b = b[1:]
+			if b[i] == '\n' {
+				i++
 				continue
 			}
-		}
-		if !c.midLine && c.stuff && b[0] == '.' {
-			if _, err := c.w.Write(dotByte); err != nil {
+			// A bare CR (already taken): its LF.
+			if err := add(lfByte); err != nil {
 				return 0, err
 			}
 		}
-		c.midLine = true
-		end := len(b)
-		if i := bytes.IndexByte(b, '\n'); i >= 0 {
-			end = i
-		}
-		if i := bytes.IndexByte(b[:end], '\r'); i >= 0 {
-			// CR: written now, its LF (or the LF that follows) next.
-			if _, err := c.w.Write(b[:i+1]); err != nil {
-				return 0, err
+		if !c.midLine {
+			c.midLine = true
+			if c.stuff && b[i] == '.' {
+				if err := add(dotByte); err != nil {
+					return 0, err
+				}
 			}
+		}
+		rest := b[i:]
+		lf := bytes.IndexByte(rest, '\n')
+		line := rest
+		if lf >= 0 {
+			line = rest[:lf]
+		}
+		if cr := bytes.IndexByte(line, '\r'); cr >= 0 {
+			// Taken; the byte after it decides.
+			i += cr + 1
 			c.cr = true
-			b = b[i+1:]
 			continue
 		}
-		if _, err := c.w.Write(b[:end]); err != nil {
-			return 0, err
-		}
-		if end == len(b) {
+		if lf < 0 {
+			i = len(b)
 			break
 		}
-		// A bare LF.
-		if _, err := c.w.Write(crlfBytes); err != nil {
+		// A bare LF: CR LF in its place.
+		i += lf
+		if err := add(crlfBytes); err != nil {
 			return 0, err
 		}
+		i++
+		start = i
 		c.midLine = false
-		b = b[end+1:]
 	}
-	return n, nil
+	if _, err := c.w.Write(b[start:]); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // Close ends the last line and, with stuff, writes the end of data. As

@@ -92,3 +92,32 @@ func TestCRLFWriterWithoutStuffLeavesDotsAndEnd(t *testing.T) {
 		t.Fatalf("got %q, want %q", got.String(), want)
 	}
 }
+
+// BenchmarkDATAWriter: a 64 KiB body of 78-byte lines (some starting with
+// a dot) made into DATA lines, by crlfWriter and by the byte-at-a-time
+// chain it replaced.
+func BenchmarkDATAWriter(b *testing.B) {
+	var body []byte
+	for i := 0; len(body) < 64<<10; i++ {
+		if i%10 == 0 {
+			body = append(body, '.')
+		}
+		body = append(body, bytes.Repeat([]byte("x"), 76)...)
+		body = append(body, "\r\n"...)
+	}
+	b.Run("spans", func(b *testing.B) {
+		bw := bufio.NewWriter(io.Discard)
+		b.SetBytes(int64(len(body)))
+		for i := 0; i < b.N; i++ {
+			w := &crlfWriter{w: bw, stuff: true}
+			w.Write(body)
+			w.Close()
+		}
+	})
+	b.Run("bytewise", func(b *testing.B) {
+		b.SetBytes(int64(len(body)))
+		for i := 0; i < b.N; i++ {
+			referenceDATA([][]byte{body})
+		}
+	})
+}
