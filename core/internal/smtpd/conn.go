@@ -126,6 +126,7 @@ type clientConn struct {
 	tc           *tls.Conn // after STARTTLS: every read and write goes through it
 	buf          []byte    // read from the client, not yet handed to go-smtp
 	rbuf         []byte    // backing array of buf
+	cmdBuf       []byte    // the command-sized rbuf, while rbuf is a DATA buffer
 	rerr         error     // the error of the read that filled buf, returned once buf is empty
 	resetReply   bool      // swallow the reply to the RSET injected after STARTTLS
 	helloAgain   bool      // STARTTLS done and no EHLO/HELO since (needsHello)
@@ -144,7 +145,7 @@ type clientConn struct {
 }
 
 func newClientConn(c net.Conn, l *limitListener, ip netip.Addr) *clientConn {
-	return &clientConn{Conn: c, l: l, ip: ip, end: time.Now().Add(l.s.cfg.MaxSessionTime.D()), tlsCfg: l.s.tlsConfig, rbuf: make([]byte, 4096)}
+	return &clientConn{Conn: c, l: l, ip: ip, end: time.Now().Add(l.s.cfg.MaxSessionTime.D()), tlsCfg: l.s.tlsConfig, rbuf: make([]byte, cmdBufSize)}
 }
 
 // errDataTimeout ends DATA/BDAT that ran out of time (min_data_rate,

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"sync"
 
 	"github.com/emersion/go-smtp"
 )
@@ -48,6 +49,12 @@ func (l *lineEndReader) Read(p []byte) (int, error) {
 // enough that a 64 KiB message takes a handful of reads.
 const dataBufSize = 64 << 10
 
+// cmdBufSize is the read buffer of a session outside DATA.
+const cmdBufSize = 4096
+
+// dataReadBufs holds the read buffers of sessions inside DATA.
+var dataReadBufs = sync.Pool{New: func() any { b := make([]byte, dataBufSize); return &b }}
+
 // dotReader reads the message data that follows DATA's 354 (RFC 5321
 // §4.5.2) straight from clientConn's read buffer, a line at a time
 // (bytes.IndexByte for the LF) instead of go-smtp's byte-at-a-time
@@ -91,7 +98,8 @@ func (c *clientConn) startDot() *dotReader {
 	}
 	c.dataNext = false
 	if len(c.rbuf) < dataBufSize {
-		rb := make([]byte, dataBufSize)
+		rb := *dataReadBufs.Get().(*[]byte)
+		c.cmdBuf = c.rbuf
 		c.buf = rb[:copy(rb, c.buf)]
 		c.rbuf = rb
 	}
@@ -115,6 +123,15 @@ func (c *clientConn) endDot() {
 	c.mu.Lock()
 	c.dot = nil
 	c.endMarker = []byte(".\r\n")
+	// Back to a command-sized buffer, unless the client pipelined more
+	// than that after the message. Only this goroutine reads, so no fill
+	// is using the large buffer now.
+	if c.cmdBuf != nil && len(c.buf) <= len(c.cmdBuf) {
+		big := c.rbuf
+		c.buf = c.cmdBuf[:copy(c.cmdBuf, c.buf)]
+		c.rbuf, c.cmdBuf = c.cmdBuf, nil
+		dataReadBufs.Put(&big)
+	}
 	c.mu.Unlock()
 }
 
