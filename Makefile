@@ -57,7 +57,8 @@ FUZZ_TARGETS := ./core/internal/smtpd:FuzzSession ./plugins/sanitize:FuzzSanitiz
 	./plugins/sphinx:FuzzAssemble ./plugins/sphinx:FuzzParsePayload ./plugins/sphinx:FuzzMix \
 	./core/internal/config:FuzzParse ./plugins/sphinx/internal/sphinx:FuzzUnwrapKEM \
 	./plugins/mail2news:FuzzBuildArticle ./core/internal/smtpd:FuzzSessionInsideTLS \
-	./plugins/sphinx/internal/sphinx:FuzzUnwrapKEMAuthenticated
+	./plugins/sphinx/internal/sphinx:FuzzUnwrapKEMAuthenticated \
+	./core/internal/smtpd:FuzzDotReader
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
