@@ -445,8 +445,8 @@ func (w *BodyWriter) Abort() {
 }
 
 // AcceptBody is Accept for a body streamed with a BodyWriter: header blob,
-// the body's meta record and the item in one transaction, synced before it
-// returns (only then may the SMTP server answer 250).
+// the body's last chunk and meta record and the item in one transaction,
+// synced before it returns (only then may the SMTP server answer 250).
 func (q *Queue) AcceptBody(env sdk.Envelope, header []byte, body *BodyWriter, received time.Time) (*Item, error) {
 	if body.err != nil {
 		return nil, body.err
