@@ -109,6 +109,7 @@ func newDifferential(t testing.TB) *differential {
 	ref := &refBackend{}
 	srv := smtp.NewServer(ref)
 	srv.Domain = "ref.test.invalid"
+	srv.MaxLineLength = 1 << 20 // as the listener below
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
