@@ -59,7 +59,8 @@ FUZZ_TARGETS := ./core/internal/smtpd:FuzzSession ./plugins/sanitize:FuzzSanitiz
 	./plugins/mail2news:FuzzBuildArticle ./core/internal/smtpd:FuzzSessionInsideTLS \
 	./plugins/sphinx/internal/sphinx:FuzzUnwrapKEMAuthenticated \
 	./core/internal/directory:FuzzVerifyConsensus ./core/internal/directory:FuzzVote \
-	./core/internal/directory:FuzzAuthorityRequest
+	./core/internal/directory:FuzzAuthorityRequest \
+	./core/internal/smtpd:FuzzDotReader
 
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \

@@ -68,7 +68,10 @@ func (r *bodyRegion) write(slot int32, b []byte, open func() (io.Reader, error),
 	if err != nil {
 		return err
 	}
-	k, err := io.CopyN(io.NewOffsetWriter(r.f, off), rd, n)
+	// A pooled copy buffer: io.CopyN would allocate 32 KiB per call.
+	buf := wire.BufPool.Get(64 << 10)
+	defer wire.BufPool.Put(buf)
+	k, err := io.CopyBuffer(io.NewOffsetWriter(r.f, off), io.LimitReader(rd, n), *buf)
 	if err == nil && k != n {
 		err = io.ErrUnexpectedEOF
 	}

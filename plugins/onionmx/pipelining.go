@@ -185,8 +185,7 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 	}
 
 	_ = w.conn.SetWriteDeadline(time.Now().Add(d.cfg.DataTimeout.D()))
-	dw := textproto.NewWriter(w.w).DotWriter()
-	cw := sdk.CRLFWriter(dw)
+	cw := sdk.DotWriter(w.w)
 	_, err = cw.Write(m.Header)
 	if err == nil {
 		err = writeBody(cw, m, no8Bit)
@@ -207,7 +206,7 @@ func (d *deliverer) transactPipelined(s *session, m *sdk.Message, rcpts []string
 		}
 		return res, nil, false, false
 	}
-	if err = dw.Close(); err == nil {
+	if err = cw.Close(); err == nil {
 		err = w.w.Flush()
 	}
 	var final *smtp.SMTPError

@@ -692,11 +692,16 @@ func (e *Engine) deliver(ctx context.Context, st Stage, it *queue.Item) error {
 // the backoff schedule. Each attempt is logged at info as one line per
 // outcome, like Postfix's status=sent|deferred|bounced (see logAttempt).
 func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queue.Item, m *sdk.Message) error {
-	sem := e.sem[dlv]
-	sem <- struct{}{}
-	defer func() { <-sem }()
 	start := time.Now()
-	results, callErr := st.Impl.Deliver(ctx, m)
+	// The slot bounds the calls in flight to the deliverer, not the
+	// queue work that follows (the item's delete or retry record, a
+	// bounce): it is free again as soon as the call returns.
+	results, callErr := func() ([]sdk.RcptResult, error) {
+		sem := e.sem[dlv]
+		sem <- struct{}{}
+		defer func() { <-sem }()
+		return st.Impl.Deliver(ctx, m)
+	}()
 	if pluginclient.IsTransport(callErr) || (len(results) == 0 && stageDown(st, callErr)) {
 		return callErr // plugin crashed or down: stageFailed decides
 	}

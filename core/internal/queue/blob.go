@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -359,7 +360,7 @@ func (w *BodyWriter) Write(p []byte) (int, error) {
 	n := len(p)
 	for len(p) > 0 {
 		if w.buf == nil {
-			w.buf = make([]byte, 0, ChunkSize)
+			w.buf = (*chunkBufs.Get().(*[]byte))[:0]
 		}
 		c := min(len(p), ChunkSize-len(w.buf))
 		w.buf, p = append(w.buf, p[:c]...), p[c:]
@@ -370,6 +371,20 @@ func (w *BodyWriter) Write(p []byte) (int, error) {
 		}
 	}
 	return n, nil
+}
+
+// chunkBufs holds the ChunkSize buffers BodyWriters fill: a message
+// would otherwise allocate (and the runtime zero) 256 KiB, whatever its
+// size.
+var chunkBufs = sync.Pool{New: func() any { b := make([]byte, 0, ChunkSize); return &b }}
+
+// release gives the chunk buffer back once no chunk can follow.
+func (w *BodyWriter) release() {
+	if w.buf != nil {
+		b := w.buf[:0]
+		chunkBufs.Put(&b)
+		w.buf = nil
+	}
 }
 
 // flush commits the buffered bytes as the next chunk.
@@ -426,26 +441,37 @@ func (w *BodyWriter) Abort() {
 	w.q.keys.destroy([]ID{w.id})
 	clear(w.key)
 	w.err = errors.New("queue: body aborted")
+	w.release()
 }
 
 // AcceptBody is Accept for a body streamed with a BodyWriter: header blob,
-// the body's meta record and the item in one transaction, synced before it
-// returns (only then may the SMTP server answer 250).
+// the body's last chunk and meta record and the item in one transaction,
+// synced before it returns (only then may the SMTP server answer 250).
 func (q *Queue) AcceptBody(env sdk.Envelope, header []byte, body *BodyWriter, received time.Time) (*Item, error) {
-	if err := body.flush(); err != nil {
-		return nil, err
-	}
 	if body.err != nil {
 		return nil, body.err
 	}
-	it := &Item{ID: NewID(), Envelope: env, Size: int64(len(header)) + body.n, Received: received, Deliverer: -1, Body: body.id}
+	// The last (for most messages the only) chunk is committed with the
+	// item: one transaction, not two.
+	var last []byte
+	lastPart := chunks(body.n)
+	if len(body.buf) > 0 {
+		last = seal(body.key, body.id, lastPart, body.buf)
+	}
+	n := body.Len()
+	it := &Item{ID: NewID(), Envelope: env, Size: int64(len(header)) + n, Received: received, Deliverer: -1, Body: body.id}
 	it.Msg = it.ID
 	err := q.update(func(w *wtx) error {
+		if last != nil {
+			if err := w.txn.Set(chunkKey(body.id, lastPart), last); err != nil {
+				return err
+			}
+		}
 		var err error
 		if it.Header, err = w.putBlob(header); err != nil {
 			return err
 		}
-		if err := w.txn.Set(key(prefixCount, body.id), seal(body.key, body.id, partMeta, blobMeta{refs: 1, length: body.n}.encode())); err != nil {
+		if err := w.txn.Set(key(prefixCount, body.id), seal(body.key, body.id, partMeta, blobMeta{refs: 1, length: n}.encode())); err != nil {
 			return err
 		}
 		return w.putItem(it)
@@ -453,6 +479,9 @@ func (q *Queue) AcceptBody(env sdk.Envelope, header []byte, body *BodyWriter, re
 	if err != nil {
 		return nil, fmt.Errorf("queue: accept: %w", err)
 	}
+	q.trim.note(len(body.buf))
+	body.n = n
+	body.release()
 	body.err, body.accepted = errors.New("queue: body already accepted"), true
 	clear(body.key) // the queue's key store keeps the one copy that matters
 	if err := q.Sync(); err != nil {

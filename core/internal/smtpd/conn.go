@@ -126,6 +126,7 @@ type clientConn struct {
 	tc           *tls.Conn // after STARTTLS: every read and write goes through it
 	buf          []byte    // read from the client, not yet handed to go-smtp
 	rbuf         []byte    // backing array of buf
+	cmdBuf       []byte    // the command-sized rbuf, while rbuf is a DATA buffer
 	rerr         error     // the error of the read that filled buf, returned once buf is empty
 	resetReply   bool      // swallow the reply to the RSET injected after STARTTLS
 	helloAgain   bool      // STARTTLS done and no EHLO/HELO since (needsHello)
@@ -138,10 +139,13 @@ type clientConn struct {
 	bare         bool          // a CR or LF not in a CRLF pair was read
 	junk, errs   int
 	partial      []byte // an incomplete reply line being written
+	dataNext     bool   // 354 was written: message data follows (DATA, not BDAT)
+	dot          *dotReader
+	endMarker    []byte // handed to go-smtp's DATA reader after dotReader read the message
 }
 
 func newClientConn(c net.Conn, l *limitListener, ip netip.Addr) *clientConn {
-	return &clientConn{Conn: c, l: l, ip: ip, end: time.Now().Add(l.s.cfg.MaxSessionTime.D()), tlsCfg: l.s.tlsConfig, rbuf: make([]byte, 4096)}
+	return &clientConn{Conn: c, l: l, ip: ip, end: time.Now().Add(l.s.cfg.MaxSessionTime.D()), tlsCfg: l.s.tlsConfig, rbuf: make([]byte, cmdBufSize)}
 }
 
 // errDataTimeout ends DATA/BDAT that ran out of time (min_data_rate,
@@ -169,6 +173,11 @@ func (c *clientConn) Read(b []byte) (int, error) {
 	if c.failed != nil {
 		return 0, c.failed
 	}
+	if len(c.endMarker) > 0 {
+		n := copy(b, c.endMarker)
+		c.endMarker = c.endMarker[n:]
+		return n, nil
+	}
 	if len(c.buf) == 0 {
 		if err := c.rerr; err != nil {
 			c.rerr = nil
@@ -190,9 +199,13 @@ func (c *clientConn) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-// fill reads once from the client into buf, with the deadline the
-// session's limits allow; c.mu is held, and released during the read.
+// fill reads once from the client, appending to buf, with the deadline
+// the session's limits allow; c.mu is held, and released during the read.
+// Bytes still in buf move to the front of rbuf first (only dotReader
+// calls fill with buf not empty: a line start it cannot judge yet).
 func (c *clientConn) fill() {
+	keep := copy(c.rbuf, c.buf)
+	c.buf = c.rbuf[:keep]
 	start := time.Now()
 	dl := c.userDeadline
 	if c.inData {
@@ -209,7 +222,7 @@ func (c *clientConn) fill() {
 	}
 	c.mu.Unlock()
 	_ = c.Conn.SetReadDeadline(dl)
-	n, err := src.Read(c.rbuf)
+	n, err := src.Read(c.rbuf[keep:])
 	c.mu.Lock()
 
 	if c.inData {
@@ -217,8 +230,11 @@ func (c *clientConn) fill() {
 		c.credit += time.Duration(float64(n)/rate*float64(time.Second)) - time.Since(start)
 		c.credit = min(c.credit, c.l.s.cfg.ReadTimeout.D())
 	}
-	c.scanLineEnds(c.rbuf[:n])
-	c.buf = c.rbuf[:n]
+	if c.dot == nil {
+		// dotReader checks message data itself, line by line.
+		c.scanLineEnds(c.rbuf[keep : keep+n])
+	}
+	c.buf = c.rbuf[:keep+n]
 	var ne net.Error
 	if err != nil && errors.As(err, &ne) && ne.Timeout() {
 		// Whatever go-smtp answers now is the session's last reply.
@@ -316,6 +332,9 @@ func (c *clientConn) Write(b []byte) (int, error) {
 	}
 	if bytes.HasPrefix(b, replyEHLO) || bytes.HasPrefix(b, replyHELO) {
 		c.helloAgain = false
+	}
+	if bytes.HasPrefix(b, replyDATA) {
+		c.dataNext = true
 	}
 	c.mu.Unlock()
 	if offerTLS && bytes.HasPrefix(b, replyNoTLS) {
@@ -445,6 +464,7 @@ var (
 	replyEHLOPipelining = []byte("250-PIPELINING\r\n")
 	replyEHLO           = []byte("250-Hello ")
 	replyHELO           = []byte("250 2.0.0 Hello ")
+	replyDATA           = []byte("354 ")
 )
 
 // countReply accounts one reply line; it returns the 421 that ends the
@@ -469,6 +489,10 @@ func (c *clientConn) Close() error {
 	c.close.Do(func() {
 		c.mu.Lock()
 		tc := c.tc
+		// Bytes read ahead are never handed to go-smtp after the close.
+		if c.failed == nil {
+			c.failed = net.ErrClosed
+		}
 		c.mu.Unlock()
 		if tc != nil {
 			// Sends close_notify first (with its own short deadline).

@@ -20,6 +20,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -365,12 +366,25 @@ func (ss *session) Data(r io.Reader) error {
 	if ss.cc != nil {
 		ss.cc.beginData()
 		defer ss.cc.endData()
+		// After DATA (not BDAT) the message is read from the connection
+		// in bulk, checked as go-smtp's reader and lineEndReader did.
+		if d := ss.cc.startDot(); d != nil {
+			r = d
+			defer ss.cc.endDot()
+		}
 	}
 	if !ss.started || len(ss.env.RcptTo) == 0 {
 		_, _ = io.Copy(io.Discard, r)
 		return ss.reject(smtpErr(503, smtp.EnhancedCode{5, 5, 1}, "RCPT first"), "DATA")
 	}
-	br := bufio.NewReaderSize(&lineEndReader{r: r}, 64<<10)
+	if _, ok := r.(*dotReader); !ok {
+		r = &lineEndReader{r: r}
+	}
+	bufs := dataBufs.Get().(*dataBuf)
+	defer dataBufs.Put(bufs)
+	br := bufs.br
+	br.Reset(r)
+	defer br.Reset(nil)
 	header, tooBig, err := readHeader(br, ss.s.cfg.MaxHeaderBytes)
 	if err != nil {
 		return ss.dataFailed(err)
@@ -388,7 +402,7 @@ func (ss *session) Data(r io.Reader) error {
 		_, _ = io.Copy(io.Discard, br)
 		return ss.queueFailed(err)
 	}
-	buf := make([]byte, 64<<10)
+	buf := bufs.buf
 	for {
 		n, rerr := br.Read(buf)
 		if n > 0 {
@@ -448,6 +462,17 @@ func (ss *session) Data(r io.Reader) error {
 	ss.reset()
 	return nil
 }
+
+// dataBuf is the memory one DATA/BDAT transfer reads through, reused
+// across messages (a 64 KiB message would otherwise allocate 128 KiB).
+type dataBuf struct {
+	br  *bufio.Reader
+	buf []byte
+}
+
+var dataBufs = sync.Pool{New: func() any {
+	return &dataBuf{br: bufio.NewReaderSize(nil, 64<<10), buf: make([]byte, 64<<10)}
+}}
 
 // dataFailed answers a DATA/BDAT transfer that could not be read to its
 // end. Only an oversized message keeps the session (go-smtp reads the
