@@ -11,6 +11,8 @@ import (
 	"github.com/ProtonMail/go-crypto/openpgp"
 	"github.com/ProtonMail/go-crypto/openpgp/armor"
 	"github.com/emersion/go-message/textproto"
+
+	"github.com/mixmta/mixmta/sdk"
 )
 
 // obscuredSubject replaces the outer Subject when the real one travels in
@@ -189,7 +191,7 @@ func pgpMIME(s *split, body []byte, keys openpgp.EntityList, protect bool) ([]by
 	// With the CRC-24 footer, although RFC 9580 §6.1 drops it and it costs
 	// a third of the time: GnuPG 2.2 (Debian 12) cannot read an armor
 	// without it whose base64 ends without padding.
-	aw, err := armor.Encode(crlfWriter{&out}, "PGP MESSAGE", nil)
+	aw, err := armor.Encode(sdk.CRLFWriter(&out), "PGP MESSAGE", nil)
 	if err != nil {
 		return nil, err
 	}
@@ -213,22 +215,4 @@ func pgpMIME(s *split, body []byte, keys openpgp.EntityList, protect bool) ([]by
 	}
 	out.WriteString("\r\n--" + boundary + "--\r\n")
 	return out.Bytes(), nil
-}
-
-// crlfWriter writes LF line endings (the armor encoder's) as CRLF.
-type crlfWriter struct{ w *bytes.Buffer }
-
-func (c crlfWriter) Write(p []byte) (int, error) {
-	n := len(p)
-	for len(p) > 0 {
-		i := bytes.IndexByte(p, '\n')
-		if i < 0 {
-			c.w.Write(p)
-			break
-		}
-		c.w.Write(p[:i])
-		c.w.WriteString("\r\n")
-		p = p[i+1:]
-	}
-	return n, nil
 }
