@@ -33,9 +33,22 @@ import (
 // and paging them out would only make those reads go to the disk.
 const trimEvery = 16 << 20
 
+// trimAllEvery is how often the trimmer pages out the value log whatever
+// the byte count says (3 s). Small values are not counted, yet on a mix
+// node they are nearly everything the queue writes (packets, fragments,
+// their items): without this, every packet written since start stays
+// mapped until its value-log file is deleted, 45 to 60 MiB of an idle mix
+// node's RSS (measured on the 5-node loopback mixnet; 22 to 25 MiB with a
+// trim every 10 s). A packet lives in the queue for its hop delay (300 ms
+// on average in the shipped profiles), so most pages are dead when the
+// trim runs, and the few packets still waiting cost one read from the
+// disk each.
+var trimAllEvery = 3 * time.Second
+
 type trimmer struct {
 	dir   string
 	moved atomic.Int64 // bytes since the last trim
+	every time.Duration
 	kick  chan struct{}
 	stop  chan struct{}
 	done  chan struct{}
@@ -46,7 +59,7 @@ func newTrimmer(dir string) *trimmer {
 	if err != nil {
 		abs = dir
 	}
-	t := &trimmer{dir: abs, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
+	t := &trimmer{dir: abs, every: trimAllEvery, kick: make(chan struct{}, 1), stop: make(chan struct{}), done: make(chan struct{})}
 	go t.loop()
 	return t
 }
@@ -65,11 +78,14 @@ func (t *trimmer) loop() {
 	defer close(t.done)
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
+	all := time.NewTicker(t.every)
+	defer all.Stop()
 	for {
 		select {
 		case <-t.stop:
 			return
 		case <-t.kick:
+		case <-all.C:
 		case <-tick.C:
 			if t.moved.Load() == 0 {
 				continue
