@@ -30,7 +30,8 @@ import (
 // BlobReader) between trims (16 MiB); a trim also runs once a second while
 // anything moved. Small values (item records, packets, fragments) do not
 // count: a mix node's packets are read back soon after they are written,
-// and paging them out would only make those reads go to the disk.
+// and paging them out at once would only make those reads go to the disk;
+// the periodic trim (trimAllEvery) pages them out once they are stale.
 const trimEvery = 16 << 20
 
 // trimAllEvery is how often the trimmer pages out the value log whatever
