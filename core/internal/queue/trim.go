@@ -41,9 +41,10 @@ const trimEvery = 16 << 20
 // mapped until its value-log file is deleted, 45 to 60 MiB of an idle mix
 // node's RSS (measured on the 5-node loopback mixnet; 22 to 25 MiB with a
 // trim every 10 s). A packet lives in the queue for its hop delay (300 ms
-// on average in the shipped profiles), so most pages are dead when the
-// trim runs, and the few packets still waiting cost one read from the
-// disk each.
+// on average in local-mixnet.yaml, 30 s in fog.yaml); one paged out
+// before it leaves costs one read from the disk when it is forwarded:
+// at fog's packet rates a few reads a second, against holding every
+// packet of the last value-log file in memory.
 var trimAllEvery = 3 * time.Second
 
 type trimmer struct {
