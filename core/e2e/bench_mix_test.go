@@ -11,7 +11,9 @@ import (
 )
 
 // BenchmarkMixNodeMemory measures the memory of mix nodes, core plus every
-// plugin process (VmRSS from /proc): idle, once a 5-node loopback mixnet
+// plugin process, as the VmRSS sum, the PSS sum and the node-alone figure
+// (nodeMem says how each counts shared pages): idle, once a 5-node
+// loopback mixnet
 // (configs/local-mixnet.yaml: its cover traffic, zero delays, λ_P = 10/s)
 // is healthy, and the peak
 // while 300 messages of 64 KiB (two Sphinx packets each) cross it from
