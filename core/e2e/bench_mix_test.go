@@ -11,7 +11,9 @@ import (
 )
 
 // BenchmarkMixNodeMemory measures the memory of mix nodes, core plus every
-// plugin process (VmRSS from /proc): idle, once a 5-node loopback mixnet
+// plugin process, as the VmRSS sum, the PSS sum and the node-alone figure
+// (nodeMem says how each counts shared pages): idle, once a 5-node
+// loopback mixnet
 // (configs/local-mixnet.yaml: its cover traffic, zero delays, λ_P = 10/s)
 // is healthy, and the peak
 // while 300 messages of 64 KiB (two Sphinx packets each) cross it from
@@ -40,19 +42,19 @@ func BenchmarkMixNodeMemory(b *testing.B) {
 		m.waitHealthy(b)
 		time.Sleep(5 * time.Second) // settle after start-up
 
-		idle := 0
+		var idleRSS, idlePSS, idleAlone int
 		for j, n := range m.nodes {
-			c, p := rssKiB(n.pid())
-			cm := readProcMem(n.pid())
-			fmt.Printf("mix node %d idle: core %d MiB (anonymous %d, file-backed %d: the mapped queue files and binary) + plugins %d MiB = %d MiB\n",
-				j+1, c>>10, cm.anon>>10, cm.file>>10, p>>10, (c+p)>>10)
-			idle = max(idle, c+p)
+			nm := measureNode(n.pid())
+			fmt.Printf("mix node %d idle: VmRSS core %d + plugins %d = %d MiB; PSS %d + %d = %d MiB; alone %d MiB (core: anonymous %d, value log mapped %d; plugins: binaries %d, anonymous %d)\n",
+				j+1, nm.coreRSS>>10, nm.pluginsRSS>>10, nm.rss()>>10, nm.corePSS>>10, nm.pluginsPSS>>10, nm.pss()>>10, nm.alone>>10,
+				nm.coreAnon>>10, nm.coreVlog>>10, nm.pluginBin>>10, nm.pluginAnon>>10)
+			idleRSS, idlePSS, idleAlone = max(idleRSS, nm.rss()), max(idlePSS, nm.pss()), max(idleAlone, nm.alone)
 		}
 
 		stop := make(chan struct{})
-		var peaks []<-chan memPeaks
+		var peaks []<-chan nodeMem
 		for _, n := range m.nodes {
-			peaks = append(peaks, sampleMemory(n.pid(), stop))
+			peaks = append(peaks, nodePeaks(n.pid(), stop))
 		}
 		const msgs, size, sessions = 300, 64 << 10, 20
 		start := time.Now()
@@ -81,16 +83,19 @@ func BenchmarkMixNodeMemory(b *testing.B) {
 		}
 		elapsed := time.Since(start)
 		close(stop)
-		load := 0
+		var loadRSS, loadPSS int
 		for j, ch := range peaks {
 			p := <-ch
-			fmt.Printf("mix node %d under load, peak: core %d MiB (anonymous %d, file-backed %d) + plugins %d MiB, together %d MiB\n",
-				j+1, p.core>>10, p.coreAnon>>10, p.coreFile>>10, p.plugins>>10, p.total>>10)
-			load = max(load, p.total)
+			fmt.Printf("mix node %d under load, peak: VmRSS core %d + plugins %d = %d MiB; PSS %d + %d = %d MiB\n",
+				j+1, p.coreRSS>>10, p.pluginsRSS>>10, p.rss()>>10, p.corePSS>>10, p.pluginsPSS>>10, p.pss()>>10)
+			loadRSS, loadPSS = max(loadRSS, p.rss()), max(loadPSS, p.pss())
 		}
-		fmt.Printf("mix node memory, largest node: idle %d MiB (target <= 100), under load %d MiB (target <= 300); %d x 64 KiB messages through 5 nodes in %.1f s\n",
-			idle>>10, load>>10, msgs, elapsed.Seconds())
-		b.ReportMetric(float64(idle)/1024, "idle-MiB")
-		b.ReportMetric(float64(load)/1024, "load-MiB")
+		fmt.Printf("mix node memory, largest node: idle VmRSS %d MiB, PSS %d MiB, alone %d MiB (target <= 100); under load VmRSS %d MiB, PSS %d MiB (target <= 300); %d x 64 KiB messages through 5 nodes in %.1f s\n",
+			idleRSS>>10, idlePSS>>10, idleAlone>>10, loadRSS>>10, loadPSS>>10, msgs, elapsed.Seconds())
+		b.ReportMetric(float64(idleRSS)/1024, "idle-MiB")
+		b.ReportMetric(float64(idlePSS)/1024, "idle-PSS-MiB")
+		b.ReportMetric(float64(idleAlone)/1024, "idle-alone-MiB")
+		b.ReportMetric(float64(loadRSS)/1024, "load-MiB")
+		b.ReportMetric(float64(loadPSS)/1024, "load-PSS-MiB")
 	}
 }

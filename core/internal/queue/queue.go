@@ -186,9 +186,12 @@ type Options struct {
 // Open opens (or creates, mode 0700) the queue database in dir. Only one
 // process may open a queue; a second Open fails with badger's lock error.
 // badger is tuned for a small footprint (measured: 26 MiB RSS after 8,000
-// 32 KiB writes, against 542 MiB with the defaults): 8 MiB
-// memtables, values above 1 KiB in the value log, 64 MiB value-log files,
-// no compression, small caches. Writes are not synced individually: Accept
+// 32 KiB writes, against 542 MiB with the defaults): 4 MiB memtables (a
+// memtable's arena, 5.3 MiB with its batch headroom, is the largest live
+// object of an idle core; what is in it is keys, item records and value
+// pointers, so a mix node flushes one every few thousand packets), values
+// above 1 KiB in the value log, 64 MiB value-log files, no compression,
+// small caches. Writes are not synced individually: Accept
 // syncs through group commit; later state changes survive a process crash
 // (kill -9) through the OS page cache and are synced with the next group.
 func Open(dir string, o Options) (*Queue, error) {
@@ -205,7 +208,7 @@ func Open(dir string, o Options) (*Queue, error) {
 	opts := badger.DefaultOptions(dir).
 		WithLogger(badgerLogger{log.Named("badger")}).
 		WithSyncWrites(false).
-		WithMemTableSize(8 << 20).
+		WithMemTableSize(4 << 20).
 		WithNumMemtables(2).
 		WithValueThreshold(1 << 10).
 		WithValueLogFileSize(64 << 20).
