@@ -85,6 +85,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 	var auths []directory.Authority
 	var cons *consensusSource
 	if m.Directory != nil {
+		ks.DropBeyondAhead()
 		if auths, err = authorities(m.Directory); err != nil {
 			return err
 		}

@@ -66,6 +66,8 @@ type KeyStore struct {
 	grace  time.Duration
 	// ahead is how many epochs after the current one have keys (>= 1).
 	ahead uint64
+	// dropBeyond: Ensure also wipes keys of epochs after current+ahead.
+	dropBeyond bool
 
 	mu   sync.RWMutex
 	keys map[uint64]*ownKey
@@ -136,6 +138,18 @@ func (s *KeyStore) SetAhead(n int) {
 	s.mu.Unlock()
 }
 
+// DropBeyondAhead makes Ensure also wipe and delete the keys of epochs
+// after the current one + ahead (reported in Changes.Deleted): for a node
+// that publishes its descriptor to directory authorities every epoch, so
+// that no descriptor handed around earlier still names such a key, and
+// keys a larger keys_ahead created before (with a nodes file) do not stay
+// on disk as private keys for future traffic.
+func (s *KeyStore) DropBeyondAhead() {
+	s.mu.Lock()
+	s.dropBeyond = true
+	s.mu.Unlock()
+}
+
 // Dir is the key directory.
 func (s *KeyStore) Dir() string { return s.dir }
 
@@ -150,7 +164,8 @@ func (s *KeyStore) Grace() time.Duration { return s.grace }
 
 // Ensure brings the directory to its state at now, idempotently: it wipes
 // and deletes every mix key file whose validity has ended (not_after <=
-// now) and any temporary file left by a crash, then creates the keys of the
+// now), after DropBeyondAhead those of epochs after the current + ahead,
+// and any temporary file left by a crash, then creates the keys of the
 // current and the next epoch if they are missing. It reloads the keys from
 // the directory, so keys created by another process are picked up. Errors:
 // a key file that does not parse or is open to group or others (nothing is
@@ -180,8 +195,9 @@ func (s *KeyStore) Ensure(now time.Time) (Changes, error) {
 			}
 		}
 	}
+	cur := Epoch(now, s.length)
 	for e, k := range keys {
-		if now.Before(k.notAfter) {
+		if now.Before(k.notAfter) && !(s.dropBeyond && e > cur+s.ahead) {
 			continue
 		}
 		if err := wipe(filepath.Join(s.dir, mixKeyName(e))); err != nil {
@@ -195,7 +211,6 @@ func (s *KeyStore) Ensure(now time.Time) (Changes, error) {
 			return ch, err
 		}
 	}
-	cur := Epoch(now, s.length)
 	for e := cur; e <= cur+s.ahead; e++ {
 		if keys[e] != nil {
 			continue

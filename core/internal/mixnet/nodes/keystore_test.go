@@ -393,3 +393,41 @@ func TestSetAheadCreatesAndPublishesFutureEpochKeys(t *testing.T) {
 		t.Fatalf("mixer keys %v, want only the current and next epoch", k)
 	}
 }
+
+// A node that moves to a directory keeps no key further ahead than the
+// directory needs: the keys a larger keys_ahead made before are wiped by
+// the next Ensure; without DropBeyondAhead (a nodes file, whose
+// descriptors handed around may still name them) they stay.
+func TestDropBeyondAheadWipesKeysOfLaterEpochs(t *testing.T) {
+	now := time.Unix(1_000_000, 0)
+	cur := Epoch(now, 10*time.Second)
+	for _, drop := range []bool{false, true} {
+		dir := t.TempDir()
+		ks, err := Open(dir, 10*time.Second, 2*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ks.SetAhead(24)
+		if _, err := ks.Ensure(now); err != nil {
+			t.Fatal(err)
+		}
+		ks.SetAhead(2)
+		if drop {
+			ks.DropBeyondAhead()
+		}
+		ch, err := ks.Ensure(now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		files, _ := filepath.Glob(filepath.Join(dir, "mix-*.key"))
+		switch {
+		case drop && (len(files) != 3 || len(ch.Deleted) != 22 || ch.Deleted[0] != cur+3):
+			t.Fatalf("dropping: %d key files left, deleted %v; want 3 (epochs %d..%d), 22 deleted", len(files), ch.Deleted, cur, cur+2)
+		case !drop && (len(files) != 25 || len(ch.Deleted) != 0):
+			t.Fatalf("not dropping: %d key files left, deleted %v; want all 25 kept", len(files), ch.Deleted)
+		}
+		if pub := ks.Published(now); drop && (len(pub) != 3 || pub[2].Epoch != cur+2) {
+			t.Fatalf("published %d keys after dropping, want epochs %d..%d", len(pub), cur, cur+2)
+		}
+	}
+}
