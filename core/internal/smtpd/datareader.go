@@ -123,6 +123,12 @@ func (c *clientConn) endDot() {
 	c.mu.Lock()
 	c.dot = nil
 	c.endMarker = []byte(".\r\n")
+	if !d.done {
+		// The rest of the message is still unread (a line too long or a
+		// read error while draining): the reply is the session's last,
+		// or go-smtp would read that rest as commands.
+		c.closeAfter = true
+	}
 	// Back to a command-sized buffer, unless the client pipelined more
 	// than that after the message. Only this goroutine reads, so no fill
 	// is using the large buffer now.
