@@ -111,7 +111,9 @@ func (c *clientConn) startDot() *dotReader {
 // endDot finishes the message data before go-smtp sees the connection
 // again: it reads on to the end marker when the session goes on, and
 // then has go-smtp's own DATA reader (which go-smtp drains after
-// Session.Data returns) read just an end marker. c.mu is not held.
+// Session.Data returns) read just an end marker. When the end marker
+// cannot be reached (a line too long, a read error), the reply to the
+// message is the session's last. c.mu is not held.
 func (c *clientConn) endDot() {
 	c.mu.Lock()
 	d := c.dot
@@ -123,6 +125,12 @@ func (c *clientConn) endDot() {
 	c.mu.Lock()
 	c.dot = nil
 	c.endMarker = []byte(".\r\n")
+	if !d.done {
+		// The rest of the message is still unread (a line too long or a
+		// read error while draining): the reply is the session's last,
+		// or go-smtp would read that rest as commands.
+		c.closeAfter = true
+	}
 	// Back to a command-sized buffer, unless the client pipelined more
 	// than that after the message. Only this goroutine reads, so no fill
 	// is using the large buffer now.

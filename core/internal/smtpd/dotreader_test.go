@@ -321,3 +321,48 @@ func TestDataSizeAndLineLimits(t *testing.T) {
 		})
 	}
 }
+
+// TestLongLineWhileDrainingEndsSession: after a message was refused
+// while the client still sends it (it grew past max_message_bytes, or its
+// header past max_header_bytes) the rest of it is read to its end marker;
+// a line longer than max_line_length in that rest (its end arriving in a
+// later read) ends the session, as go-smtp's sticky line limit did,
+// instead of leaving the rest of the message to be read as commands (a
+// smuggled transaction).
+func TestLongLineWhileDrainingEndsSession(t *testing.T) {
+	s, sink := startServer(t, withTLS(t, testListener(func(l *config.Listener) {
+		l.MaxMessageBytes = 4000
+		l.MaxHeaderBytes = 2000
+		l.MaxLineLength = 1000
+	})))
+	line := strings.Repeat("x", 98) + "\r\n"
+	refused := map[string]string{
+		"message too big": "Subject: big\r\n\r\n" + strings.Repeat(line, 50),
+		"header too big":  "Subject: big\r\n" + strings.Repeat("X-"+line, 30) + "\r\n",
+	}
+	for _, mode := range modes {
+		for name, start := range refused {
+			t.Run(mode+"/"+name, func(t *testing.T) {
+				sink.reset()
+				c := open(t, s, mode)
+				c.expect("MAIL FROM:<a@example.org>", "250")
+				c.expect("RCPT TO:<b@example.net>", "250")
+				c.expect("DATA", "354")
+				fmt.Fprint(c.c, start+strings.Repeat("x", 990))
+				// The server reads the first part of the long line alone.
+				time.Sleep(300 * time.Millisecond)
+				fmt.Fprint(c.c, "yyyyyyyyyyyyy\r\nMAIL FROM:<smuggled@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n")
+				got, _ := c.reply()
+				if !strings.HasPrefix(got, "552") && !strings.HasPrefix(got, "500") {
+					t.Fatalf("reply to the end of data %q, want 552 or 500", got)
+				}
+				if !c.closed(5 * time.Second) {
+					t.Error("session still open after a line too long")
+				}
+				if m := sink.all(); len(m) != 0 {
+					t.Fatalf("stored %d messages, want none: %q", len(m), m[0].header)
+				}
+			})
+		}
+	}
+}
