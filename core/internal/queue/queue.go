@@ -186,10 +186,13 @@ type Options struct {
 // Open opens (or creates, mode 0700) the queue database in dir. Only one
 // process may open a queue; a second Open fails with badger's lock error.
 // badger is tuned for a small footprint (measured: 26 MiB RSS after 8,000
-// 32 KiB writes, against 542 MiB with the defaults): 4 MiB memtables (a
-// memtable's arena, 5.3 MiB with its batch headroom, is the largest live
-// object of an idle core; what is in it is keys, item records and value
-// pointers, so a mix node flushes one every few thousand packets), values
+// 32 KiB writes, against 542 MiB with the defaults): 8 MiB memtables (a
+// memtable's arena is the largest live object of an idle core; what is in
+// it is keys, item records and value pointers, so a mix node flushes one
+// every few thousand packets; a transaction may hold 15 % of a memtable,
+// and Split writes all the packets of a message in one: about 1,400
+// children at 8 MiB, 1,025 at 4 MiB, where a 32 MiB message in 32 KiB
+// packets needs 1,067 to 1,237), values
 // above 1 KiB in the value log, 64 MiB value-log files, no compression,
 // small caches. Writes are not synced individually: Accept
 // syncs through group commit; later state changes survive a process crash
@@ -208,7 +211,7 @@ func Open(dir string, o Options) (*Queue, error) {
 	opts := badger.DefaultOptions(dir).
 		WithLogger(badgerLogger{log.Named("badger")}).
 		WithSyncWrites(false).
-		WithMemTableSize(4 << 20).
+		WithMemTableSize(8 << 20).
 		WithNumMemtables(2).
 		WithValueThreshold(1 << 10).
 		WithValueLogFileSize(64 << 20).

@@ -269,3 +269,29 @@ func TestHandoverMovesContentWithoutCopy(t *testing.T) {
 		t.Errorf("content after the new item's delete: %v, want ErrNotFound", err)
 	}
 }
+
+// A message of the largest size in the smallest documented packets (32
+// MiB in 32 KiB X-Wing packets: 1,237 of them) is split into its packets in
+// one transaction: it fits the transaction limit badger derives from the
+// memtable size (it did not with 4 MiB memtables: ErrTxnTooBig, and the
+// accepted message was never delivered).
+func TestSplitIntoAMessagesMostPacketsFitsOneTransaction(t *testing.T) {
+	q := open(t, t.TempDir())
+	defer q.Close()
+	it, err := q.Accept(sdk.Envelope{RcptTo: []string{"a@x"}}, []byte("H: 1\r\n\r\n"), []byte("body"), time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	packet := bytes.Repeat([]byte{0x5a}, 32<<10)
+	kids := make([]Child, 1240)
+	for i := range kids {
+		kids[i] = Child{Kind: KindPacketOut, Stage: 2, Content: packet}
+	}
+	out, err := q.Split(it, kids)
+	if err != nil {
+		t.Fatalf("split into %d packets: %v", len(kids), err)
+	}
+	if len(out) != len(kids) {
+		t.Fatalf("%d children, want %d", len(out), len(kids))
+	}
+}
