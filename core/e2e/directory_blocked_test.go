@@ -70,18 +70,30 @@ func newNetns(t *testing.T) *netns {
 }
 
 // inside runs f on an OS thread moved into the namespace: sockets f makes
-// belong to it for their whole life. The thread is never unlocked, so it
-// ends with the goroutine instead of going back to the scheduler in the
-// wrong namespace.
+// belong to it for their whole life. The thread goes back to the test's
+// namespace before it is unlocked; if it cannot, it stays locked and ends
+// with the goroutine (or, on the main thread, is parked for good: then
+// /proc/self/net of this process would show the node's namespace, which
+// is why readers of it use /proc/thread-self/net).
 func (ns *netns) inside(f func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
+		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
+		if err != nil {
+			errc <- fmt.Errorf("open own netns: %w", err)
+			return
+		}
+		defer unix.Close(home)
 		if err := unix.Setns(ns.fd, unix.CLONE_NEWNET); err != nil {
 			errc <- fmt.Errorf("setns: %w", err)
 			return
 		}
-		errc <- f()
+		err = f()
+		if unix.Setns(home, unix.CLONE_NEWNET) == nil {
+			runtime.UnlockOSThread()
+		}
+		errc <- err
 	}()
 	return <-errc
 }

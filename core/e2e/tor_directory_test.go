@@ -22,7 +22,7 @@ import (
 // (/proc/PID/comm) of the local process holding it; inodes in known are
 // skipped (already attributed). Linux /proc, as peers.ConnOwner.
 func portClients(port int, known map[string]string) (map[string]string, error) {
-	f, err := os.Open("/proc/net/tcp")
+	f, err := os.Open("/proc/thread-self/net/tcp")
 	if err != nil {
 		return nil, err
 	}

@@ -14,7 +14,9 @@ import (
 // that owns the client end of c, a connection a test server accepted from
 // a client on this host: e.g. "tor" for a stream that left a Tor exit,
 // "mixmta" for a connection that bypassed Tor. Call it while c is open.
-// It reads /proc/net/tcp and /proc/*/fd (Linux; the test runs as root).
+// It reads /proc/thread-self/net/tcp (this thread's network namespace,
+// not the main thread's, which a test may have moved) and /proc/*/fd
+// (Linux; the test runs as root).
 func ConnOwner(c net.Conn) (string, int, error) {
 	client, ok := c.RemoteAddr().(*net.TCPAddr)
 	if !ok || client.IP.To4() == nil {
@@ -22,7 +24,7 @@ func ConnOwner(c net.Conn) (string, int, error) {
 	}
 	ip := client.IP.To4()
 	want := fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], client.Port)
-	f, err := os.Open("/proc/net/tcp")
+	f, err := os.Open("/proc/thread-self/net/tcp")
 	if err != nil {
 		return "", 0, err
 	}
@@ -37,7 +39,7 @@ func ConnOwner(c net.Conn) (string, int, error) {
 		}
 	}
 	if inode == "" || inode == "0" {
-		return "", 0, fmt.Errorf("peers: ConnOwner: no socket %s in /proc/net/tcp", want)
+		return "", 0, fmt.Errorf("peers: ConnOwner: no socket %s in /proc/thread-self/net/tcp", want)
 	}
 	target := "socket:[" + inode + "]"
 	pids, _ := filepath.Glob("/proc/[0-9]*")
