@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mixmta/mixmta/core/internal/config"
 	"github.com/mixmta/mixmta/core/internal/directory"
 	"github.com/mixmta/mixmta/core/internal/mixnet/nodes"
 	"github.com/mixmta/mixmta/internal/peers"
@@ -43,49 +42,22 @@ func newDirNetWith(t *testing.T, n, auths int, relayHost string, epoch time.Dura
 	t.Helper()
 	dir := t.TempDir()
 	smtpPort, mixPort, dirPort := freeRange(t, n), freeRange(t, n), freeRange(t, auths)
-	prof := map[string]any{
-		"plugin_dir":              binDir,
-		"log.stats_interval":      "1s",
-		"pipeline.deliver.plugin": "onionmx",
-		"pipeline.deliver.config": map[string]any{"relay_host": relayHost, "tls": "none"},
-		"pipeline.delay.config":   map[string]any{"mean": "50ms", "max": "500ms"},
-		"mix.hop_delay.config":    map[string]any{"mean": "50ms", "max": "500ms"},
-		"mix.probe_interval":      "1s",
-		"mix.epoch":               fmt.Sprintf("%ds", int(epoch/time.Second)),
-		"mix.grace":               "10s", // packets outlive most of a short epoch on a loaded machine
-	}
+	settings := mixnetSettings(relayHost, map[string]any{
+		"mix.epoch": fmt.Sprintf("%ds", int(epoch/time.Second)),
+		"mix.grace": "10s", // packets outlive most of a short epoch on a loaded machine
+	})
 	for k, v := range extra {
-		prof[k] = v
+		settings[k] = v
 	}
-	text, err := os.ReadFile(filepath.Join(repoRoot, "configs/local-mixnet.yaml"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	out, err := config.Patch(text, prof)
-	if err != nil {
-		t.Fatal(err)
-	}
-	profPath := filepath.Join(dir, "profile.yaml")
-	os.WriteFile(profPath, out, 0o600)
-	cmd := mixmtaCommand(t, "mixnet", "init", "--dir", dir, "--profile", profPath,
+	cfgs := initMixnet(t, dir, "configs/local-mixnet.yaml", settings,
 		"--nodes", strconv.Itoa(n), "--smtp-port", strconv.Itoa(smtpPort), "--mix-port", strconv.Itoa(mixPort),
 		"--authorities", strconv.Itoa(auths), "--dir-port", strconv.Itoa(dirPort))
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("mixnet init: %v\n%s", err, b)
-	}
 	if _, err := os.Stat(filepath.Join(dir, "nodes.json")); err == nil {
 		t.Fatal("mixnet init with authorities wrote a nodes file")
 	}
-	d := &dirNet{dir: dir}
-	for i := 1; i <= n; i++ {
-		cfg := filepath.Join(dir, fmt.Sprintf("node%d", i), "mixmta.yaml")
-		b, _ := os.ReadFile(cfg)
-		if b, err = config.Patch(b, map[string]any{"mix.frame_log": filepath.Join(filepath.Dir(cfg), "frames.log")}); err != nil {
-			t.Fatal(err)
-		}
-		os.WriteFile(cfg, b, 0o600)
-		d.cfgs = append(d.cfgs, cfg)
-		d.smtp = append(d.smtp, fmt.Sprintf("127.0.0.1:%d", smtpPort+i-1))
+	d := &dirNet{dir: dir, cfgs: cfgs}
+	for i := range cfgs {
+		d.smtp = append(d.smtp, fmt.Sprintf("127.0.0.1:%d", smtpPort+i))
 		d.nodes = append(d.nodes, nil)
 	}
 	return d

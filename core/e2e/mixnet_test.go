@@ -41,6 +41,21 @@ func startProfileMixnet(t testing.TB, profileName string, n int, relayHost strin
 	t.Helper()
 	dir := t.TempDir()
 	smtpPort, mixPort := freeRange(t, n), freeRange(t, n)
+	cfgs := initMixnet(t, dir, profileName, mixnetSettings(relayHost, patches),
+		"--nodes", strconv.Itoa(n), "--smtp-port", strconv.Itoa(smtpPort), "--mix-port", strconv.Itoa(mixPort))
+	m := &mixnet{dir: dir}
+	for i, cfg := range cfgs {
+		addr := fmt.Sprintf("127.0.0.1:%d", smtpPort+i)
+		m.smtp = append(m.smtp, addr)
+		m.nodes = append(m.nodes, startNode(t, cfg, filepath.Join(filepath.Dir(cfg), "data"), addr))
+	}
+	return m
+}
+
+// mixnetSettings are the profile settings of the test mixnets: plugins
+// from the test build, delivery by onionmx to relayHost, short delays and
+// probes; patches are added over them.
+func mixnetSettings(relayHost string, patches map[string]any) map[string]any {
 	all := map[string]any{
 		"plugin_dir":              binDir,
 		"log.stats_interval":      "1s",
@@ -53,36 +68,50 @@ func startProfileMixnet(t testing.TB, profileName string, n int, relayHost strin
 	for k, v := range patches {
 		all[k] = v
 	}
+	return all
+}
+
+// initMixnet patches the profile profileName (relative to the repository
+// root) with settings, runs `mixmta mixnet init --dir dir` with it and
+// args, and returns the nodes' config paths, each node logging its frames
+// to frames.log beside its config.
+func initMixnet(t testing.TB, dir, profileName string, settings map[string]any, args ...string) []string {
+	t.Helper()
 	profile, err := os.ReadFile(filepath.Join(repoRoot, profileName))
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := config.Patch(profile, all)
+	out, err := config.Patch(profile, settings)
 	if err != nil {
 		t.Fatal(err)
 	}
 	prof := filepath.Join(dir, "profile.yaml")
-	os.WriteFile(prof, out, 0o600)
-	cmd := mixmtaCommand(t, "mixnet", "init", "--dir", dir, "--profile", prof,
-		"--nodes", strconv.Itoa(n), "--smtp-port", strconv.Itoa(smtpPort), "--mix-port", strconv.Itoa(mixPort))
+	if err := os.WriteFile(prof, out, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	cmd := mixmtaCommand(t, append([]string{"mixnet", "init", "--dir", dir, "--profile", prof}, args...)...)
 	if b, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("mixnet init: %v\n%s", err, b)
 	}
-	m := &mixnet{dir: dir}
-	for i := 1; i <= n; i++ {
+	var cfgs []string
+	for i := 1; ; i++ {
 		cfg := filepath.Join(dir, fmt.Sprintf("node%d", i), "mixmta.yaml")
-		// each node logs its frames
-		b, _ := os.ReadFile(cfg)
-		b, err = config.Patch(b, map[string]any{"mix.frame_log": filepath.Join(filepath.Dir(cfg), "frames.log")})
+		b, err := os.ReadFile(cfg)
 		if err != nil {
+			break
+		}
+		if b, err = config.Patch(b, map[string]any{"mix.frame_log": filepath.Join(filepath.Dir(cfg), "frames.log")}); err != nil {
 			t.Fatal(err)
 		}
-		os.WriteFile(cfg, b, 0o600)
-		addr := fmt.Sprintf("127.0.0.1:%d", smtpPort+i-1)
-		m.smtp = append(m.smtp, addr)
-		m.nodes = append(m.nodes, startNode(t, cfg, filepath.Join(filepath.Dir(cfg), "data"), addr))
+		if err := os.WriteFile(cfg, b, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfgs = append(cfgs, cfg)
 	}
-	return m
+	if len(cfgs) == 0 {
+		t.Fatalf("mixnet init made no node in %s", dir)
+	}
+	return cfgs
 }
 
 // freeRange returns the first of n consecutive free ports on 127.0.0.1

@@ -149,10 +149,17 @@ func (a *Server) Run(ctx context.Context) {
 	a.bootAt = time.Now()
 	a.bootEpoch = nodes.Epoch(a.bootAt, a.cfg.Epoch)
 	go a.probeLoop(ctx)
-	tick := time.NewTicker(min(a.cfg.Epoch/32, time.Second))
+	onTicks(ctx, a.cfg.Epoch, func(now time.Time) { a.step(ctx, now) })
+}
+
+// onTicks calls step at once and then every 1/32 of an epoch (at most a
+// second apart) until ctx ends: the schedule authorities and nodes check
+// what is due in the epoch on.
+func onTicks(ctx context.Context, epoch time.Duration, step func(now time.Time)) {
+	tick := time.NewTicker(min(epoch/32, time.Second))
 	defer tick.Stop()
 	for {
-		a.step(ctx, time.Now())
+		step(time.Now())
 		select {
 		case <-ctx.Done():
 			return

@@ -162,16 +162,7 @@ func (c *Client) install(v *Verified, now time.Time, save bool) {
 
 // Run uploads and fetches on the epoch schedule until ctx ends.
 func (c *Client) Run(ctx context.Context) {
-	t := time.NewTicker(min(c.cfg.Epoch/32, time.Second))
-	defer t.Stop()
-	for {
-		c.step(ctx, time.Now())
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
+	onTicks(ctx, c.cfg.Epoch, func(now time.Time) { c.step(ctx, now) })
 }
 
 func (c *Client) step(ctx context.Context, now time.Time) {

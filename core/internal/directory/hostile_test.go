@@ -194,24 +194,7 @@ func TestEquivocatedConsensusDoesNotSplitTheNodes(t *testing.T) {
 	ta, as := testAuthorities(t, 3)
 	a, b := testNode(t, "a", now), testNode(t, "b", now)
 	e := nodes.Epoch(now, testEpoch)
-	tally := func(views [][]*nodes.Descriptor, signers ...int) *Consensus {
-		var votes []*Vote
-		for i, v := range views {
-			vt := &Vote{Version: Version, Epoch: e, Params: testParams, Nodes: v}
-			vt.Sign(ta[i].key)
-			votes = append(votes, vt)
-		}
-		c, err := Tally(e, 3, votes)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, s := range signers {
-			c.Sign(ta[s].key)
-		}
-		return c
-	}
-	one := tally([][]*nodes.Descriptor{{a, b}, {a}, {b}}, 0, 2) // auth1 saw auth3's vote
-	two := tally([][]*nodes.Descriptor{{a, b}, {a}}, 1, 2)      // auth2 did not
+	one, two := equivocation(t, ta, e, a, b)
 	d1, _ := one.Digest()
 	d2, _ := two.Digest()
 	if d1 == d2 {
@@ -397,21 +380,7 @@ func TestAuthorityServesTheSameDocumentAsItsPeersAfterEquivocation(t *testing.T)
 	ta, as := testAuthorities(t, 3)
 	a, b := testNode(t, "a", now), testNode(t, "b", now)
 	e := nodes.Epoch(now, testEpoch)
-	tally := func(views [][]*nodes.Descriptor, signers ...int) *Consensus {
-		var votes []*Vote
-		for i, v := range views {
-			vt := &Vote{Version: Version, Epoch: e, Params: testParams, Nodes: v}
-			vt.Sign(ta[i].key)
-			votes = append(votes, vt)
-		}
-		c, _ := Tally(e, 3, votes)
-		for _, s := range signers {
-			c.Sign(ta[s].key)
-		}
-		return c
-	}
-	one := tally([][]*nodes.Descriptor{{a, b}, {a}, {b}}, 0, 2)
-	two := tally([][]*nodes.Descriptor{{a, b}, {a}}, 1, 2)
+	one, two := equivocation(t, ta, e, a, b)
 	d1, _ := one.Digest()
 	d2, _ := two.Digest()
 	// auth1 holds the document with the greater digest, its peer auth2
@@ -449,4 +418,30 @@ func TestAuthorityServesTheSameDocumentAsItsPeersAfterEquivocation(t *testing.T)
 			t.Fatal("auth1 signed its peer's document too: it would equivocate itself")
 		}
 	}
+}
+
+// equivocation returns the two documents for epoch e that auth3 (ta[2])
+// makes by giving its vote (for node b) to auth1 and withholding it from
+// auth2, then signing both tallies: one signed by auth1 and auth3 (it
+// lists a and b), the other by auth2 and auth3 (a only); each is signed
+// by a majority of the three.
+func equivocation(t *testing.T, ta []testAuth, e uint64, a, b *nodes.Descriptor) (one, two *Consensus) {
+	t.Helper()
+	tally := func(views [][]*nodes.Descriptor, signers ...int) *Consensus {
+		var votes []*Vote
+		for i, v := range views {
+			vt := &Vote{Version: Version, Epoch: e, Params: testParams, Nodes: v}
+			vt.Sign(ta[i].key)
+			votes = append(votes, vt)
+		}
+		c, err := Tally(e, 3, votes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range signers {
+			c.Sign(ta[s].key)
+		}
+		return c
+	}
+	return tally([][]*nodes.Descriptor{{a, b}, {a}, {b}}, 0, 2), tally([][]*nodes.Descriptor{{a, b}, {a}}, 1, 2)
 }
