@@ -33,7 +33,9 @@ func ConnOwner(c net.Conn) (string, int, error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fs := strings.Fields(sc.Text())
-		if len(fs) > 9 && fs[1] == want {
+		// A closed connection that used the same port (TIME_WAIT) may
+		// still be listed, with inode 0: skip it.
+		if len(fs) > 9 && fs[1] == want && fs[9] != "0" {
 			inode = fs[9]
 			break
 		}
