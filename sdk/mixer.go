@@ -169,7 +169,11 @@ type Mixer interface {
 	// after Configure, after a restart of the plugin, at every epoch change
 	// and when health changes.
 	SetMixState(ctx context.Context, s MixState) error
-	// Mix unwraps one packet with this node's keys.
+	// Mix unwraps one packet with this node's keys. packet is read-only
+	// (it may be the core's shared memory, mapped read-only: a write
+	// faults) and valid until Mix returns: the result must not refer to
+	// it. The core calls Mix from many goroutines at once (it batches
+	// concurrent calls into one round trip).
 	Mix(ctx context.Context, packet []byte) (*MixResult, error)
 	// Cover builds one cover packet of kind k, indistinguishable on the
 	// wire from a real one.

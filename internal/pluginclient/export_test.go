@@ -4,12 +4,7 @@ import "github.com/mixmta/mixmta/internal/wire"
 
 // Batched reports how many calls and batches c sent on its Calls stream
 // (0, 0 when it has none).
-func Batched(c *Client) (calls, batches int64) {
-	if c.calls == nil {
-		return 0, 0
-	}
-	return c.calls.callsSent.Load(), c.calls.batchesSent.Load()
-}
+func Batched(c *Client) (calls, batches int64) { return c.Batched() }
 
 // UsesRegion reports whether c sends bodies through a body region.
 func UsesRegion(c *Client) bool { return c.region != nil }
