@@ -230,17 +230,22 @@ func (s *stageServer[C]) run(ctx context.Context, c *pb.Call) *pb.Reply {
 }
 
 // runMix performs a Mix call. The mixer reads the packet where it is (the
-// body region is read-only: see Mixer.Mix); a forward packet or exit
-// fragment that fits is written to the reply region slot of the call's
-// body slot, so that it does not cross gRPC either.
+// body region is read-only: see Mixer.Mix), or a MixerInPlace unwraps a
+// copy in the call's reply region slot; a forward packet or exit fragment
+// that fits is written to (or already is in) that slot, so that it does
+// not cross gRPC either.
 func (s *stageServer[C]) runMix(ctx context.Context, c *pb.Call) *pb.Reply {
 	mx, err := stageAs[Mixer](s, KindMixer)
 	packet := c.GetBody()
 	if err == nil && c.GetBodySlot() != 0 {
 		packet, err = regionBody(c.GetBodySlot(), c.GetMeta().GetBodyLen())
 	}
+	dst := replySlot(c.GetBodySlot())
 	var res *MixResult
-	if err == nil {
+	if ip, ok := mx.(MixerInPlace); err == nil && ok && dst != nil && len(packet) <= len(dst) {
+		n := copy(dst, packet)
+		res, err = ip.MixInPlace(ctx, dst[:n:n])
+	} else if err == nil {
 		res, err = mx.Mix(ctx, packet)
 	}
 	if err != nil {
@@ -264,8 +269,11 @@ func (s *stageServer[C]) runMix(ctx context.Context, c *pb.Call) *pb.Reply {
 		out.Packet, data = res.Packet, &out.Packet
 	}
 	r := &pb.Reply{Status: &pb.Status{}, Mix: out}
-	if dst := replySlot(c.GetBodySlot()); dst != nil && len(*data) > 0 && len(*data) <= len(dst) {
-		r.DataSlot, r.DataLen = c.GetBodySlot(), int64(copy(dst, *data))
+	if d := *data; dst != nil && len(d) > 0 && len(d) <= len(dst) {
+		if &d[0] != &dst[0] { // unwrapped in place: already there
+			copy(dst, d)
+		}
+		r.DataSlot, r.DataLen = c.GetBodySlot(), int64(len(d))
 		*data = nil
 	}
 	return r

@@ -138,6 +138,17 @@ type MixResult struct {
 	LoopID [16]byte
 }
 
+// MixerInPlace is what a Mixer may also implement to unwrap without a copy
+// of its own: over the plugin protocol MixInPlace is called instead of Mix
+// with a writable copy of the packet, in the memory the host reads the
+// reply from, and it may overwrite it: a result whose Packet (or
+// Fragment.Data) is in packet is handed back without another copy. It
+// must give the results Mix gives for the same bytes; packet is valid
+// until it returns.
+type MixerInPlace interface {
+	MixInPlace(ctx context.Context, packet []byte) (*MixResult, error)
+}
+
 // CoverKind selects a cover packet.
 type CoverKind int
 
