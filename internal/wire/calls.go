@@ -4,11 +4,11 @@ package wire
 // per plugin carries every Check, Transform, Route, Delay and Deliver call
 // whose message fits InlineMax, and every Mix call (a mix node's unwrap of
 // one packet: the packet in the body region, a large result in the reply
-// region). Setting up a gRPC stream per call costs
-// more than the call itself (a stream's HEADERS, its flow-control window,
-// two goroutine hand-offs on each side); on one long-lived stream a call is
-// one entry in a batch, and under load one round trip carries as many
-// calls as are pending.
+// region). Setting up a gRPC stream per call costs more than the call
+// itself (a stream's HEADERS, its flow-control window, two goroutine
+// hand-offs on each side); on one long-lived stream a call is one entry in
+// a batch, and under load one round trip carries as many calls as are
+// pending.
 
 // Call operations (pb.Call.op).
 const (
