@@ -108,7 +108,7 @@ func replySize(r *pb.Reply) int {
 	for _, rt := range r.GetRoutes() {
 		n += len(rt.GetBody())
 	}
-	return n
+	return n + len(r.GetMix().GetPacket()) + len(r.GetMix().GetFragmentData())
 }
 
 // inlineMessage is the stage's view of a batched call's message, its body
@@ -223,8 +223,60 @@ func (s *stageServer[C]) run(ctx context.Context, c *pb.Call) *pb.Reply {
 			r.Results = append(r.Results, &pb.RcptResult{Rcpt: x.Rcpt, Status: statusToPB(x.Err), Relay: x.Relay})
 		}
 		return r
+	case wire.OpMix:
+		return s.runMix(ctx, c)
 	}
 	return &pb.Reply{Status: statusToPB(Permanent(554, "3.5", "unknown call op %d", c.GetOp()))}
+}
+
+// runMix performs a Mix call. The mixer reads the packet where it is (the
+// body region is read-only: see Mixer.Mix), or a MixerInPlace unwraps a
+// copy in the call's reply region slot; a forward packet or exit fragment
+// that fits is written to (or already is in) that slot, so that it does
+// not cross gRPC either.
+func (s *stageServer[C]) runMix(ctx context.Context, c *pb.Call) *pb.Reply {
+	mx, err := stageAs[Mixer](s, KindMixer)
+	packet := c.GetBody()
+	if err == nil && c.GetBodySlot() != 0 {
+		packet, err = regionBody(c.GetBodySlot(), c.GetMeta().GetBodyLen())
+	}
+	dst := replySlot(c.GetBodySlot())
+	var res *MixResult
+	if ip, ok := mx.(MixerInPlace); err == nil && ok && dst != nil && len(packet) <= len(dst) {
+		n := copy(dst, packet)
+		res, err = ip.MixInPlace(ctx, dst[:n:n])
+	} else if err == nil {
+		res, err = mx.Mix(ctx, packet)
+	}
+	if err != nil {
+		return &pb.Reply{Status: statusToPB(err)}
+	}
+	out := &pb.MixReply{Action: int32(res.Action), ReplayTag: res.ReplayTag[:], Epoch: res.Epoch}
+	if res.NextHop != (NodeID{}) {
+		out.NextHop = res.NextHop[:]
+	}
+	if f := res.Fragment; f != nil {
+		out.FragmentMessageId, out.FragmentIndex, out.FragmentCount = f.MessageID[:], int32(f.Index), int32(f.Count)
+		out.FragmentData = f.Data
+	}
+	if res.LoopID != ([16]byte{}) {
+		out.LoopId = res.LoopID[:]
+	}
+	// The large part: the forward packet, else the fragment's data (the
+	// host reads the slot as the one its Action has).
+	data := &out.FragmentData
+	if res.Action == MixForward {
+		out.Packet, data = res.Packet, &out.Packet
+	}
+	r := &pb.Reply{Status: &pb.Status{}, Mix: out}
+	if d := *data; dst != nil && len(d) > 0 && len(d) <= len(dst) {
+		if &d[0] != &dst[0] { // unwrapped in place: already there
+			copy(dst, d)
+		}
+		r.DataSlot, r.DataLen = c.GetBodySlot(), int64(len(d))
+		*data = nil
+	}
+	return r
 }
 
 // perCallIfLarge replaces a reply too large for a batch by the status that

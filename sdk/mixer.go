@@ -138,6 +138,17 @@ type MixResult struct {
 	LoopID [16]byte
 }
 
+// MixerInPlace is what a Mixer may also implement to unwrap without a copy
+// of its own: over the plugin protocol MixInPlace is called instead of Mix
+// with a writable copy of the packet, in the memory the host reads the
+// reply from, and it may overwrite it: a result whose Packet (or
+// Fragment.Data) is in packet is handed back without another copy. It
+// must give the results Mix gives for the same bytes; packet is valid
+// until it returns.
+type MixerInPlace interface {
+	MixInPlace(ctx context.Context, packet []byte) (*MixResult, error)
+}
+
 // CoverKind selects a cover packet.
 type CoverKind int
 
@@ -169,7 +180,11 @@ type Mixer interface {
 	// after Configure, after a restart of the plugin, at every epoch change
 	// and when health changes.
 	SetMixState(ctx context.Context, s MixState) error
-	// Mix unwraps one packet with this node's keys.
+	// Mix unwraps one packet with this node's keys. packet is read-only
+	// (it may be the core's shared memory, mapped read-only: a write
+	// faults) and valid until Mix returns: the result must not refer to
+	// it. The core calls Mix from many goroutines at once (it batches
+	// concurrent calls into one round trip).
 	Mix(ctx context.Context, packet []byte) (*MixResult, error)
 	// Cover builds one cover packet of kind k, indistinguishable on the
 	// wire from a real one.

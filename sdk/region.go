@@ -20,28 +20,35 @@ var pluginRegion []byte
 
 // mapBodyRegion maps the region named by wire.BodyRegionEnv, read-only. The
 // mapping lives as long as the process.
-func mapBodyRegion() error {
-	v := os.Getenv(wire.BodyRegionEnv)
+func mapBodyRegion() (err error) {
+	pluginRegion, err = mapRegion("body", wire.BodyRegionEnv, wire.RegionFD, unix.PROT_READ)
+	return err
+}
+
+// mapRegion maps the region of kind ("body", "reply") whose descriptor
+// variable env names (it must be fd) with protection prot; nil when env is
+// not set.
+func mapRegion(kind, env string, fd, prot int) ([]byte, error) {
+	v := os.Getenv(env)
 	if v == "" {
-		return nil
+		return nil, nil
 	}
-	if v != strconv.Itoa(wire.RegionFD) {
-		return fmt.Errorf("sdk: %s=%q: want %d", wire.BodyRegionEnv, v, wire.RegionFD)
+	if v != strconv.Itoa(fd) {
+		return nil, fmt.Errorf("sdk: %s=%q: want %d", env, v, fd)
 	}
 	var st unix.Stat_t
-	if err := unix.Fstat(wire.RegionFD, &st); err != nil {
-		return fmt.Errorf("sdk: body region: %w", err)
+	if err := unix.Fstat(fd, &st); err != nil {
+		return nil, fmt.Errorf("sdk: %s region: %w", kind, err)
 	}
 	if st.Size != wire.RegionSlots*wire.InlineMax {
-		return fmt.Errorf("sdk: body region of %d bytes, want %d", st.Size, wire.RegionSlots*wire.InlineMax)
+		return nil, fmt.Errorf("sdk: %s region of %d bytes, want %d", kind, st.Size, wire.RegionSlots*wire.InlineMax)
 	}
-	mem, err := unix.Mmap(wire.RegionFD, 0, int(st.Size), unix.PROT_READ, unix.MAP_SHARED)
+	mem, err := unix.Mmap(fd, 0, int(st.Size), prot, unix.MAP_SHARED)
 	if err != nil {
-		return fmt.Errorf("sdk: body region: %w", err)
+		return nil, fmt.Errorf("sdk: %s region: %w", kind, err)
 	}
-	unix.Close(wire.RegionFD)
-	pluginRegion = mem
-	return nil
+	unix.Close(fd)
+	return mem, nil
 }
 
 // regionBody returns the n bytes in slot (1-based, as on the wire) of the
@@ -57,4 +64,27 @@ func regionBody(slot1 int32, n int64) ([]byte, error) {
 	}
 	off := slot * wire.InlineMax
 	return pluginRegion[off : off+n : off+n], nil
+}
+
+// pluginReplies is the plugin's writable mapping of its reply region, nil
+// when the core passed none.
+var pluginReplies []byte
+
+// mapReplyRegion maps the region named by wire.ReplyRegionEnv, writable.
+// The mapping lives as long as the process.
+func mapReplyRegion() (err error) {
+	pluginReplies, err = mapRegion("reply", wire.ReplyRegionEnv, wire.ReplyRegionFD, unix.PROT_READ|unix.PROT_WRITE)
+	return err
+}
+
+// replySlot returns slot (1-based, as on the wire) of the plugin's reply
+// region, wire.InlineMax bytes, or nil when there is no such slot (no
+// region, slot 0: the call's body was inline).
+func replySlot(slot1 int32) []byte {
+	slot := int64(slot1) - 1
+	if pluginReplies == nil || slot < 0 || slot >= wire.RegionSlots {
+		return nil
+	}
+	off := slot * wire.InlineMax
+	return pluginReplies[off : off+wire.InlineMax : off+wire.InlineMax]
 }

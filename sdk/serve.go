@@ -74,6 +74,10 @@ func Serve[C any](p Plugin[C]) {
 		// Not fatal: the core then sends bodies inside the calls.
 		logger.Warn("body region not mapped", "error", err)
 	}
+	if err := mapReplyRegion(); err != nil {
+		// Not fatal: large replies then travel inside the replies.
+		logger.Warn("reply region not mapped", "error", err)
+	}
 	srv := &stageServer[C]{p: p, logger: logger, schema: mustJSON(SchemaOf(p.Config))}
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  wire.Handshake,
@@ -187,7 +191,7 @@ func (s *stageServer[C]) Info(context.Context, *pb.InfoRequest) (*pb.InfoReply, 
 	for i, c := range s.p.Capabilities {
 		caps[i] = string(c)
 	}
-	return &pb.InfoReply{Name: s.p.Name, Version: s.p.Version, Kinds: kinds, Needs: uint32(s.p.Needs), ConfigSchema: s.schema, Doc: s.p.Doc, Capabilities: caps, Calls: true, BodyRegion: pluginRegion != nil}, nil
+	return &pb.InfoReply{Name: s.p.Name, Version: s.p.Version, Kinds: kinds, Needs: uint32(s.p.Needs), ConfigSchema: s.schema, Doc: s.p.Doc, Capabilities: caps, Calls: true, BodyRegion: pluginRegion != nil, ReplyRegion: pluginReplies != nil}, nil
 }
 
 // DecodeConfig decodes a JSON config block into a copy of defaults, strictly
@@ -422,28 +426,6 @@ func (s *stageServer[C]) SetMixState(ctx context.Context, req *pb.MixState) (*pb
 		err = m.SetMixState(ctx, st)
 	}
 	return statusToPB(err), nil
-}
-
-func (s *stageServer[C]) Mix(ctx context.Context, req *pb.MixRequest) (*pb.MixReply, error) {
-	m, err := stageAs[Mixer](s, KindMixer)
-	var r *MixResult
-	if err == nil {
-		r, err = m.Mix(ctx, req.GetPacket())
-	}
-	if err != nil {
-		return &pb.MixReply{Status: statusToPB(err)}, nil
-	}
-	out := &pb.MixReply{Status: &pb.Status{}, Action: int32(r.Action), Packet: r.Packet, ReplayTag: r.ReplayTag[:], Epoch: r.Epoch}
-	if r.NextHop != (NodeID{}) {
-		out.NextHop = r.NextHop[:]
-	}
-	if f := r.Fragment; f != nil {
-		out.FragmentMessageId, out.FragmentIndex, out.FragmentCount, out.FragmentData = f.MessageID[:], int32(f.Index), int32(f.Count), f.Data
-	}
-	if r.LoopID != ([16]byte{}) {
-		out.LoopId = r.LoopID[:]
-	}
-	return out, nil
 }
 
 func (s *stageServer[C]) Cover(ctx context.Context, req *pb.CoverRequest) (*pb.CoverReply, error) {

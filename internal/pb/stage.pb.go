@@ -84,7 +84,10 @@ type InfoReply struct {
 	Calls bool `protobuf:"varint,8,opt,name=calls,proto3" json:"calls,omitempty"`
 	// The plugin mapped the body region the core passed it (see
 	// Call.body_slot).
-	BodyRegion    bool `protobuf:"varint,9,opt,name=body_region,json=bodyRegion,proto3" json:"body_region,omitempty"`
+	BodyRegion bool `protobuf:"varint,9,opt,name=body_region,json=bodyRegion,proto3" json:"body_region,omitempty"`
+	// The plugin mapped the reply region the core passed it (see
+	// Reply.data_slot).
+	ReplyRegion   bool `protobuf:"varint,10,opt,name=reply_region,json=replyRegion,proto3" json:"reply_region,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -178,6 +181,13 @@ func (x *InfoReply) GetCalls() bool {
 func (x *InfoReply) GetBodyRegion() bool {
 	if x != nil {
 		return x.BodyRegion
+	}
+	return false
+}
+
+func (x *InfoReply) GetReplyRegion() bool {
+	if x != nil {
+		return x.ReplyRegion
 	}
 	return false
 }
@@ -1251,50 +1261,7 @@ func (x *MixState) GetKeyDir() string {
 	return ""
 }
 
-type MixRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Packet        []byte                 `protobuf:"bytes,1,opt,name=packet,proto3" json:"packet,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *MixRequest) Reset() {
-	*x = MixRequest{}
-	mi := &file_stage_proto_msgTypes[18]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *MixRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*MixRequest) ProtoMessage() {}
-
-func (x *MixRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stage_proto_msgTypes[18]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use MixRequest.ProtoReflect.Descriptor instead.
-func (*MixRequest) Descriptor() ([]byte, []int) {
-	return file_stage_proto_rawDescGZIP(), []int{18}
-}
-
-func (x *MixRequest) GetPacket() []byte {
-	if x != nil {
-		return x.Packet
-	}
-	return nil
-}
-
+// MixReply is a Mix call's outcome (inside Reply.mix).
 type MixReply struct {
 	state             protoimpl.MessageState `protogen:"open.v1"`
 	Status            *Status                `protobuf:"bytes,1,opt,name=status,proto3" json:"status,omitempty"`
@@ -1314,7 +1281,7 @@ type MixReply struct {
 
 func (x *MixReply) Reset() {
 	*x = MixReply{}
-	mi := &file_stage_proto_msgTypes[19]
+	mi := &file_stage_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1326,7 +1293,7 @@ func (x *MixReply) String() string {
 func (*MixReply) ProtoMessage() {}
 
 func (x *MixReply) ProtoReflect() protoreflect.Message {
-	mi := &file_stage_proto_msgTypes[19]
+	mi := &file_stage_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1339,7 +1306,7 @@ func (x *MixReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use MixReply.ProtoReflect.Descriptor instead.
 func (*MixReply) Descriptor() ([]byte, []int) {
-	return file_stage_proto_rawDescGZIP(), []int{19}
+	return file_stage_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *MixReply) GetStatus() *Status {
@@ -1428,7 +1395,7 @@ type CoverRequest struct {
 
 func (x *CoverRequest) Reset() {
 	*x = CoverRequest{}
-	mi := &file_stage_proto_msgTypes[20]
+	mi := &file_stage_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1440,7 +1407,7 @@ func (x *CoverRequest) String() string {
 func (*CoverRequest) ProtoMessage() {}
 
 func (x *CoverRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_stage_proto_msgTypes[20]
+	mi := &file_stage_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1453,7 +1420,7 @@ func (x *CoverRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoverRequest.ProtoReflect.Descriptor instead.
 func (*CoverRequest) Descriptor() ([]byte, []int) {
-	return file_stage_proto_rawDescGZIP(), []int{20}
+	return file_stage_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *CoverRequest) GetKind() int32 {
@@ -1476,7 +1443,7 @@ type CoverReply struct {
 
 func (x *CoverReply) Reset() {
 	*x = CoverReply{}
-	mi := &file_stage_proto_msgTypes[21]
+	mi := &file_stage_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1488,7 +1455,7 @@ func (x *CoverReply) String() string {
 func (*CoverReply) ProtoMessage() {}
 
 func (x *CoverReply) ProtoReflect() protoreflect.Message {
-	mi := &file_stage_proto_msgTypes[21]
+	mi := &file_stage_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1501,7 +1468,7 @@ func (x *CoverReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CoverReply.ProtoReflect.Descriptor instead.
 func (*CoverReply) Descriptor() ([]byte, []int) {
-	return file_stage_proto_rawDescGZIP(), []int{21}
+	return file_stage_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *CoverReply) GetStatus() *Status {
@@ -1541,7 +1508,8 @@ func (x *CoverReply) GetPath() [][]byte {
 
 // Call is one stage call inside a CallBatch. op: 1 check, 2 transform,
 // 3 route, 4 delay, 5 deliver, 6 cancel (the call with this id: its
-// context ends; its reply may still come).
+// context ends; its reply may still come), 7 mix (the packet is the body:
+// meta.body_len bytes in body_slot or body).
 type Call struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	Id    uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
@@ -1563,7 +1531,7 @@ type Call struct {
 
 func (x *Call) Reset() {
 	*x = Call{}
-	mi := &file_stage_proto_msgTypes[22]
+	mi := &file_stage_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1543,7 @@ func (x *Call) String() string {
 func (*Call) ProtoMessage() {}
 
 func (x *Call) ProtoReflect() protoreflect.Message {
-	mi := &file_stage_proto_msgTypes[22]
+	mi := &file_stage_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1556,7 @@ func (x *Call) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Call.ProtoReflect.Descriptor instead.
 func (*Call) Descriptor() ([]byte, []int) {
-	return file_stage_proto_rawDescGZIP(), []int{22}
+	return file_stage_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *Call) GetId() uint64 {
@@ -1649,7 +1617,7 @@ type CallBatch struct {
 
 func (x *CallBatch) Reset() {
 	*x = CallBatch{}
-	mi := &file_stage_proto_msgTypes[23]
+	mi := &file_stage_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1661,7 +1629,7 @@ func (x *CallBatch) String() string {
 func (*CallBatch) ProtoMessage() {}
 
 func (x *CallBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_stage_proto_msgTypes[23]
+	mi := &file_stage_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1674,7 +1642,7 @@ func (x *CallBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CallBatch.ProtoReflect.Descriptor instead.
 func (*CallBatch) Descriptor() ([]byte, []int) {
-	return file_stage_proto_rawDescGZIP(), []int{23}
+	return file_stage_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *CallBatch) GetCalls() []*Call {
@@ -1691,19 +1659,28 @@ type Reply struct {
 	Id     uint64                 `protobuf:"varint,1,opt,name=id,proto3" json:"id,omitempty"`
 	Status *Status                `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
 	// Transform: the changed parts, as in a Transform reply's first frame.
-	Meta          *MessageMeta  `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
-	Header        []byte        `protobuf:"bytes,4,opt,name=header,proto3" json:"header,omitempty"`
-	Body          []byte        `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
-	Routes        []*RouteReply `protobuf:"bytes,6,rep,name=routes,proto3" json:"routes,omitempty"`
-	Results       []*RcptResult `protobuf:"bytes,7,rep,name=results,proto3" json:"results,omitempty"`
-	DelaysNs      []int64       `protobuf:"varint,8,rep,packed,name=delays_ns,json=delaysNs,proto3" json:"delays_ns,omitempty"`
+	Meta     *MessageMeta  `protobuf:"bytes,3,opt,name=meta,proto3" json:"meta,omitempty"`
+	Header   []byte        `protobuf:"bytes,4,opt,name=header,proto3" json:"header,omitempty"`
+	Body     []byte        `protobuf:"bytes,5,opt,name=body,proto3" json:"body,omitempty"`
+	Routes   []*RouteReply `protobuf:"bytes,6,rep,name=routes,proto3" json:"routes,omitempty"`
+	Results  []*RcptResult `protobuf:"bytes,7,rep,name=results,proto3" json:"results,omitempty"`
+	DelaysNs []int64       `protobuf:"varint,8,rep,packed,name=delays_ns,json=delaysNs,proto3" json:"delays_ns,omitempty"`
+	// Mix: the outcome. Its packet (forward) or fragment_data (exit) is
+	// empty when data_slot is set.
+	Mix *MixReply `protobuf:"bytes,9,opt,name=mix,proto3" json:"mix,omitempty"`
+	// Mix: 1 + the slot of the reply region (shared memory the core passed
+	// the plugin at start, writable by it) holding the forward packet or the
+	// exit fragment's data, data_len bytes; it is the slot of the call's
+	// body_slot, the call's until the core has read the reply. 0: inline.
+	DataSlot      int32 `protobuf:"varint,10,opt,name=data_slot,json=dataSlot,proto3" json:"data_slot,omitempty"`
+	DataLen       int64 `protobuf:"varint,11,opt,name=data_len,json=dataLen,proto3" json:"data_len,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Reply) Reset() {
 	*x = Reply{}
-	mi := &file_stage_proto_msgTypes[24]
+	mi := &file_stage_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1715,7 +1692,7 @@ func (x *Reply) String() string {
 func (*Reply) ProtoMessage() {}
 
 func (x *Reply) ProtoReflect() protoreflect.Message {
-	mi := &file_stage_proto_msgTypes[24]
+	mi := &file_stage_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1728,7 +1705,7 @@ func (x *Reply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Reply.ProtoReflect.Descriptor instead.
 func (*Reply) Descriptor() ([]byte, []int) {
-	return file_stage_proto_rawDescGZIP(), []int{24}
+	return file_stage_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *Reply) GetId() uint64 {
@@ -1787,6 +1764,27 @@ func (x *Reply) GetDelaysNs() []int64 {
 	return nil
 }
 
+func (x *Reply) GetMix() *MixReply {
+	if x != nil {
+		return x.Mix
+	}
+	return nil
+}
+
+func (x *Reply) GetDataSlot() int32 {
+	if x != nil {
+		return x.DataSlot
+	}
+	return 0
+}
+
+func (x *Reply) GetDataLen() int64 {
+	if x != nil {
+		return x.DataLen
+	}
+	return 0
+}
+
 type RouteReply struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Route         *RouteMeta             `protobuf:"bytes,1,opt,name=route,proto3" json:"route,omitempty"`
@@ -1797,7 +1795,7 @@ type RouteReply struct {
 
 func (x *RouteReply) Reset() {
 	*x = RouteReply{}
-	mi := &file_stage_proto_msgTypes[25]
+	mi := &file_stage_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1809,7 +1807,7 @@ func (x *RouteReply) String() string {
 func (*RouteReply) ProtoMessage() {}
 
 func (x *RouteReply) ProtoReflect() protoreflect.Message {
-	mi := &file_stage_proto_msgTypes[25]
+	mi := &file_stage_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1822,7 +1820,7 @@ func (x *RouteReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RouteReply.ProtoReflect.Descriptor instead.
 func (*RouteReply) Descriptor() ([]byte, []int) {
-	return file_stage_proto_rawDescGZIP(), []int{25}
+	return file_stage_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *RouteReply) GetRoute() *RouteMeta {
@@ -1848,7 +1846,7 @@ type ReplyBatch struct {
 
 func (x *ReplyBatch) Reset() {
 	*x = ReplyBatch{}
-	mi := &file_stage_proto_msgTypes[26]
+	mi := &file_stage_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1860,7 +1858,7 @@ func (x *ReplyBatch) String() string {
 func (*ReplyBatch) ProtoMessage() {}
 
 func (x *ReplyBatch) ProtoReflect() protoreflect.Message {
-	mi := &file_stage_proto_msgTypes[26]
+	mi := &file_stage_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1873,7 +1871,7 @@ func (x *ReplyBatch) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReplyBatch.ProtoReflect.Descriptor instead.
 func (*ReplyBatch) Descriptor() ([]byte, []int) {
-	return file_stage_proto_rawDescGZIP(), []int{26}
+	return file_stage_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ReplyBatch) GetReplies() []*Reply {
@@ -1888,7 +1886,7 @@ var File_stage_proto protoreflect.FileDescriptor
 const file_stage_proto_rawDesc = "" +
 	"\n" +
 	"\vstage.proto\x12\rmixmta.sdk.v1\"\r\n" +
-	"\vInfoRequest\"\xf7\x01\n" +
+	"\vInfoRequest\"\x9a\x02\n" +
 	"\tInfoReply\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x18\n" +
 	"\aversion\x18\x02 \x01(\tR\aversion\x12\x14\n" +
@@ -1899,7 +1897,9 @@ const file_stage_proto_rawDesc = "" +
 	"\fcapabilities\x18\a \x03(\tR\fcapabilities\x12\x14\n" +
 	"\x05calls\x18\b \x01(\bR\x05calls\x12\x1f\n" +
 	"\vbody_region\x18\t \x01(\bR\n" +
-	"bodyRegion\"I\n" +
+	"bodyRegion\x12!\n" +
+	"\freply_region\x18\n" +
+	" \x01(\bR\vreplyRegion\"I\n" +
 	"\x10ConfigureRequest\x12\x14\n" +
 	"\x05stage\x18\x01 \x01(\tR\x05stage\x12\x1f\n" +
 	"\vconfig_json\x18\x02 \x01(\fR\n" +
@@ -1983,10 +1983,7 @@ const file_stage_proto_rawDesc = "" +
 	"\x04keys\x18\x02 \x03(\v2\x17.mixmta.sdk.v1.EpochKeyR\x04keys\x12\x12\n" +
 	"\x04self\x18\x03 \x01(\fR\x04self\x122\n" +
 	"\x05nodes\x18\x04 \x03(\v2\x1c.mixmta.sdk.v1.DirectoryNodeR\x05nodes\x12\x17\n" +
-	"\akey_dir\x18\x05 \x01(\tR\x06keyDir\"$\n" +
-	"\n" +
-	"MixRequest\x12\x16\n" +
-	"\x06packet\x18\x01 \x01(\fR\x06packet\"\xf5\x02\n" +
+	"\akey_dir\x18\x05 \x01(\tR\x06keyDir\"\xf5\x02\n" +
 	"\bMixReply\x12-\n" +
 	"\x06status\x18\x01 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\x05R\x06action\x12\x19\n" +
@@ -2019,7 +2016,7 @@ const file_stage_proto_rawDesc = "" +
 	"\x05delay\x18\x06 \x01(\v2\x1b.mixmta.sdk.v1.DelayRequestR\x05delay\x12\x1b\n" +
 	"\tbody_slot\x18\a \x01(\x05R\bbodySlot\"6\n" +
 	"\tCallBatch\x12)\n" +
-	"\x05calls\x18\x01 \x03(\v2\x13.mixmta.sdk.v1.CallR\x05calls\"\xa7\x02\n" +
+	"\x05calls\x18\x01 \x03(\v2\x13.mixmta.sdk.v1.CallR\x05calls\"\x8a\x03\n" +
 	"\x05Reply\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\x04R\x02id\x12-\n" +
 	"\x06status\x18\x02 \x01(\v2\x15.mixmta.sdk.v1.StatusR\x06status\x12.\n" +
@@ -2028,14 +2025,18 @@ const file_stage_proto_rawDesc = "" +
 	"\x04body\x18\x05 \x01(\fR\x04body\x121\n" +
 	"\x06routes\x18\x06 \x03(\v2\x19.mixmta.sdk.v1.RouteReplyR\x06routes\x123\n" +
 	"\aresults\x18\a \x03(\v2\x19.mixmta.sdk.v1.RcptResultR\aresults\x12\x1b\n" +
-	"\tdelays_ns\x18\b \x03(\x03R\bdelaysNs\"P\n" +
+	"\tdelays_ns\x18\b \x03(\x03R\bdelaysNs\x12)\n" +
+	"\x03mix\x18\t \x01(\v2\x17.mixmta.sdk.v1.MixReplyR\x03mix\x12\x1b\n" +
+	"\tdata_slot\x18\n" +
+	" \x01(\x05R\bdataSlot\x12\x19\n" +
+	"\bdata_len\x18\v \x01(\x03R\adataLen\"P\n" +
 	"\n" +
 	"RouteReply\x12.\n" +
 	"\x05route\x18\x01 \x01(\v2\x18.mixmta.sdk.v1.RouteMetaR\x05route\x12\x12\n" +
 	"\x04body\x18\x02 \x01(\fR\x04body\"<\n" +
 	"\n" +
 	"ReplyBatch\x12.\n" +
-	"\areplies\x18\x01 \x03(\v2\x14.mixmta.sdk.v1.ReplyR\areplies2\xb4\x06\n" +
+	"\areplies\x18\x01 \x03(\v2\x14.mixmta.sdk.v1.ReplyR\areplies2\xf9\x05\n" +
 	"\x05Stage\x12<\n" +
 	"\x04Info\x12\x1a.mixmta.sdk.v1.InfoRequest\x1a\x18.mixmta.sdk.v1.InfoReply\x12K\n" +
 	"\tConfigure\x12\x1f.mixmta.sdk.v1.ConfigureRequest\x1a\x1d.mixmta.sdk.v1.ConfigureReply\x12A\n" +
@@ -2044,8 +2045,7 @@ const file_stage_proto_rawDesc = "" +
 	"\x05Route\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x19.mixmta.sdk.v1.RouteFrame(\x010\x01\x12?\n" +
 	"\x05Delay\x12\x1b.mixmta.sdk.v1.DelayRequest\x1a\x19.mixmta.sdk.v1.DelayReply\x12E\n" +
 	"\aDeliver\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x1b.mixmta.sdk.v1.DeliverReply(\x01\x12=\n" +
-	"\vSetMixState\x12\x17.mixmta.sdk.v1.MixState\x1a\x15.mixmta.sdk.v1.Status\x129\n" +
-	"\x03Mix\x12\x19.mixmta.sdk.v1.MixRequest\x1a\x17.mixmta.sdk.v1.MixReply\x12?\n" +
+	"\vSetMixState\x12\x17.mixmta.sdk.v1.MixState\x1a\x15.mixmta.sdk.v1.Status\x12?\n" +
 	"\x05Cover\x12\x1b.mixmta.sdk.v1.CoverRequest\x1a\x19.mixmta.sdk.v1.CoverReply\x12H\n" +
 	"\bAssemble\x12\x1b.mixmta.sdk.v1.MessageFrame\x1a\x1b.mixmta.sdk.v1.MessageFrame(\x010\x01\x12@\n" +
 	"\x05Calls\x12\x18.mixmta.sdk.v1.CallBatch\x1a\x19.mixmta.sdk.v1.ReplyBatch(\x010\x01B&Z$github.com/mixmta/mixmta/internal/pbb\x06proto3"
@@ -2062,7 +2062,7 @@ func file_stage_proto_rawDescGZIP() []byte {
 	return file_stage_proto_rawDescData
 }
 
-var file_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 27)
+var file_stage_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_stage_proto_goTypes = []any{
 	(*InfoRequest)(nil),      // 0: mixmta.sdk.v1.InfoRequest
 	(*InfoReply)(nil),        // 1: mixmta.sdk.v1.InfoReply
@@ -2082,15 +2082,14 @@ var file_stage_proto_goTypes = []any{
 	(*EpochKey)(nil),         // 15: mixmta.sdk.v1.EpochKey
 	(*DirectoryNode)(nil),    // 16: mixmta.sdk.v1.DirectoryNode
 	(*MixState)(nil),         // 17: mixmta.sdk.v1.MixState
-	(*MixRequest)(nil),       // 18: mixmta.sdk.v1.MixRequest
-	(*MixReply)(nil),         // 19: mixmta.sdk.v1.MixReply
-	(*CoverRequest)(nil),     // 20: mixmta.sdk.v1.CoverRequest
-	(*CoverReply)(nil),       // 21: mixmta.sdk.v1.CoverReply
-	(*Call)(nil),             // 22: mixmta.sdk.v1.Call
-	(*CallBatch)(nil),        // 23: mixmta.sdk.v1.CallBatch
-	(*Reply)(nil),            // 24: mixmta.sdk.v1.Reply
-	(*RouteReply)(nil),       // 25: mixmta.sdk.v1.RouteReply
-	(*ReplyBatch)(nil),       // 26: mixmta.sdk.v1.ReplyBatch
+	(*MixReply)(nil),         // 18: mixmta.sdk.v1.MixReply
+	(*CoverRequest)(nil),     // 19: mixmta.sdk.v1.CoverRequest
+	(*CoverReply)(nil),       // 20: mixmta.sdk.v1.CoverReply
+	(*Call)(nil),             // 21: mixmta.sdk.v1.Call
+	(*CallBatch)(nil),        // 22: mixmta.sdk.v1.CallBatch
+	(*Reply)(nil),            // 23: mixmta.sdk.v1.Reply
+	(*RouteReply)(nil),       // 24: mixmta.sdk.v1.RouteReply
+	(*ReplyBatch)(nil),       // 25: mixmta.sdk.v1.ReplyBatch
 }
 var file_stage_proto_depIdxs = []int32{
 	4,  // 0: mixmta.sdk.v1.ConfigureReply.status:type_name -> mixmta.sdk.v1.Status
@@ -2112,25 +2111,25 @@ var file_stage_proto_depIdxs = []int32{
 	4,  // 16: mixmta.sdk.v1.CoverReply.status:type_name -> mixmta.sdk.v1.Status
 	6,  // 17: mixmta.sdk.v1.Call.meta:type_name -> mixmta.sdk.v1.MessageMeta
 	11, // 18: mixmta.sdk.v1.Call.delay:type_name -> mixmta.sdk.v1.DelayRequest
-	22, // 19: mixmta.sdk.v1.CallBatch.calls:type_name -> mixmta.sdk.v1.Call
+	21, // 19: mixmta.sdk.v1.CallBatch.calls:type_name -> mixmta.sdk.v1.Call
 	4,  // 20: mixmta.sdk.v1.Reply.status:type_name -> mixmta.sdk.v1.Status
 	6,  // 21: mixmta.sdk.v1.Reply.meta:type_name -> mixmta.sdk.v1.MessageMeta
-	25, // 22: mixmta.sdk.v1.Reply.routes:type_name -> mixmta.sdk.v1.RouteReply
+	24, // 22: mixmta.sdk.v1.Reply.routes:type_name -> mixmta.sdk.v1.RouteReply
 	13, // 23: mixmta.sdk.v1.Reply.results:type_name -> mixmta.sdk.v1.RcptResult
-	9,  // 24: mixmta.sdk.v1.RouteReply.route:type_name -> mixmta.sdk.v1.RouteMeta
-	24, // 25: mixmta.sdk.v1.ReplyBatch.replies:type_name -> mixmta.sdk.v1.Reply
-	0,  // 26: mixmta.sdk.v1.Stage.Info:input_type -> mixmta.sdk.v1.InfoRequest
-	2,  // 27: mixmta.sdk.v1.Stage.Configure:input_type -> mixmta.sdk.v1.ConfigureRequest
-	7,  // 28: mixmta.sdk.v1.Stage.Check:input_type -> mixmta.sdk.v1.MessageFrame
-	7,  // 29: mixmta.sdk.v1.Stage.Transform:input_type -> mixmta.sdk.v1.MessageFrame
-	7,  // 30: mixmta.sdk.v1.Stage.Route:input_type -> mixmta.sdk.v1.MessageFrame
-	11, // 31: mixmta.sdk.v1.Stage.Delay:input_type -> mixmta.sdk.v1.DelayRequest
-	7,  // 32: mixmta.sdk.v1.Stage.Deliver:input_type -> mixmta.sdk.v1.MessageFrame
-	17, // 33: mixmta.sdk.v1.Stage.SetMixState:input_type -> mixmta.sdk.v1.MixState
-	18, // 34: mixmta.sdk.v1.Stage.Mix:input_type -> mixmta.sdk.v1.MixRequest
-	20, // 35: mixmta.sdk.v1.Stage.Cover:input_type -> mixmta.sdk.v1.CoverRequest
+	18, // 24: mixmta.sdk.v1.Reply.mix:type_name -> mixmta.sdk.v1.MixReply
+	9,  // 25: mixmta.sdk.v1.RouteReply.route:type_name -> mixmta.sdk.v1.RouteMeta
+	23, // 26: mixmta.sdk.v1.ReplyBatch.replies:type_name -> mixmta.sdk.v1.Reply
+	0,  // 27: mixmta.sdk.v1.Stage.Info:input_type -> mixmta.sdk.v1.InfoRequest
+	2,  // 28: mixmta.sdk.v1.Stage.Configure:input_type -> mixmta.sdk.v1.ConfigureRequest
+	7,  // 29: mixmta.sdk.v1.Stage.Check:input_type -> mixmta.sdk.v1.MessageFrame
+	7,  // 30: mixmta.sdk.v1.Stage.Transform:input_type -> mixmta.sdk.v1.MessageFrame
+	7,  // 31: mixmta.sdk.v1.Stage.Route:input_type -> mixmta.sdk.v1.MessageFrame
+	11, // 32: mixmta.sdk.v1.Stage.Delay:input_type -> mixmta.sdk.v1.DelayRequest
+	7,  // 33: mixmta.sdk.v1.Stage.Deliver:input_type -> mixmta.sdk.v1.MessageFrame
+	17, // 34: mixmta.sdk.v1.Stage.SetMixState:input_type -> mixmta.sdk.v1.MixState
+	19, // 35: mixmta.sdk.v1.Stage.Cover:input_type -> mixmta.sdk.v1.CoverRequest
 	7,  // 36: mixmta.sdk.v1.Stage.Assemble:input_type -> mixmta.sdk.v1.MessageFrame
-	23, // 37: mixmta.sdk.v1.Stage.Calls:input_type -> mixmta.sdk.v1.CallBatch
+	22, // 37: mixmta.sdk.v1.Stage.Calls:input_type -> mixmta.sdk.v1.CallBatch
 	1,  // 38: mixmta.sdk.v1.Stage.Info:output_type -> mixmta.sdk.v1.InfoReply
 	3,  // 39: mixmta.sdk.v1.Stage.Configure:output_type -> mixmta.sdk.v1.ConfigureReply
 	8,  // 40: mixmta.sdk.v1.Stage.Check:output_type -> mixmta.sdk.v1.CheckReply
@@ -2139,15 +2138,14 @@ var file_stage_proto_depIdxs = []int32{
 	12, // 43: mixmta.sdk.v1.Stage.Delay:output_type -> mixmta.sdk.v1.DelayReply
 	14, // 44: mixmta.sdk.v1.Stage.Deliver:output_type -> mixmta.sdk.v1.DeliverReply
 	4,  // 45: mixmta.sdk.v1.Stage.SetMixState:output_type -> mixmta.sdk.v1.Status
-	19, // 46: mixmta.sdk.v1.Stage.Mix:output_type -> mixmta.sdk.v1.MixReply
-	21, // 47: mixmta.sdk.v1.Stage.Cover:output_type -> mixmta.sdk.v1.CoverReply
-	7,  // 48: mixmta.sdk.v1.Stage.Assemble:output_type -> mixmta.sdk.v1.MessageFrame
-	26, // 49: mixmta.sdk.v1.Stage.Calls:output_type -> mixmta.sdk.v1.ReplyBatch
-	38, // [38:50] is the sub-list for method output_type
-	26, // [26:38] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	20, // 46: mixmta.sdk.v1.Stage.Cover:output_type -> mixmta.sdk.v1.CoverReply
+	7,  // 47: mixmta.sdk.v1.Stage.Assemble:output_type -> mixmta.sdk.v1.MessageFrame
+	25, // 48: mixmta.sdk.v1.Stage.Calls:output_type -> mixmta.sdk.v1.ReplyBatch
+	38, // [38:49] is the sub-list for method output_type
+	27, // [27:38] is the sub-list for method input_type
+	27, // [27:27] is the sub-list for extension type_name
+	27, // [27:27] is the sub-list for extension extendee
+	0,  // [0:27] is the sub-list for field type_name
 }
 
 func init() { file_stage_proto_init() }
@@ -2161,7 +2159,7 @@ func file_stage_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_stage_proto_rawDesc), len(file_stage_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   27,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

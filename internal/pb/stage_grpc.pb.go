@@ -39,7 +39,6 @@ const (
 	Stage_Delay_FullMethodName       = "/mixmta.sdk.v1.Stage/Delay"
 	Stage_Deliver_FullMethodName     = "/mixmta.sdk.v1.Stage/Deliver"
 	Stage_SetMixState_FullMethodName = "/mixmta.sdk.v1.Stage/SetMixState"
-	Stage_Mix_FullMethodName         = "/mixmta.sdk.v1.Stage/Mix"
 	Stage_Cover_FullMethodName       = "/mixmta.sdk.v1.Stage/Cover"
 	Stage_Assemble_FullMethodName    = "/mixmta.sdk.v1.Stage/Assemble"
 	Stage_Calls_FullMethodName       = "/mixmta.sdk.v1.Stage/Calls"
@@ -67,20 +66,20 @@ type StageClient interface {
 	// Mixer kind (a mix node's packet processing).
 	// SetMixState gives the mixer this node's epoch keys and the directory.
 	SetMixState(ctx context.Context, in *MixState, opts ...grpc.CallOption) (*Status, error)
-	// Mix processes one packet: forward, exit or drop.
-	Mix(ctx context.Context, in *MixRequest, opts ...grpc.CallOption) (*MixReply, error)
 	// Cover builds one cover packet (drop or loop).
 	Cover(ctx context.Context, in *CoverRequest, opts ...grpc.CallOption) (*CoverReply, error)
 	// Assemble turns the concatenated data of a complete set of exit
 	// fragments (sent as body frames) into a message.
 	Assemble(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[MessageFrame, MessageFrame], error)
-	// Calls carries many Check, Transform, Route, Delay and Deliver calls
+	// Calls carries many Check, Transform, Route, Delay, Deliver and Mix calls
 	// over one stream that lives as long as the plugin: the core sends
 	// whatever calls are pending as one CallBatch, the plugin runs them
 	// concurrently and sends whatever replies are ready as one ReplyBatch,
 	// so under load one round trip serves many items. A reply is matched to
 	// its call by id. Only a plugin whose InfoReply sets calls is sent it;
 	// messages larger than the inline limit take the framed calls above.
+	// Mix (a mix node's packet processing: forward, exit or drop) is only a
+	// batched call.
 	Calls(ctx context.Context, opts ...grpc.CallOption) (grpc.BidiStreamingClient[CallBatch, ReplyBatch], error)
 }
 
@@ -184,16 +183,6 @@ func (c *stageClient) SetMixState(ctx context.Context, in *MixState, opts ...grp
 	return out, nil
 }
 
-func (c *stageClient) Mix(ctx context.Context, in *MixRequest, opts ...grpc.CallOption) (*MixReply, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(MixReply)
-	err := c.cc.Invoke(ctx, Stage_Mix_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
 func (c *stageClient) Cover(ctx context.Context, in *CoverRequest, opts ...grpc.CallOption) (*CoverReply, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CoverReply)
@@ -252,20 +241,20 @@ type StageServer interface {
 	// Mixer kind (a mix node's packet processing).
 	// SetMixState gives the mixer this node's epoch keys and the directory.
 	SetMixState(context.Context, *MixState) (*Status, error)
-	// Mix processes one packet: forward, exit or drop.
-	Mix(context.Context, *MixRequest) (*MixReply, error)
 	// Cover builds one cover packet (drop or loop).
 	Cover(context.Context, *CoverRequest) (*CoverReply, error)
 	// Assemble turns the concatenated data of a complete set of exit
 	// fragments (sent as body frames) into a message.
 	Assemble(grpc.BidiStreamingServer[MessageFrame, MessageFrame]) error
-	// Calls carries many Check, Transform, Route, Delay and Deliver calls
+	// Calls carries many Check, Transform, Route, Delay, Deliver and Mix calls
 	// over one stream that lives as long as the plugin: the core sends
 	// whatever calls are pending as one CallBatch, the plugin runs them
 	// concurrently and sends whatever replies are ready as one ReplyBatch,
 	// so under load one round trip serves many items. A reply is matched to
 	// its call by id. Only a plugin whose InfoReply sets calls is sent it;
 	// messages larger than the inline limit take the framed calls above.
+	// Mix (a mix node's packet processing: forward, exit or drop) is only a
+	// batched call.
 	Calls(grpc.BidiStreamingServer[CallBatch, ReplyBatch]) error
 	mustEmbedUnimplementedStageServer()
 }
@@ -300,9 +289,6 @@ func (UnimplementedStageServer) Deliver(grpc.ClientStreamingServer[MessageFrame,
 }
 func (UnimplementedStageServer) SetMixState(context.Context, *MixState) (*Status, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method SetMixState not implemented")
-}
-func (UnimplementedStageServer) Mix(context.Context, *MixRequest) (*MixReply, error) {
-	return nil, status.Errorf(codes.Unimplemented, "method Mix not implemented")
 }
 func (UnimplementedStageServer) Cover(context.Context, *CoverRequest) (*CoverReply, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Cover not implemented")
@@ -434,24 +420,6 @@ func _Stage_SetMixState_Handler(srv interface{}, ctx context.Context, dec func(i
 	return interceptor(ctx, in, info, handler)
 }
 
-func _Stage_Mix_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(MixRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(StageServer).Mix(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: Stage_Mix_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(StageServer).Mix(ctx, req.(*MixRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
 func _Stage_Cover_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CoverRequest)
 	if err := dec(in); err != nil {
@@ -506,10 +474,6 @@ var Stage_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "SetMixState",
 			Handler:    _Stage_SetMixState_Handler,
-		},
-		{
-			MethodName: "Mix",
-			Handler:    _Stage_Mix_Handler,
 		},
 		{
 			MethodName: "Cover",

@@ -31,10 +31,12 @@ type batcher struct {
 
 // pending is a call sent and not answered yet. ch gets the reply (nil
 // once the caller gave up); release, if set, frees what the call lends
-// the plugin until its reply (a body region slot).
+// the plugin until its reply (a body region slot), or, when held, until
+// the caller has read the reply (its reply region slot).
 type pending struct {
 	ch      chan *pb.Reply
 	release func()
+	held    bool
 }
 
 // errBatcherClosed ends the stream when the plugin is stopped.
@@ -124,8 +126,9 @@ func (b *batcher) recvLoop() {
 				continue
 			}
 			// Freed before the caller wakes: a caller that returned
-			// finds its slot free again.
-			if p.release != nil {
+			// finds its slot free again. A held slot is the waiting
+			// caller's to free.
+			if p.release != nil && (!p.held || p.ch == nil) {
 				p.release()
 			}
 			if p.ch != nil {
@@ -143,7 +146,19 @@ func (b *batcher) recvLoop() {
 // ended (as a *TransportError, like a failed framed call); on ctx the
 // plugin is told to cancel the call.
 func (b *batcher) do(ctx context.Context, c *pb.Call, release func()) (*pb.Reply, error) {
-	p := &pending{ch: make(chan *pb.Reply, 1), release: release}
+	return b.call(ctx, c, release, false)
+}
+
+// doHeld is do for a call whose reply refers to what release frees (the
+// reply region slot of a Mix call): when it returns a reply, the caller
+// calls release once it has read the reply; on an error release was
+// called or will be, as for do.
+func (b *batcher) doHeld(ctx context.Context, c *pb.Call, release func()) (*pb.Reply, error) {
+	return b.call(ctx, c, release, release != nil)
+}
+
+func (b *batcher) call(ctx context.Context, c *pb.Call, release func(), held bool) (*pb.Reply, error) {
+	p := &pending{ch: make(chan *pb.Reply, 1), release: release, held: held}
 	b.mu.Lock()
 	if b.err != nil {
 		err := b.err
@@ -189,6 +204,12 @@ func (b *batcher) do(ctx context.Context, c *pb.Call, release func()) (*pb.Reply
 			select {
 			case b.sendq <- &pb.Call{Id: c.Id, Op: wire.OpCancel}:
 			default: // the queue is full: the call runs to its end
+			}
+		} else if held {
+			// The reply came meanwhile, its slot held for this caller (or
+			// the stream broke: then the slot is free already).
+			if r, ok := <-p.ch; ok && r != nil {
+				release()
 			}
 		}
 		return nil, transport(ctx.Err())

@@ -75,6 +75,9 @@ func TestBatchedCallsAnswerAsFramedCalls(t *testing.T) {
 	if !pluginclient.UsesRegion(batched) || pluginclient.UsesRegion(framed) {
 		t.Fatalf("body region: batched %v, framed %v; want only the batched client to use one", pluginclient.UsesRegion(batched), pluginclient.UsesRegion(framed))
 	}
+	if !pluginclient.UsesReplyRegion(batched) || pluginclient.UsesReplyRegion(framed) {
+		t.Fatalf("reply region: batched %v, framed %v; want only the batched client to use one", pluginclient.UsesReplyRegion(batched), pluginclient.UsesReplyRegion(framed))
+	}
 }
 
 // TestConcurrentCallsShareBatches: calls made at once travel together,

@@ -5,6 +5,7 @@
 package pluginclient
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"encoding/json"
@@ -101,6 +102,10 @@ type Client struct {
 	// region holds the bodies of batched calls, nil if the plugin did not
 	// map it: then bodies travel inside the calls.
 	region *bodyRegion
+	// replies holds the large replies (Mix) to calls whose body is in
+	// region, nil if the plugin did not map it: then they travel inside
+	// the replies.
+	replies *replyRegion
 }
 
 // Launch starts the plugin binary, performs the versioned handshake, and
@@ -126,6 +131,7 @@ func Launch(o LaunchOptions) (*Client, error) {
 	}
 	cmd.Env = []string{wire.LogLevelEnv + "=" + level}
 	var region *bodyRegion
+	var replies *replyRegion
 	if !o.NoBatch {
 		r, ro, err := newBodyRegion()
 		if err != nil {
@@ -133,12 +139,18 @@ func Launch(o LaunchOptions) (*Client, error) {
 		}
 		defer ro.Close() // the plugin has its own copy once started
 		region = r
-		cmd.ExtraFiles = []*os.File{ro}
-		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", wire.BodyRegionEnv, wire.RegionFD))
+		if replies, err = newReplyRegion(); err != nil {
+			region.close()
+			return nil, fmt.Errorf("plugin %s: %w", o.Path, err)
+		}
+		cmd.ExtraFiles = []*os.File{ro, replies.f}
+		cmd.Env = append(cmd.Env, fmt.Sprintf("%s=%d", wire.BodyRegionEnv, wire.RegionFD),
+			fmt.Sprintf("%s=%d", wire.ReplyRegionEnv, wire.ReplyRegionFD))
 	}
 	fail := func(err error) (*Client, error) {
 		if region != nil {
 			region.close()
+			replies.close()
 		}
 		return nil, err
 	}
@@ -210,6 +222,11 @@ func Launch(o LaunchOptions) (*Client, error) {
 	} else if region != nil {
 		region.close()
 	}
+	if replies != nil && ir.GetReplyRegion() && c.region != nil {
+		c.replies = replies
+	} else if replies != nil {
+		replies.close()
+	}
 	return c, nil
 }
 
@@ -225,6 +242,18 @@ func (c *Client) Kill() {
 	if c.region != nil {
 		c.region.close()
 	}
+	if c.replies != nil {
+		c.replies.close()
+	}
+}
+
+// Batched reports how many calls and how many batches (round trips) c
+// has sent on its Calls stream (0, 0 without one).
+func (c *Client) Batched() (calls, batches int64) {
+	if c.calls == nil {
+		return 0, 0
+	}
+	return c.calls.callsSent.Load(), c.calls.batchesSent.Load()
 }
 
 // Exited reports whether the plugin process has exited.
@@ -630,22 +659,71 @@ func (c *Client) SetMixState(ctx context.Context, st sdk.MixState) error {
 	return statusFromPB(s)
 }
 
-// Mix runs a mixer on one packet.
+// Mix runs a mixer on one packet, as a batched call: concurrent calls
+// share round trips; the packet goes through the body region and a
+// forward packet or exit fragment comes back through the reply region
+// (each inline when the plugin mapped no region or no slot is free). The
+// result refers to no memory of packet. Errors: the stage's, as
+// *sdk.Error; the stream broke or the reply is malformed, as a
+// *TransportError; a plugin without the call stream.
 func (c *Client) Mix(ctx context.Context, packet []byte) (*sdk.MixResult, error) {
-	r, err := c.rpc.Mix(ctx, &pb.MixRequest{Packet: packet})
+	if c.calls == nil {
+		return nil, errors.New("pluginclient: the plugin serves no call stream (Mix is only a batched call)")
+	}
+	call := &pb.Call{Op: wire.OpMix, Meta: &pb.MessageMeta{BodyPresent: true, BodyLen: int64(len(packet))}}
+	slot := int32(-1)
+	var release func()
+	if c.region != nil && len(packet) > 0 && len(packet) <= wire.InlineMax {
+		if s, ok := c.region.take(); ok {
+			if err := c.region.write(s, packet, nil, int64(len(packet))); err != nil {
+				c.region.release(s)
+				return nil, transport(err)
+			}
+			slot, call.BodySlot = s, s+1
+			release = func() { c.region.release(s) }
+		}
+	}
+	if call.BodySlot == 0 {
+		// The caller may reuse packet once Mix returns, even when it gave
+		// up before the batch holding this call was sent.
+		call.Body = bytes.Clone(packet)
+	}
+	r, err := c.calls.doHeld(ctx, call, release)
 	if err != nil {
-		return nil, transport(err)
+		return nil, err
+	}
+	if release != nil {
+		defer release()
 	}
 	if err := statusFromPB(r.GetStatus()); err != nil {
 		return nil, err
 	}
-	out := &sdk.MixResult{Action: sdk.MixAction(r.GetAction()), Packet: r.GetPacket(), Epoch: r.GetEpoch()}
-	copy(out.NextHop[:], r.GetNextHop())
-	copy(out.ReplayTag[:], r.GetReplayTag())
-	copy(out.LoopID[:], r.GetLoopId())
-	if r.GetFragmentCount() > 0 {
-		f := &sdk.Fragment{Index: int(r.GetFragmentIndex()), Count: int(r.GetFragmentCount()), Data: r.GetFragmentData()}
-		copy(f.MessageID[:], r.GetFragmentMessageId())
+	mr := r.GetMix()
+	if mr == nil {
+		return nil, transport(errors.New("mix reply without outcome"))
+	}
+	out := &sdk.MixResult{Action: sdk.MixAction(mr.GetAction()), Packet: mr.GetPacket(), Epoch: mr.GetEpoch()}
+	copy(out.NextHop[:], mr.GetNextHop())
+	copy(out.ReplayTag[:], mr.GetReplayTag())
+	copy(out.LoopID[:], mr.GetLoopId())
+	data := mr.GetFragmentData()
+	if ds := r.GetDataSlot(); ds != 0 {
+		if c.replies == nil || ds != call.BodySlot {
+			return nil, transport(fmt.Errorf("mix reply in reply slot %d for a call in slot %d", ds, call.BodySlot))
+		}
+		b, err := c.replies.read(slot, r.GetDataLen())
+		if err != nil {
+			return nil, transport(err)
+		}
+		if out.Action == sdk.MixForward {
+			out.Packet = b
+		} else {
+			data = b
+		}
+	}
+	if mr.GetFragmentCount() > 0 {
+		f := &sdk.Fragment{Index: int(mr.GetFragmentIndex()), Count: int(mr.GetFragmentCount()), Data: data}
+		copy(f.MessageID[:], mr.GetFragmentMessageId())
 		out.Fragment = f
 	}
 	return out, nil

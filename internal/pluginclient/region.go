@@ -81,3 +81,39 @@ func (r *bodyRegion) write(slot int32, b []byte, open func() (io.Reader, error),
 func (r *bodyRegion) release(slot int32) { r.free <- slot }
 
 func (r *bodyRegion) close() { r.f.Close() }
+
+// replyRegion is the core's side of a reply region: the plugin writes a
+// large reply to the slot of the call's body, the core reads it with
+// pread (no mapping, as for bodyRegion).
+type replyRegion struct{ f *os.File }
+
+// newReplyRegion creates a reply region; the caller passes the returned
+// file (the same descriptor: the plugin writes, the core reads) to the
+// plugin and keeps the region.
+func newReplyRegion() (*replyRegion, error) {
+	fd, err := unix.MemfdCreate("mixmta-replies", unix.MFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("pluginclient: reply region: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "mixmta-replies")
+	if err := f.Truncate(wire.RegionSlots * wire.InlineMax); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("pluginclient: reply region: %w", err)
+	}
+	return &replyRegion{f: f}, nil
+}
+
+// read returns a copy of the n bytes the plugin wrote to slot. Errors: n
+// out of range, reading the region.
+func (r *replyRegion) read(slot int32, n int64) ([]byte, error) {
+	if n < 0 || n > wire.InlineMax {
+		return nil, fmt.Errorf("pluginclient: reply of %d bytes in the reply region", n)
+	}
+	b := make([]byte, n)
+	if _, err := r.f.ReadAt(b, int64(slot)*wire.InlineMax); err != nil {
+		return nil, fmt.Errorf("pluginclient: reply region: %w", err)
+	}
+	return b, nil
+}
+
+func (r *replyRegion) close() { r.f.Close() }

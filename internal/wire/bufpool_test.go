@@ -18,7 +18,7 @@ func TestPoolCodecDoesNotAliasPooledBuffers(t *testing.T) {
 	packet := bytes.Repeat([]byte("sphinx packet "), 65536/14+1)[:65536]
 	want := bytes.Clone(packet)
 	var c Codec
-	wire, err := c.Marshal(&pb.MixRequest{Packet: packet})
+	wire, err := c.Marshal(&pb.MixReply{Packet: packet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,7 +31,7 @@ func TestPoolCodecDoesNotAliasPooledBuffers(t *testing.T) {
 		copy(*b, flat[off:])
 		in = append(in, mem.NewBuffer(b, BufPool))
 	}
-	var got pb.MixRequest
+	var got pb.MixReply
 	if err := c.Unmarshal(in, &got); err != nil {
 		t.Fatal(err)
 	}

@@ -2,11 +2,13 @@ package wire
 
 // The batched call protocol (the Calls stream of stage.proto): one stream
 // per plugin carries every Check, Transform, Route, Delay and Deliver call
-// whose message fits InlineMax. Setting up a gRPC stream per call costs
-// more than the call itself (a stream's HEADERS, its flow-control window,
-// two goroutine hand-offs on each side); on one long-lived stream a call is
-// one entry in a batch, and under load one round trip carries as many
-// calls as are pending.
+// whose message fits InlineMax, and every Mix call (a mix node's unwrap of
+// one packet: the packet in the body region, a large result in the reply
+// region). Setting up a gRPC stream per call costs more than the call
+// itself (a stream's HEADERS, its flow-control window, two goroutine
+// hand-offs on each side); on one long-lived stream a call is one entry in
+// a batch, and under load one round trip carries as many calls as are
+// pending.
 
 // Call operations (pb.Call.op).
 const (
@@ -16,6 +18,7 @@ const (
 	OpDelay     = 4
 	OpDeliver   = 5
 	OpCancel    = 6
+	OpMix       = 7
 )
 
 // StatusPerCall is the Status kind of a reply too large for a batch: the

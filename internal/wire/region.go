@@ -23,3 +23,20 @@ const RegionSlots = 32
 // RegionFD is the descriptor the region has in the plugin: the first of
 // exec.Cmd.ExtraFiles.
 const RegionFD = 3
+
+// The reply region: a second memfd of the same layout, writable by the
+// plugin, for replies as large as a packet (a Mix call's forward packet or
+// exit fragment). A call whose body is in slot k may have its large reply
+// written to slot k of the reply region: the slot stays the call's until
+// the core has read the reply (with pread, into memory of its own, so what
+// the plugin writes later cannot change what the core acts on). The core
+// only reads a slot a reply names for a call it sent with that slot, and
+// never more than InlineMax bytes.
+
+// ReplyRegionEnv names the variable that tells a plugin the descriptor of
+// its reply region.
+const ReplyRegionEnv = "MIXMTA_REPLY_FD"
+
+// ReplyRegionFD is the descriptor the reply region has in the plugin: the
+// second of exec.Cmd.ExtraFiles.
+const ReplyRegionFD = 4

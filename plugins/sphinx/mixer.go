@@ -23,7 +23,7 @@ func errMalformed(format string, args ...any) error {
 // each key whose NotAfter has not passed, in keyOrder (current epoch,
 // previous, next), until one authenticates the header; a key that fails
 // the header MAC leaves the packet untouched, so the next key sees the same
-// bytes. packet is not modified (Mix works on a copy).
+// bytes. packet is not modified (Mix works on a copy; MixInPlace does not).
 //
 // Results, all with the replay tag and the epoch of the key that worked:
 //   - Forward: MixForward with NextHop and the re-wrapped Packet
@@ -39,15 +39,22 @@ func errMalformed(format string, args ...any) error {
 // fragment beyond max_message_bytes or a fragment at a non-exit node;
 // temporary 451 4.3.0 before the first MixState or when every own key has
 // expired (the core pushes new keys at each epoch change).
-func (s *Stage) Mix(_ context.Context, packet []byte) (*sdk.MixResult, error) {
+func (s *Stage) Mix(ctx context.Context, packet []byte) (*sdk.MixResult, error) {
+	return s.MixInPlace(ctx, bytes.Clone(packet))
+}
+
+var _ sdk.MixerInPlace = (*Stage)(nil)
+
+// MixInPlace is Mix on buf itself (sdk.MixerInPlace): the unwrap overwrites
+// it, and a forward Packet or exit Fragment.Data is part of it.
+func (s *Stage) MixInPlace(_ context.Context, buf []byte) (*sdk.MixResult, error) {
 	st, err := s.loadState()
 	if err != nil {
 		return nil, err
 	}
-	if len(packet) != s.pf.geo.PacketSize {
-		return nil, errMalformed("sphinx: packet of %d bytes, packet_size is %d", len(packet), s.pf.geo.PacketSize)
+	if len(buf) != s.pf.geo.PacketSize {
+		return nil, errMalformed("sphinx: packet of %d bytes, packet_size is %d", len(buf), s.pf.geo.PacketSize)
 	}
-	buf := bytes.Clone(packet)
 	now := s.now()
 	tried := 0
 	s.ring.mu.RLock()

@@ -34,6 +34,7 @@ import (
 	"github.com/mixmta/mixmta/core/internal/pluginhost"
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/core/internal/stats"
+	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
 	"github.com/mixmta/mixmta/sdk/plugintest"
 )
@@ -255,11 +256,24 @@ func (f fixedDelay) Delay(_ context.Context, r sdk.DelayRequest) ([]time.Duratio
 }
 
 // recMixer is the real mixer stage with the mix states pushed to it
-// recorded, so a test can wait for the state it needs.
+// recorded, so a test can wait for the state it needs, and its Mix calls
+// counted: in flight, and failed because the plugin process died.
 type recMixer struct {
 	mixnet.Mixer
 	mu     sync.Mutex
 	states []sdk.MixState
+
+	mixing, crashed atomic.Int64
+}
+
+func (r *recMixer) Mix(ctx context.Context, packet []byte) (*sdk.MixResult, error) {
+	r.mixing.Add(1)
+	defer r.mixing.Add(-1)
+	res, err := r.Mixer.Mix(ctx, packet)
+	if pluginclient.IsTransport(err) {
+		r.crashed.Add(1)
+	}
+	return res, err
 }
 
 func (r *recMixer) SetMixState(ctx context.Context, st sdk.MixState) error {

@@ -124,7 +124,11 @@ type Engine struct {
 	c      *stats.Counters
 	sched  *Scheduler
 
-	work     chan work
+	work chan work
+	// released gets the items the scheduler released: workers take them
+	// before new work, so a backlog of arrivals does not hold back what
+	// is due to leave (and what is held in memory until it leaves).
+	released chan work
 	stopped  <-chan struct{}
 	sem      map[int]chan struct{}
 	wg       sync.WaitGroup
@@ -178,7 +182,7 @@ func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 	if o.MaxCrashes <= 0 {
 		o.MaxCrashes = 2
 	}
-	e := &Engine{q: q, stages: stages, opt: o, log: o.Logger, c: o.Counters, work: make(chan work, 4096), sem: map[int]chan struct{}{},
+	e := &Engine{q: q, stages: stages, opt: o, log: o.Logger, c: o.Counters, work: make(chan work, 4096), released: make(chan work, 4096), sem: map[int]chan struct{}{},
 		excl: map[int]*sync.RWMutex{}, held: map[queue.ID]bool{}, busy: map[queue.ID]int{}}
 	for i, s := range stages {
 		if s.Kind == sdk.KindDeliverer {
@@ -309,12 +313,16 @@ func (e *Engine) enqueue(it *queue.Item, released bool) {
 		return // it stays in the queue and resumes at the next start
 	}
 	w := work{it: it, released: released}
+	ch := e.work
+	if released {
+		ch = e.released
+	}
 	select {
-	case e.work <- w:
+	case ch <- w:
 	default:
 		go func() {
 			select {
-			case e.work <- w:
+			case ch <- w:
 			case <-e.stopped:
 			}
 		}()
@@ -324,19 +332,28 @@ func (e *Engine) enqueue(it *queue.Item, released bool) {
 func (e *Engine) worker(ctx context.Context) {
 	defer e.wg.Done()
 	for {
+		var w work
 		select {
 		case <-ctx.Done():
 			e.stopping.Store(true)
 			return
-		case w := <-e.work:
-			if !e.claim(w.it.ID) {
-				continue // held meanwhile, or already being processed
+		case w = <-e.released:
+		default:
+			select {
+			case <-ctx.Done():
+				e.stopping.Store(true)
+				return
+			case w = <-e.released:
+			case w = <-e.work:
 			}
-			e.inflight.Add(1)
-			e.process(context.WithoutCancel(ctx), w.it, w.released)
-			e.inflight.Add(-1)
-			e.unclaim(w.it.ID)
 		}
+		if !e.claim(w.it.ID) {
+			continue // held meanwhile, or already being processed
+		}
+		e.inflight.Add(1)
+		e.process(context.WithoutCancel(ctx), w.it, w.released)
+		e.inflight.Add(-1)
+		e.unclaim(w.it.ID)
 	}
 }
 

@@ -1,7 +1,10 @@
 package pipeline
 
 import (
+	"context"
 	"errors"
+	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -65,5 +68,68 @@ func TestCommitCountsWhatItPutAndDeleted(t *testing.T) {
 	}
 	if got, n := e.Queued(), queueLen(t, q); got != 2 || n != 2 {
 		t.Fatalf("after Finish: queued %d, %d items in the queue; want 2", got, n)
+	}
+}
+
+// orderHandler records the order in which packet items are processed;
+// the first one blocks until gate is closed.
+type orderHandler struct {
+	gate chan struct{}
+	mu   sync.Mutex
+	got  []queue.ID
+}
+
+func (h *orderHandler) Process(_ context.Context, it *queue.Item, _ bool) {
+	h.mu.Lock()
+	first := len(h.got) == 0
+	h.got = append(h.got, it.ID)
+	h.mu.Unlock()
+	if first {
+		<-h.gate
+	}
+}
+
+func (h *orderHandler) order() []queue.ID {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return slices.Clone(h.got)
+}
+
+// TestReleasedItemsGoBeforeNewWork: with a backlog of new items (packets
+// waiting to be unwrapped) in front of the one worker, an item the
+// scheduler releases (a packet due to leave) is processed next, not after
+// the backlog: what is due leaves, and what waits in memory to leave does
+// not pile up behind arrivals.
+func TestReleasedItemsGoBeforeNewWork(t *testing.T) {
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	h := &orderHandler{gate: make(chan struct{})}
+	e, err := New(q, []Stage{{Name: "deliver", Kind: sdk.KindDeliverer, Impl: &fakeStage{deliver: okAll}}},
+		Options{Workers: 1, Pool: Pool{Window: 5 * time.Millisecond, SendFraction: 1}, Packets: h})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	if err := e.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { cancel(); e.Wait() }()
+	packet := func() *queue.Item {
+		return &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketIn, Received: time.Now(), Deliverer: -1}
+	}
+	blocker := packet()
+	e.Run(blocker)
+	eventually(t, "the worker busy with the first item", func() bool { return len(h.order()) == 1 })
+	for range 20 {
+		e.Run(packet())
+	}
+	due := packet()
+	due.Waiting, due.SendAfter = true, time.Now()
+	e.Schedule(due)
+	eventually(t, "the due item released by the scheduler", func() bool { w, p := e.sched.Len(); return w+p == 0 })
+	close(h.gate)
+	eventually(t, "every item processed", func() bool { return len(h.order()) == 22 })
+	if got := h.order(); got[1] != due.ID {
+		t.Fatalf("the released item was processed at position %d of 22, want 1 (right after the item in progress)", slices.Index(got, due.ID))
 	}
 }
