@@ -19,6 +19,7 @@ import (
 const (
 	readyWord = ^uint64(0)
 	nackBit   = uint64(1) << 63
+	fullBit   = uint64(1) << 62
 )
 
 // Direct is the transport over TCP (or any stream Config.Dialer opens) with
@@ -476,8 +477,8 @@ func (c *clientConn) readAcks() {
 		c.t.st.bytesReceived.Add(AckSize)
 		c.t.frameLog(AckIn, c.peer.ID, AckSize)
 		word := binary.BigEndian.Uint64(w[:])
-		seq := word &^ nackBit
-		if word == readyWord || seq >= c.next.Load() {
+		seq := word &^ (nackBit | fullBit)
+		if word == readyWord || word&nackBit != 0 && word&fullBit != 0 || seq >= c.next.Load() {
 			c.t.st.protocolErrors.Add(1)
 			c.fail(fmt.Errorf("%w: unexpected word %#x", ErrProtocol, word))
 			return
@@ -490,6 +491,13 @@ func (c *clientConn) readAcks() {
 			c.t.st.nacks.Add(1)
 			if ok {
 				ch <- ErrNack
+			}
+			continue
+		}
+		if word&fullBit != 0 {
+			c.t.st.fulls.Add(1)
+			if ok {
+				ch <- ErrFull
 			}
 			continue
 		}

@@ -378,7 +378,10 @@ func (c *serverConn) run() {
 			t.bufs.Put(buf)
 			slots <- nil
 			word := seq
-			if err != nil {
+			switch {
+			case errors.Is(err, ErrFull):
+				word |= fullBit
+			case err != nil:
 				word |= nackBit
 				t.cfg.Logger.Debug("[MIX] handler failed; nack", "peer", c.id.Short(), "error", err)
 			}
@@ -386,9 +389,12 @@ func (c *serverConn) run() {
 				c.fail(werr)
 				return
 			}
-			if err != nil {
+			switch {
+			case word&fullBit != 0:
+				t.st.fullsSent.Add(1)
+			case err != nil:
 				t.st.nacksSent.Add(1)
-			} else {
+			default:
 				t.st.acksSent.Add(1)
 			}
 		}(seq, buf)
