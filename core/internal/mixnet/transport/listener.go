@@ -261,7 +261,11 @@ func (l *listener) serve(hs *handshake) {
 	l.t.st.connsIn.Add(1)
 	defer l.t.st.connsIn.Add(-1)
 	l.t.cfg.Logger.Debug("[MIX] inbound link up", "peer", id.Short())
-	if err := c.writeWord(readyWord); err != nil {
+	ready := readyWord
+	if f := l.t.cfg.Full; f != nil && f() {
+		ready = readyFullWord
+	}
+	if err := c.writeWord(ready); err != nil {
 		c.fail(err)
 		return
 	}

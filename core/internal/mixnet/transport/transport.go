@@ -25,6 +25,8 @@
 //	listener -> dialer: words of exactly 8 bytes (AckSize), big-endian:
 //	                    0xFFFFFFFFFFFFFFFF  ready: sent once, first, when the
 //	                                        listener has accepted the dialer
+//	                    0xFFFFFFFFFFFFFFFE  ready, and the node is full now
+//	                                        (so a probe learns it)
 //	                    n (bit 63 clear)    ack: frame n is durably queued
 //	                    n | 1<<63           nack: frame n was not queued; the
 //	                                        sender tries again later
@@ -99,6 +101,9 @@ type Transport interface {
 	// health check that sends no frame. Errors as for Dial, without
 	// ErrBackoff.
 	Probe(ctx context.Context, peer Peer) error
+	// ProbeFull is Probe that also reports whether the peer's ready word
+	// said it is full (Config.Full).
+	ProbeFull(ctx context.Context, peer Peer) (full bool, err error)
 	// Stats returns the counters since the transport was made.
 	Stats() Stats
 	// Close closes every link and listener. Sends in flight fail.
@@ -282,6 +287,11 @@ type Config struct {
 	// the TLS connection (tests assert every frame on every link has the
 	// same size). Called concurrently, from I/O paths: keep it fast.
 	FrameLog func(dir Dir, peer sdk.NodeID, size int)
+	// Full, if set, reports whether this node is full (flow control,
+	// docs/mixnet.md): the listener then sends the full ready word to a
+	// connecting node, so that its probes learn it. Called once per
+	// accepted connection. Frames are refused by the Handler, not here.
+	Full func() bool
 	// Logger gets "[MIX]" lines (nothing above Debug carries an address).
 	Logger hclog.Logger
 }

@@ -333,6 +333,37 @@ func TestFullWordIsNeitherAckNorNack(t *testing.T) {
 	}
 }
 
+// TestProbeLearnsThatThePeerIsFull: a listener whose Config.Full reports
+// true answers with the full ready word; ProbeFull says so, Probe still
+// succeeds, and a link to it still carries frames (refusing them is the
+// handler's business).
+func TestProbeLearnsThatThePeerIsFull(t *testing.T) {
+	a, b := newNode(t), newNode(t)
+	var full atomic.Bool
+	ta := newTransport(t, a, Config{PacketSize: 1024})
+	tb := newTransport(t, b, Config{PacketSize: 1024, Full: full.Load}, a)
+	l := listen(t, tb, func(context.Context, sdk.NodeID, []byte) error { return nil })
+	p := b.peer(l.Addr().String())
+	for _, want := range []bool{false, true, false} {
+		full.Store(want)
+		got, err := ta.ProbeFull(context.Background(), p)
+		if err != nil || got != want {
+			t.Fatalf("ProbeFull with the peer full=%v: %v, %v", want, got, err)
+		}
+		if err := ta.Probe(context.Background(), p); err != nil {
+			t.Fatalf("Probe with the peer full=%v: %v", want, err)
+		}
+	}
+	full.Store(true)
+	link, err := ta.Dial(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := link.Send(context.Background(), packet(1024, 1)); err != nil {
+		t.Fatalf("send on a link whose ready word said full: %v", err)
+	}
+}
+
 // exactlyOnce is a handler that records which packet numbers arrived.
 type exactlyOnce struct {
 	mu   sync.Mutex
