@@ -221,9 +221,17 @@ type fakeLinks struct {
 	// done is closed when n reaches target (if target > 0).
 	target int64
 	done   chan struct{}
+	// refuse, if set, is asked before each send: an error fails the send
+	// (nothing is recorded). Set it before the node starts.
+	refuse func(id sdk.NodeID) error
 }
 
 func (l *fakeLinks) Send(_ context.Context, id sdk.NodeID, packet []byte) error {
+	if l.refuse != nil {
+		if err := l.refuse(id); err != nil {
+			return err
+		}
+	}
 	if !l.countOnly {
 		l.mu.Lock()
 		l.sent = append(l.sent, sent{to: id, data: bytes.Clone(packet)})
@@ -430,6 +438,8 @@ type nodeOptions struct {
 	sendRate float64
 	// blocked is the exit's destination opt-out check (nil: none).
 	blocked func(string) bool
+	// full is Config.Full (nil: never full).
+	full func() bool
 }
 
 // harness is the node under test: engine, queue, mixer, node.
@@ -505,6 +515,7 @@ func (h *harness) start() {
 		AckTime:       h.opt.ackTime,
 		SendRate:      h.opt.sendRate,
 		Blocked:       h.opt.blocked,
+		Full:          h.opt.full,
 	}
 	if cfg.SendRate == 0 {
 		cfg.SendRate = 1e-9
@@ -568,6 +579,15 @@ func (h *harness) queueLen() int {
 		h.tb.Fatal(err)
 	}
 	return n
+}
+
+// queueItems returns the items in the node's queue.
+func (h *harness) queueItems() []*queue.Item {
+	var out []*queue.Item
+	if err := h.q.Items(func(it *queue.Item) error { out = append(out, it); return nil }); err != nil {
+		h.tb.Fatal(err)
+	}
+	return out
 }
 
 // settled waits until the queue is empty and the engine counts nothing

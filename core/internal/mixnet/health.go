@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/sdk"
 )
@@ -208,6 +209,11 @@ func (n *Node) sweepLoop(ctx context.Context) {
 		for _, l := range lost {
 			n.Stats.LoopsLost.Add(1)
 			n.loopStats.finished(n.self, l.path, now, 0, true)
+			if n.health.fullSince(l.path, l.sent) {
+				// Held up by flow control, not lost by a failing node.
+				n.Stats.LoopsExcused.Add(1)
+				continue
+			}
 			for _, h := range l.path {
 				if h != n.self {
 					n.health.lostLoop(h, l.sent)
@@ -237,9 +243,13 @@ func (n *Node) probeLoop(ctx context.Context) {
 				defer wg.Done()
 				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
-				if err := n.links.Probe(pctx, id); err != nil {
+				switch err := n.links.Probe(pctx, id); {
+				case errors.Is(err, transport.ErrFull):
+					n.health.probeOK(id)
+					n.health.probedFull(id)
+				case err != nil:
 					n.health.fail(id)
-				} else {
+				default:
 					n.health.probeOK(id)
 				}
 			}(d.ID)
@@ -292,6 +302,10 @@ type nodeHealth struct {
 	loopDowns  int
 	downProbes int
 	readmitted time.Time
+	// lastFull: when it last refused a packet as full or a probe found it
+	// full; fullStreak: its refusals since it last took a packet (flow.go).
+	lastFull   time.Time
+	fullStreak int
 }
 
 const (

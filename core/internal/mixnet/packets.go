@@ -3,12 +3,14 @@ package mixnet
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
 	"github.com/mixmta/mixmta/core/internal/pipeline"
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/sdk"
@@ -29,6 +31,12 @@ func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) erro
 	if len(packet) != n.cfg.PacketSize {
 		n.Stats.Dropped.Add(1)
 		return fmt.Errorf("packet of %d bytes, want %d", len(packet), n.cfg.PacketSize)
+	}
+	if n.cfg.Full != nil && n.cfg.Full() {
+		// Refused whatever the packet is, at the time of an ack.
+		n.Stats.RefusedFull.Add(1)
+		n.waitAck(ctx, arrived)
+		return fmt.Errorf("mix node: %w", transport.ErrFull)
 	}
 	it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketIn, Received: time.Now(), Deliverer: -1}
 	if err := n.stores.store(n.eng, it, packet); err != nil {
@@ -399,11 +407,15 @@ func (n *Node) send(ctx context.Context, it *queue.Item, released bool) error {
 		return n.retry(it)
 	}
 	if err := n.links.Send(ctx, it.NextHop, packet); err != nil {
+		n.outbound.put(it.ID, packet) // the retry need not derive it again
+		if errors.Is(err, transport.ErrFull) {
+			return n.deferFull(it)
+		}
 		n.log.Info("[MIX] send failed, will retry", "next", it.NextHop.Short(), "attempt", it.Attempts+1)
 		n.health.fail(it.NextHop)
-		n.outbound.put(it.ID, packet) // the retry need not derive it again
 		return n.retry(it)
 	}
+	n.health.notFull(it.NextHop)
 	return n.eng.Finish(it)
 }
 

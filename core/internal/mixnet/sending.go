@@ -2,9 +2,11 @@ package mixnet
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/sdk"
 )
@@ -148,16 +150,31 @@ func (n *Node) sendOwn(ctx context.Context, it *queue.Item) {
 	if err == nil {
 		err = n.links.Send(ctx, it.NextHop, packet)
 		if err == nil {
+			n.health.notFull(it.NextHop)
 			n.Stats.OwnSent.Add(1)
 			if err := n.eng.Finish(it); err != nil {
 				n.log.Error("[MIX] cannot delete a sent packet", "item", it.ID.String(), "error", err)
 			}
 			return
 		}
-		n.health.fail(it.NextHop)
+		if !errors.Is(err, transport.ErrFull) {
+			n.health.fail(it.NextHop)
+		}
 	}
 	if ctx.Err() != nil {
 		return // it resumes from the queue at the next start
+	}
+	if errors.Is(err, transport.ErrFull) {
+		// Flow control, no failure (flow.go): no attempt spent; a later
+		// tick.
+		n.Stats.DeferredFull.Add(1)
+		it.SendAfter = time.Now().Add(n.health.sawFull(it.NextHop))
+		if err := n.eng.Queue().Update(it); err != nil {
+			n.log.Error("[MIX] cannot requeue a packet; it resumes at restart", "item", it.ID.String(), "error", err)
+			return
+		}
+		n.sendq.push(it)
+		return
 	}
 	wait, ok := n.eng.Backoff().Wait(it.Attempts)
 	it.Attempts++
@@ -188,9 +205,14 @@ func (n *Node) sendDropTick(ctx context.Context) {
 	}
 	n.learnPathLen(p)
 	if err := n.links.Send(ctx, p.NextHop, p.Data); err != nil {
-		n.health.fail(p.NextHop)
+		if errors.Is(err, transport.ErrFull) {
+			n.health.sawFull(p.NextHop)
+		} else {
+			n.health.fail(p.NextHop)
+		}
 		n.Stats.TicksMissed.Add(1)
 		return
 	}
+	n.health.notFull(p.NextHop)
 	n.Stats.TickDrops.Add(1)
 }

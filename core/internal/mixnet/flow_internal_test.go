@@ -1,0 +1,48 @@
+package mixnet
+
+import (
+	"testing"
+	"time"
+
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// TestFullRefusalsWaitLongerAndExcuseLoops: each full refusal in a row by
+// one node doubles the wait before the next send to it (with its jitter,
+// up to the cap), a packet it takes resets the wait, and a loop sent
+// through it before it was seen full is excused, one sent after is not.
+func TestFullRefusalsWaitLongerAndExcuseLoops(t *testing.T) {
+	h := newHealth()
+	a, b := sdk.NodeID{1}, sdk.NodeID{2}
+	h.probeOK(a)
+	h.probeOK(b)
+	for i := range 12 {
+		w := h.sawFull(a)
+		nominal := min(fullWaitMin<<i, fullWaitMax)
+		if w < nominal/2 || w > nominal*3/2 {
+			t.Fatalf("refusal %d: wait %v, want %v ± 50%%", i+1, w, nominal)
+		}
+	}
+	if !h.healthy(a) {
+		t.Fatal("full refusals marked the node down")
+	}
+	h.notFull(a)
+	if w := h.sawFull(a); w > fullWaitMin*3/2 {
+		t.Fatalf("after a packet was taken: wait %v, want about %v", w, fullWaitMin)
+	}
+
+	before := time.Now().Add(-time.Second)
+	if !h.fullSince([]sdk.NodeID{b, a}, before) {
+		t.Error("a loop sent before its path's node was seen full is not excused")
+	}
+	if h.fullSince([]sdk.NodeID{b}, before) {
+		t.Error("a loop through no full node is excused")
+	}
+	if h.fullSince([]sdk.NodeID{a, b}, time.Now().Add(time.Second)) {
+		t.Error("a loop sent after the node was last seen full is excused")
+	}
+	h.probedFull(b)
+	if !h.fullSince([]sdk.NodeID{b}, before) {
+		t.Error("a probe that found the node full does not excuse its loops")
+	}
+}

@@ -1,0 +1,162 @@
+package mixnet_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/mixmta/mixmta/core/internal/mixnet"
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
+	"github.com/mixmta/mixmta/core/internal/pluginhost"
+	"github.com/mixmta/mixmta/sdk"
+)
+
+// TestFullNodeRefusesEveryPacketAndLosesNothing: while Config.Full
+// reports the node full, Receive refuses each packet before storing it,
+// with transport.ErrFull (the full word: the previous hop keeps it), and
+// no sooner than an ack would come (the refusal is not a timing signal).
+// The queue does not grow. The fragments the exit already stored stay;
+// once there is room the refused ones, sent again, complete the message,
+// which is delivered once.
+func TestFullNodeRefusesEveryPacketAndLosesNothing(t *testing.T) {
+	now := time.Now()
+	net := newSimNet(t, t.TempDir(), now, nodeSpec{"sender", false}, nodeSpec{"a", false}, nodeSpec{"b", false}, nodeSpec{"exit", true})
+	s, a, b, u := net.node("sender"), net.node("a"), net.node("b"), net.node("exit")
+	var full atomic.Bool
+	const ackTime = 30 * time.Millisecond
+	h := startNode(t, net, u, nodeOptions{full: full.Load, ackTime: ackTime})
+	hops := map[sdk.NodeID]*pluginhost.Stage{a.ID(): peer(t, net, a, 3, now), b.ID(): peer(t, net, b, 3, now)}
+	sender := peer(t, net, s, 3, now, a, b, u)
+	ctx := context.Background()
+
+	m := testMessage(200 << 10)
+	routes, err := sender.Route(ctx, m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(routes) != 4 {
+		t.Fatalf("%d packets for 200 KiB, want 4", len(routes))
+	}
+	var finals [][]byte
+	for _, r := range routes {
+		at, pkt := r.NextHop, r.Body
+		for at != u.ID() {
+			res, err := hops[at].Mix(ctx, pkt)
+			if err != nil || res.Action != sdk.MixForward {
+				t.Fatalf("Mix at a hop before the exit: %v", err)
+			}
+			at, pkt = res.NextHop, res.Packet
+		}
+		finals = append(finals, pkt)
+	}
+
+	h.receive(b, finals[0])
+	h.receive(b, finals[1])
+	eventually(t, "two fragments held", func() bool { return h.node.Fragments() == 1 && h.eng.InFlight() == 0 })
+	held := h.queueLen()
+
+	full.Store(true)
+	for i, p := range finals[2:] {
+		start := time.Now()
+		err := h.node.Receive(ctx, b.ID(), p)
+		if !errors.Is(err, transport.ErrFull) {
+			t.Fatalf("packet %d received while full: %v, want transport.ErrFull", i+2, err)
+		}
+		if took := time.Since(start); took < ackTime {
+			t.Errorf("refused after %v, before the ack time %v: a refusal would be told apart by its timing", took, ackTime)
+		}
+	}
+	quiet()
+	if n := h.queueLen(); n != held {
+		t.Fatalf("the queue went from %d to %d items while full", held, n)
+	}
+	if n := len(h.dlv.got()); n != 0 {
+		t.Fatalf("%d messages delivered from half the fragments", n)
+	}
+	if n := h.node.Stats.RefusedFull.Load(); n != 2 {
+		t.Errorf("RefusedFull = %d, want 2", n)
+	}
+
+	full.Store(false)
+	for _, p := range finals[2:] {
+		h.receive(b, p)
+	}
+	eventually(t, "the reassembled message delivered", func() bool { return len(h.dlv.got()) == 1 })
+	if got := h.dlv.got()[0]; !bytes.Equal(got.Body, m.Body) {
+		t.Fatalf("delivered body of %d bytes, want the %d sent", len(got.Body), len(m.Body))
+	}
+	h.settled()
+}
+
+// TestFullNextHopIsNeitherDownNorChargedAnAttempt: the next hop answers
+// a forwarded packet with the full word again and again. The node keeps
+// the packet and sends it again after short waits, spends no attempt of
+// its retry schedule on it, keeps the next hop healthy (three failed
+// sends in a row mark a node down), and delivers the packet to it once
+// it takes packets again. Control: the same refusals as nacks spend an
+// attempt each and mark the next hop down.
+func TestFullNextHopIsNeitherDownNorChargedAnAttempt(t *testing.T) {
+	defer mixnet.SetFullWait(10*time.Millisecond, 80*time.Millisecond)()
+	for _, c := range []struct {
+		name   string
+		refuse error
+	}{
+		{"full", transport.ErrFull},
+		{"nack control", transport.ErrNack},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			now := time.Now()
+			net, s, u, x := threeNodes(t, now)
+			var refusing atomic.Bool
+			var refusals atomic.Int32
+			refusing.Store(true)
+			links := &fakeLinks{refuse: func(id sdk.NodeID) error {
+				if id == x.ID() && refusing.Load() {
+					refusals.Add(1)
+					return c.refuse
+				}
+				return nil
+			}}
+			// One probe, at start: no later probe clears send failures.
+			h := startNode(t, net, u, nodeOptions{links: links, probe: time.Hour})
+			eventually(t, "the exit healthy after the first probe", func() bool { return h.node.HealthyNodes() == 2 })
+			sender := peer(t, net, s, 2, now, u, x)
+			h.receive(s, route(t, sender, testMessage(1000), u.ID())[0])
+			attempts := func() int {
+				n := -1
+				for _, it := range h.queueItems() {
+					n = it.Attempts
+				}
+				return n
+			}
+
+			if c.refuse == transport.ErrNack {
+				eventually(t, "three nacks", func() bool { return refusals.Load() >= 3 })
+				eventually(t, "the attempts recorded", func() bool { return attempts() >= 3 })
+				if n := h.node.HealthyNodes(); n != 1 {
+					t.Errorf("%d healthy nodes after 3 nacks in a row, want 1: the control does not see what the test guards against", n)
+				}
+				return
+			}
+			eventually(t, "six full refusals", func() bool { return refusals.Load() >= 6 })
+			if n := attempts(); n != 0 {
+				t.Errorf("the packet has %d attempts after full refusals only, want 0", n)
+			}
+			if n := h.node.HealthyNodes(); n != 2 {
+				t.Errorf("%d healthy nodes after the full refusals, want 2 (a full node is not down)", n)
+			}
+			refusing.Store(false)
+			eventually(t, "the packet sent once the next hop has room", func() bool { return len(links.all()) == 1 })
+			if got := links.all()[0].to; got != x.ID() {
+				t.Fatalf("sent to %s, want %s", got.Short(), x.ID().Short())
+			}
+			if st := &h.node.Stats; st.Dropped.Load() != 0 || st.DeferredFull.Load() < 6 {
+				t.Errorf("dropped %d, deferred as full %d; want 0 and >= 6", st.Dropped.Load(), st.DeferredFull.Load())
+			}
+			h.settled()
+		})
+	}
+}
