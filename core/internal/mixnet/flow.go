@@ -3,6 +3,7 @@ package mixnet
 import (
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/queue"
@@ -11,34 +12,113 @@ import (
 
 // Flow control (docs/mixnet.md, "Flow control"): a node that is full
 // (Config.Full) refuses every packet with the transport's full word. For
-// the sender that is no failure of the next hop: the packet is kept and
-// sent again after a wait that grows while the next hop stays full, no
-// attempt of the retry schedule is spent, the next hop's health is not
-// touched, and a loop that did not come back through a node seen full
-// is not held against its path.
+// the sender that is no failure of the next hop: no attempt of the retry
+// schedule is spent, the next hop's health is not touched, and a loop that
+// did not come back through a node seen full is not held against its
+// path. A packet of the pool refused as full is parked, with the packets
+// for the same next hop that come after it, and released a few at a time
+// when the next hop has room again: a probe finds it not full, or it
+// takes a packet (each packet it takes releases two more), or, failing
+// both, after fullWaitMax. So a full node is not sent every held packet
+// again and again, and the packets for it leave in their order.
 
 var (
-	// fullWaitMin and fullWaitMax bound the wait before a packet refused
-	// as full is sent again: fullWaitMin doubled for every refusal in a
-	// row by that next hop, up to fullWaitMax, times a jitter of
-	// 0.5-1.5 so that the packets held for one node do not all come back
-	// at once.
+	// fullWaitMin and fullWaitMax bound the wait before an own packet
+	// refused as full is sent again (at a later tick): fullWaitMin
+	// doubled for every refusal in a row by that next hop, up to
+	// fullWaitMax, times a jitter of 0.5-1.5. fullWaitMax is also how long
+	// packets stay parked for a next hop that neither probes nor sends
+	// show to have room.
 	fullWaitMin = 500 * time.Millisecond
 	fullWaitMax = 30 * time.Second
 )
 
-// deferFull puts a packet item its next hop refused as full back in the
-// pool, due after the wait for that next hop, without spending an
-// attempt.
-func (n *Node) deferFull(it *queue.Item) error {
+const (
+	// fullBurst packets are released at once when a next hop shows room.
+	fullBurst = 4
+	// fullRamp packets are released for each packet the next hop takes.
+	fullRamp = 2
+)
+
+// parked holds the pool's packets waiting for full next hops, in order.
+type parked struct {
+	mu sync.Mutex
+	m  map[sdk.NodeID][]parkedItem
+}
+
+type parkedItem struct {
+	it    *queue.Item
+	since time.Time
+}
+
+// deferFull parks a packet of the pool that its next hop refused as full,
+// or that was not sent because the next hop is known to be full, without
+// spending an attempt. Its stored SendAfter is not changed: after a
+// restart it is sent at once.
+func (n *Node) deferFull(it *queue.Item) {
 	n.Stats.DeferredFull.Add(1)
-	it.SendAfter = time.Now().Add(n.health.sawFull(it.NextHop))
-	it.Waiting = true
-	if err := n.eng.Queue().Update(it); err != nil {
-		return err
+	n.parked.mu.Lock()
+	if n.parked.m == nil {
+		n.parked.m = map[sdk.NodeID][]parkedItem{}
 	}
-	n.eng.Schedule(it)
-	return nil
+	n.parked.m[it.NextHop] = append(n.parked.m[it.NextHop], parkedItem{it, time.Now()})
+	n.parked.mu.Unlock()
+}
+
+// unpark hands up to k packets parked for id (k < 0: all) back to the
+// pool, oldest first.
+func (n *Node) unpark(id sdk.NodeID, k int) {
+	n.parked.mu.Lock()
+	q := n.parked.m[id]
+	if k < 0 || k > len(q) {
+		k = len(q)
+	}
+	out := q[:k:k]
+	if k == len(q) {
+		delete(n.parked.m, id)
+	} else {
+		n.parked.m[id] = q[k:]
+	}
+	n.parked.mu.Unlock()
+	for _, p := range out {
+		p.it.SendAfter = time.Now()
+		n.eng.Schedule(p.it)
+	}
+}
+
+// tookPacket records that id took a packet: it has room, and fullRamp
+// more of the packets parked for it go.
+func (n *Node) tookPacket(id sdk.NodeID) {
+	n.health.notFull(id)
+	n.unpark(id, fullRamp)
+}
+
+// unparkStale releases a burst for every next hop whose oldest parked
+// packet has waited fullWaitMax (nothing showed that it has room).
+func (n *Node) unparkStale(now time.Time) {
+	var ids []sdk.NodeID
+	n.parked.mu.Lock()
+	for id, q := range n.parked.m {
+		if len(q) > 0 && now.Sub(q[0].since) >= fullWaitMax {
+			ids = append(ids, id)
+		}
+	}
+	n.parked.mu.Unlock()
+	for _, id := range ids {
+		n.health.notFull(id) // try again, as after a probe
+		n.unpark(id, fullBurst)
+	}
+}
+
+// Parked returns the number of packets parked for full next hops.
+func (n *Node) Parked() int {
+	n.parked.mu.Lock()
+	defer n.parked.mu.Unlock()
+	c := 0
+	for _, q := range n.parked.m {
+		c += len(q)
+	}
+	return c
 }
 
 // sawFull records that id refused a packet as full and returns how long
@@ -56,16 +136,26 @@ func (h *health) sawFull(id sdk.NodeID) time.Duration {
 // probedFull records that a probe found id full.
 func (h *health) probedFull(id sdk.NodeID) {
 	h.mu.Lock()
-	h.get(id).lastFull = time.Now()
+	nh := h.get(id)
+	nh.lastFull = time.Now()
+	nh.fullStreak = max(nh.fullStreak, 1)
 	h.mu.Unlock()
 }
 
-// notFull records that id took a packet: the next refusal waits the least
-// again.
+// notFull records that id took a packet, or that a probe found it with
+// room.
 func (h *health) notFull(id sdk.NodeID) {
 	h.mu.Lock()
 	h.get(id).fullStreak = 0
 	h.mu.Unlock()
+}
+
+// isFull reports whether the last word from id was full.
+func (h *health) isFull(id sdk.NodeID) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	nh := h.nodes[id]
+	return nh != nil && nh.fullStreak > 0
 }
 
 // fullSince reports whether any node of path was seen full at or after t.
@@ -81,8 +171,9 @@ func (h *health) fullSince(path []sdk.NodeID, t time.Time) bool {
 }
 
 // flowStats are the flow control fields of the [STATS] line: packets
-// refused as full, sends deferred for a full next hop, loops excused.
+// refused as full, sends deferred for a full next hop, packets parked
+// now, loops excused.
 func (n *Node) flowStats() string {
 	s := &n.Stats
-	return fmt.Sprintf(" full_refused=%d full_deferred=%d loops_excused=%d", s.RefusedFull.Load(), s.DeferredFull.Load(), s.LoopsExcused.Load())
+	return fmt.Sprintf(" full_refused=%d full_deferred=%d full_parked=%d loops_excused=%d", s.RefusedFull.Load(), s.DeferredFull.Load(), n.Parked(), s.LoopsExcused.Load())
 }

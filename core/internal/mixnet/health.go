@@ -224,6 +224,7 @@ func (n *Node) sweepLoop(ctx context.Context) {
 			n.Stats.Dropped.Add(1)
 			_ = n.eng.Finish(it)
 		}
+		n.unparkStale(now)
 		if len(lost) > 0 {
 			n.refresh(ctx, false)
 		}
@@ -249,8 +250,11 @@ func (n *Node) probeLoop(ctx context.Context) {
 					n.health.probedFull(id)
 				case err != nil:
 					n.health.fail(id)
+					n.unpark(id, -1) // they fail and retry as any send
 				default:
 					n.health.probeOK(id)
+					n.health.notFull(id)
+					n.unpark(id, fullBurst)
 				}
 			}(d.ID)
 		}

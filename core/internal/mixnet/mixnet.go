@@ -212,6 +212,8 @@ type Node struct {
 	stores storeBatch
 	// hopDelays are hop delays sampled ahead, in batches.
 	hopDelays delayBatch
+	// parked are the pool's packets waiting for full next hops (flow.go).
+	parked parked
 
 	mu        sync.Mutex
 	fragments map[queue.ID]map[int]*queue.Item // message id -> index -> item

@@ -406,16 +406,24 @@ func (n *Node) send(ctx context.Context, it *queue.Item, released bool) error {
 	case mixErr != nil:
 		return n.retry(it)
 	}
+	if n.health.isFull(it.NextHop) {
+		// Behind the packets parked for it (flow.go).
+		n.outbound.put(it.ID, packet)
+		n.deferFull(it)
+		return nil
+	}
 	if err := n.links.Send(ctx, it.NextHop, packet); err != nil {
 		n.outbound.put(it.ID, packet) // the retry need not derive it again
 		if errors.Is(err, transport.ErrFull) {
-			return n.deferFull(it)
+			n.health.sawFull(it.NextHop)
+			n.deferFull(it)
+			return nil
 		}
 		n.log.Info("[MIX] send failed, will retry", "next", it.NextHop.Short(), "attempt", it.Attempts+1)
 		n.health.fail(it.NextHop)
 		return n.retry(it)
 	}
-	n.health.notFull(it.NextHop)
+	n.tookPacket(it.NextHop)
 	return n.eng.Finish(it)
 }
 

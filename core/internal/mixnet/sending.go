@@ -150,7 +150,7 @@ func (n *Node) sendOwn(ctx context.Context, it *queue.Item) {
 	if err == nil {
 		err = n.links.Send(ctx, it.NextHop, packet)
 		if err == nil {
-			n.health.notFull(it.NextHop)
+			n.tookPacket(it.NextHop)
 			n.Stats.OwnSent.Add(1)
 			if err := n.eng.Finish(it); err != nil {
 				n.log.Error("[MIX] cannot delete a sent packet", "item", it.ID.String(), "error", err)
@@ -213,6 +213,6 @@ func (n *Node) sendDropTick(ctx context.Context) {
 		n.Stats.TicksMissed.Add(1)
 		return
 	}
-	n.health.notFull(p.NextHop)
+	n.tookPacket(p.NextHop)
 	n.Stats.TickDrops.Add(1)
 }
