@@ -20,7 +20,7 @@ import (
 // when the next hop has room again: a probe finds it not full, or it
 // takes a packet (each packet it takes releases two more), or, failing
 // both, after fullWaitMax. So a full node is not sent every held packet
-// again and again, and the packets for it leave in their order.
+// again and again.
 
 var (
 	// fullWaitMin and fullWaitMax bound the wait before an own packet

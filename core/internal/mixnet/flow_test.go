@@ -160,3 +160,55 @@ func TestFullNextHopIsNeitherDownNorChargedAnAttempt(t *testing.T) {
 		})
 	}
 }
+
+// TestPacketsForAFullNextHopWaitParked: ten packets for a next hop that
+// refuses as full, and whose probes say it is full, cost it one refusal
+// (or the few sent before the first came back), not ten per probe
+// round: the rest wait parked. Once its probes find room, all ten are
+// sent, none dropped, no attempt spent.
+func TestPacketsForAFullNextHopWaitParked(t *testing.T) {
+	defer mixnet.SetFullWait(10*time.Millisecond, time.Hour)()
+	now := time.Now()
+	net, s, u, x := threeNodes(t, now)
+	var full atomic.Bool
+	var refusals atomic.Int32
+	full.Store(true)
+	links := &fakeLinks{
+		refuse: func(id sdk.NodeID) error {
+			if id == x.ID() && full.Load() {
+				refusals.Add(1)
+				return transport.ErrFull
+			}
+			return nil
+		},
+		probe: func(id sdk.NodeID) error {
+			if id == x.ID() && full.Load() {
+				return transport.ErrFull
+			}
+			return nil
+		},
+	}
+	h := startNode(t, net, u, nodeOptions{links: links})
+	sender := peer(t, net, s, 2, now, u, x)
+	const n = 10
+	for range n {
+		h.receive(s, route(t, sender, testMessage(1000), u.ID())[0])
+	}
+	eventually(t, "every packet parked", func() bool { return h.node.Parked() == n })
+	time.Sleep(time.Second) // 20 probe rounds that find x full
+	if r := refusals.Load(); r > 4 {
+		t.Errorf("%d refusals for %d packets held over 20 probe rounds: the packets were sent again to a node known to be full", r, n)
+	}
+	if got := len(links.all()); got != 0 {
+		t.Fatalf("%d packets taken by a full node", got)
+	}
+	full.Store(false)
+	eventually(t, "all packets sent once the next hop has room", func() bool { return len(links.all()) == n })
+	for _, it := range h.queueItems() {
+		t.Errorf("item left in the queue: %s attempts %d", it.Kind, it.Attempts)
+	}
+	if d := h.node.Stats.Dropped.Load(); d != 0 {
+		t.Errorf("%d packets dropped", d)
+	}
+	h.settled()
+}

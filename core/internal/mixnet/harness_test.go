@@ -224,6 +224,8 @@ type fakeLinks struct {
 	// refuse, if set, is asked before each send: an error fails the send
 	// (nothing is recorded). Set it before the node starts.
 	refuse func(id sdk.NodeID) error
+	// probe, if set, answers Probe (else every probe succeeds).
+	probe func(id sdk.NodeID) error
 }
 
 func (l *fakeLinks) Send(_ context.Context, id sdk.NodeID, packet []byte) error {
@@ -243,7 +245,12 @@ func (l *fakeLinks) Send(_ context.Context, id sdk.NodeID, packet []byte) error 
 	return nil
 }
 
-func (l *fakeLinks) Probe(context.Context, sdk.NodeID) error { return nil }
+func (l *fakeLinks) Probe(_ context.Context, id sdk.NodeID) error {
+	if l.probe != nil {
+		return l.probe(id)
+	}
+	return nil
+}
 
 func (l *fakeLinks) all() []sent {
 	l.mu.Lock()
