@@ -34,6 +34,12 @@ var (
 )
 
 const (
+	// fullOffPaths: a node full without a break for this long is left
+	// off paths (healthy reports false) until it takes a packet or a
+	// probe finds room: one that refuses everything for good, by fault
+	// or by malice, must not keep drawing packets that wait for it. A
+	// full node that drains in time stays on paths.
+	fullOffPaths = 5 * time.Minute
 	// fullBurst packets are released at once when a next hop shows room.
 	fullBurst = 4
 	// fullRamp packets are released for each packet the next hop takes.
@@ -128,6 +134,9 @@ func (h *health) sawFull(id sdk.NodeID) time.Duration {
 	nh := h.get(id)
 	nh.lastFull = time.Now()
 	d := min(fullWaitMin<<min(nh.fullStreak, 16), fullWaitMax)
+	if nh.fullStreak == 0 {
+		nh.fullFrom = nh.lastFull
+	}
 	nh.fullStreak++
 	h.mu.Unlock()
 	return time.Duration(float64(d) * (0.5 + rand.Float64()))
@@ -138,6 +147,9 @@ func (h *health) probedFull(id sdk.NodeID) {
 	h.mu.Lock()
 	nh := h.get(id)
 	nh.lastFull = time.Now()
+	if nh.fullStreak == 0 {
+		nh.fullFrom = nh.lastFull
+	}
 	nh.fullStreak = max(nh.fullStreak, 1)
 	h.mu.Unlock()
 }

@@ -46,3 +46,36 @@ func TestFullRefusalsWaitLongerAndExcuseLoops(t *testing.T) {
 		t.Error("a probe that found the node full does not excuse its loops")
 	}
 }
+
+// TestNodeFullForTooLongLeavesPaths: a node that stays full (refusals and
+// probes that find it full, nothing taken) is healthy for fullOffPaths,
+// then left off paths, and back on them as soon as a probe finds room.
+func TestNodeFullForTooLongLeavesPaths(t *testing.T) {
+	h := newHealth()
+	id := sdk.NodeID{3}
+	h.probeOK(id)
+	h.sawFull(id)
+	h.probedFull(id)
+	if !h.healthy(id) {
+		t.Fatal("a node just found full is off paths")
+	}
+	h.mu.Lock()
+	h.nodes[id].fullFrom = time.Now().Add(-fullOffPaths + time.Minute)
+	h.mu.Unlock()
+	h.probedFull(id)
+	if !h.healthy(id) {
+		t.Fatal("a node full for less than fullOffPaths is off paths")
+	}
+	h.mu.Lock()
+	h.nodes[id].fullFrom = time.Now().Add(-fullOffPaths - time.Second)
+	h.mu.Unlock()
+	h.probedFull(id)
+	if h.healthy(id) {
+		t.Fatalf("a node full for longer than %v is still on paths", fullOffPaths)
+	}
+	h.probeOK(id)
+	h.notFull(id)
+	if !h.healthy(id) {
+		t.Fatal("a node a probe found with room is still off paths")
+	}
+}

@@ -307,9 +307,10 @@ type nodeHealth struct {
 	downProbes int
 	readmitted time.Time
 	// lastFull: when it last refused a packet as full or a probe found it
-	// full; fullStreak: its refusals since it last took a packet (flow.go).
-	lastFull   time.Time
-	fullStreak int
+	// full; fullStreak: its refusals since it last took a packet or a
+	// probe found room, fullFrom: since when (flow.go).
+	lastFull, fullFrom time.Time
+	fullStreak         int
 }
 
 const (
@@ -340,7 +341,8 @@ func (h *health) healthy(id sdk.NodeID) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	nh := h.get(id)
-	return nh.probed && nh.probeFails < probeFailLimit && nh.lostLoops < loopFailLimit
+	fullTooLong := nh.fullStreak > 0 && time.Since(nh.fullFrom) > fullOffPaths
+	return nh.probed && nh.probeFails < probeFailLimit && nh.lostLoops < loopFailLimit && !fullTooLong
 }
 
 func (h *health) probeOK(id sdk.NodeID) {
