@@ -59,11 +59,13 @@ func (d *Daemon) QueueFull() bool {
 
 // linkFull is the mix node's Config.Full: the queue holds queue.max_items
 // messages (packets in transit and exit fragments aside, docs/mixnet.md
-// "Flow control"), or the data dir is below its free-space reserve.
-// While it is, the node refuses every packet from its links with the
-// full word. It logs when the node fills and when it has room again.
-func (d *Daemon) linkFull() bool {
-	full := d.engine.Full() || !d.HasSpace(0)
+// "Flow control") counting pending more, or the data dir is below its
+// free-space reserve. While it is, the node refuses every packet from its
+// links with the full word. It logs when the node fills and when it has
+// room again.
+func (d *Daemon) linkFull(pending int64) bool {
+	limit := d.cfg.Queue.MaxItems
+	full := limit > 0 && d.engine.Messages()+pending >= limit || !d.HasSpace(0)
 	if d.mixFull.Swap(full) != full {
 		if full {
 			d.log.Warn("[MIX] node full; packets from links are refused (full) until deliveries make room", "messages", d.engine.Messages(), "max_items", d.cfg.Queue.MaxItems)

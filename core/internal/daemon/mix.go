@@ -128,7 +128,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 			return n.ID, true
 		},
 		Logger: log.Named("transport"),
-		Full:   d.linkFull,
+		Full:   func() bool { return d.linkFull(0) },
 	}
 	if m.FrameLog != "" {
 		f, err := os.OpenFile(m.FrameLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)

@@ -1,6 +1,7 @@
 package mixnet
 
 import (
+	"context"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -55,6 +56,31 @@ type parked struct {
 type parkedItem struct {
 	it    *queue.Item
 	since time.Time
+}
+
+// refuseFull counts a packet refused because this node is full and waits
+// out the ack time: the full word leaves when an ack would.
+func (n *Node) refuseFull(ctx context.Context, arrived time.Time) {
+	n.Stats.RefusedFull.Add(1)
+	n.selfFull.Store(time.Now().UnixNano())
+	n.waitAck(ctx, arrived)
+}
+
+// unreserve ends the count of a received packet in pendingIn once a
+// worker has unwrapped it (or its store failed). Packets resumed after a
+// restart were never counted.
+func (n *Node) unreserve(id queue.ID) {
+	if _, ok := n.reserved.LoadAndDelete(id); ok {
+		n.pendingIn.Add(-1)
+	}
+}
+
+// excused reports whether a loop sent at sent over path, not back in
+// time, was held up by flow control: a node of its path was seen full
+// since, or this node refused packets as full since (its own loops
+// come back through its own listener).
+func (n *Node) excused(path []sdk.NodeID, sent time.Time) bool {
+	return n.selfFull.Load() >= sent.UnixNano() || n.health.fullSince(path, sent)
 }
 
 // deferFull parks a packet of the pool that its next hop refused as full,

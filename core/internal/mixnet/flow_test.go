@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -27,7 +28,7 @@ func TestFullNodeRefusesEveryPacketAndLosesNothing(t *testing.T) {
 	s, a, b, u := net.node("sender"), net.node("a"), net.node("b"), net.node("exit")
 	var full atomic.Bool
 	const ackTime = 30 * time.Millisecond
-	h := startNode(t, net, u, nodeOptions{full: full.Load, ackTime: ackTime})
+	h := startNode(t, net, u, nodeOptions{full: func(int64) bool { return full.Load() }, ackTime: ackTime})
 	hops := map[sdk.NodeID]*pluginhost.Stage{a.ID(): peer(t, net, a, 3, now), b.ID(): peer(t, net, b, 3, now)}
 	sender := peer(t, net, s, 3, now, a, b, u)
 	ctx := context.Background()
@@ -210,5 +211,75 @@ func TestPacketsForAFullNextHopWaitParked(t *testing.T) {
 	if d := h.node.Stats.Dropped.Load(); d != 0 {
 		t.Errorf("%d packets dropped", d)
 	}
+	h.settled()
+}
+
+// TestPacketsArrivingTogetherCannotAllPassTheBound: eight exit packets,
+// each a whole message, arrive at once at an exit that may hold two
+// messages (Config.Full counts the packets received and not yet
+// unwrapped as messages) and whose deliveries are held. At most two are
+// taken, the others refused as full; the queue never holds more than two
+// messages. Once deliveries go on, the refused ones sent again are taken
+// and all eight are delivered once.
+func TestPacketsArrivingTogetherCannotAllPassTheBound(t *testing.T) {
+	now := time.Now()
+	net, s, u, x := threeNodes(t, now)
+	const bound, n = 2, 8
+	var h *harness
+	h = startNode(t, net, x, nodeOptions{full: func(pending int64) bool { return h.eng.Messages()+pending >= bound }})
+	block := make(chan struct{})
+	h.dlv.block = block
+	sender, mix := peer(t, net, s, 2, now, u, x), peer(t, net, u, 2, now)
+	ctx := context.Background()
+	var pkts [][]byte
+	for range n {
+		res, err := mix.Mix(ctx, route(t, sender, testMessage(1000), u.ID())[0])
+		if err != nil || res.Action != sdk.MixForward {
+			t.Fatalf("Mix at the first hop: %v", err)
+		}
+		pkts = append(pkts, res.Packet)
+	}
+
+	taken := make([]bool, n)
+	var wg sync.WaitGroup
+	for i, p := range pkts {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			err := h.node.Receive(ctx, u.ID(), p)
+			switch {
+			case err == nil:
+				taken[i] = true
+			case !errors.Is(err, transport.ErrFull):
+				t.Errorf("packet %d: %v, want nil or transport.ErrFull", i, err)
+			}
+		}()
+	}
+	wg.Wait()
+	took := 0
+	for _, ok := range taken {
+		if ok {
+			took++
+		}
+	}
+	if took == 0 || took > bound {
+		t.Fatalf("%d of %d packets arriving together taken, want 1 to %d", took, n, bound)
+	}
+	quiet()
+	if m := h.eng.Messages(); m > bound {
+		t.Fatalf("%d messages queued, bound %d", m, bound)
+	}
+
+	close(block)
+	for i, p := range pkts {
+		for !taken[i] {
+			err := h.node.Receive(ctx, u.ID(), p)
+			if err != nil && !errors.Is(err, transport.ErrFull) {
+				t.Fatalf("packet %d sent again: %v", i, err)
+			}
+			taken[i] = err == nil
+		}
+	}
+	eventually(t, "every message delivered", func() bool { return len(h.dlv.got()) == n })
 	h.settled()
 }

@@ -301,6 +301,9 @@ func (r *recMixer) last() (sdk.MixState, bool) {
 type recStage struct {
 	mu   sync.Mutex
 	msgs []*sdk.Message
+	// block, if set before the first message, holds every delivery until
+	// it is closed.
+	block chan struct{}
 }
 
 func (s *recStage) record(m *sdk.Message) {
@@ -330,6 +333,9 @@ func (s *recStage) Delay(context.Context, sdk.DelayRequest) ([]time.Duration, er
 	return nil, nil
 }
 func (s *recStage) Deliver(_ context.Context, m *sdk.Message) ([]sdk.RcptResult, error) {
+	if s.block != nil {
+		<-s.block
+	}
 	s.record(m)
 	out := make([]sdk.RcptResult, len(m.Envelope.RcptTo))
 	for i, r := range m.Envelope.RcptTo {
@@ -446,7 +452,7 @@ type nodeOptions struct {
 	// blocked is the exit's destination opt-out check (nil: none).
 	blocked func(string) bool
 	// full is Config.Full (nil: never full).
-	full func() bool
+	full func(pending int64) bool
 }
 
 // harness is the node under test: engine, queue, mixer, node.

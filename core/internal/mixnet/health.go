@@ -209,7 +209,7 @@ func (n *Node) sweepLoop(ctx context.Context) {
 		for _, l := range lost {
 			n.Stats.LoopsLost.Add(1)
 			n.loopStats.finished(n.self, l.path, now, 0, true)
-			if n.health.fullSince(l.path, l.sent) {
+			if n.excused(l.path, l.sent) {
 				// Held up by flow control, not lost by a failing node.
 				n.Stats.LoopsExcused.Add(1)
 				continue

@@ -127,13 +127,15 @@ type Config struct {
 	// to a recipient (the exit's destination opt-out list); nil blocks
 	// none. A message left without recipients is dropped.
 	Blocked func(rcpt string) bool
-	// Full, when set, reports whether this node is full (queue.max_items
-	// messages queued, or the data dir below its free-space reserve).
+	// Full, when set, reports whether this node is full with pending
+	// more packets counted as messages: queue.max_items messages queued
+	// (pending: the packets received and not yet unwrapped, any of which
+	// may complete one), or the data dir below its free-space reserve.
 	// Receive then refuses every packet, whatever it is, before storing
 	// it, at the same AckTime as an ack (transport.ErrFull: the previous
 	// hop keeps it and sends it again later, and holds nothing against
 	// this node). docs/mixnet.md, "Flow control".
-	Full func() bool
+	Full func(pending int64) bool
 }
 
 func (c *Config) defaults() {
@@ -214,6 +216,12 @@ type Node struct {
 	hopDelays delayBatch
 	// parked are the pool's packets waiting for full next hops (flow.go).
 	parked parked
+	// pendingIn counts the packets Receive stored that no worker has
+	// unwrapped yet (their ids in reserved); selfFull is when this node
+	// last refused a packet as full (unix ns).
+	pendingIn atomic.Int64
+	reserved  sync.Map
+	selfFull  atomic.Int64
 
 	mu        sync.Mutex
 	fragments map[queue.ID]map[int]*queue.Item // message id -> index -> item

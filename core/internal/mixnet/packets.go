@@ -32,14 +32,17 @@ func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) erro
 		n.Stats.Dropped.Add(1)
 		return fmt.Errorf("packet of %d bytes, want %d", len(packet), n.cfg.PacketSize)
 	}
-	if n.cfg.Full != nil && n.cfg.Full() {
-		// Refused whatever the packet is, at the time of an ack.
-		n.Stats.RefusedFull.Add(1)
-		n.waitAck(ctx, arrived)
+	// Counted before the check, so that packets arriving together cannot
+	// all pass it (flow.go).
+	if others := n.pendingIn.Add(1) - 1; n.cfg.Full != nil && n.cfg.Full(others) {
+		n.pendingIn.Add(-1)
+		n.refuseFull(ctx, arrived)
 		return fmt.Errorf("mix node: %w", transport.ErrFull)
 	}
 	it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketIn, Received: time.Now(), Deliverer: -1}
+	n.reserved.Store(it.ID, struct{}{})
 	if err := n.stores.store(n.eng, it, packet); err != nil {
+		n.unreserve(it.ID)
 		return err // a queue error nacks: the sender tries again
 	}
 	n.Stats.Received.Add(1)
@@ -256,6 +259,7 @@ func (n *Node) tagTTL(epoch uint64) time.Duration {
 // unwrap runs the mixer on a packet stored by Receive and applies the
 // result.
 func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
+	defer n.unreserve(it.ID)
 	packet, cached := n.inbound.take(it.ID)
 	if !cached {
 		var err error
