@@ -65,13 +65,15 @@ func (d *Daemon) QueueFull() bool {
 // room again.
 func (d *Daemon) linkFull(pending int64) bool {
 	limit := d.cfg.Queue.MaxItems
-	full := limit > 0 && d.engine.Messages()+pending >= limit || !d.HasSpace(0)
-	if d.mixFull.Swap(full) != full {
+	room := d.HasSpace(0)
+	// Logged for the messages queued only: the pending packets come and
+	// go with every batch.
+	if full := d.engine.Full() || !room; d.mixFull.Swap(full) != full {
 		if full {
 			d.log.Warn("[MIX] node full; packets from links are refused (full) until deliveries make room", "messages", d.engine.Messages(), "max_items", d.cfg.Queue.MaxItems)
 		} else {
 			d.log.Info("[MIX] node has room again; accepting packets from links", "messages", d.engine.Messages(), "max_items", d.cfg.Queue.MaxItems)
 		}
 	}
-	return full
+	return !room || limit > 0 && d.engine.Messages()+pending >= limit
 }

@@ -250,7 +250,10 @@ func (n *Node) probeLoop(ctx context.Context) {
 					n.health.probedFull(id)
 				case err != nil:
 					n.health.fail(id)
-					n.unpark(id, -1) // they fail and retry as any send
+					// Not full but unreachable: they fail and retry as any
+					// send.
+					n.health.notFull(id)
+					n.unpark(id, -1)
 				default:
 					n.health.probeOK(id)
 					n.health.notFull(id)
