@@ -38,12 +38,15 @@ func (d *Daemon) HasSpace(size int64) bool {
 }
 
 // QueueFull implements smtpd.QueueChecker: the queue holds
-// queue.max_items (0: no limit). It logs when the queue fills and when it
-// has room again.
+// queue.max_items (0: no limit), on a mix node smtpLimit of it. It logs
+// when the queue fills and when it has room again.
 func (d *Daemon) QueueFull() bool {
 	limit := d.cfg.Queue.MaxItems
 	if limit <= 0 {
 		return false
+	}
+	if d.cfg.Mix != nil {
+		limit = smtpLimit(limit)
 	}
 	n := d.engine.Queued()
 	full := n >= limit
@@ -76,4 +79,16 @@ func (d *Daemon) linkFull(pending int64) bool {
 		}
 	}
 	return !room || limit > 0 && d.engine.Messages()+pending >= limit
+}
+
+// smtpLimit is the part of queue.max_items SMTP may fill on a mix node:
+// three quarters, at least one item below it (for max_items >= 2). The
+// rest is kept for what the mixnet brings (messages reassembled at this
+// exit, bounces), so that mail waiting to enter the mixnet (held while
+// too few nodes are healthy) never by itself makes the node full for its
+// links: a node is full only with messages that leave it by delivery,
+// whatever its peers do, and full nodes can never wait on each other
+// (docs/mixnet.md, "Flow control").
+func smtpLimit(maxItems int64) int64 {
+	return max(1, maxItems-max(1, maxItems/4))
 }
