@@ -168,8 +168,10 @@ func (h *health) sawFull(id sdk.NodeID) time.Duration {
 	return time.Duration(float64(d) * (0.5 + rand.Float64()))
 }
 
-// probedFull records that a probe found id full.
-func (h *health) probedFull(id sdk.NodeID) {
+// stillFull records that id is full now without a new refusal: a probe
+// found it full, or a packet for it was parked because it is known to be
+// (a loop parked so is excused like one refused).
+func (h *health) stillFull(id sdk.NodeID) {
 	h.mu.Lock()
 	nh := h.get(id)
 	nh.lastFull = time.Now()

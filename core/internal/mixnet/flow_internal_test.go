@@ -41,7 +41,7 @@ func TestFullRefusalsWaitLongerAndExcuseLoops(t *testing.T) {
 	if h.fullSince([]sdk.NodeID{a, b}, time.Now().Add(time.Second)) {
 		t.Error("a loop sent after the node was last seen full is excused")
 	}
-	h.probedFull(b)
+	h.stillFull(b)
 	if !h.fullSince([]sdk.NodeID{b}, before) {
 		t.Error("a probe that found the node full does not excuse its loops")
 	}
@@ -55,21 +55,21 @@ func TestNodeFullForTooLongLeavesPaths(t *testing.T) {
 	id := sdk.NodeID{3}
 	h.probeOK(id)
 	h.sawFull(id)
-	h.probedFull(id)
+	h.stillFull(id)
 	if !h.healthy(id) {
 		t.Fatal("a node just found full is off paths")
 	}
 	h.mu.Lock()
 	h.nodes[id].fullFrom = time.Now().Add(-fullOffPaths + time.Minute)
 	h.mu.Unlock()
-	h.probedFull(id)
+	h.stillFull(id)
 	if !h.healthy(id) {
 		t.Fatal("a node full for less than fullOffPaths is off paths")
 	}
 	h.mu.Lock()
 	h.nodes[id].fullFrom = time.Now().Add(-fullOffPaths - time.Second)
 	h.mu.Unlock()
-	h.probedFull(id)
+	h.stillFull(id)
 	if h.healthy(id) {
 		t.Fatalf("a node full for longer than %v is still on paths", fullOffPaths)
 	}

@@ -247,7 +247,7 @@ func (n *Node) probeLoop(ctx context.Context) {
 				switch err := n.links.Probe(pctx, id); {
 				case errors.Is(err, transport.ErrFull):
 					n.health.probeOK(id)
-					n.health.probedFull(id)
+					n.health.stillFull(id)
 				case err != nil:
 					n.health.fail(id)
 					// Not full but unreachable: they fail and retry as any

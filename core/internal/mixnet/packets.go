@@ -412,6 +412,7 @@ func (n *Node) send(ctx context.Context, it *queue.Item, released bool) error {
 	}
 	if n.health.isFull(it.NextHop) {
 		// Behind the packets parked for it (flow.go).
+		n.health.stillFull(it.NextHop)
 		n.outbound.put(it.ID, packet)
 		n.deferFull(it)
 		return nil
