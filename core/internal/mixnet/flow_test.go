@@ -283,3 +283,33 @@ func TestPacketsArrivingTogetherCannotAllPassTheBound(t *testing.T) {
 	eventually(t, "every message delivered", func() bool { return len(h.dlv.got()) == n })
 	h.settled()
 }
+
+// TestDropPacketsRefusedAsFullComeBackLikeOwnPackets: the first hops
+// refuse as full. The drop packets of empty ticks are kept and sent again
+// at later ticks, as an own packet would be: a node that claims to be
+// full cannot tell the sender's drops from its own packets by which come
+// back. Once the hops take packets, the kept ones leave and the queue
+// empties.
+func TestDropPacketsRefusedAsFullComeBackLikeOwnPackets(t *testing.T) {
+	defer mixnet.SetFullWait(10*time.Millisecond, 50*time.Millisecond)()
+	now := time.Now()
+	net := newSimNet(t, t.TempDir(), now, nodeSpec{"u", false}, nodeSpec{"a", false}, nodeSpec{"b", false}, nodeSpec{"exit", true})
+	u := net.node("u")
+	var full atomic.Bool
+	full.Store(true)
+	links := &fakeLinks{refuse: func(sdk.NodeID) error {
+		if full.Load() {
+			return transport.ErrFull
+		}
+		return nil
+	}}
+	h := startNode(t, net, u, nodeOptions{links: links, sendRate: 50})
+	eventually(t, "refused drop packets kept in the send queue", func() bool { return h.node.SendQueueLen() >= 3 })
+	kept := h.node.Stats.DeferredFull.Load()
+	eventually(t, "kept drop packets sent again and refused again", func() bool { return h.node.Stats.DeferredFull.Load() > kept+3 })
+	full.Store(false)
+	eventually(t, "the kept drop packets sent once the hops take packets", func() bool {
+		return h.node.SendQueueLen() == 0 && h.node.Stats.OwnSent.Load() >= 3
+	})
+	eventually(t, "an empty queue", func() bool { return h.queueLen() == 0 })
+}

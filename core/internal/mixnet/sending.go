@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
+	"github.com/mixmta/mixmta/core/internal/pipeline"
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/sdk"
 )
@@ -205,12 +206,22 @@ func (n *Node) sendDropTick(ctx context.Context) {
 	}
 	n.learnPathLen(p)
 	if err := n.links.Send(ctx, p.NextHop, p.Data); err != nil {
-		if errors.Is(err, transport.ErrFull) {
-			n.health.sawFull(p.NextHop)
-		} else {
-			n.health.fail(p.NextHop)
-		}
 		n.Stats.TicksMissed.Add(1)
+		if !errors.Is(err, transport.ErrFull) {
+			n.health.fail(p.NextHop)
+			return
+		}
+		// Kept and sent again at a later tick like an own packet: were
+		// only own packets to come back, the full next hop would tell
+		// them from this node's drops.
+		it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketOut, NextHop: p.NextHop,
+			Received: time.Now(), SendAfter: time.Now().Add(n.health.sawFull(p.NextHop)), Deliverer: -1}
+		if err := n.eng.Commit(func(tx *pipeline.Tx) error { return tx.Put(it, p.Data) }); err != nil {
+			n.log.Debug("[MIX] drop packet refused as full not kept", "error", err)
+			return
+		}
+		n.Stats.DeferredFull.Add(1)
+		n.sendq.push(it)
 		return
 	}
 	n.tookPacket(p.NextHop)
