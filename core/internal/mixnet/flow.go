@@ -137,9 +137,16 @@ func (n *Node) unparkStale(now time.Time) {
 	}
 	n.parked.mu.Unlock()
 	for _, id := range ids {
-		n.health.notFull(id) // try again, as after a probe
+		n.health.mayTry(id)
 		n.unpark(id, fullBurst)
 	}
+}
+
+// parkedFor is the number of packets parked for id.
+func (n *Node) parkedFor(id sdk.NodeID) int {
+	n.parked.mu.Lock()
+	defer n.parked.mu.Unlock()
+	return len(n.parked.m[id])
 }
 
 // Parked returns the number of packets parked for full next hops.
@@ -160,7 +167,7 @@ func (h *health) sawFull(id sdk.NodeID) time.Duration {
 	nh := h.get(id)
 	nh.lastFull = time.Now()
 	d := min(fullWaitMin<<min(nh.fullStreak, 16), fullWaitMax)
-	if nh.fullStreak == 0 {
+	if nh.fullFrom.IsZero() {
 		nh.fullFrom = nh.lastFull
 	}
 	nh.fullStreak++
@@ -175,16 +182,27 @@ func (h *health) stillFull(id sdk.NodeID) {
 	h.mu.Lock()
 	nh := h.get(id)
 	nh.lastFull = time.Now()
-	if nh.fullStreak == 0 {
+	if nh.fullFrom.IsZero() {
 		nh.fullFrom = nh.lastFull
 	}
 	nh.fullStreak = max(nh.fullStreak, 1)
 	h.mu.Unlock()
 }
 
-// notFull records that id took a packet, or that a probe found it with
-// room.
+// notFull records that id took a packet (or a probe found room while no
+// packet waits for it): it is not full.
 func (h *health) notFull(id sdk.NodeID) {
+	h.mu.Lock()
+	nh := h.get(id)
+	nh.fullStreak, nh.fullFrom = 0, time.Time{}
+	h.mu.Unlock()
+}
+
+// mayTry lets packets go to id again (a probe says it has room, or none
+// showed it for fullWaitMax) without clearing its full episode: only a
+// packet it takes ends that. A node whose probes claim room while it
+// refuses every packet thus still leaves paths after fullOffPaths.
+func (h *health) mayTry(id sdk.NodeID) {
 	h.mu.Lock()
 	h.get(id).fullStreak = 0
 	h.mu.Unlock()

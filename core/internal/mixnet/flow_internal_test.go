@@ -49,7 +49,8 @@ func TestFullRefusalsWaitLongerAndExcuseLoops(t *testing.T) {
 
 // TestNodeFullForTooLongLeavesPaths: a node that stays full (refusals and
 // probes that find it full, nothing taken) is healthy for fullOffPaths,
-// then left off paths, and back on them as soon as a probe finds room.
+// then left off paths, and back on them as soon as it takes a packet
+// (a probe that claims room is not enough while packets wait for it).
 func TestNodeFullForTooLongLeavesPaths(t *testing.T) {
 	h := newHealth()
 	id := sdk.NodeID{3}
@@ -74,7 +75,11 @@ func TestNodeFullForTooLongLeavesPaths(t *testing.T) {
 		t.Fatalf("a node full for longer than %v is still on paths", fullOffPaths)
 	}
 	h.probeOK(id)
-	h.notFull(id)
+	h.mayTry(id) // a probe claims room while packets wait for it
+	if h.healthy(id) {
+		t.Fatal("a probe's claim of room, not yet borne out by a packet taken, put it back on paths")
+	}
+	h.notFull(id) // it took a packet
 	if !h.healthy(id) {
 		t.Fatal("a node a probe found with room is still off paths")
 	}

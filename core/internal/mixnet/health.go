@@ -250,14 +250,17 @@ func (n *Node) probeLoop(ctx context.Context) {
 					n.health.stillFull(id)
 				case err != nil:
 					n.health.fail(id)
-					// Not full but unreachable: they fail and retry as any
-					// send.
-					n.health.notFull(id)
+					// Unreachable: they fail and retry as any send.
+					n.health.mayTry(id)
 					n.unpark(id, -1)
+				case n.parkedFor(id) > 0:
+					// Room, it says: a burst tests it (flow.go).
+					n.health.probeOK(id)
+					n.health.mayTry(id)
+					n.unpark(id, fullBurst)
 				default:
 					n.health.probeOK(id)
 					n.health.notFull(id)
-					n.unpark(id, fullBurst)
 				}
 			}(d.ID)
 		}
@@ -344,7 +347,7 @@ func (h *health) healthy(id sdk.NodeID) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	nh := h.get(id)
-	fullTooLong := nh.fullStreak > 0 && time.Since(nh.fullFrom) > fullOffPaths
+	fullTooLong := !nh.fullFrom.IsZero() && time.Since(nh.fullFrom) > fullOffPaths
 	return nh.probed && nh.probeFails < probeFailLimit && nh.lostLoops < loopFailLimit && !fullTooLong
 }
 
