@@ -61,7 +61,7 @@ func newDeliveryGate(t *testing.T, to string) *deliveryGate {
 // startFloodMixnet starts 4 nodes of configs/local-mixnet.yaml of which
 // only node4 is an exit, with queue.max_items maxItems (0: none), its
 // deliveries to relayHost retried every second. Loops run at 1/s with a
-// 6 s timeout, so that loops held up behind a full node would mark it
+// 8 s timeout, so that loops held up behind a full node would mark it
 // down within seconds if they counted as lost.
 func startFloodMixnet(t *testing.T, relayHost string, maxItems int) *mixnet {
 	t.Helper()
@@ -70,7 +70,7 @@ func startFloodMixnet(t *testing.T, relayHost string, maxItems int) *mixnet {
 	smtpPort, mixPort := freeRange(t, n), freeRange(t, n)
 	cfgs := initMixnet(t, dir, "configs/local-mixnet.yaml", mixnetSettings(relayHost, map[string]any{
 		"mix.cover":        map[string]any{"drop_rate": 0.2, "loop_rate": 1},
-		"mix.loop_timeout": "6s",
+		"mix.loop_timeout": "8s",
 	}), "--nodes", fmt.Sprint(n), "--smtp-port", fmt.Sprint(smtpPort), "--mix-port", fmt.Sprint(mixPort))
 	patch := func(cfg string, p map[string]any) {
 		b, err := os.ReadFile(cfg)
@@ -230,7 +230,7 @@ func TestMixnetFloodedExitKeepsItsBoundAndTheNetworkHealthy(t *testing.T) {
 	}
 	// Held full for longer than the loop timeout: loops through node4
 	// are late.
-	time.Sleep(15 * time.Second)
+	time.Sleep(20 * time.Second)
 	g.open.Store(true)
 
 	if !sink.WaitCount(len(accepted), 180*time.Second) {
