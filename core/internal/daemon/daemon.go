@@ -53,6 +53,9 @@ type Daemon struct {
 	spaceLow atomic.Bool
 	// queueFull: the queue held queue.max_items at the last check.
 	queueFull atomic.Bool
+	// mixFull: the mix node refused packets from its links at the last
+	// check (linkFull).
+	mixFull atomic.Bool
 }
 
 // StartStages launches, checks and configures every stage's plugin. Config
@@ -187,6 +190,7 @@ func Start(parent context.Context, cfg *config.Config, log hclog.Logger) (*Daemo
 		Workers:      cfg.Queue.Workers,
 		Concurrency:  cfg.Scheduler.Concurrency,
 		Bounce:       cfg.Retry.Bounce,
+		MaxItems:     cfg.Queue.MaxItems,
 		LogAddresses: cfg.Log.Addresses,
 		Hostname:     cfg.Hostname,
 		Logger:       log.Named("pipeline"),

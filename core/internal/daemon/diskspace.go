@@ -38,12 +38,15 @@ func (d *Daemon) HasSpace(size int64) bool {
 }
 
 // QueueFull implements smtpd.QueueChecker: the queue holds
-// queue.max_items (0: no limit). It logs when the queue fills and when it
-// has room again.
+// queue.max_items (0: no limit), on a mix node smtpLimit of it. It logs
+// when the queue fills and when it has room again.
 func (d *Daemon) QueueFull() bool {
 	limit := d.cfg.Queue.MaxItems
 	if limit <= 0 {
 		return false
+	}
+	if d.cfg.Mix != nil {
+		limit = smtpLimit(limit)
 	}
 	n := d.engine.Queued()
 	full := n >= limit
@@ -55,4 +58,37 @@ func (d *Daemon) QueueFull() bool {
 		}
 	}
 	return full
+}
+
+// linkFull is the mix node's Config.Full: the queue holds queue.max_items
+// messages (packets in transit and exit fragments aside, docs/mixnet.md
+// "Flow control") counting pending more, or the data dir is below its
+// free-space reserve. While it is, the node refuses every packet from its
+// links with the full word. It logs when the node fills and when it has
+// room again.
+func (d *Daemon) linkFull(pending int64) bool {
+	limit := d.cfg.Queue.MaxItems
+	room := d.HasSpace(0)
+	// Logged for the messages queued only: the pending packets come and
+	// go with every batch.
+	if full := d.engine.Full() || !room; d.mixFull.Swap(full) != full {
+		if full {
+			d.log.Warn("[MIX] node full; packets from links are refused (full) until deliveries make room", "messages", d.engine.Messages(), "max_items", d.cfg.Queue.MaxItems)
+		} else {
+			d.log.Info("[MIX] node has room again; accepting packets from links", "messages", d.engine.Messages(), "max_items", d.cfg.Queue.MaxItems)
+		}
+	}
+	return !room || limit > 0 && d.engine.Messages()+pending >= limit
+}
+
+// smtpLimit is the part of queue.max_items SMTP may fill on a mix node:
+// three quarters, at least one item below it (for max_items >= 2). The
+// rest is kept for what the mixnet brings (messages reassembled at this
+// exit, bounces), so that mail waiting to enter the mixnet (held while
+// too few nodes are healthy) never by itself makes the node full for its
+// links: a node is full only with messages that leave it by delivery,
+// whatever its peers do, and full nodes can never wait on each other
+// (docs/mixnet.md, "Flow control").
+func smtpLimit(maxItems int64) int64 {
+	return max(1, maxItems-max(1, maxItems/4))
 }

@@ -128,6 +128,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 			return n.ID, true
 		},
 		Logger: log.Named("transport"),
+		Full:   func() bool { return d.linkFull(0) },
 	}
 	if m.FrameLog != "" {
 		f, err := os.OpenFile(m.FrameLog, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o600)
@@ -168,6 +169,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 		SendQueueLimit: m.SendQueueLimit,
 		ExitStage:      exitStage,
 		Blocked:        blocks.Blocked,
+		Full:           d.linkFull,
 	}, id.ID(), d.engine, started[mixIdx], hd, keyStore{ks}, dir, &mixnet.TransportLinks{Transport: tr, Onion: d.tor != nil,
 		Lookup: func(id sdk.NodeID) (*nodes.Node, bool) { return dir.get().Lookup(id) }}, log)
 	parts.node, parts.dir, parts.self = node, dir, id.ID()

@@ -222,9 +222,19 @@ type fakeLinks struct {
 	// done is closed when n reaches target (if target > 0).
 	target int64
 	done   chan struct{}
+	// refuse, if set, is asked before each send: an error fails the send
+	// (nothing is recorded). Set it before the node starts.
+	refuse func(id sdk.NodeID) error
+	// probe, if set, answers Probe (else every probe succeeds).
+	probe func(id sdk.NodeID) error
 }
 
 func (l *fakeLinks) Send(_ context.Context, id sdk.NodeID, packet []byte) error {
+	if l.refuse != nil {
+		if err := l.refuse(id); err != nil {
+			return err
+		}
+	}
 	if !l.countOnly {
 		l.mu.Lock()
 		l.sent = append(l.sent, sent{to: id, data: bytes.Clone(packet)})
@@ -236,7 +246,12 @@ func (l *fakeLinks) Send(_ context.Context, id sdk.NodeID, packet []byte) error 
 	return nil
 }
 
-func (l *fakeLinks) Probe(context.Context, sdk.NodeID) error { return nil }
+func (l *fakeLinks) Probe(_ context.Context, id sdk.NodeID) error {
+	if l.probe != nil {
+		return l.probe(id)
+	}
+	return nil
+}
 
 func (l *fakeLinks) all() []sent {
 	l.mu.Lock()
@@ -300,6 +315,9 @@ func (r *recMixer) last() (sdk.MixState, bool) {
 type recStage struct {
 	mu   sync.Mutex
 	msgs []*sdk.Message
+	// block, if set before the first message, holds every delivery until
+	// it is closed.
+	block chan struct{}
 }
 
 func (s *recStage) record(m *sdk.Message) {
@@ -329,6 +347,9 @@ func (s *recStage) Delay(context.Context, sdk.DelayRequest) ([]time.Duration, er
 	return nil, nil
 }
 func (s *recStage) Deliver(_ context.Context, m *sdk.Message) ([]sdk.RcptResult, error) {
+	if s.block != nil {
+		<-s.block
+	}
 	s.record(m)
 	out := make([]sdk.RcptResult, len(m.Envelope.RcptTo))
 	for i, r := range m.Envelope.RcptTo {
@@ -444,6 +465,8 @@ type nodeOptions struct {
 	sendRate float64
 	// blocked is the exit's destination opt-out check (nil: none).
 	blocked func(string) bool
+	// full is Config.Full (nil: never full).
+	full func(pending int64) bool
 }
 
 // harness is the node under test: engine, queue, mixer, node.
@@ -519,6 +542,7 @@ func (h *harness) start() {
 		AckTime:       h.opt.ackTime,
 		SendRate:      h.opt.sendRate,
 		Blocked:       h.opt.blocked,
+		Full:          h.opt.full,
 	}
 	if cfg.SendRate == 0 {
 		cfg.SendRate = 1e-9
@@ -582,6 +606,15 @@ func (h *harness) queueLen() int {
 		h.tb.Fatal(err)
 	}
 	return n
+}
+
+// queueItems returns the items in the node's queue.
+func (h *harness) queueItems() []*queue.Item {
+	var out []*queue.Item
+	if err := h.q.Items(func(it *queue.Item) error { out = append(out, it); return nil }); err != nil {
+		h.tb.Fatal(err)
+	}
+	return out
 }
 
 // settled waits until the queue is empty and the engine counts nothing

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/sdk"
 )
@@ -208,6 +209,11 @@ func (n *Node) sweepLoop(ctx context.Context) {
 		for _, l := range lost {
 			n.Stats.LoopsLost.Add(1)
 			n.loopStats.finished(n.self, l.path, now, 0, true)
+			if n.excused(l.path, l.sent) {
+				// Held up by flow control, not lost by a failing node.
+				n.Stats.LoopsExcused.Add(1)
+				continue
+			}
 			for _, h := range l.path {
 				if h != n.self {
 					n.health.lostLoop(h, l.sent)
@@ -218,6 +224,7 @@ func (n *Node) sweepLoop(ctx context.Context) {
 			n.Stats.Dropped.Add(1)
 			_ = n.eng.Finish(it)
 		}
+		n.unparkStale(now)
 		if len(lost) > 0 {
 			n.refresh(ctx, false)
 		}
@@ -237,10 +244,23 @@ func (n *Node) probeLoop(ctx context.Context) {
 				defer wg.Done()
 				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 				defer cancel()
-				if err := n.links.Probe(pctx, id); err != nil {
-					n.health.fail(id)
-				} else {
+				switch err := n.links.Probe(pctx, id); {
+				case errors.Is(err, transport.ErrFull):
 					n.health.probeOK(id)
+					n.health.stillFull(id)
+				case err != nil:
+					n.health.fail(id)
+					// Unreachable: they fail and retry as any send.
+					n.health.mayTry(id)
+					n.unpark(id, -1)
+				case n.parkedFor(id) > 0:
+					// Room, it says: a burst tests it (flow.go).
+					n.health.probeOK(id)
+					n.health.mayTry(id)
+					n.unpark(id, fullBurst)
+				default:
+					n.health.probeOK(id)
+					n.health.notFull(id)
 				}
 			}(d.ID)
 		}
@@ -292,6 +312,11 @@ type nodeHealth struct {
 	loopDowns  int
 	downProbes int
 	readmitted time.Time
+	// lastFull: when it last refused a packet as full or a probe found it
+	// full; fullStreak: its refusals since it last took a packet or a
+	// probe found room, fullFrom: since when (flow.go).
+	lastFull, fullFrom time.Time
+	fullStreak         int
 }
 
 const (
@@ -322,7 +347,8 @@ func (h *health) healthy(id sdk.NodeID) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	nh := h.get(id)
-	return nh.probed && nh.probeFails < probeFailLimit && nh.lostLoops < loopFailLimit
+	fullTooLong := !nh.fullFrom.IsZero() && time.Since(nh.fullFrom) > fullOffPaths
+	return nh.probed && nh.probeFails < probeFailLimit && nh.lostLoops < loopFailLimit && !fullTooLong
 }
 
 func (h *health) probeOK(id sdk.NodeID) {

@@ -52,11 +52,16 @@ func (l *TransportLinks) Send(ctx context.Context, id sdk.NodeID, packet []byte)
 	return link.Send(ctx, packet)
 }
 
-// Probe implements Links: a TLS handshake with node id.
+// Probe implements Links: a TLS handshake with node id; an error wrapping
+// transport.ErrFull when its ready word says it is full.
 func (l *TransportLinks) Probe(ctx context.Context, id sdk.NodeID) error {
 	p, err := l.peer(id)
 	if err != nil {
 		return err
 	}
-	return l.Transport.Probe(ctx, p)
+	full, err := l.Transport.ProbeFull(ctx, p)
+	if err == nil && full {
+		err = fmt.Errorf("node %s answered: %w", id.Short(), transport.ErrFull)
+	}
+	return err
 }

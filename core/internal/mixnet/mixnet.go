@@ -74,7 +74,8 @@ type Directory interface {
 type Links interface {
 	// Send delivers one packet to node id and returns after its ack.
 	Send(ctx context.Context, id sdk.NodeID, packet []byte) error
-	// Probe checks that node id answers (a TLS handshake).
+	// Probe checks that node id answers (a TLS handshake). An error
+	// wrapping transport.ErrFull means it answered and says it is full.
 	Probe(ctx context.Context, id sdk.NodeID) error
 }
 
@@ -126,6 +127,15 @@ type Config struct {
 	// to a recipient (the exit's destination opt-out list); nil blocks
 	// none. A message left without recipients is dropped.
 	Blocked func(rcpt string) bool
+	// Full, when set, reports whether this node is full with pending
+	// more packets counted as messages: queue.max_items messages queued
+	// (pending: the packets received and not yet unwrapped, any of which
+	// may complete one), or the data dir below its free-space reserve.
+	// Receive then refuses every packet, whatever it is, before storing
+	// it, at the same AckTime as an ack (transport.ErrFull: the previous
+	// hop keeps it and sends it again later, and holds nothing against
+	// this node). docs/mixnet.md, "Flow control".
+	Full func(pending int64) bool
 }
 
 func (c *Config) defaults() {
@@ -165,6 +175,11 @@ type Stats struct {
 	OwnSent, TickDrops, TicksMissed, PoolDummies atomic.Int64
 	// LateAcks counts packets whose store took longer than Config.AckTime.
 	LateAcks atomic.Int64
+	// RefusedFull: packets this node refused because it was full;
+	// DeferredFull: sends deferred because the next hop was full;
+	// LoopsExcused: loops not back in time through a node seen full, not
+	// counted against their path.
+	RefusedFull, DeferredFull, LoopsExcused atomic.Int64
 }
 
 // Node is the mixnet side of one mixmta daemon.
@@ -199,6 +214,14 @@ type Node struct {
 	stores storeBatch
 	// hopDelays are hop delays sampled ahead, in batches.
 	hopDelays delayBatch
+	// parked are the pool's packets waiting for full next hops (flow.go).
+	parked parked
+	// pendingIn counts the packets Receive stored that no worker has
+	// unwrapped yet (their ids in reserved); selfFull is when this node
+	// last refused a packet as full (unix ns).
+	pendingIn atomic.Int64
+	reserved  sync.Map
+	selfFull  atomic.Int64
 
 	mu        sync.Mutex
 	fragments map[queue.ID]map[int]*queue.Item // message id -> index -> item
@@ -286,5 +309,5 @@ func (n *Node) StatsLine() string {
 	return fmt.Sprintf("sphinx_messages=%d sphinx_packets=%d mix_received=%d mix_forwarded=%d exit=%d assembled=%d replays=%d mix_dropped=%d cover_sent=%d cover_dropped=%d loops=%d/%d/%d healthy_nodes=%d paths=%s own_sent=%d tick_drops=%d pool_dummies=%d send_queue=%d send_wait=%s",
 		c.SphinxMessages.Load(), c.SphinxPackets.Load(), s.Received.Load(), s.Forwarded.Load(), s.Exited.Load(), s.Assembled.Load(), s.Replays.Load(), s.Dropped.Load(),
 		s.CoverSent.Load(), s.CoverDropped.Load(), s.LoopsSent.Load(), s.LoopsBack.Load(), s.LoopsLost.Load(), n.HealthyNodes(), map[bool]string{false: "ok", true: "held"}[n.pathsDown.Load()],
-		s.OwnSent.Load(), s.TickDrops.Load(), s.PoolDummies.Load(), n.sendq.Len(), oldest.Round(time.Second))
+		s.OwnSent.Load(), s.TickDrops.Load(), s.PoolDummies.Load(), n.sendq.Len(), oldest.Round(time.Second)) + n.flowStats()
 }

@@ -3,12 +3,14 @@ package mixnet
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
 	"github.com/mixmta/mixmta/core/internal/pipeline"
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/sdk"
@@ -30,8 +32,17 @@ func (n *Node) Receive(ctx context.Context, from sdk.NodeID, packet []byte) erro
 		n.Stats.Dropped.Add(1)
 		return fmt.Errorf("packet of %d bytes, want %d", len(packet), n.cfg.PacketSize)
 	}
+	// Counted before the check, so that packets arriving together cannot
+	// all pass it (flow.go).
+	if others := n.pendingIn.Add(1) - 1; n.cfg.Full != nil && n.cfg.Full(others) {
+		n.pendingIn.Add(-1)
+		n.refuseFull(ctx, arrived)
+		return fmt.Errorf("mix node: %w", transport.ErrFull)
+	}
 	it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketIn, Received: time.Now(), Deliverer: -1}
+	n.reserved.Store(it.ID, struct{}{})
 	if err := n.stores.store(n.eng, it, packet); err != nil {
+		n.unreserve(it.ID)
 		return err // a queue error nacks: the sender tries again
 	}
 	n.Stats.Received.Add(1)
@@ -248,6 +259,7 @@ func (n *Node) tagTTL(epoch uint64) time.Duration {
 // unwrap runs the mixer on a packet stored by Receive and applies the
 // result.
 func (n *Node) unwrap(ctx context.Context, it *queue.Item) error {
+	defer n.unreserve(it.ID)
 	packet, cached := n.inbound.take(it.ID)
 	if !cached {
 		var err error
@@ -398,12 +410,25 @@ func (n *Node) send(ctx context.Context, it *queue.Item, released bool) error {
 	case mixErr != nil:
 		return n.retry(it)
 	}
+	if n.health.isFull(it.NextHop) {
+		// Behind the packets parked for it (flow.go).
+		n.health.stillFull(it.NextHop)
+		n.outbound.put(it.ID, packet)
+		n.deferFull(it)
+		return nil
+	}
 	if err := n.links.Send(ctx, it.NextHop, packet); err != nil {
+		n.outbound.put(it.ID, packet) // the retry need not derive it again
+		if errors.Is(err, transport.ErrFull) {
+			n.health.sawFull(it.NextHop)
+			n.deferFull(it)
+			return nil
+		}
 		n.log.Info("[MIX] send failed, will retry", "next", it.NextHop.Short(), "attempt", it.Attempts+1)
 		n.health.fail(it.NextHop)
-		n.outbound.put(it.ID, packet) // the retry need not derive it again
 		return n.retry(it)
 	}
+	n.tookPacket(it.NextHop)
 	return n.eng.Finish(it)
 }
 

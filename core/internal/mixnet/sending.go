@@ -2,9 +2,12 @@ package mixnet
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
+	"github.com/mixmta/mixmta/core/internal/mixnet/transport"
+	"github.com/mixmta/mixmta/core/internal/pipeline"
 	"github.com/mixmta/mixmta/core/internal/queue"
 	"github.com/mixmta/mixmta/sdk"
 )
@@ -148,16 +151,31 @@ func (n *Node) sendOwn(ctx context.Context, it *queue.Item) {
 	if err == nil {
 		err = n.links.Send(ctx, it.NextHop, packet)
 		if err == nil {
+			n.tookPacket(it.NextHop)
 			n.Stats.OwnSent.Add(1)
 			if err := n.eng.Finish(it); err != nil {
 				n.log.Error("[MIX] cannot delete a sent packet", "item", it.ID.String(), "error", err)
 			}
 			return
 		}
-		n.health.fail(it.NextHop)
+		if !errors.Is(err, transport.ErrFull) {
+			n.health.fail(it.NextHop)
+		}
 	}
 	if ctx.Err() != nil {
 		return // it resumes from the queue at the next start
+	}
+	if errors.Is(err, transport.ErrFull) {
+		// Flow control, no failure (flow.go): no attempt spent; a later
+		// tick.
+		n.Stats.DeferredFull.Add(1)
+		it.SendAfter = time.Now().Add(n.health.sawFull(it.NextHop))
+		if err := n.eng.Queue().Update(it); err != nil {
+			n.log.Error("[MIX] cannot requeue a packet; it resumes at restart", "item", it.ID.String(), "error", err)
+			return
+		}
+		n.sendq.push(it)
+		return
 	}
 	wait, ok := n.eng.Backoff().Wait(it.Attempts)
 	it.Attempts++
@@ -188,9 +206,24 @@ func (n *Node) sendDropTick(ctx context.Context) {
 	}
 	n.learnPathLen(p)
 	if err := n.links.Send(ctx, p.NextHop, p.Data); err != nil {
-		n.health.fail(p.NextHop)
 		n.Stats.TicksMissed.Add(1)
+		if !errors.Is(err, transport.ErrFull) {
+			n.health.fail(p.NextHop)
+			return
+		}
+		// Kept and sent again at a later tick like an own packet: were
+		// only own packets to come back, the full next hop would tell
+		// them from this node's drops.
+		it := &queue.Item{ID: queue.NewID(), Msg: queue.NewID(), Kind: queue.KindPacketOut, NextHop: p.NextHop,
+			Received: time.Now(), SendAfter: time.Now().Add(n.health.sawFull(p.NextHop)), Deliverer: -1}
+		if err := n.eng.Commit(func(tx *pipeline.Tx) error { return tx.Put(it, p.Data) }); err != nil {
+			n.log.Debug("[MIX] drop packet refused as full not kept", "error", err)
+			return
+		}
+		n.Stats.DeferredFull.Add(1)
+		n.sendq.push(it)
 		return
 	}
+	n.tookPacket(p.NextHop)
 	n.Stats.TickDrops.Add(1)
 }

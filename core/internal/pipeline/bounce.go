@@ -24,10 +24,11 @@ type failure struct {
 // the null reverse-path (that would be a bounce of a bounce, RFC 5321
 // §4.5.5), and an anonymous remailer normally runs without bounces: its
 // sanitizer rewrites MAIL FROM to <> anyway. The notification enters the
-// pipeline at the first deliverer, with MAIL FROM <>.
-func (e *Engine) bounce(it *queue.Item, failed []failure) {
-	if !e.opt.Bounce || it.Envelope.MailFrom == "" || len(failed) == 0 {
-		return
+// pipeline at the first deliverer, with MAIL FROM <>. An error means the
+// notification was not queued: the caller keeps the item.
+func (e *Engine) bounce(it *queue.Item, failed []failure) error {
+	if !e.bounces(it) || len(failed) == 0 {
+		return nil
 	}
 	header, _ := e.q.Blob(it.Header)
 	dsnHeader, dsnBody := buildDSN(e.opt.Hostname, it.Envelope.MailFrom, it.Received, failed, header, time.Now())
@@ -41,11 +42,21 @@ func (e *Engine) bounce(it *queue.Item, failed []failure) {
 	env := sdk.Envelope{MailFrom: "", RcptTo: []string{it.Envelope.MailFrom}, BodyType: sdk.Body7Bit}
 	n, err := e.q.Insert(env, dsnHeader, dsnBody, time.Now(), first)
 	if err != nil {
-		e.log.Error("[QUEUE] cannot queue bounce", "item", it.ID.String(), "error", err)
-		return
+		e.log.Error("[QUEUE] cannot queue bounce; the message is kept and tried again", "item", it.ID.String(), "error", err)
+		return err
 	}
 	e.log.Info("[QUEUE] bounce queued", "item", it.ID.String(), "bounce", n.ID.String(), "recipients", len(failed))
 	e.Submit(n)
+	return nil
+}
+
+// bounceRetry is how long an item given up on waits before its bounce is
+// tried again after the queue failed to store it.
+const bounceRetry = time.Minute
+
+// bounces reports whether a failed recipient of it gets a bounce.
+func (e *Engine) bounces(it *queue.Item) bool {
+	return e.opt.Bounce && it.Envelope.MailFrom != ""
 }
 
 // buildDSN renders the notification's header section and body (CRLF).

@@ -96,7 +96,11 @@ type Options struct {
 	MaxCrashes       int
 	// Packets handles packet and fragment items (the mixnet); nil when
 	// this node is not a mix.
-	Packets  PacketHandler
+	Packets PacketHandler
+	// MaxItems is queue.max_items (0: no limit): Full reports the
+	// messages queued at it, and a bounce that would add an item to a
+	// full queue is held (bounce).
+	MaxItems int64
 	Logger   hclog.Logger
 	Counters *stats.Counters
 }
@@ -134,6 +138,9 @@ type Engine struct {
 	wg       sync.WaitGroup
 	inflight atomic.Int64
 	queued   atomic.Int64
+	// messages counts the queued items of KindMessage (queued less packets
+	// and fragments): what Full compares with MaxItems.
+	messages atomic.Int64
 	stopping atomic.Bool
 
 	// excl serializes calls per stage index for suspect items (see call).
@@ -238,6 +245,24 @@ func (e *Engine) Scheduler() *Scheduler { return e.sched }
 // Queued returns the number of items in the queue.
 func (e *Engine) Queued() int64 { return e.queued.Load() }
 
+// Messages returns the number of messages in the queue: Queued less the
+// mix packets (received, waiting to be sent) and exit fragments.
+func (e *Engine) Messages() int64 { return e.messages.Load() }
+
+// Full reports whether the queue holds Options.MaxItems messages (false
+// without a limit). A mix node refuses packets from its links while it
+// is (docs/mixnet.md, "Flow control"), and a bounce that would add an
+// item waits.
+func (e *Engine) Full() bool {
+	return e.opt.MaxItems > 0 && e.messages.Load() >= e.opt.MaxItems
+}
+
+func (e *Engine) countMessage(it *queue.Item, d int64) {
+	if it.Kind == queue.KindMessage {
+		e.messages.Add(d)
+	}
+}
+
 // Delayed returns the number of items waiting for their send_after.
 func (e *Engine) Delayed() int64 { w, _ := e.sched.Len(); return int64(w) }
 
@@ -268,6 +293,13 @@ func (e *Engine) Start(ctx context.Context) error {
 		return fmt.Errorf("pipeline: loading queue: %w", err)
 	}
 	e.queued.Store(int64(len(resumed)))
+	msgs := 0
+	for _, it := range resumed {
+		if it.Kind == queue.KindMessage {
+			msgs++
+		}
+	}
+	e.messages.Store(int64(msgs))
 	e.stopped = ctx.Done()
 	for i := 0; i < e.opt.Workers; i++ {
 		e.wg.Add(1)
@@ -302,6 +334,7 @@ func (e *Engine) Wait() { e.wg.Wait() }
 // Submit hands a newly accepted item to the workers.
 func (e *Engine) Submit(it *queue.Item) {
 	e.queued.Add(1)
+	e.countMessage(it, 1)
 	e.enqueue(it, false)
 }
 
@@ -592,6 +625,7 @@ func (e *Engine) split(it *queue.Item, routes []sdk.Route) error {
 		e.log.Info("[MIX] message turned into packets", "item", it.ID.String(), "packets", packets)
 	}
 	e.queued.Add(int64(len(kids) - 1))
+	e.messages.Add(int64(countMessages(children) - 1))
 	for _, k := range kids {
 		e.enqueue(k, false)
 	}
@@ -766,12 +800,37 @@ func (e *Engine) deliverMessage(ctx context.Context, st Stage, dlv int, it *queu
 		outcome[status] = append(outcome[status], rc)
 	}
 	e.c.ObserveDelivery(time.Since(it.Received))
+	if len(failed) > 0 && len(retry) > 0 && e.bounces(it) && e.Full() {
+		// The bounce would add an item to a full queue: the failed
+		// recipients stay on the message and are bounced at a later
+		// attempt, once there is room or when they are all that is left
+		// (the bounce then replaces the message). Held, never dropped,
+		// and the bound holds.
+		for _, f := range failed {
+			retry = append(retry, f.rcpt)
+		}
+		e.c.Failed.Add(-int64(len(failed)))
+		e.c.Deferred.Add(int64(len(failed)))
+		if _, ok := firstErr["deferred"]; !ok {
+			firstErr["deferred"], relays["deferred"] = firstErr["bounced"], relays["bounced"]
+		}
+		outcome["deferred"] = append(outcome["deferred"], outcome["bounced"]...)
+		delete(outcome, "bounced")
+		failed = nil
+	}
 	for _, status := range []string{"sent", "deferred", "bounced"} {
 		if rcpts := outcome[status]; len(rcpts) > 0 {
 			e.logAttempt(it, st, status, firstErr[status], relays[status], rcpts, start)
 		}
 	}
-	e.bounce(it, failed)
+	if err := e.bounce(it, failed); err != nil {
+		// Not queued: the message keeps the failed recipients and tries
+		// them again, so their bounce is not lost.
+		for _, f := range failed {
+			retry = append(retry, f.rcpt)
+		}
+		lastTemp = sdk.Temporary(451, "3.0", "bounce not queued")
+	}
 	if len(retry) == 0 {
 		return e.done(it)
 	}
@@ -891,7 +950,17 @@ func (e *Engine) giveUp(it *queue.Item, st Stage, why string, cause error) {
 	for _, rc := range it.Envelope.RcptTo {
 		failed = append(failed, failure{rc, cause})
 	}
-	e.bounce(it, failed)
+	if err := e.bounce(it, failed); err != nil {
+		// Kept, to be given up on (and bounced) again later: a bounce is
+		// never dropped for a queue error.
+		it.SendAfter, it.Waiting = time.Now().Add(bounceRetry), true
+		if err := e.q.Update(it); err != nil {
+			e.log.Error("[QUEUE] cannot keep an item whose bounce failed; it resumes at restart", "id", it.ID.String(), "error", err)
+			return
+		}
+		e.sched.Add(it)
+		return
+	}
 	e.drop(it)
 }
 
@@ -900,6 +969,7 @@ func (e *Engine) done(it *queue.Item) error {
 		return err
 	}
 	e.queued.Add(-1)
+	e.countMessage(it, -1)
 	return nil
 }
 
@@ -1134,6 +1204,7 @@ func (e *Engine) DeleteItem(id queue.ID) error {
 	}
 	e.setHeld(id, false)
 	e.queued.Add(-1)
+	e.countMessage(it, -1)
 	return nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -448,5 +449,78 @@ func TestRelayFieldNamesOnlyWhatNamesNoRecipient(t *testing.T) {
 	e.opt.LogAddresses = true
 	if got := e.relayField("mx.example.net:25"); got != "mx.example.net:25" {
 		t.Errorf("with log.addresses: %q", got)
+	}
+}
+
+// TestBounceWaitsWhileTheQueueIsFull: with queue.max_items 2 and two
+// messages queued, a recipient of one fails permanently while another
+// is deferred. Its bounce would be a third item: it waits (the failed
+// recipient stays on the message) until the other message is delivered,
+// and is then queued and delivered once. The queue never holds more than
+// 2 items, and the bounce is not lost.
+func TestBounceWaitsWhileTheQueueIsFull(t *testing.T) {
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	var release atomic.Bool
+	var most atomic.Int64
+	var e *Engine
+	dl := &fakeStage{deliver: func(m *sdk.Message) ([]sdk.RcptResult, error) {
+		most.Store(max(most.Load(), e.Queued()))
+		var out []sdk.RcptResult
+		for _, r := range m.Envelope.RcptTo {
+			switch {
+			case m.Envelope.MailFrom == "":
+				out = append(out, sdk.RcptResult{Rcpt: r}) // the bounce
+			case r == "perm@example.net":
+				out = append(out, sdk.RcptResult{Rcpt: r, Err: sdk.Permanent(550, "1.1", "no such user")})
+			case !release.Load():
+				out = append(out, sdk.RcptResult{Rcpt: r, Err: sdk.Temporary(450, "2.1", "busy")})
+			default:
+				out = append(out, sdk.RcptResult{Rcpt: r})
+			}
+		}
+		return out, nil
+	}}
+	e, _ = runEngine(t, q, []Stage{{Name: "d", Kind: sdk.KindDeliverer, Needs: sdk.NeedAll, Impl: dl}},
+		Options{Bounce: true, Hostname: "mx.example.test", MaxItems: 2,
+			Backoff: Backoff{MaxAttempts: 1000, Schedule: []time.Duration{20 * time.Millisecond}}})
+	accept(t, q, e, "other@example.net")
+	accept(t, q, e, "perm@example.net", "temp@example.net")
+	if !e.Full() {
+		t.Fatalf("Full with %d of 2 messages queued: false", e.Messages())
+	}
+	eventually(t, "a few attempts while full", func() bool { return dl.count() >= 8 })
+	bounces := func() int {
+		dl.mu.Lock()
+		defer dl.mu.Unlock()
+		n := 0
+		for _, m := range dl.delivered {
+			if m.Envelope.MailFrom == "" {
+				n++
+			}
+		}
+		return n
+	}
+	if n := bounces(); n != 0 {
+		t.Fatalf("%d bounces delivered while the queue was full", n)
+	}
+	if n := most.Load(); n > 2 {
+		t.Fatalf("the queue held %d items, max_items 2", n)
+	}
+	release.Store(true)
+	eventually(t, "queue drained", func() bool { return queueLen(t, q) == 0 && e.Queued() == 0 && e.Messages() == 0 })
+	time.Sleep(50 * time.Millisecond)
+	if n := bounces(); n != 1 {
+		t.Fatalf("%d bounces delivered, want 1", n)
+	}
+	if n := most.Load(); n > 2 {
+		t.Fatalf("the queue held %d items, max_items 2", n)
+	}
+	dl.mu.Lock()
+	defer dl.mu.Unlock()
+	for _, m := range dl.delivered {
+		if m.Envelope.MailFrom == "" && !strings.Contains(string(m.Body), "Final-Recipient: rfc822; perm@example.net") {
+			t.Errorf("the bounce does not name perm@example.net:\n%s", m.Body)
+		}
 	}
 }

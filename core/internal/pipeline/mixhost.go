@@ -50,6 +50,14 @@ var _ MixHost = (*Engine)(nil)
 type Tx struct {
 	*queue.Tx
 	added, removed int
+	// messages: KindMessage items put less those deleted.
+	messages int
+}
+
+func (t *Tx) count(it *queue.Item, d int) {
+	if it.Kind == queue.KindMessage {
+		t.messages += d
+	}
 }
 
 // Put stores a new item whose content is one blob (nil: none).
@@ -58,6 +66,7 @@ func (t *Tx) Put(it *queue.Item, content []byte) error {
 		return err
 	}
 	t.added++
+	t.count(it, 1)
 	return nil
 }
 
@@ -67,6 +76,7 @@ func (t *Tx) Insert(it *queue.Item, header, body []byte) error {
 		return err
 	}
 	t.added++
+	t.count(it, 1)
 	return nil
 }
 
@@ -76,6 +86,7 @@ func (t *Tx) Delete(it *queue.Item) error {
 		return err
 	}
 	t.removed++
+	t.count(it, -1)
 	return nil
 }
 
@@ -87,6 +98,8 @@ func (t *Tx) Handover(old, next *queue.Item) error {
 	}
 	t.added++
 	t.removed++
+	t.count(next, 1)
+	t.count(old, -1)
 	return nil
 }
 
@@ -99,6 +112,7 @@ func (e *Engine) Commit(fn func(*Tx) error) error {
 	})
 	if err == nil {
 		e.queued.Add(int64(t.added - t.removed))
+		e.messages.Add(int64(t.messages))
 	}
 	return err
 }

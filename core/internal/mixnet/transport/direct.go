@@ -17,8 +17,10 @@ import (
 )
 
 const (
-	readyWord = ^uint64(0)
-	nackBit   = uint64(1) << 63
+	readyWord     = ^uint64(0)
+	readyFullWord = ^uint64(1)
+	nackBit       = uint64(1) << 63
+	fullBit       = uint64(1) << 62
 )
 
 // Direct is the transport over TCP (or any stream Config.Dialer opens) with
@@ -79,22 +81,28 @@ func (t *Direct) Dial(ctx context.Context, peer Peer) (Link, error) {
 
 // Probe implements Transport.
 func (t *Direct) Probe(ctx context.Context, peer Peer) error {
+	_, err := t.ProbeFull(ctx, peer)
+	return err
+}
+
+// ProbeFull implements Transport.
+func (t *Direct) ProbeFull(ctx context.Context, peer Peer) (bool, error) {
 	if err := peer.validate(); err != nil {
-		return err
+		return false, err
 	}
 	t.mu.Lock()
 	closed := t.closed
 	t.mu.Unlock()
 	if closed {
-		return ErrClosed
+		return false, ErrClosed
 	}
 	c, err := t.dialConn(ctx, peer)
 	if err != nil {
-		return err
+		return false, err
 	}
 	t.st.probes.Add(1)
 	c.fail(ErrClosed)
-	return nil
+	return c.peerFull, nil
 }
 
 // Close implements Transport.
@@ -218,13 +226,15 @@ func (t *Direct) dialConn(ctx context.Context, peer Peer) (*clientConn, error) {
 	}
 	t.frameLog(AckIn, peer.ID, AckSize)
 	t.st.bytesReceived.Add(AckSize)
-	if binary.BigEndian.Uint64(w[:]) != readyWord {
+	ready := binary.BigEndian.Uint64(w[:])
+	if ready != readyWord && ready != readyFullWord {
 		tc.Close()
 		t.st.protocolErrors.Add(1)
 		return fail(fmt.Errorf("%w: first word is not ready", ErrProtocol))
 	}
 	tc.SetReadDeadline(time.Time{})
-	c := &clientConn{t: t, peer: peer, tc: tc, raw: raw, pending: map[uint64]chan error{}, dead: make(chan struct{}), lastUsed: time.Now()}
+	c := &clientConn{t: t, peer: peer, tc: tc, raw: raw, pending: map[uint64]chan error{}, dead: make(chan struct{}), lastUsed: time.Now(),
+		peerFull: ready == readyFullWord}
 	t.st.connsOut.Add(1)
 	go c.readAcks()
 	return c, nil
@@ -384,6 +394,8 @@ type clientConn struct {
 	peer Peer
 	tc   *tls.Conn
 	raw  net.Conn
+	// peerFull: the ready word said the peer was full.
+	peerFull bool
 
 	wmu  sync.Mutex    // one frame written at a time
 	next atomic.Uint64 // sequence number of the next frame
@@ -476,8 +488,8 @@ func (c *clientConn) readAcks() {
 		c.t.st.bytesReceived.Add(AckSize)
 		c.t.frameLog(AckIn, c.peer.ID, AckSize)
 		word := binary.BigEndian.Uint64(w[:])
-		seq := word &^ nackBit
-		if word == readyWord || seq >= c.next.Load() {
+		seq := word &^ (nackBit | fullBit)
+		if word == readyWord || word&nackBit != 0 && word&fullBit != 0 || seq >= c.next.Load() {
 			c.t.st.protocolErrors.Add(1)
 			c.fail(fmt.Errorf("%w: unexpected word %#x", ErrProtocol, word))
 			return
@@ -490,6 +502,13 @@ func (c *clientConn) readAcks() {
 			c.t.st.nacks.Add(1)
 			if ok {
 				ch <- ErrNack
+			}
+			continue
+		}
+		if word&fullBit != 0 {
+			c.t.st.fulls.Add(1)
+			if ok {
+				ch <- ErrFull
 			}
 			continue
 		}

@@ -261,7 +261,11 @@ func (l *listener) serve(hs *handshake) {
 	l.t.st.connsIn.Add(1)
 	defer l.t.st.connsIn.Add(-1)
 	l.t.cfg.Logger.Debug("[MIX] inbound link up", "peer", id.Short())
-	if err := c.writeWord(readyWord); err != nil {
+	ready := readyWord
+	if f := l.t.cfg.Full; f != nil && f() {
+		ready = readyFullWord
+	}
+	if err := c.writeWord(ready); err != nil {
 		c.fail(err)
 		return
 	}
@@ -378,7 +382,10 @@ func (c *serverConn) run() {
 			t.bufs.Put(buf)
 			slots <- nil
 			word := seq
-			if err != nil {
+			switch {
+			case errors.Is(err, ErrFull):
+				word |= fullBit
+			case err != nil:
 				word |= nackBit
 				t.cfg.Logger.Debug("[MIX] handler failed; nack", "peer", c.id.Short(), "error", err)
 			}
@@ -386,9 +393,12 @@ func (c *serverConn) run() {
 				c.fail(werr)
 				return
 			}
-			if err != nil {
+			switch {
+			case word&fullBit != 0:
+				t.st.fullsSent.Add(1)
+			case err != nil:
 				t.st.nacksSent.Add(1)
-			} else {
+			default:
 				t.st.acksSent.Add(1)
 			}
 		}(seq, buf)

@@ -18,6 +18,9 @@ type Stats struct {
 	BytesSent, BytesReceived   uint64
 	// Acks and Nacks received by links; AcksSent and NacksSent by listeners.
 	Acks, Nacks, AcksSent, NacksSent uint64
+	// Fulls received by links and FullsSent by listeners: frames refused
+	// because the receiving node was full (flow control, not failures).
+	Fulls, FullsSent uint64
 	// Dials: connections established by links; Probes: successful probes.
 	Dials, Probes uint64
 	// DialErrors: failed outbound attempts (TCP, TLS, identity, refusal).
@@ -51,6 +54,7 @@ type Stats struct {
 type counters struct {
 	framesSent, framesReceived, bytesSent, bytesReceived atomic.Uint64
 	acks, nacks, acksSent, nacksSent                     atomic.Uint64
+	fulls, fullsSent                                     atomic.Uint64
 	dials, probes, dialErrors, wrongIdentity             atomic.Uint64
 	accepted, handshakeErrors, unknownPeers, limitDrops  atomic.Uint64
 	protocolErrors, timeouts, wrongSize                  atomic.Uint64
@@ -64,6 +68,7 @@ func (t *Direct) Stats() Stats {
 		FramesSent: c.framesSent.Load(), FramesReceived: c.framesReceived.Load(),
 		BytesSent: c.bytesSent.Load(), BytesReceived: c.bytesReceived.Load(),
 		Acks: c.acks.Load(), Nacks: c.nacks.Load(), AcksSent: c.acksSent.Load(), NacksSent: c.nacksSent.Load(),
+		Fulls: c.fulls.Load(), FullsSent: c.fullsSent.Load(),
 		Dials: c.dials.Load(), Probes: c.probes.Load(), DialErrors: c.dialErrors.Load(), WrongIdentity: c.wrongIdentity.Load(),
 		Accepted: c.accepted.Load(), HandshakeErrors: c.handshakeErrors.Load(), UnknownPeers: c.unknownPeers.Load(), LimitDrops: c.limitDrops.Load(),
 		ProtocolErrors: c.protocolErrors.Load(), Timeouts: c.timeouts.Load(), WrongSize: c.wrongSize.Load(),

@@ -25,9 +25,17 @@
 //	listener -> dialer: words of exactly 8 bytes (AckSize), big-endian:
 //	                    0xFFFFFFFFFFFFFFFF  ready: sent once, first, when the
 //	                                        listener has accepted the dialer
+//	                    0xFFFFFFFFFFFFFFFE  ready, and the node is full now
+//	                                        (so a probe learns it)
 //	                    n (bit 63 clear)    ack: frame n is durably queued
 //	                    n | 1<<63           nack: frame n was not queued; the
 //	                                        sender tries again later
+//	                    n | 1<<62           full: frame n was not queued
+//	                                        because the node is full
+//	                                        (flow control, docs/mixnet.md
+//	                                        "Flow control"): the sender keeps
+//	                                        it and tries again later, and
+//	                                        holds nothing against the node
 //
 // Each frame is written with one Write and each word with another, with TLS
 // dynamic record sizing off, so after the handshake every frame becomes the
@@ -93,6 +101,9 @@ type Transport interface {
 	// health check that sends no frame. Errors as for Dial, without
 	// ErrBackoff.
 	Probe(ctx context.Context, peer Peer) error
+	// ProbeFull is Probe that also reports whether the peer's ready word
+	// said it is full (Config.Full).
+	ProbeFull(ctx context.Context, peer Peer) (full bool, err error)
 	// Stats returns the counters since the transport was made.
 	Stats() Stats
 	// Close closes every link and listener. Sends in flight fail.
@@ -102,7 +113,8 @@ type Transport interface {
 // Handler receives one packet from node from. It is called concurrently
 // (up to Window calls per connection) and must return nil only after the
 // packet is durably queued (synced): the ack is sent after it returns. An
-// error sends a nack: the sender retries later. The packet slice is reused
+// error sends a nack, and an error wrapping ErrFull a full word: the
+// sender retries later. The packet slice is reused
 // after Handler returns: copy it to keep it. ctx ends when the listener
 // closes.
 type Handler func(ctx context.Context, from sdk.NodeID, packet []byte) error
@@ -125,7 +137,8 @@ type Link interface {
 	// returns nil only after the peer acknowledged that it queued it
 	// durably. It waits for a free window slot and (re)connects when the
 	// connection is down. Errors: ErrPacketSize (nothing is sent), ErrNack
-	// (the peer could not queue it), ErrAckTimeout, ErrBackoff, ErrClosed,
+	// (the peer could not queue it), ErrFull (the peer is full and did
+	// not queue it: not a failure of the peer), ErrAckTimeout, ErrBackoff, ErrClosed,
 	// ctx's error, or a network or TLS error. After an error the packet may
 	// or may not have been delivered: send it again later.
 	Send(ctx context.Context, packet []byte) error
@@ -168,6 +181,12 @@ var (
 	ErrPacketSize = errors.New("packet is not PacketSize bytes")
 	// ErrNack: the peer received the frame but its handler failed.
 	ErrNack = errors.New("peer could not queue the packet (nack)")
+	// ErrFull: the peer received the frame and refused it because it is
+	// full (flow control). A handler returns an error wrapping it to send
+	// the full word; Send returns it for that word. The packet was not
+	// queued: keep it and send it again later. It says nothing against
+	// the peer's health.
+	ErrFull = errors.New("peer is full; packet not queued")
 	// ErrAckTimeout: no ack within AckTimeout; the connection was closed.
 	ErrAckTimeout = errors.New("no ack in time")
 	// ErrBackoff: the last dial to this peer failed recently; Send and Dial
@@ -268,6 +287,11 @@ type Config struct {
 	// the TLS connection (tests assert every frame on every link has the
 	// same size). Called concurrently, from I/O paths: keep it fast.
 	FrameLog func(dir Dir, peer sdk.NodeID, size int)
+	// Full, if set, reports whether this node is full (flow control,
+	// docs/mixnet.md): the listener then sends the full ready word to a
+	// connecting node, so that its probes learn it. Called once per
+	// accepted connection. Frames are refused by the Handler, not here.
+	Full func() bool
 	// Logger gets "[MIX]" lines (nothing above Debug carries an address).
 	Logger hclog.Logger
 }

@@ -285,6 +285,85 @@ func TestSendFailsWithNackWhenHandlerFailsAndLinkSurvives(t *testing.T) {
 	})
 }
 
+// TestFullWordIsNeitherAckNorNack: a handler that refuses a frame with
+// ErrFull sends the full word: Send returns ErrFull (not ErrNack, which
+// the mix node counts against the peer), the connection carries on, and
+// the word is as long as an ack (an observer of the link sees the same
+// 8-byte record).
+func TestFullWordIsNeitherAckNorNack(t *testing.T) {
+	a, b := newNode(t), newNode(t)
+	var rec frameRecorder
+	ta := newTransport(t, a, Config{PacketSize: 1024, FrameLog: rec.log})
+	tb := newTransport(t, b, Config{PacketSize: 1024}, a)
+	l := listen(t, tb, func(_ context.Context, _ sdk.NodeID, p []byte) error {
+		if p[7] == 1 {
+			return fmt.Errorf("node at its bound: %w", ErrFull)
+		}
+		return nil
+	})
+	link, err := ta.Dial(context.Background(), b.peer(l.Addr().String()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = link.Send(context.Background(), packet(1024, 1))
+	if !errors.Is(err, ErrFull) || errors.Is(err, ErrNack) {
+		t.Fatalf("handler refused with ErrFull: Send returned %v, want ErrFull", err)
+	}
+	if err := link.Send(context.Background(), packet(1024, 2)); err != nil {
+		t.Fatalf("next packet after a full word: %v", err)
+	}
+	if s := ta.Stats(); s.Fulls != 1 || s.Nacks != 0 || s.Acks != 1 || s.Dials != 1 {
+		t.Errorf("want 1 full, no nack, 1 ack on 1 connection; got %+v", s)
+	}
+	waitFor(t, 2*time.Second, "listener to count 1 full and 1 ack sent", func() bool {
+		s := tb.Stats()
+		return s.FullsSent == 1 && s.AcksSent == 1 && s.NacksSent == 0
+	})
+	words := 0
+	for _, e := range rec.get() {
+		if e.dir == AckIn {
+			words++
+			if e.size != AckSize {
+				t.Errorf("word of %d bytes, want %d", e.size, AckSize)
+			}
+		}
+	}
+	if words != 3 { // ready, full, ack
+		t.Errorf("%d words read, want 3", words)
+	}
+}
+
+// TestProbeLearnsThatThePeerIsFull: a listener whose Config.Full reports
+// true answers with the full ready word; ProbeFull says so, Probe still
+// succeeds, and a link to it still carries frames (refusing them is the
+// handler's business).
+func TestProbeLearnsThatThePeerIsFull(t *testing.T) {
+	a, b := newNode(t), newNode(t)
+	var full atomic.Bool
+	ta := newTransport(t, a, Config{PacketSize: 1024})
+	tb := newTransport(t, b, Config{PacketSize: 1024, Full: full.Load}, a)
+	l := listen(t, tb, func(context.Context, sdk.NodeID, []byte) error { return nil })
+	p := b.peer(l.Addr().String())
+	for _, want := range []bool{false, true, false} {
+		full.Store(want)
+		got, err := ta.ProbeFull(context.Background(), p)
+		if err != nil || got != want {
+			t.Fatalf("ProbeFull with the peer full=%v: %v, %v", want, got, err)
+		}
+		if err := ta.Probe(context.Background(), p); err != nil {
+			t.Fatalf("Probe with the peer full=%v: %v", want, err)
+		}
+	}
+	full.Store(true)
+	link, err := ta.Dial(context.Background(), p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := link.Send(context.Background(), packet(1024, 1)); err != nil {
+		t.Fatalf("send on a link whose ready word said full: %v", err)
+	}
+}
+
 // exactlyOnce is a handler that records which packet numbers arrived.
 type exactlyOnce struct {
 	mu   sync.Mutex
