@@ -93,7 +93,7 @@ func slotFileSize(t *testing.T, dir string) int64 {
 // packets are written to the slot file, one page-aligned slot each, and
 // none to badger's value log; they read back after a reopen. Without the
 // registration (the negative control: the queue as it was) every packet
-// is in the value log.
+// is in the value log. The slot file is private (0600).
 func TestPacketsGoToSlotsNotTheValueLog(t *testing.T) {
 	for _, slots := range []bool{false, true} {
 		t.Run(fmt.Sprint("slots=", slots), func(t *testing.T) {
@@ -125,6 +125,11 @@ func TestPacketsGoToSlotsNotTheValueLog(t *testing.T) {
 			}
 			if n := sealedIn(t, dir, fmt.Sprint(slotTestSize), slotTestSize); n != len(packets) {
 				t.Errorf("%d packets in the slot file, want %d", n, len(packets))
+			}
+			if st, err := os.Stat(filepath.Join(dir, fmt.Sprint(slotFilePrefix, slotTestSize))); err != nil {
+				t.Error(err)
+			} else if st.Mode().Perm() != 0o600 {
+				t.Errorf("slot file mode %v, want 0600", st.Mode().Perm())
 			}
 			if got := slotFileSize(t, dir); got != int64(len(packets)) {
 				t.Errorf("slot file of %d slots, want %d", got, len(packets))
