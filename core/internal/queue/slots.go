@@ -38,8 +38,8 @@ import (
 // is destroyed and zeroed on disk, see keyStore) and is not reused before
 // the delete of its meta record is on disk: a crash can never bring back
 // a meta record whose slot holds another blob. Slots are reused lowest
-// first, and free slots at the end of the file are cut off at the next
-// sync, so the file is as long as the backlog it holds.
+// first, and a long free tail is cut off the file at a sync (shrink), so
+// the file is at most about twice as long as the backlog it holds.
 //
 // File name: slots-<content size in bytes>. Slot i holds a sealed value of
 // size+SealOverhead bytes at offset i*span, span being that rounded up to
@@ -165,7 +165,7 @@ func (s *slotStore) holds(r slotRef, id ID) bool {
 // tail of each file is cut off and a file without a used slot removed.
 func (s *slotStore) opened() error {
 	for size, sf := range s.files {
-		if err := sf.shrink(); err != nil {
+		if err := sf.shrink(true); err != nil {
 			return err
 		}
 		if len(sf.state) == 0 {
@@ -347,22 +347,32 @@ func (s *slotStore) freeDead(rs []slotRef) error {
 	}
 	var err error
 	for _, sf := range s.files {
-		if e := sf.shrink(); e != nil && err == nil {
+		if e := sf.shrink(false); e != nil && err == nil {
 			err = e
 		}
 	}
 	return err
 }
 
-// shrink cuts free slots off the end of the file. Called with s.mu held
-// (or before the store is shared). A slot being written (put between
-// alloc and WriteAt) is used, so it is never cut.
-func (sf *slotFile) shrink() error {
+// minFreeTail is the fewest free slots at the end of a slot file that a
+// sync cuts off (unless no slot is used).
+const minFreeTail = 64
+
+// shrink cuts the free slots off the end of the file: all of them (all,
+// at Open), else once they are at least minFreeTail and as many as the
+// slots before them, or when no slot is used. A file cut back by every
+// sync and grown again by the next packets would free and allocate its
+// disk blocks each time (journal commits, and an fdatasync that writes
+// metadata), where a reused slot costs only its data. Called with s.mu
+// held (or before the store is shared). A slot being written (put
+// between alloc and WriteAt) is used, so it is never cut.
+func (sf *slotFile) shrink(all bool) error {
 	n := len(sf.state)
 	for n > 0 && sf.state[n-1] == slotFree {
 		n--
 	}
-	if n == len(sf.state) {
+	tail := len(sf.state) - n
+	if tail == 0 || !all && n > 0 && (tail < minFreeTail || tail < n) {
 		return nil
 	}
 	sf.state = sf.state[:n]
