@@ -284,3 +284,46 @@ func TestSlotsLostInACrashAreSwept(t *testing.T) {
 		t.Errorf("%d items after the sweep (%v), want 1", n, err)
 	}
 }
+
+// TestSlotFileKeepsAShortFreeTail: a sync does not cut a free tail shorter
+// than minFreeTail slots or than the used part before it (the next packets
+// reuse those slots and their disk blocks instead of the file shrinking
+// and growing at every sync); a longer tail is cut.
+func TestSlotFileKeepsAShortFreeTail(t *testing.T) {
+	dir := t.TempDir()
+	q := open(t, dir)
+	defer q.Close()
+	if err := q.StoreInSlots(slotTestSize); err != nil {
+		t.Fatal(err)
+	}
+	packets := make([][]byte, 200)
+	for i := range packets {
+		packets[i] = testPacket(fmt.Sprintf("p%03d ", i))
+	}
+	items := putPackets(t, q, packets...)
+	release := func(its []*Item) {
+		t.Helper()
+		for _, it := range its {
+			if err := q.Delete(it); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range 2 {
+			if err := q.Sync(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	release(items[150:]) // a tail of 50 < minFreeTail
+	if got := slotFileSize(t, dir); got != 200 {
+		t.Errorf("slot file of %d slots after 50 at its end were freed, want 200 (kept)", got)
+	}
+	release(items[100:150]) // a tail of 100 >= minFreeTail, as long as the 100 used
+	if got := slotFileSize(t, dir); got != 100 {
+		t.Errorf("slot file of %d slots after its last 100 were freed, want 100", got)
+	}
+	release(items[30:100]) // a tail of 70 >= minFreeTail but > the 30 used
+	if got := slotFileSize(t, dir); got != 30 {
+		t.Errorf("slot file of %d slots after 70 more were freed, want 30", got)
+	}
+}
