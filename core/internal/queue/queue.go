@@ -607,7 +607,7 @@ func (q *Queue) RunGC() int {
 }
 
 // groupSync batches syncs: every waiter whose commit happened before a
-// sync started is released by that sync. A sync fsyncs the key file (new
+// sync started is released by that sync. A sync fdatasyncs the key file (new
 // keys, and the zeroes written by the previous sync), fdatasyncs the slot
 // files (new packets) and syncs badger at the same time: a waiter is
 // released only when all are durable, and a crash in between leaves a
