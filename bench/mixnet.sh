@@ -10,3 +10,5 @@ echo "== mix node throughput (target >= 2000 packets/s)"
 go test -count=1 -run '^$' -bench 'BenchmarkMixNodeThroughput' -benchtime 3000x -timeout 20m ./core/internal/mixnet/ | grep -E '^Benchmark|packets'
 echo "== end-to-end latency, 5-node mixnet, zero delays"
 go test -count=1 -run '^$' -bench 'BenchmarkMixnetLatency' -benchtime 1x -timeout 20m ./core/e2e/ | grep -E '^mixnet latency|^Benchmark'
+echo "== a mix node's packet life in the queue, store only: packets in the value log vs in the slot file"
+go test -count=1 -run '^$' -bench 'BenchmarkPacketStore' -benchtime 4000x ./core/internal/queue/ | grep -E '^Benchmark'

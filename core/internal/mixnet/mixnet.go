@@ -237,6 +237,10 @@ type Node struct {
 // New builds a mix node. Start it after the engine has started.
 func New(cfg Config, self sdk.NodeID, eng pipeline.MixHost, mixer Mixer, delay Delayer, keys Keys, dir Directory, links Links, log hclog.Logger) *Node {
 	cfg.defaults()
+	// Packets, all of one size, go to the queue's slot file, not its value log.
+	if err := eng.Queue().StoreInSlots(cfg.PacketSize); err != nil {
+		log.Warn("[MIX] packets stored in the value log", "error", err)
+	}
 	return &Node{cfg: cfg, self: self, eng: eng, mixer: mixer, delay: delay, keys: keys, dir: dir, links: links,
 		log: log.Named("mix"), health: newHealth(), loopStats: newLoopStats(), sendq: newSendQueue(), fragments: map[queue.ID]map[int]*queue.Item{}, loops: map[[16]byte]loop{}}
 }

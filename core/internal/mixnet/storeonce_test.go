@@ -3,53 +3,12 @@ package mixnet_test
 import (
 	"bytes"
 	"context"
-	"encoding/binary"
-	"io/fs"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
 	"github.com/mixmta/mixmta/core/internal/mixnet"
 	"github.com/mixmta/mixmta/sdk"
 )
-
-// sealedPackets counts the distinct sealed values of at least one packet's
-// size in the raw bytes of every file under dir, as a forensic scan of the
-// disk would find them (the queue's sealed value header: "mxq1", owner 16
-// bytes, part 4 bytes, ciphertext length 4 bytes, big-endian). badger
-// keeps what was written in its value log until GC, so this counts the
-// packet-sized values ever written, deleted or not.
-func sealedPackets(t *testing.T, dir string) int {
-	t.Helper()
-	seen := map[[20]byte]bool{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil || !d.Type().IsRegular() {
-			return err
-		}
-		raw, err := os.ReadFile(p)
-		if err != nil {
-			return err
-		}
-		for off := 0; ; {
-			i := bytes.Index(raw[off:], []byte("mxq1"))
-			if i < 0 || off+i+28 > len(raw) {
-				return nil
-			}
-			h := raw[off+i : off+i+28]
-			if n := binary.BigEndian.Uint32(h[24:]); n >= packetSize {
-				var id [20]byte
-				copy(id[:], h[4:24])
-				seen[id] = true
-			}
-			off += i + 4
-		}
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return len(seen)
-}
 
 // A forwarded packet is stored once: the packet as received, before its
 // ack, and no second sealed copy in its forward form after the unwrap
@@ -66,8 +25,8 @@ func TestForwardedPacketIsStoredOnceAndSentAfterRestart(t *testing.T) {
 }
 
 // storedOnceAndSent forwards packets with the node's packet memory bounded
-// by cacheLimit (0: the default) and wants perPacket sealed packet-sized
-// values written for each.
+// by cacheLimit (0: the default) and wants perPacket packets written to
+// the queue (its slot file) for each.
 func storedOnceAndSent(t *testing.T, cacheLimit int64, perPacket int) {
 	now := time.Now()
 	net, s, u, x := threeNodes(t, now)
@@ -94,12 +53,13 @@ func storedOnceAndSent(t *testing.T, cacheLimit int64, perPacket int) {
 		h.receive(s, p)
 	}
 	eventually(t, "the packets waiting in the pool", func() bool { return h.eng.Delayed() == n })
+	written := h.eng.Queue().SlotWrites()
 	h.stop()
 	if time.Since(start) >= hopDelay || len(h.links.all()) != 0 {
 		t.Fatalf("%d packets sent before the restart (the machine took %v for %d packets): the test needs them waiting", len(h.links.all()), time.Since(start), n)
 	}
-	if got := sealedPackets(t, h.qdir); got != perPacket*n {
-		t.Errorf("%d packet-sized sealed values written for %d forwarded packets, want %d", got, n, perPacket*n)
+	if written != int64(perPacket*n) {
+		t.Errorf("%d packets written to the queue for %d forwarded packets, want %d", written, n, perPacket*n)
 	}
 
 	h.start()

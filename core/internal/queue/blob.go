@@ -32,16 +32,25 @@ func chunkKey(blob ID, i uint32) []byte {
 
 func chunks(length int64) uint32 { return uint32((length + ChunkSize - 1) / ChunkSize) }
 
-// blobMeta is a blob's meta record: how many items use it and its length
-// in bytes.
+// blobMeta is a blob's meta record: how many items use it, its length in
+// bytes, and for a blob kept in a slot file (see slots.go) its slot.
+// Encoded as uvarints: refs, length, and the slot only if slotted.
 type blobMeta struct {
-	refs   uint64
-	length int64
+	refs    uint64
+	length  int64
+	slotted bool
+	slot    int64
 }
 
 func (m blobMeta) encode() []byte {
-	return binary.AppendUvarint(binary.AppendUvarint(nil, m.refs), uint64(m.length))
+	b := binary.AppendUvarint(binary.AppendUvarint(nil, m.refs), uint64(m.length))
+	if m.slotted {
+		b = binary.AppendUvarint(b, uint64(m.slot))
+	}
+	return b
 }
+
+func (m blobMeta) slotRef() slotRef { return slotRef{size: m.length, slot: m.slot} }
 
 func decodeMeta(b []byte) (blobMeta, error) {
 	refs, n := binary.Uvarint(b)
@@ -52,17 +61,28 @@ func decodeMeta(b []byte) (blobMeta, error) {
 	if k <= 0 {
 		return blobMeta{}, errors.New("queue: corrupt blob meta")
 	}
-	return blobMeta{refs: refs, length: int64(length)}, nil
+	m := blobMeta{refs: refs, length: int64(length)}
+	if rest := b[n+k:]; len(rest) > 0 {
+		slot, j := binary.Uvarint(rest)
+		if j <= 0 || slot > 1<<40 {
+			return blobMeta{}, errors.New("queue: corrupt blob meta")
+		}
+		m.slotted, m.slot = true, int64(slot)
+	}
+	return m, nil
 }
 
-// wtx is one attempt of a read-write transaction: the keys it allocated
-// (destroyed if it does not commit) and the owners it deleted (whose keys
-// are destroyed once it has committed).
+// wtx is one attempt of a read-write transaction: the keys and slots it
+// allocated (destroyed and released if it does not commit) and the owners
+// and slots it deleted (whose keys are destroyed once it has committed,
+// whose slots are freed once the delete is on disk).
 type wtx struct {
-	q     *Queue
-	txn   *badger.Txn
-	alloc []ID
-	dead  []ID
+	q         *Queue
+	txn       *badger.Txn
+	alloc     []ID
+	dead      []ID
+	slots     []slotRef
+	deadSlots []slotRef
 }
 
 func (w *wtx) newKey(owner ID) ([]byte, error) {
@@ -90,12 +110,22 @@ func (w *wtx) putItem(it *Item) error {
 	return w.txn.Set(key(prefixItem, it.ID), seal(k, it.ID, partItem, b))
 }
 
-// putBlob stores data as a new blob with one reference.
+// putBlob stores data as a new blob with one reference: in a slot file if
+// its size was registered (StoreInSlots), else in chunks in badger.
 func (w *wtx) putBlob(data []byte) (ID, error) {
 	id := NewID()
 	k, err := w.newKey(id)
 	if err != nil {
 		return id, err
+	}
+	if len(data) > 0 && w.q.slots.writable(int64(len(data))) {
+		r, err := w.q.slots.put(k, id, data)
+		if err != nil {
+			return id, err
+		}
+		w.slots = append(w.slots, r)
+		m := blobMeta{refs: 1, length: int64(len(data)), slotted: true, slot: r.slot}
+		return id, w.txn.Set(key(prefixCount, id), seal(k, id, partMeta, m.encode()))
 	}
 	for i := uint32(0); int64(i) < int64(chunks(int64(len(data)))); i++ {
 		c := data[int(i)*ChunkSize : min(len(data), int(i+1)*ChunkSize)]
@@ -150,7 +180,10 @@ func (w *wtx) addRef(blob ID, delta int) error {
 		m.refs = uint64(next)
 		return w.txn.Set(key(prefixCount, blob), seal(k, blob, partMeta, m.encode()))
 	}
-	for i := uint32(0); i < chunks(m.length); i++ {
+	if m.slotted {
+		w.deadSlots = append(w.deadSlots, m.slotRef())
+	}
+	for i := uint32(0); i < chunks(m.length) && !m.slotted; i++ {
 		if err := w.txn.Delete(chunkKey(blob, i)); err != nil {
 			return err
 		}
@@ -212,7 +245,7 @@ func (q *Queue) Blob(id ID) ([]byte, error) {
 		}
 		out = make([]byte, 0, m.length)
 		for i := uint32(0); i < chunks(m.length); i++ {
-			if out, err = q.chunk(txn, k, id, i, out); err != nil {
+			if out, err = q.chunk(txn, m, k, id, i, out); err != nil {
 				return err
 			}
 		}
@@ -224,8 +257,11 @@ func (q *Queue) Blob(id ID) ([]byte, error) {
 	return out, err
 }
 
-// chunk appends chunk i of blob id to dst.
-func (q *Queue) chunk(txn *badger.Txn, k []byte, id ID, i uint32, dst []byte) ([]byte, error) {
+// chunk appends chunk i of blob id (meta m) to dst.
+func (q *Queue) chunk(txn *badger.Txn, m blobMeta, k []byte, id ID, i uint32, dst []byte) ([]byte, error) {
+	if m.slotted {
+		return q.slots.read(m.slotRef(), k, id, dst) // one chunk: a slot blob is at most ChunkSize
+	}
 	item, err := txn.Get(chunkKey(id, i))
 	if errors.Is(err, badger.ErrKeyNotFound) {
 		return dst, fmt.Errorf("queue: blob %s: chunk %d missing", id, i)
@@ -249,9 +285,13 @@ func (q *Queue) chunk(txn *badger.Txn, k []byte, id ID, i uint32, dst []byte) ([
 // allocation whose transaction never committed, a delete whose key was
 // not yet zeroed); records whose key is gone are deleted (unreadable
 // anyway); chunks without a meta record (a body whose message was never
-// committed) are deleted.
+// committed) are deleted. Slots that meta records name are claimed, the
+// others are free; a meta record whose slot does not hold its blob (the
+// slot's write did not reach the disk before a power loss, so its item was
+// never acknowledged) is deleted with the items that use it.
 func (q *Queue) sweep() error {
 	live := map[ID]bool{}
+	broken := map[ID]bool{}
 	var orphans [][]byte
 	err := q.db.View(func(txn *badger.Txn) error {
 		opts := badger.DefaultIteratorOptions
@@ -269,6 +309,13 @@ func (q *Queue) sweep() error {
 			case len(k) == len(prefixCount)+len(id) && string(k[:2]) == string(prefixCount):
 				copy(id[:], k[2:])
 				metas[id] = true
+				if ok, err := q.claimSlot(it.Item(), id); err != nil {
+					return err
+				} else if !ok {
+					broken[id] = true
+					orphans = append(orphans, k)
+					continue
+				}
 			case string(k[:min(2, len(k))]) == string(prefixBlob):
 				chunkKeys = append(chunkKeys, k)
 				continue
@@ -295,6 +342,9 @@ func (q *Queue) sweep() error {
 	if err != nil {
 		return err
 	}
+	if err := q.slots.opened(); err != nil {
+		return err
+	}
 	var dead []ID
 	for _, o := range q.keys.owners() {
 		if !live[o] {
@@ -319,7 +369,50 @@ func (q *Queue) sweep() error {
 	if len(dead) > 0 {
 		q.log.Info("[QUEUE] destroyed keys left by an interrupted change", "count", len(dead))
 	}
+	if len(broken) == 0 {
+		return nil
+	}
+	var lost []*Item
+	if err := q.Items(func(it *Item) error {
+		if broken[it.Header] || broken[it.Body] {
+			lost = append(lost, it)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	for _, it := range lost {
+		if err := q.Delete(it); err != nil {
+			return err
+		}
+	}
+	q.log.Warn("[QUEUE] deleted items whose stored packet did not reach the disk before a crash (never acknowledged)", "count", len(lost))
 	return nil
+}
+
+// claimSlot reads a meta record at Open and, for a blob kept in a slot
+// file, claims its slot. false: the record is broken (it does not open,
+// or its slot is missing, claimed twice, or holds no value of this blob).
+// A record whose key is gone is left to the caller (true).
+func (q *Queue) claimSlot(item *badger.Item, id ID) (bool, error) {
+	k := q.keys.key(id)
+	if k == nil {
+		return true, nil
+	}
+	var m blobMeta
+	var bad error
+	err := item.Value(func(v []byte) error {
+		plain, err := unseal(k, id, partMeta, v)
+		if err == nil {
+			m, err = decodeMeta(plain)
+		}
+		bad = err
+		return nil
+	})
+	if err != nil || bad != nil || !m.slotted {
+		return err == nil && bad == nil, err
+	}
+	return q.slots.holds(m.slotRef(), id) && q.slots.markUsed(m.slotRef()), nil
 }
 
 // BodyWriter streams a message body into the queue in bounded memory: each
@@ -415,7 +508,7 @@ func (w *BodyWriter) Open() (io.Reader, error) {
 		return nil, err
 	}
 	w.opened = true
-	return &blobReader{q: w.q, id: w.id, key: w.key, length: w.n}, nil
+	return &blobReader{q: w.q, id: w.id, key: w.key, meta: blobMeta{length: w.n}}, nil
 }
 
 // Abort discards the body: its chunks are deleted and its key destroyed.
@@ -500,7 +593,7 @@ func (q *Queue) BlobReader(id ID) (io.Reader, error) {
 	r := &blobReader{q: q, id: id}
 	err := q.db.View(func(txn *badger.Txn) error {
 		m, k, err := q.meta(txn, id)
-		r.key, r.length = k, m.length
+		r.key, r.meta = k, m
 		return err
 	})
 	if err != nil {
@@ -510,23 +603,23 @@ func (q *Queue) BlobReader(id ID) (io.Reader, error) {
 }
 
 type blobReader struct {
-	q      *Queue
-	id     ID
-	key    []byte
-	length int64
-	next   uint32
-	buf    []byte
-	cur    []byte
+	q    *Queue
+	id   ID
+	key  []byte
+	meta blobMeta
+	next uint32
+	buf  []byte
+	cur  []byte
 }
 
 func (r *blobReader) Read(p []byte) (int, error) {
 	for len(r.cur) == 0 {
-		if r.next >= chunks(r.length) {
+		if r.next >= chunks(r.meta.length) {
 			return 0, io.EOF
 		}
 		err := r.q.db.View(func(txn *badger.Txn) error {
 			var err error
-			r.buf, err = r.q.chunk(txn, r.key, r.id, r.next, r.buf[:0])
+			r.buf, err = r.q.chunk(txn, r.meta, r.key, r.id, r.next, r.buf[:0])
 			r.cur = r.buf
 			return err
 		})

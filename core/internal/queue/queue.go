@@ -4,6 +4,10 @@
 // share syncs: group commit). Items are indexed in memory and rebuilt from
 // disk at start, so on restart each item resumes where it was.
 //
+// A mix node's packets (StoreInSlots) bypass badger's value log: each is
+// written once into a slot of a slot file, synced in the same group
+// commit, and badger keeps the small records only (see slots.go).
+//
 // Storage forgets: every item record and every blob (header section, body,
 // packet, fragment) is sealed with AES-256-GCM under a key of its own, kept
 // in a slotted key file outside badger and zeroed in place when the item or
@@ -21,6 +25,9 @@
 //	s/<name>                     small state owned by the core (counters;
 //	                             not sealed, never message data)
 //	sealkeys (a file beside badger's) the key slots
+//	slots-<size> (files beside badger's) blobs of a registered size (mix
+//	                             packets), one sealed value per slot; their
+//	                             meta record names the slot (slots.go)
 package queue
 
 import (
@@ -168,6 +175,7 @@ var ErrNotFound = errors.New("queue: not found")
 type Queue struct {
 	db     *badger.DB
 	keys   *keyStore
+	slots  *slotStore
 	trim   *trimmer
 	log    hclog.Logger
 	syncer *groupSync
@@ -231,13 +239,20 @@ func Open(dir string, o Options) (*Queue, error) {
 		db.Close()
 		return nil, err
 	}
-	q := &Queue{db: db, keys: keys, log: log, gcStop: make(chan struct{}), gcDone: make(chan struct{}), trim: newTrimmer(dir)}
+	slots, err := openSlots(dir)
+	if err != nil {
+		keys.close()
+		db.Close()
+		return nil, err
+	}
+	q := &Queue{db: db, keys: keys, slots: slots, log: log, gcStop: make(chan struct{}), gcDone: make(chan struct{}), trim: newTrimmer(dir)}
 	migrated, err := q.migrate()
 	if err == nil {
 		err = q.sweep()
 	}
 	if err != nil {
 		q.trim.close()
+		slots.close()
 		keys.close()
 		db.Close()
 		return nil, fmt.Errorf("queue: open %s: %w", dir, err)
@@ -245,7 +260,7 @@ func Open(dir string, o Options) (*Queue, error) {
 	if migrated > 0 {
 		log.Info("[QUEUE] sealed the items of a queue written by an older version", "items", migrated)
 	}
-	q.syncer = newGroupSync(db, keys)
+	q.syncer = newGroupSync(db, keys, slots)
 	interval := o.GCInterval
 	if interval <= 0 {
 		interval = 5 * time.Minute
@@ -273,6 +288,7 @@ func (q *Queue) Close() error {
 		if e := q.keys.close(); e != nil && err == nil {
 			err = e
 		}
+		q.slots.close()
 		q.trim.close()
 	})
 	return err
@@ -281,6 +297,23 @@ func (q *Queue) Close() error {
 // Sync waits until every transaction committed before the call is on disk.
 // Concurrent callers share one fsync (group commit).
 func (q *Queue) Sync() error { return q.syncer.wait() }
+
+// StoreInSlots makes every blob of exactly size bytes (0 < size <=
+// ChunkSize) written from now on go to a slot file rather than to badger
+// (see slots.go): a mix node registers its packet size. Blobs already
+// stored stay where they are, and any queue reads blobs from the slot
+// files it finds at Open, whether or not their size is registered.
+func (q *Queue) StoreInSlots(size int) error {
+	if size <= 0 || size > ChunkSize {
+		return fmt.Errorf("queue: slot size %d bytes, want 1 to %d", size, ChunkSize)
+	}
+	q.slots.enable(int64(size))
+	return nil
+}
+
+// SlotWrites is the number of blobs written to slot files since Open: on
+// a mix node, the packets it stored (a forwarded packet should cost one).
+func (q *Queue) SlotWrites() int64 { return q.slots.writes.Load() }
 
 // update runs fn in a read-write transaction, retrying on conflicts. Keys
 // allocated by an attempt that does not commit are destroyed; keys of
@@ -294,12 +327,14 @@ func (q *Queue) update(fn func(w *wtx) error) error {
 		})
 		if err != nil {
 			q.keys.destroy(w.alloc)
+			q.slots.release(w.slots)
 			if errors.Is(err, badger.ErrConflict) && attempt < 100 {
 				continue
 			}
 			return err
 		}
 		q.keys.destroy(w.dead)
+		q.slots.kill(w.deadSlots)
 		return nil
 	}
 }
@@ -572,22 +607,24 @@ func (q *Queue) RunGC() int {
 }
 
 // groupSync batches syncs: every waiter whose commit happened before a
-// sync started is released by that sync. A sync fsyncs the key file (new
-// keys, and the zeroes written by the previous sync) and syncs badger at
-// the same time: a waiter is released only when both are durable, and a
-// crash in between leaves a record without its key or a key without its
-// record, both unacknowledged and removed by the sweep at the next Open.
-// Then it overwrites the slots of keys destroyed before it started with
-// zeroes (their deletes are durable by then), which the next sync puts on
-// disk. It also runs every FlushInterval while key slots wait, so a
-// destroyed key is zeroed in the file within one interval and on disk
-// within two.
+// sync started is released by that sync. A sync fdatasyncs the key file (new
+// keys, and the zeroes written by the previous sync), fdatasyncs the slot
+// files (new packets) and syncs badger at the same time: a waiter is
+// released only when all are durable, and a crash in between leaves a
+// record without its key or slot content, or a key or slot without its
+// record, all unacknowledged and removed by the sweep at the next Open.
+// Then it overwrites the key slots of keys destroyed before it started
+// with zeroes and frees the packet slots deleted before it started (their
+// deletes are durable by then); the next sync puts the zeroes on disk. It
+// also runs every FlushInterval while key slots wait, so a destroyed key
+// is zeroed in the file within one interval and on disk within two.
 type groupSync struct {
-	db   *badger.DB
-	keys *keyStore
-	reqs chan chan error
-	stop chan struct{}
-	done chan struct{}
+	db    *badger.DB
+	keys  *keyStore
+	slots *slotStore
+	reqs  chan chan error
+	stop  chan struct{}
+	done  chan struct{}
 }
 
 // FlushInterval is the period of the key file's flushes when no group
@@ -596,8 +633,8 @@ type groupSync struct {
 // an item within about 2 s after it left.
 const FlushInterval = time.Second
 
-func newGroupSync(db *badger.DB, keys *keyStore) *groupSync {
-	g := &groupSync{db: db, keys: keys, reqs: make(chan chan error, 4096), stop: make(chan struct{}), done: make(chan struct{})}
+func newGroupSync(db *badger.DB, keys *keyStore, slots *slotStore) *groupSync {
+	g := &groupSync{db: db, keys: keys, slots: slots, reqs: make(chan chan error, 4096), stop: make(chan struct{}), done: make(chan struct{})}
 	go g.loop()
 	return g
 }
@@ -613,18 +650,26 @@ func (g *groupSync) wait() error {
 }
 
 func (g *groupSync) syncAll() error {
-	dead := g.keys.takeDead()
-	keysDone := make(chan error, 1)
+	dead, deadSlots := g.keys.takeDead(), g.slots.takeDead()
+	keysDone, slotsDone := make(chan error, 1), make(chan error, 1)
 	go func() { keysDone <- g.keys.sync() }()
+	go func() { slotsDone <- g.slots.sync() }()
 	err := g.db.Sync()
-	if kerr := <-keysDone; err == nil {
-		err = kerr
+	for _, ch := range []chan error{keysDone, slotsDone} {
+		if e := <-ch; err == nil {
+			err = e
+		}
 	}
 	if err != nil {
 		g.keys.requeue(dead)
+		g.slots.requeue(deadSlots)
 		return err
 	}
-	return g.keys.zeroDead(dead)
+	err = g.keys.zeroDead(dead)
+	if e := g.slots.freeDead(deadSlots); err == nil {
+		err = e
+	}
+	return err
 }
 
 func (g *groupSync) loop() {

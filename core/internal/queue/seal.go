@@ -61,15 +61,23 @@ func newAEAD(key []byte) cipher.AEAD {
 
 // seal returns plain sealed under key for (owner, part).
 func seal(key []byte, owner ID, part uint32, plain []byte) []byte {
-	out := make([]byte, sealAADLen+sealNonceLen, sealAADLen+sealNonceLen+len(plain)+sealTagLen)
-	copy(out, sealMagic)
-	copy(out[4:], owner[:])
-	binary.BigEndian.PutUint32(out[20:], part)
-	binary.BigEndian.PutUint32(out[24:], uint32(len(plain)+sealTagLen))
-	if _, err := rand.Read(out[sealAADLen:]); err != nil {
+	return sealAppend(make([]byte, 0, sealAADLen+sealNonceLen+len(plain)+sealTagLen), key, owner, part, plain)
+}
+
+// sealAppend is seal appending the sealed value to dst (a reused buffer:
+// the slot store seals a packet where its pwrite reads it).
+func sealAppend(dst, key []byte, owner ID, part uint32, plain []byte) []byte {
+	start := len(dst)
+	dst = append(dst, sealMagic...)
+	dst = append(dst, owner[:]...)
+	dst = binary.BigEndian.AppendUint32(dst, part)
+	dst = binary.BigEndian.AppendUint32(dst, uint32(len(plain)+sealTagLen))
+	dst = append(dst, make([]byte, sealNonceLen)...)
+	h := dst[start:]
+	if _, err := rand.Read(h[sealAADLen:]); err != nil {
 		panic(err)
 	}
-	return newAEAD(key).Seal(out, out[sealAADLen:], plain, out[:sealAADLen])
+	return newAEAD(key).Seal(dst, h[sealAADLen:sealAADLen+sealNonceLen], plain, h[:sealAADLen])
 }
 
 // unseal opens a value sealed for (owner, part). Errors: errSealed for a

@@ -28,10 +28,13 @@ import (
 
 // trimEvery is how many body bytes the queue streams (BodyWriter,
 // BlobReader) between trims (16 MiB); a trim also runs once a second while
-// anything moved. Small values (item records, packets, fragments) do not
-// count: a mix node's packets are read back soon after they are written,
-// and paging them out at once would only make those reads go to the disk;
-// the periodic trim (trimAllEvery) pages them out once they are stale.
+// anything moved. Small values (item records, fragments, and packets on a
+// queue that does not keep them in a slot file) do not count: they are
+// read back soon after they are written, and paging them out at once
+// would only make those reads go to the disk; the periodic trim
+// (trimAllEvery) pages them out once they are stale. A mix node's packets
+// are in its slot file (slots.go), written and read with pwrite and pread:
+// never mapped, they never count in the process's memory.
 const trimEvery = 16 << 20
 
 // trimAllEvery is how often the trimmer pages out the value log whatever
