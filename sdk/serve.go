@@ -74,10 +74,10 @@ func Serve[C any](p Plugin[C]) {
 		// Not fatal: the core then sends bodies inside the calls.
 		logger.Warn("body region not mapped", "error", err)
 	}
-	srv := &stageServer[C]{p: p, logger: logger, schema: mustJSON(SchemaOf(p.Config))}
+	srv := newInstances(p, logger, mustJSON(SchemaOf(p.Config)))
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  wire.Handshake,
-		VersionedPlugins: map[int]plugin.PluginSet{wire.ProtocolVersion: {"stage": &grpcPlugin{server: srv}}},
+		VersionedPlugins: map[int]plugin.PluginSet{wire.ProtocolVersion: {"stage": &grpcPlugin{register: srv.register}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(wire.MaxCallBytes), grpc.MaxSendMsgSize(wire.MaxCallBytes),
 				grpc.InitialWindowSize(wire.FlowWindow), grpc.InitialConnWindowSize(wire.FlowWindow),
@@ -155,14 +155,15 @@ func mustJSON(v any) string {
 }
 
 // grpcPlugin is the plugin's go-plugin glue: it registers the stage
-// service (the host's side is in internal/pluginclient).
+// service, routed to stage instances (the host's side is in
+// internal/pluginclient).
 type grpcPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
-	server pb.StageServer
+	register func(*grpc.Server)
 }
 
 func (g *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	pb.RegisterStageServer(s, g.server)
+	g.register(s)
 	return nil
 }
 
