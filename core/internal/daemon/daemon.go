@@ -108,7 +108,7 @@ func startStageOn(ctx context.Context, cfg *config.Config, host *pluginhost.Host
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 	pin := cfg.Plugins[st.Plugin].SHA256
-	ps, err := host.Launch(pluginhost.Spec{Stage: st.Name, Plugin: st.Plugin, Path: path, SHA256: pin}, log.Named(st.Name))
+	ps, err := host.Launch(pluginhost.Spec{Stage: st.Name, Plugin: st.Plugin, Path: path, SHA256: pin, Own: st.Process == "own"}, log.Named(st.Name))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
