@@ -323,8 +323,12 @@ func (d *Daemon) statsLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			var restarts int64
+			counted := map[any]bool{}
 			for _, s := range d.stages {
-				restarts += s.Restarts()
+				if !counted[s.Process()] {
+					counted[s.Process()] = true
+					restarts += s.Restarts()
+				}
 			}
 			d.counters.PluginRestarts.Store(restarts)
 			line := stats.Line(d.counters, d.gauges())

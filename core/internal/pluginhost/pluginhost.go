@@ -105,6 +105,8 @@ type process struct {
 	gen    uint64
 	// failures counts failed launches in a row (restart backoff).
 	failures int
+	// restarts counts starts after the first.
+	restarts atomic.Int64
 	// stages are the stages configured in the process, in start order.
 	stages []*Stage
 }
@@ -126,7 +128,6 @@ type Stage struct {
 	gen        uint64
 	configured bool
 	closed     bool
-	restarts   atomic.Int64
 	// mixState is re-sent to a restarted mixer.
 	mixState *sdk.MixState
 }
@@ -213,6 +214,9 @@ func (p *process) start(ctx context.Context) error {
 			return err
 		}
 	}
+	if p.gen > 1 {
+		p.restarts.Add(1)
+	}
 	return nil
 }
 
@@ -241,7 +245,6 @@ func (s *Stage) attach(ctx context.Context) error {
 			return fmt.Errorf("stage %s: %w", s.Spec.Stage, err)
 		}
 	}
-	s.restarts.Add(1)
 	return nil
 }
 
@@ -301,8 +304,9 @@ func (s *Stage) Healthy() bool {
 }
 
 // Restarts counts the restarts of the stage's process since start (each
-// one configures the stage again).
-func (s *Stage) Restarts() int64 { return s.restarts.Load() }
+// one configures the stage again); stages sharing a process (equal
+// Process) count the same restarts.
+func (s *Stage) Restarts() int64 { return s.proc.restarts.Load() }
 
 // Pid returns the current plugin process id.
 func (s *Stage) Pid() int {
@@ -351,15 +355,10 @@ func (s *Stage) current(ctx context.Context) (*pluginclient.Client, uint64, erro
 		if s.closed {
 			return nil, 0, errClosed
 		}
+		// A start attaches every stage of the process, so a live process
+		// of another generation than the stage's does not occur.
 		if p.client != nil && !p.client.Exited() && s.gen == p.gen {
 			return s.client, s.gen, nil
-		}
-		if p.client != nil && !p.client.Exited() {
-			// Unreachable: a restart attaches every stage. Kept safe.
-			if err := s.attach(ctx); err != nil {
-				return nil, 0, err
-			}
-			continue
 		}
 		if p.client != nil {
 			p.client.Kill()
