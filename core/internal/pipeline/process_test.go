@@ -27,7 +27,9 @@ func TestStagesOfOneProcessShareTheSuspectLock(t *testing.T) {
 		{Name: "exit-delay", Kind: sdk.KindDelayer, Impl: &sharedStage{proc: p1}},
 		{Name: "deliver", Kind: sdk.KindDeliverer, Impl: &fakeStage{deliver: okAll}},
 	}
-	e, err := New(openQueue(t, t.TempDir()), stages, Options{})
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	e, err := New(q, stages, Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
