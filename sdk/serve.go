@@ -100,11 +100,12 @@ const pluginGCPercent = 400
 
 // paceRuntime sets the plugin's GOGC (paced by its allocation rate) and
 // GOMAXPROCS unless its environment does (the core starts plugins with a
-// clean environment, so normally it does not). GOMAXPROCS is half the runtime's default (the
-// CPUs, or a container's CPU limit, which NumCPU ignores), at least one: a
-// plugin shares the machine with the core, which does most of the work,
-// and idle Ps of its own only spin looking for work (on 2 CPUs, 1 P cut
-// the plugin's CPU per 64 KiB call by a further ~20 %).
+// clean environment, so normally it does not). GOMAXPROCS is half the
+// runtime's default (the CPUs, or a container's CPU limit, which NumCPU
+// ignores), at least one: a plugin shares the machine with the core, which
+// does most of the work, and idle Ps of its own only spin looking for
+// work (on 2 CPUs, 1 P cut the plugin's CPU per 64 KiB call by a further
+// ~20 %).
 func paceRuntime() {
 	if os.Getenv("GOGC") == "" {
 		paceGC()
