@@ -6,9 +6,14 @@
 //
 // # Contract for every stage kind
 //
-//   - One plugin process serves one pipeline stage. The core starts it once,
-//     calls Configure once, then reuses it for every message. Calls may arrive
-//     concurrently: a stage must be safe for concurrent use.
+//   - Plugin.New makes one stage from its config. The core starts one
+//     process per plugin binary and calls New in it once for each pipeline
+//     stage that names the binary (three delay stages: three values, each
+//     with its own config, in one process), then reuses each value for
+//     every message of its stage. So a stage keeps its state in the value
+//     New returns, never in package variables, which its sibling stages
+//     share. Calls may arrive concurrently: a stage must be safe for
+//     concurrent use.
 //   - The core owns all state. A call may be repeated after a crash or a
 //     timeout (at-least-once), so a stage must be idempotent or tolerate a
 //     repeat: a Deliverer may deliver twice when the core dies between the

@@ -10,7 +10,6 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
-	"runtime/debug"
 	"slices"
 	"sync/atomic"
 	"syscall"
@@ -78,10 +77,10 @@ func Serve[C any](p Plugin[C]) {
 		// Not fatal: large replies then travel inside the replies.
 		logger.Warn("reply region not mapped", "error", err)
 	}
-	srv := &stageServer[C]{p: p, logger: logger, schema: mustJSON(SchemaOf(p.Config))}
+	srv := newInstances(p, logger, mustJSON(SchemaOf(p.Config)))
 	plugin.Serve(&plugin.ServeConfig{
 		HandshakeConfig:  wire.Handshake,
-		VersionedPlugins: map[int]plugin.PluginSet{wire.ProtocolVersion: {"stage": &grpcPlugin{server: srv}}},
+		VersionedPlugins: map[int]plugin.PluginSet{wire.ProtocolVersion: {"stage": &grpcPlugin{register: srv.register}}},
 		GRPCServer: func(opts []grpc.ServerOption) *grpc.Server {
 			return grpc.NewServer(append(opts, grpc.MaxRecvMsgSize(wire.MaxCallBytes), grpc.MaxSendMsgSize(wire.MaxCallBytes),
 				grpc.InitialWindowSize(wire.FlowWindow), grpc.InitialConnWindowSize(wire.FlowWindow),
@@ -93,7 +92,8 @@ func Serve[C any](p Plugin[C]) {
 	os.Exit(0)
 }
 
-// pluginGCPercent is a plugin's GOGC. A stage's live heap is small (a
+// pluginGCPercent is a plugin's GOGC while it is busy (see paceGC;
+// idleGCPercent otherwise). A stage's live heap is small (a
 // few MiB) while every call with a body allocates its copy (64 KiB and
 // more), so at Go's default of 100 the collector runs every few dozen
 // calls: measured with 32 callers of 64 KiB messages on 2 cores
@@ -102,16 +102,17 @@ func Serve[C any](p Plugin[C]) {
 // (16 MiB at least).
 const pluginGCPercent = 400
 
-// paceRuntime sets the plugin's GOGC and GOMAXPROCS unless its
-// environment does (the core starts plugins with a clean environment, so
-// normally it does not). GOMAXPROCS is half the runtime's default (the
-// CPUs, or a container's CPU limit, which NumCPU ignores), at least one: a
-// plugin shares the machine with the core, which does most of the work,
-// and idle Ps of its own only spin looking for work (on 2 CPUs, 1 P cut
-// the plugin's CPU per 64 KiB call by a further ~20 %).
+// paceRuntime sets the plugin's GOGC (paced by its allocation rate) and
+// GOMAXPROCS unless its environment does (the core starts plugins with a
+// clean environment, so normally it does not). GOMAXPROCS is half the
+// runtime's default (the CPUs, or a container's CPU limit, which NumCPU
+// ignores), at least one: a plugin shares the machine with the core, which
+// does most of the work, and idle Ps of its own only spin looking for
+// work (on 2 CPUs, 1 P cut the plugin's CPU per 64 KiB call by a further
+// ~20 %).
 func paceRuntime() {
 	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(pluginGCPercent)
+		paceGC()
 	}
 	if os.Getenv("GOMAXPROCS") == "" {
 		runtime.GOMAXPROCS(max(1, runtime.GOMAXPROCS(0)/2))
@@ -159,14 +160,15 @@ func mustJSON(v any) string {
 }
 
 // grpcPlugin is the plugin's go-plugin glue: it registers the stage
-// service (the host's side is in internal/pluginclient).
+// service, routed to stage instances (the host's side is in
+// internal/pluginclient).
 type grpcPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
-	server pb.StageServer
+	register func(*grpc.Server)
 }
 
 func (g *grpcPlugin) GRPCServer(_ *plugin.GRPCBroker, s *grpc.Server) error {
-	pb.RegisterStageServer(s, g.server)
+	g.register(s)
 	return nil
 }
 

@@ -45,9 +45,9 @@ func BenchmarkMixNodeMemory(b *testing.B) {
 		var idleRSS, idlePSS, idleAlone int
 		for j, n := range m.nodes {
 			nm := measureNode(n.pid())
-			fmt.Printf("mix node %d idle: VmRSS core %d + plugins %d = %d MiB; PSS %d + %d = %d MiB; alone %d MiB (core: anonymous %d, value log mapped %d; plugins: binaries %d, anonymous %d)\n",
+			fmt.Printf("mix node %d idle: VmRSS core %d + plugins %d = %d MiB; PSS %d + %d = %d MiB; alone %d MiB (core: anonymous %d, value log mapped %d; %d plugin processes of %d binaries: binaries %d, anonymous %d)\n",
 				j+1, nm.coreRSS>>10, nm.pluginsRSS>>10, nm.rss()>>10, nm.corePSS>>10, nm.pluginsPSS>>10, nm.pss()>>10, nm.alone>>10,
-				nm.coreAnon>>10, nm.coreVlog>>10, nm.pluginBin>>10, nm.pluginAnon>>10)
+				nm.coreAnon>>10, nm.coreVlog>>10, nm.plugins, nm.binaries, nm.pluginBin>>10, nm.pluginAnon>>10)
 			idleRSS, idlePSS, idleAlone = max(idleRSS, nm.rss()), max(idlePSS, nm.pss()), max(idleAlone, nm.alone)
 		}
 

@@ -29,6 +29,9 @@ type nodeMem struct {
 	alone                 int
 	coreAnon, coreVlog    int
 	pluginAnon, pluginBin int
+	// plugins is the number of plugin processes counted, binaries the
+	// number of distinct plugin binaries they run.
+	plugins, binaries int
 }
 
 func (m nodeMem) rss() int { return m.coreRSS + m.pluginsRSS }
@@ -90,6 +93,7 @@ func rollup(pid int) (rss, pss int) {
 func measureNode(pid int) nodeMem {
 	var m nodeMem
 	shared := map[string]int{} // file and offset -> largest RSS
+	bins := map[string]bool{}
 	for i, p := range append([]int{pid}, children(pid)...) {
 		rss, pss := rollup(p)
 		if i == 0 {
@@ -99,6 +103,10 @@ func measureNode(pid int) nodeMem {
 			m.pluginsPSS += pss
 		}
 		exe, _ := os.Readlink(fmt.Sprintf("/proc/%d/exe", p))
+		if i > 0 {
+			m.plugins++
+			bins[exe] = true
+		}
 		for _, mp := range smaps(p) {
 			switch {
 			case mp.anon:
@@ -123,6 +131,7 @@ func measureNode(pid int) nodeMem {
 	for _, v := range shared {
 		m.alone += v
 	}
+	m.binaries = len(bins)
 	return m
 }
 

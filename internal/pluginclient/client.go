@@ -23,6 +23,7 @@ import (
 	"github.com/hashicorp/go-plugin"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/experimental"
+	"google.golang.org/grpc/metadata"
 
 	"github.com/mixmta/mixmta/internal/pb"
 	"github.com/mixmta/mixmta/internal/wire"
@@ -100,12 +101,17 @@ type Client struct {
 	// it (an SDK older than it): then every call is a framed call.
 	calls *batcher
 	// region holds the bodies of batched calls, nil if the plugin did not
-	// map it: then bodies travel inside the calls.
+	// map it: then bodies travel inside the calls. The stage instances
+	// of one process share it.
 	region *bodyRegion
 	// replies holds the large replies (Mix) to calls whose body is in
 	// region, nil if the plugin did not map it: then they travel inside
 	// the replies.
 	replies *replyRegion
+	// conn is the process's connection; instances tells whether the
+	// plugin routes calls by stage instance (see Instance).
+	conn      grpc.ClientConnInterface
+	instances bool
 }
 
 // Launch starts the plugin binary, performs the versioned handshake, and
@@ -191,14 +197,17 @@ func Launch(o LaunchOptions) (*Client, error) {
 		pc.Kill()
 		return fail(fmt.Errorf("plugin %s: %w", o.Path, err))
 	}
-	c := &Client{pc: pc, rpc: raw.(pb.StageClient)}
+	conn := raw.(grpc.ClientConnInterface)
+	c := &Client{pc: pc, rpc: pb.NewStageClient(conn), conn: conn}
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.StartTimeout)
 	defer cancel()
-	ir, err := c.rpc.Info(ctx, &pb.InfoRequest{})
+	var header metadata.MD
+	ir, err := c.rpc.Info(ctx, &pb.InfoRequest{}, grpc.Header(&header))
 	if err != nil {
 		pc.Kill()
 		return fail(fmt.Errorf("plugin %s: info: %w", o.Path, err))
 	}
+	c.instances = len(header.Get(wire.InstancesKey)) > 0
 	c.info = Info{Name: ir.GetName(), Version: ir.GetVersion(), Doc: ir.GetDoc(), Needs: sdk.Needs(ir.GetNeeds())}
 	for _, k := range ir.GetKinds() {
 		c.info.Kinds = append(c.info.Kinds, sdk.Kind(k))
@@ -764,8 +773,9 @@ func (c *Client) Assemble(ctx context.Context, data []byte) (*sdk.Message, error
 	return &sdk.Message{Envelope: envelopeFromPB(meta.GetEnvelope()), Header: header, Body: body, Size: int64(len(header) + len(body))}, nil
 }
 
-// grpcPlugin is the host's go-plugin glue: it gets a pb.StageClient on the
-// plugin's connection (the plugin's side is in sdk.Serve).
+// grpcPlugin is the host's go-plugin glue: it gets the plugin's
+// connection, on which each stage instance makes its own pb.StageClient
+// (the plugin's side is in sdk.Serve).
 type grpcPlugin struct {
 	plugin.NetRPCUnsupportedPlugin
 }
@@ -775,5 +785,5 @@ func (*grpcPlugin) GRPCServer(*plugin.GRPCBroker, *grpc.Server) error {
 }
 
 func (*grpcPlugin) GRPCClient(_ context.Context, _ *plugin.GRPCBroker, c *grpc.ClientConn) (any, error) {
-	return pb.NewStageClient(c), nil
+	return c, nil
 }

@@ -270,6 +270,10 @@ type Stage struct {
 	// Config is the raw block, validated against the plugin's schema
 	// (ValidateBlock) and sent to it as JSON (BlockJSON).
 	Config RawBlock `yaml:"config"`
+	// Process is "shared" or empty: the stage is an instance in the one
+	// process that serves every stage of its binary; "own": a process of
+	// its own. (Empty stays empty in the defaulted config.)
+	Process string `yaml:"process" json:",omitempty"`
 	// Line is where the stage starts in the file (not a YAML key).
 	Line int `yaml:"-"`
 }

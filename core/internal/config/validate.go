@@ -137,6 +137,9 @@ func (c *Config) validateMix(bad func(string, string, ...any), positive func(str
 	} else if !NameRE.MatchString(m.HopDelay.Plugin) {
 		bad("mix.hop_delay.plugin", "%q must match %s", m.HopDelay.Plugin, NameRE)
 	}
+	if p := m.HopDelay.Process; p != "" && p != "shared" && p != "own" {
+		bad("mix.hop_delay.process", "%q must be shared or own", p)
+	}
 	if m.PacketSize < minPacketSize || m.PacketSize > transport.MaxPacketSize {
 		bad("mix.packet_size", "must be between %d and %d bytes, got %d", minPacketSize, transport.MaxPacketSize, m.PacketSize)
 	}
@@ -304,6 +307,9 @@ func (c *Config) validatePipeline(e *errs, bad func(string, string, ...any)) {
 			bad(p, "plugin is required (the name of a binary in plugin_dir)")
 		case !NameRE.MatchString(st.Plugin):
 			bad(p+".plugin", "%q must match %s (a file name in plugin_dir)", st.Plugin, NameRE)
+		}
+		if st.Process != "" && st.Process != "shared" && st.Process != "own" {
+			bad(p+".process", "%q must be shared or own", st.Process)
 		}
 		used[st.Plugin] = true
 	}

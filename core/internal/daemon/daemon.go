@@ -58,9 +58,10 @@ type Daemon struct {
 	mixFull atomic.Bool
 }
 
-// StartStages launches, checks and configures every stage's plugin. Config
-// errors are reported as FILE:LINE. On error, already started plugins are
-// stopped.
+// StartStages launches, checks and configures every stage's plugin: one
+// process per plugin binary, serving each stage that names it (see
+// pluginhost.Host). Config errors are reported as FILE:LINE. On error,
+// already started plugins are stopped.
 func StartStages(ctx context.Context, cfg *config.Config, log hclog.Logger) ([]*pluginhost.Stage, []pipeline.Stage, error) {
 	var started []*pluginhost.Stage
 	var stages []pipeline.Stage
@@ -70,8 +71,9 @@ func StartStages(ctx context.Context, cfg *config.Config, log hclog.Logger) ([]*
 		}
 		return nil, nil, err
 	}
+	host := pluginhost.NewHost(log)
 	for _, st := range cfg.Pipeline {
-		ps, err := startStage(ctx, cfg, st, log)
+		ps, err := startStageOn(ctx, cfg, host, st, log)
 		if err != nil {
 			return fail(err)
 		}
@@ -93,17 +95,23 @@ func StartStages(ctx context.Context, cfg *config.Config, log hclog.Logger) ([]*
 	return started, stages, nil
 }
 
-// startStage launches one stage's plugin, validates its config block
-// against the schema the plugin reports, and configures it. Errors are
-// FILE:LINE.
+// startStage launches one stage's plugin in a process of its own,
+// validates its config block against the schema the plugin reports, and
+// configures it. Errors are FILE:LINE.
 func startStage(ctx context.Context, cfg *config.Config, st config.Stage, log hclog.Logger) (*pluginhost.Stage, error) {
+	return startStageOn(ctx, cfg, pluginhost.NewHost(log), st, log)
+}
+
+// startStageOn is startStage in the process host runs for the stage's
+// binary, if any.
+func startStageOn(ctx context.Context, cfg *config.Config, host *pluginhost.Host, st config.Stage, log hclog.Logger) (*pluginhost.Stage, error) {
 	where := fmt.Sprintf("%s:%d: stage %q", cfg.Path, st.Line, st.Name)
 	path, err := pluginhost.Resolve(cfg.PluginDir, st.Plugin)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
 	pin := cfg.Plugins[st.Plugin].SHA256
-	ps, err := pluginhost.Launch(pluginhost.Spec{Stage: st.Name, Plugin: st.Plugin, Path: path, SHA256: pin}, log.Named(st.Name))
+	ps, err := host.Launch(pluginhost.Spec{Stage: st.Name, Plugin: st.Plugin, Path: path, SHA256: pin, Own: st.Process == "own"}, log.Named(st.Name))
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", where, err)
 	}
@@ -319,8 +327,12 @@ func (d *Daemon) statsLoop(ctx context.Context) {
 			return
 		case <-t.C:
 			var restarts int64
+			counted := map[any]bool{}
 			for _, s := range d.stages {
-				restarts += s.Restarts()
+				if !counted[s.Process()] {
+					counted[s.Process()] = true
+					restarts += s.Restarts()
+				}
 			}
 			d.counters.PluginRestarts.Store(restarts)
 			line := stats.Line(d.counters, d.gauges())

@@ -107,7 +107,7 @@ func (d *Daemon) startMix(ctx context.Context, started []*pluginhost.Stage) erro
 		}
 		dir = live
 	}
-	hd, err := startStage(ctx, d.cfg, m.HopDelay, log)
+	hd, err := startStageOn(ctx, d.cfg, started[mixIdx].Host(), m.HopDelay, log)
 	if err != nil {
 		cons.close()
 		return err
@@ -327,7 +327,7 @@ func CheckMix(ctx context.Context, cfg *config.Config, started []*pluginhost.Sta
 	if err != nil {
 		return err
 	}
-	hd, err := startStage(ctx, cfg, m.HopDelay, log)
+	hd, err := startStageOn(ctx, cfg, started[mixIdx].Host(), m.HopDelay, log)
 	if err != nil {
 		return err
 	}

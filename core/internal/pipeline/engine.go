@@ -143,7 +143,8 @@ type Engine struct {
 	messages atomic.Int64
 	stopping atomic.Bool
 
-	// excl serializes calls per stage index for suspect items (see call).
+	// excl serializes calls per stage index for suspect items (see call);
+	// stages served by one plugin process share one.
 	excl map[int]*sync.RWMutex
 	// held and busy are the ids of held items and of items a worker is
 	// processing right now (see HoldItem).
@@ -196,6 +197,17 @@ func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 			e.sem[i] = make(chan struct{}, o.Concurrency)
 		}
 		e.excl[i] = &sync.RWMutex{}
+		// A crash of a plugin process fails the calls of every stage it
+		// serves: a suspect item is alone only when no call of any of
+		// them is in flight.
+		if p, ok := s.Impl.(interface{ Process() any }); ok {
+			for j := range i {
+				if q, ok := stages[j].Impl.(interface{ Process() any }); ok && q.Process() == p.Process() {
+					e.excl[i] = e.excl[j]
+					break
+				}
+			}
+		}
 	}
 	e.sched = NewScheduler(o.Pool, func(it *queue.Item) { e.enqueue(it, true) })
 	return e, nil
@@ -981,7 +993,8 @@ func (e *Engine) drop(it *queue.Item) {
 
 // call runs fn, one call of stage idx on item it. A suspect item (its
 // stage's plugin crashed during an earlier call on it) is called alone:
-// no other call of that stage is in flight, so a crash now is its own.
+// no other call of that stage, or of a stage served by the same plugin
+// process, is in flight, so a crash now is its own.
 // Other items take the stage's lock shared and run concurrently.
 func (e *Engine) call(it *queue.Item, idx int, fn func() error) error {
 	l := e.excl[idx]
