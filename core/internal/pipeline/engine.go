@@ -73,7 +73,9 @@ type Options struct {
 	Backoff Backoff
 	// MaxLifetime: items older than this are given up (0 = forever).
 	MaxLifetime time.Duration
-	// Workers: items processed at once (default DefaultWorkers).
+	// Workers: items processed at once (default DefaultWorkers), except
+	// released messages on their way to a deliverer: those have their own
+	// Concurrency workers per deliverer.
 	Workers int
 	// Concurrency: deliveries in flight per deliverer stage (default 16).
 	Concurrency int
@@ -124,13 +126,20 @@ type Engine struct {
 	c      *stats.Counters
 	sched  *Scheduler
 
-	work     chan work
-	stopped  <-chan struct{}
-	sem      map[int]chan struct{}
-	wg       sync.WaitGroup
-	inflight atomic.Int64
-	queued   atomic.Int64
-	stopping atomic.Bool
+	work chan work
+	// deliveries carries released messages that only transformers separate
+	// from their deliverer (see finalRun). Their own workers run them: a
+	// delivery waits on the peer for a whole SMTP transaction, and taking
+	// it from the shared workers would let a few slow peers hold every
+	// worker, while the stages of newly accepted items (a delay sampled
+	// right after the 250) wait behind them.
+	deliveries chan work
+	stopped    <-chan struct{}
+	sem        map[int]chan struct{}
+	wg         sync.WaitGroup
+	inflight   atomic.Int64
+	queued     atomic.Int64
+	stopping   atomic.Bool
 
 	// excl serializes calls per stage index for suspect items (see call).
 	excl map[int]*sync.RWMutex
@@ -178,7 +187,7 @@ func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 	if o.MaxCrashes <= 0 {
 		o.MaxCrashes = 2
 	}
-	e := &Engine{q: q, stages: stages, opt: o, log: o.Logger, c: o.Counters, work: make(chan work, 4096), sem: map[int]chan struct{}{},
+	e := &Engine{q: q, stages: stages, opt: o, log: o.Logger, c: o.Counters, work: make(chan work, 4096), deliveries: make(chan work, 4096), sem: map[int]chan struct{}{},
 		excl: map[int]*sync.RWMutex{}, held: map[queue.ID]bool{}, busy: map[queue.ID]int{}}
 	for i, s := range stages {
 		if s.Kind == sdk.KindDeliverer {
@@ -267,7 +276,11 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.stopped = ctx.Done()
 	for i := 0; i < e.opt.Workers; i++ {
 		e.wg.Add(1)
-		go e.worker(ctx)
+		go e.worker(ctx, e.work)
+	}
+	for i := 0; i < e.opt.Concurrency*len(e.sem); i++ {
+		e.wg.Add(1)
+		go e.worker(ctx, e.deliveries)
 	}
 	e.wg.Add(1)
 	go func() { defer e.wg.Done(); e.sched.Run(ctx) }()
@@ -309,26 +322,30 @@ func (e *Engine) enqueue(it *queue.Item, released bool) {
 		return // it stays in the queue and resumes at the next start
 	}
 	w := work{it: it, released: released}
+	ch := e.work
+	if released && it.Kind == queue.KindMessage && e.finalRun(it) >= 0 {
+		ch = e.deliveries
+	}
 	select {
-	case e.work <- w:
+	case ch <- w:
 	default:
 		go func() {
 			select {
-			case e.work <- w:
+			case ch <- w:
 			case <-e.stopped:
 			}
 		}()
 	}
 }
 
-func (e *Engine) worker(ctx context.Context) {
+func (e *Engine) worker(ctx context.Context, in <-chan work) {
 	defer e.wg.Done()
 	for {
 		select {
 		case <-ctx.Done():
 			e.stopping.Store(true)
 			return
-		case w := <-e.work:
+		case w := <-in:
 			if !e.claim(w.it.ID) {
 				continue // held meanwhile, or already being processed
 			}
