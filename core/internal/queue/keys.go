@@ -35,8 +35,6 @@ type keyStore struct {
 	dead   []int // destroyed, not yet zeroed on disk
 	zeroed []int // zeroed in the page cache, free after the next fsync
 	dirty  bool  // slots written since the last fsync
-	// syncing counts the fsyncs under way.
-	syncing int
 }
 
 const (
@@ -161,30 +159,25 @@ func (ks *keyStore) pending() bool {
 }
 
 // sync makes every slot written so far durable (new keys, and zeroes
-// written by zeroDead) and frees the zeroed slots. Syncs may run
-// concurrently: a sync that finds nothing dirty still fsyncs while another
-// fsync is under way, since that one may have taken the dirty flag for
-// writes it has not made durable yet.
+// written by zeroDead) and frees the zeroed slots.
 func (ks *keyStore) sync() error {
 	ks.mu.Lock()
 	dirty, zeroed := ks.dirty, ks.zeroed
 	ks.dirty, ks.zeroed = false, nil
-	if !dirty && ks.syncing == 0 {
-		ks.mu.Unlock()
+	ks.mu.Unlock()
+	if !dirty {
 		return nil
 	}
-	ks.syncing++
-	ks.mu.Unlock()
-	err := ks.f.Sync()
-	ks.mu.Lock()
-	defer ks.mu.Unlock()
-	ks.syncing--
-	if err != nil {
+	if err := ks.f.Sync(); err != nil {
+		ks.mu.Lock()
 		ks.dirty = true
 		ks.zeroed = append(ks.zeroed, zeroed...)
+		ks.mu.Unlock()
 		return fmt.Errorf("queue: key file sync: %w", err)
 	}
+	ks.mu.Lock()
 	ks.free = append(ks.free, zeroed...)
+	ks.mu.Unlock()
 	return nil
 }
 

@@ -31,7 +31,6 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/dgraph-io/badger/v4"
@@ -583,30 +582,13 @@ func (q *Queue) RunGC() int {
 // disk. It also runs every FlushInterval while key slots wait, so a
 // destroyed key is zeroed in the file within one interval and on disk
 // within two.
-//
-// Up to maxSyncs syncs run at once (pipelined group commit): a commit that
-// arrives while a sync is under way starts the next sync at once instead
-// of waiting for the running one to end. A sync's cost is mostly the
-// disk's latency (writeback, journal commit, cache flush: 15-25 ms per
-// sync on a loaded machine, measured), which overlapping syncs share, so
-// a waiter waits about one sync instead of one and a half.
 type groupSync struct {
-	db       *badger.DB
-	keys     *keyStore
-	reqs     chan chan error
-	stop     chan struct{}
-	done     chan struct{}
-	inflight sync.WaitGroup
-	slots    chan struct{} // one token per sync under way
-	// dbSync is db.Sync; tests replace it to hold a sync under way.
-	dbSync func() error
-	// Syncs counts the syncs started for waiters (for tests: N concurrent
-	// commits share fewer syncs).
-	syncs atomic.Int64
+	db   *badger.DB
+	keys *keyStore
+	reqs chan chan error
+	stop chan struct{}
+	done chan struct{}
 }
-
-// maxSyncs is how many group syncs may be under way at once.
-const maxSyncs = 3
 
 // FlushInterval is the period of the key file's flushes when no group
 // commit runs (1 s): a destroyed key's slot is zeroed in the file within
@@ -615,8 +597,7 @@ const maxSyncs = 3
 const FlushInterval = time.Second
 
 func newGroupSync(db *badger.DB, keys *keyStore) *groupSync {
-	g := &groupSync{db: db, keys: keys, reqs: make(chan chan error, 4096), stop: make(chan struct{}), done: make(chan struct{}),
-		slots: make(chan struct{}, maxSyncs), dbSync: db.Sync}
+	g := &groupSync{db: db, keys: keys, reqs: make(chan chan error, 4096), stop: make(chan struct{}), done: make(chan struct{})}
 	go g.loop()
 	return g
 }
@@ -635,7 +616,7 @@ func (g *groupSync) syncAll() error {
 	dead := g.keys.takeDead()
 	keysDone := make(chan error, 1)
 	go func() { keysDone <- g.keys.sync() }()
-	err := g.dbSync()
+	err := g.db.Sync()
 	if kerr := <-keysDone; err == nil {
 		err = kerr
 	}
@@ -648,7 +629,7 @@ func (g *groupSync) syncAll() error {
 
 func (g *groupSync) loop() {
 	defer close(g.done)
-	defer g.inflight.Wait()
+	batch := make([]chan error, 0, 256)
 	tick := time.NewTicker(FlushInterval)
 	defer tick.Stop()
 	for {
@@ -657,52 +638,25 @@ func (g *groupSync) loop() {
 			return
 		case <-tick.C:
 			if g.keys.pending() {
-				g.start(nil) // retried at the next tick if it fails
+				_ = g.syncAll() // retried at the next tick
 			}
 		case ch := <-g.reqs:
-			g.start(ch)
+			batch = append(batch[:0], ch)
+		drain:
+			for {
+				select {
+				case ch := <-g.reqs:
+					batch = append(batch, ch)
+				default:
+					break drain
+				}
+			}
+			err := g.syncAll()
+			for _, c := range batch {
+				c <- err
+			}
 		}
 	}
-}
-
-// start waits for a free sync slot, takes first and every waiter queued
-// meanwhile, and syncs for them in the background. The waiters that queue
-// while it waits for the slot join this sync: they committed before it
-// starts.
-func (g *groupSync) start(first chan error) {
-	select {
-	case g.slots <- struct{}{}:
-	case <-g.stop:
-		if first != nil {
-			first <- errors.New("queue: closed")
-		}
-		return
-	}
-	var batch []chan error
-	if first != nil {
-		batch = append(batch, first)
-	}
-drain:
-	for {
-		select {
-		case ch := <-g.reqs:
-			batch = append(batch, ch)
-		default:
-			break drain
-		}
-	}
-	if len(batch) > 0 {
-		g.syncs.Add(1)
-	}
-	g.inflight.Add(1)
-	go func() {
-		defer g.inflight.Done()
-		err := g.syncAll()
-		<-g.slots
-		for _, c := range batch {
-			c <- err
-		}
-	}()
 }
 
 func (g *groupSync) close() {
