@@ -483,7 +483,10 @@ func pluginsCmd(load func() (*config.Config, error)) *cobra.Command {
 
 // startPprof serves net/http/pprof on a loopback address for profiling
 // (MIXMTA_PPROF=127.0.0.1:6060). Anything but loopback is refused: the
-// profiles hold message bytes.
+// profiles hold message bytes. The block and mutex profiles are on too
+// (every blocking event and contention sampled): they show where the wall
+// time goes that a CPU profile does not (fsync waits, locks, channel
+// hand-offs), at a cost that only a profiling run should pay.
 func startPprof(addr string, log hclog.Logger) {
 	host, _, err := net.SplitHostPort(addr)
 	ip := net.ParseIP(host)
@@ -491,6 +494,8 @@ func startPprof(addr string, log hclog.Logger) {
 		log.Error("MIXMTA_PPROF must be a loopback address; profiling disabled", "address", addr)
 		return
 	}
+	runtime.SetBlockProfileRate(1)
+	runtime.SetMutexProfileFraction(1)
 	go func() {
 		if err := http.ListenAndServe(addr, nil); err != nil {
 			log.Error("pprof", "error", err)

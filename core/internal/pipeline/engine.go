@@ -73,7 +73,9 @@ type Options struct {
 	Backoff Backoff
 	// MaxLifetime: items older than this are given up (0 = forever).
 	MaxLifetime time.Duration
-	// Workers: items processed at once (default DefaultWorkers).
+	// Workers: items processed at once (default DefaultWorkers), except
+	// released messages on their way to a deliverer: those have their own
+	// Concurrency workers per deliverer.
 	Workers int
 	// Concurrency: deliveries in flight per deliverer stage (default 16).
 	Concurrency int
@@ -133,11 +135,18 @@ type Engine struct {
 	// before new work, so a backlog of arrivals does not hold back what
 	// is due to leave (and what is held in memory until it leaves).
 	released chan work
-	stopped  <-chan struct{}
-	sem      map[int]chan struct{}
-	wg       sync.WaitGroup
-	inflight atomic.Int64
-	queued   atomic.Int64
+	// deliveries carries released messages that only transformers separate
+	// from their deliverer (see finalRun). Their own workers run them: a
+	// delivery waits on the peer for a whole SMTP transaction, and taking
+	// it from the shared workers would let a few slow peers hold every
+	// worker, while the stages of newly accepted items (a delay sampled
+	// right after the 250) wait behind them.
+	deliveries chan work
+	stopped    <-chan struct{}
+	sem        map[int]chan struct{}
+	wg         sync.WaitGroup
+	inflight   atomic.Int64
+	queued     atomic.Int64
 	// messages counts the queued items of KindMessage (queued less packets
 	// and fragments): what Full compares with MaxItems.
 	messages atomic.Int64
@@ -190,7 +199,7 @@ func New(q *queue.Queue, stages []Stage, o Options) (*Engine, error) {
 	if o.MaxCrashes <= 0 {
 		o.MaxCrashes = 2
 	}
-	e := &Engine{q: q, stages: stages, opt: o, log: o.Logger, c: o.Counters, work: make(chan work, 4096), released: make(chan work, 4096), sem: map[int]chan struct{}{},
+	e := &Engine{q: q, stages: stages, opt: o, log: o.Logger, c: o.Counters, work: make(chan work, 4096), released: make(chan work, 4096), deliveries: make(chan work, 4096), sem: map[int]chan struct{}{},
 		excl: map[int]*sync.RWMutex{}, held: map[queue.ID]bool{}, busy: map[queue.ID]int{}}
 	for i, s := range stages {
 		if s.Kind == sdk.KindDeliverer {
@@ -315,7 +324,11 @@ func (e *Engine) Start(ctx context.Context) error {
 	e.stopped = ctx.Done()
 	for i := 0; i < e.opt.Workers; i++ {
 		e.wg.Add(1)
-		go e.worker(ctx)
+		go e.worker(ctx, e.released, e.work)
+	}
+	for i := 0; i < e.opt.Concurrency*len(e.sem); i++ {
+		e.wg.Add(1)
+		go e.worker(ctx, e.deliveries, nil)
 	}
 	e.wg.Add(1)
 	go func() { defer e.wg.Done(); e.sched.Run(ctx) }()
@@ -361,6 +374,9 @@ func (e *Engine) enqueue(it *queue.Item, released bool) {
 	ch := e.work
 	if released {
 		ch = e.released
+		if it.Kind == queue.KindMessage && e.finalRun(it) >= 0 {
+			ch = e.deliveries
+		}
 	}
 	select {
 	case ch <- w:
@@ -374,7 +390,9 @@ func (e *Engine) enqueue(it *queue.Item, released bool) {
 	}
 }
 
-func (e *Engine) worker(ctx context.Context) {
+// worker runs items from first before items from second (a nil second:
+// first only).
+func (e *Engine) worker(ctx context.Context, first, second <-chan work) {
 	defer e.wg.Done()
 	for {
 		var w work
@@ -382,14 +400,14 @@ func (e *Engine) worker(ctx context.Context) {
 		case <-ctx.Done():
 			e.stopping.Store(true)
 			return
-		case w = <-e.released:
+		case w = <-first:
 		default:
 			select {
 			case <-ctx.Done():
 				e.stopping.Store(true)
 				return
-			case w = <-e.released:
-			case w = <-e.work:
+			case w = <-first:
+			case w = <-second:
 			}
 		}
 		if !e.claim(w.it.ID) {

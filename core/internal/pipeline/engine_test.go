@@ -524,3 +524,56 @@ func TestBounceWaitsWhileTheQueueIsFull(t *testing.T) {
 		}
 	}
 }
+
+// countingDelayer counts its Delay calls.
+type countingDelayer struct {
+	fakeStage
+	calls atomic.Int64
+}
+
+func (c *countingDelayer) Delay(ctx context.Context, r sdk.DelayRequest) ([]time.Duration, error) {
+	c.calls.Add(1)
+	return c.fakeStage.Delay(ctx, r)
+}
+
+// Deliveries do not take the shared workers: with peers that hang, as
+// many deliveries as the deliverer's concurrency are in flight (more than
+// there are workers), and a newly accepted message still gets its delay
+// sampled meanwhile.
+func TestHangingDeliveriesLeaveTheWorkersFree(t *testing.T) {
+	q := openQueue(t, t.TempDir())
+	defer q.Close()
+	hang := make(chan struct{})
+	var inFlight, most atomic.Int64
+	dl := &fakeStage{deliver: func(m *sdk.Message) ([]sdk.RcptResult, error) {
+		n := inFlight.Add(1)
+		for {
+			old := most.Load()
+			if n <= old || most.CompareAndSwap(old, n) {
+				break
+			}
+		}
+		<-hang
+		inFlight.Add(-1)
+		return okAll(m)
+	}}
+	dy := &countingDelayer{}
+	e, _ := runEngine(t, q, []Stage{
+		{Name: "delay", Kind: sdk.KindDelayer, Impl: dy},
+		{Name: "deliver", Kind: sdk.KindDeliverer, Needs: sdk.NeedAll, Impl: dl},
+	}, Options{Workers: 2, Concurrency: 4})
+	var unhang sync.Once
+	t.Cleanup(func() { unhang.Do(func() { close(hang) }) }) // runs before the engine stops
+	for i := 0; i < 4; i++ {
+		accept(t, q, e, "b@example.net")
+	}
+	eventually(t, "4 deliveries in flight with 2 workers", func() bool { return most.Load() == 4 })
+	accept(t, q, e, "c@example.net")
+	eventually(t, "the delay of a message accepted while deliveries hang", func() bool { return dy.calls.Load() == 5 })
+	unhang.Do(func() { close(hang) })
+	eventually(t, "every delivery", func() bool { return dl.count() == 5 })
+	eventually(t, "empty queue", func() bool { return queueLen(t, q) == 0 && e.Queued() == 0 })
+	if most.Load() > 4 {
+		t.Fatalf("%d deliveries in flight, concurrency is 4", most.Load())
+	}
+}
