@@ -66,12 +66,14 @@ func (b *batcher) fail(err error) {
 	}
 	b.err = err
 	close(b.dead)
+	// The slots of calls sent and not answered stay lent: the stream
+	// ending does not mean the plugin stopped reading them (a closed stage
+	// instance's process lives on for its other instances, which would
+	// get the slot and overwrite a body the plugin is still delivering).
+	// They come back with the region, when the process is gone.
 	for id, p := range b.pending {
 		if p.ch != nil {
 			close(p.ch)
-		}
-		if p.release != nil {
-			p.release()
 		}
 		delete(b.pending, id)
 	}
@@ -175,16 +177,19 @@ func (b *batcher) call(ctx context.Context, c *pb.Call, release func(), held boo
 	select {
 	case b.sendq <- c:
 	case <-b.dead:
+		// Not sent: the plugin never sees it.
+		if release != nil {
+			release()
+		}
+		return nil, transport(b.broken())
 	case <-ctx.Done():
 		// Not sent: the plugin never sees it.
 		b.mu.Lock()
-		if b.pending[c.Id] == p {
-			delete(b.pending, c.Id)
-			if release != nil {
-				release()
-			}
-		}
+		delete(b.pending, c.Id)
 		b.mu.Unlock()
+		if release != nil {
+			release()
+		}
 		return nil, transport(ctx.Err())
 	}
 	select {
@@ -207,7 +212,7 @@ func (b *batcher) call(ctx context.Context, c *pb.Call, release func(), held boo
 			}
 		} else if held {
 			// The reply came meanwhile, its slot held for this caller (or
-			// the stream broke: then the slot is free already).
+			// the stream broke: then the slot stays lent, see fail).
 			if r, ok := <-p.ch; ok && r != nil {
 				release()
 			}

@@ -1,10 +1,12 @@
 package pluginclient_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/mixmta/mixmta/internal/pluginclient"
 	"github.com/mixmta/mixmta/sdk"
@@ -76,5 +78,54 @@ func TestInstancesInOneProcessKeepTheirOwnConfig(t *testing.T) {
 		if !errors.As(err, &se) || !strings.Contains(se.Message, "not configured") {
 			t.Errorf("noBatch=%v: unconfigured instance: %v, want stage not configured", noBatch, err)
 		}
+	}
+}
+
+// TestClosedInstanceKeepsItsSlotsLentWhileTheProcessLives: a stage
+// instance closed while the plugin still delivers a body from a body
+// region slot does not free that slot: the process lives on for its other
+// instances, and one of them taking the slot would overwrite the body
+// being delivered with another message's.
+func TestClosedInstanceKeepsItsSlotsLentWhileTheProcessLives(t *testing.T) {
+	c, err := pluginclient.Launch(pluginclient.LaunchOptions{Path: echoBin})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Kill)
+	ctx := context.Background()
+	a, err := c.Instance("a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a.Configure(ctx, "a", []byte(`{"slow":"slow"}`)); err != nil {
+		t.Fatal(err)
+	}
+	free, all := pluginclient.FreeSlots(c)
+	if free != all {
+		t.Fatalf("%d of %d slots free before the call", free, all)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := a.Deliver(ctx, &sdk.Message{Envelope: sdk.Envelope{RcptTo: []string{"slow@x"}}, Body: bytes.Repeat([]byte("b"), 4096)})
+		done <- err
+	}()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if f, _ := pluginclient.FreeSlots(c); f == all-1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the slow delivery never took a body region slot")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	time.Sleep(100 * time.Millisecond) // the call reaches the plugin
+	a.Close()
+	if err := <-done; err == nil {
+		t.Fatal("the call of a closed instance did not fail")
+	}
+	// The plugin is still in the 3 s Deliver reading that slot.
+	if f, _ := pluginclient.FreeSlots(c); f != all-1 {
+		t.Fatalf("after the instance closed, %d of %d slots free: the slot the plugin still reads was freed", f, all)
 	}
 }

@@ -20,6 +20,8 @@ type Config struct {
 	Reject string `json:"reject"`
 	// Crash makes Deliver exit the process for recipients containing it.
 	Crash string `json:"crash"`
+	// Slow makes Deliver take 3 s for recipients containing it.
+	Slow string `json:"slow"`
 }
 
 type echo struct{ cfg Config }
@@ -72,6 +74,9 @@ func (e echo) Deliver(_ context.Context, m *sdk.Message) ([]sdk.RcptResult, erro
 		switch {
 		case e.cfg.Crash != "" && strings.Contains(r, e.cfg.Crash):
 			os.Exit(3)
+		case e.cfg.Slow != "" && strings.Contains(r, e.cfg.Slow):
+			time.Sleep(3 * time.Second)
+			out = append(out, sdk.RcptResult{Rcpt: r})
 		case strings.HasPrefix(r, "ok"):
 			out = append(out, sdk.RcptResult{Rcpt: r})
 		case strings.HasPrefix(r, "temp"):
