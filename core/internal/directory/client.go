@@ -93,6 +93,11 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	if json.Unmarshal(data, &head) == nil {
 		c.minEpoch = head.Epoch
+		if head.Epoch > 0 && time.Now().Before(nodes.EpochStart(head.Epoch, cfg.Epoch)) {
+			// A next consensus, stored before its epoch: the current
+			// epoch's is no rollback.
+			c.minEpoch = head.Epoch - 1
+		}
 	}
 	v, err := VerifyConsensus(data, cfg.Authorities, 0, time.Now())
 	if err != nil {
@@ -128,6 +133,7 @@ func (c *Client) advance(now time.Time) {
 	if c.next != nil && !now.Before(c.next.ValidAfter) {
 		c.cur, c.next = c.next, nil
 		c.expired = false
+		c.minEpoch = max(c.minEpoch, c.cur.Epoch)
 		c.cfg.Log.Info("[DIRECTORY] consensus in use", "epoch", c.cur.Epoch, "signers", len(c.cur.Signers), "nodes", c.cur.Directory.Len())
 	}
 	if c.cur != nil && !now.Before(c.cur.ValidUntil) {
@@ -140,14 +146,18 @@ func (c *Client) advance(now time.Time) {
 // it.
 func (c *Client) install(v *Verified, now time.Time, save bool) {
 	c.mu.Lock()
+	// Only the consensus in use sets the oldest epoch accepted: a next
+	// one, fetched before its epoch, must not make the current epoch's a
+	// rollback (a node that starts late in an epoch fetches both, and
+	// would hold its mail until the next epoch began).
 	if now.Before(v.ValidAfter) {
 		c.next = v
 	} else if c.cur == nil || v.Epoch >= c.cur.Epoch {
 		c.cur = v
 		c.expired = false
+		c.minEpoch = max(c.minEpoch, v.Epoch)
 		c.cfg.Log.Info("[DIRECTORY] consensus in use", "epoch", v.Epoch, "signers", len(v.Signers), "nodes", v.Directory.Len())
 	}
-	c.minEpoch = max(c.minEpoch, v.Epoch)
 	c.mu.Unlock()
 	if save && c.cfg.StateFile != "" {
 		b, err := json.Marshal(v.Consensus)

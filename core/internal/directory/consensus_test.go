@@ -159,11 +159,32 @@ func TestReplayedOlderConsensusIsRefused(t *testing.T) {
 	// Through the client: after a newer one is in use, the older is refused.
 	c, _ := NewClient(ClientConfig{Authorities: as, Epoch: testEpoch})
 	newer := signedConsensus(t, ta, 3, now.Add(testEpoch), testNode(t, "a", now))
-	if err := c.Accept(encode(t, newer), now); err != nil {
+	if err := c.Accept(encode(t, newer), newer.ValidAfter); err != nil {
 		t.Fatal(err)
 	}
-	if err := c.Accept(encode(t, old), now); !errors.Is(err, ErrRollback) {
+	if err := c.Accept(encode(t, old), newer.ValidAfter); !errors.Is(err, ErrRollback) {
 		t.Fatalf("client accepted the older consensus: %v", err)
+	}
+}
+
+// TestCurrentConsensusIsTakenAfterTheNext: a node that starts late in an
+// epoch fetches the next epoch's consensus and the current one; the next,
+// fetched first, does not make the current one a rollback (the node had
+// no consensus in use, and held its mail, until the next epoch began).
+func TestCurrentConsensusIsTakenAfterTheNext(t *testing.T) {
+	now := time.Now()
+	ta, as := testAuthorities(t, 3)
+	cur := signedConsensus(t, ta, 3, now, testNode(t, "a", now))
+	next := signedConsensus(t, ta, 3, now.Add(testEpoch), testNode(t, "a", now))
+	c, _ := NewClient(ClientConfig{Authorities: as, Epoch: testEpoch})
+	if err := c.Accept(encode(t, next), now); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Accept(encode(t, cur), now); err != nil {
+		t.Fatalf("the current consensus refused while only the next is held: %v", err)
+	}
+	if v := c.Current(); v == nil || v.Epoch != cur.Epoch {
+		t.Fatalf("consensus in use %+v, want epoch %d", v, cur.Epoch)
 	}
 }
 

@@ -355,8 +355,8 @@ func TestRestartedNodeRefusesOlderConsensus(t *testing.T) {
 	now := time.Now()
 	ta, as := testAuthorities(t, 3)
 	state := t.TempDir() + "/consensus.json"
-	old := signedConsensus(t, ta, 3, now, testNode(t, "a", now))
-	newer := signedConsensus(t, ta, 3, now.Add(testEpoch), testNode(t, "a", now))
+	old := signedConsensus(t, ta, 3, now.Add(-testEpoch), testNode(t, "a", now))
+	newer := signedConsensus(t, ta, 3, now, testNode(t, "a", now))
 	c, _ := NewClient(ClientConfig{Authorities: as, Epoch: testEpoch, StateFile: state})
 	if err := c.Accept(encode(t, newer), now); err != nil {
 		t.Fatal(err)
